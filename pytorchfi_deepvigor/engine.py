@@ -1,0 +1,403 @@
+"""The simulation engine: run the network after one layer with a batch of perturbations.
+
+Both the DeepVigor+ analysers and the fault-injection campaigns run every faulty inference
+through :class:`SimulationEngine`. It caches the golden (fault-free) run of an analysis batch
+and, for a catalogued layer ``l``, evaluates a batch in which element ``b`` is image
+``image_idx[b]`` with its own perturbation of layer ``l``'s output. Only the part of the network
+that depends on that output is recomputed:
+
+* **torch.fx path** (models that trace): the graph is cut at the layer's node; a *prefix*
+  module computes, once per layer, the layer's input and output and every value the rest of the
+  network still needs (skip connections); a *suffix* module recomputes the descendants of the
+  layer from the perturbed output and those cached values.
+* **hook path** (models that do not trace): a forward hook on the layer replaces its output by
+  the perturbed golden output, and the whole network runs. Same results, more work.
+
+Outcomes (:class:`Outcome`): masked (logits equal the golden logits within a float tolerance of
+``1e-5`` relative to the largest golden logit), non-critical SDC (logits differ, same top-1),
+critical (top-1 differs from the golden top-1 of that image), DUE (a NaN or Inf logit; DUEs
+count as critical).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch import nn
+
+from ._guard import check_float32_model, check_images, eval_mode
+from .catalogue import LayerInfo, build_catalogue
+from .perturbations import Perturbation
+
+__all__ = ["SimulationEngine", "Outcome", "EngineStats", "classify"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BYTES = 512 * 2**20
+_MASK_RTOL = 1e-5
+
+
+class Outcome(enum.IntEnum):
+    """What a fault did to one inference."""
+
+    MASKED = 0
+    SDC = 1
+    CRITICAL = 2
+    DUE = 3
+
+
+@dataclass
+class EngineStats:
+    """Monotone counters of the work the engine did.
+
+    ``batched_forwards`` counts suffix (or full) forward calls, ``image_evaluations`` the batch
+    elements they evaluated; one batched forward of the analysis batch is a "simulation" in the
+    paper's sense.
+    """
+
+    batched_forwards: int = 0
+    image_evaluations: int = 0
+
+    def snapshot(self) -> EngineStats:
+        return EngineStats(self.batched_forwards, self.image_evaluations)
+
+    def __sub__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(
+            self.batched_forwards - other.batched_forwards,
+            self.image_evaluations - other.image_evaluations,
+        )
+
+
+def classify(logits: torch.Tensor, golden_logits: torch.Tensor) -> torch.Tensor:
+    """Outcome codes (int8) of ``logits`` against the golden logits of the same images."""
+    finite = torch.isfinite(logits).all(dim=1)
+    critical = logits.argmax(dim=1) != golden_logits.argmax(dim=1)
+    scale = golden_logits.abs().amax(dim=1).clamp_min(1.0)
+    diff = (logits - golden_logits).abs().amax(dim=1)
+    masked = diff <= _MASK_RTOL * scale
+    out = torch.full(logits.shape[:1], int(Outcome.SDC), dtype=torch.int8, device=logits.device)
+    out[masked] = int(Outcome.MASKED)
+    out[critical] = int(Outcome.CRITICAL)
+    out[~finite] = int(Outcome.DUE)
+    return out
+
+
+@dataclass
+class _Cut:
+    """Cached golden values and the suffix program for one layer."""
+
+    layer_input: torch.Tensor
+    layer_output: torch.Tensor
+    live_ins: list[torch.Tensor]
+    suffix: Callable[..., torch.Tensor] | None  # None: hook path
+
+
+def _descendants(node: torch.fx.Node) -> set[torch.fx.Node]:
+    out: set[torch.fx.Node] = set()
+    stack = list(node.users)
+    while stack:
+        n = stack.pop()
+        if n not in out:
+            out.add(n)
+            stack.extend(n.users)
+    return out
+
+
+def _split_graph(
+    gm: torch.fx.GraphModule, layer_name: str
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
+    """Cut ``gm`` at the call of ``layer_name``: (prefix, suffix, number of live-in values).
+
+    The prefix returns ``(layer_input, layer_output, *live_ins)``; the suffix takes
+    ``(layer_output, *live_ins)`` and returns the model output.
+    """
+    nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer_name]
+    if len(nodes) != 1:
+        raise ValueError(f"layer {layer_name!r} appears {len(nodes)} times in the traced graph")
+    cut = nodes[0]
+    desc = _descendants(cut)
+    live = []
+    for n in gm.graph.nodes:
+        if n in desc:
+            for a in n.all_input_nodes:
+                if a not in desc and a is not cut and a not in live:
+                    live.append(a)
+
+    suffix_graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {cut: suffix_graph.placeholder("layer_output")}
+    for i, n in enumerate(live):
+        env[n] = suffix_graph.placeholder(f"live_{i}")
+    for n in gm.graph.nodes:
+        if n in desc:
+            env[n] = suffix_graph.node_copy(n, lambda a: env[a])
+    suffix = torch.fx.GraphModule(gm, suffix_graph)
+
+    prefix_graph = torch.fx.Graph()
+    penv: dict[torch.fx.Node, torch.fx.Node] = {}
+    for n in gm.graph.nodes:
+        if n in desc or n.op == "output":
+            continue
+        penv[n] = prefix_graph.node_copy(n, lambda a: penv[a])
+    layer_in = cut.args[0]
+    if not isinstance(layer_in, torch.fx.Node):
+        raise ValueError(f"cannot find the input of layer {layer_name!r} in the traced graph")
+    prefix_graph.output((penv[layer_in], penv[cut], *[penv[n] for n in live]))
+    prefix = torch.fx.GraphModule(gm, prefix_graph)
+    prefix.graph.eliminate_dead_code()
+    prefix.recompile()
+    return prefix, suffix, len(live)
+
+
+class SimulationEngine:
+    """Golden cache and suffix execution for one model and one analysis batch.
+
+    Args:
+        model: any ``nn.Module`` classifier (float32); it is never changed. If ``device`` differs
+            from the model's device, the engine works on its own copy.
+        images: the analysis batch, float32 ``(I, ...)``.
+        device: where to compute (default: the model's device).
+        max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
+        memory_bytes: budget for the activations of one chunk (default 512 MiB).
+        use_fx: trace with torch.fx (falls back to hooks when tracing fails); ``False`` forces hooks.
+
+    Example:
+        >>> from pytorchfi_deepvigor.perturbations import NeuronAdd
+        >>> torch.manual_seed(0); net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+        <torch._C.Generator object at ...>
+        >>> eng = SimulationEngine(net, torch.randn(4, 1, 4, 4))
+        >>> idx = torch.tensor([0, 1]); zero = torch.zeros(2, dtype=torch.long)
+        >>> eng.critical(0, idx, NeuronAdd(zero, zero, zero, torch.tensor([0.0, 0.0]))).tolist()
+        [False, False]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        *,
+        device: str | torch.device | None = None,
+        max_batch: int | None = None,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        use_fx: bool = True,
+    ) -> None:
+        check_float32_model(model)
+        check_images(images)
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"expected max_batch >= 1, got {max_batch}")
+        param = next(iter(model.parameters()), None)
+        model_device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else model_device
+        if self.device != model_device:
+            model = copy.deepcopy(model).to(self.device)
+        self.model = model
+        self.images = images.to(self.device)
+        self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
+        self.stats = EngineStats()
+        self._cuts: dict[int, _Cut] = {}
+        self._graph: torch.fx.GraphModule | None = None
+        if use_fx:
+            try:
+                with eval_mode(model):
+                    self._graph = torch.fx.symbolic_trace(model)
+            except Exception as exc:  # tracing fails on data-dependent control flow
+                logger.info("torch.fx cannot trace the model (%s); using the hook path", exc)
+        per_image = self._activation_bytes_per_image()
+        self.max_batch = max_batch or max(1, min(8192, memory_bytes // max(per_image, 1)))
+        with self._frozen():
+            self.golden_logits = self._full_forward(self.images)
+        if not bool(torch.isfinite(self.golden_logits).all()):
+            raise ValueError("the golden run already produces NaN/Inf logits: check the model")
+        self.golden_top1 = self.golden_logits.argmax(dim=1)
+
+    # ----------------------------------------------------------------------------- basics
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def uses_fx(self) -> bool:
+        """Whether the suffix runs through torch.fx (else: hook path)."""
+        return self._graph is not None
+
+    def reset_stats(self) -> None:
+        self.stats = EngineStats()
+
+    def layer(self, layer_num: int) -> LayerInfo:
+        """The catalogue entry of ``layer_num``, with a clear error when it does not exist."""
+        if isinstance(layer_num, bool) or not isinstance(layer_num, int):
+            raise TypeError(f"layer_num must be an int, got {type(layer_num).__name__}")
+        if not 0 <= layer_num < len(self.catalogue):
+            raise ValueError(
+                f"layer_num {layer_num} out of range: the model has {len(self.catalogue)} "
+                f"injectable layers (0..{len(self.catalogue) - 1})"
+            )
+        return self.catalogue[layer_num]
+
+    def layer_input(self, layer_num: int) -> torch.Tensor:
+        """Golden input of the layer for every image, ``(I, *input_shape)``."""
+        return self._cut(layer_num).layer_input
+
+    def layer_output(self, layer_num: int) -> torch.Tensor:
+        """Golden output of the layer for every image, ``(I, *output_shape)``."""
+        return self._cut(layer_num).layer_output
+
+    def release(self, layer_num: int | None = None) -> None:
+        """Drop the cached golden values of one layer (or all) to free memory."""
+        if layer_num is None:
+            self._cuts.clear()
+        else:
+            self._cuts.pop(layer_num, None)
+
+    @contextmanager
+    def _frozen(self) -> Iterator[None]:
+        with eval_mode(self.model), torch.no_grad():
+            yield
+
+    def _activation_bytes_per_image(self) -> int:
+        total = 0
+        handles = []
+
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            nonlocal total
+            if isinstance(out, torch.Tensor):
+                total += out[:1].numel() * out.element_size()
+
+        try:
+            for m in self.model.modules():
+                if not list(m.children()):
+                    handles.append(m.register_forward_hook(hook))
+            with self._frozen():
+                self.model(self.images[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return 2 * total
+
+    def _chunks(self, n: int) -> Iterator[tuple[int, int]]:
+        for start in range(0, n, self.max_batch):
+            yield start, min(n, start + self.max_batch)
+
+    def _full_forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self.model(x[a:b]) for a, b in self._chunks(x.shape[0])]
+        return torch.cat(outs).float()
+
+    # ------------------------------------------------------------------------ golden cache
+    def _cut(self, layer_num: int) -> _Cut:
+        info = self.layer(layer_num)
+        if layer_num in self._cuts:
+            return self._cuts[layer_num]
+        with self._frozen():
+            if self._graph is not None:
+                prefix, suffix, n_live = _split_graph(self._graph, info.name)
+                parts: list[list[torch.Tensor]] = [[] for _ in range(2 + n_live)]
+                for a, b in self._chunks(self.num_images):
+                    for store, t in zip(parts, prefix(self.images[a:b]), strict=True):
+                        store.append(t)
+                cat = [torch.cat(p) for p in parts]
+                cut = _Cut(cat[0], cat[1], cat[2:], suffix)
+            else:
+                ins, outs = [], []
+
+                def grab(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+                    ins.append(i[0])
+                    outs.append(o)
+
+                with info.module.register_forward_hook(grab):
+                    for a, b in self._chunks(self.num_images):
+                        self.model(self.images[a:b])
+                cut = _Cut(torch.cat(ins), torch.cat(outs), [], None)
+        self._cuts[layer_num] = cut
+        return cut
+
+    # ---------------------------------------------------------------------------- running
+    def _check_idx(self, image_idx: torch.Tensor) -> torch.Tensor:
+        image_idx = torch.as_tensor(image_idx)
+        if image_idx.dim() != 1 or image_idx.is_floating_point():
+            raise TypeError(
+                f"image_idx must be a 1-D integer tensor, got shape {tuple(image_idx.shape)}"
+            )
+        if image_idx.numel() and (
+            int(image_idx.min()) < 0 or int(image_idx.max()) >= self.num_images
+        ):
+            raise ValueError(f"image_idx out of range [0, {self.num_images})")
+        return image_idx.long().to(self.device)
+
+    def suffix(
+        self, layer_num: int, image_idx: torch.Tensor, layer_output: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the network run from a given layer output (autograd-friendly, no chunking).
+
+        ``layer_output[b]`` replaces layer ``layer_num``'s output for image ``image_idx[b]``. Runs
+        in eval mode; gradients flow to ``layer_output`` when it requires grad. Counts as one
+        batched forward.
+        """
+        cut = self._cut(layer_num)
+        image_idx = self._check_idx(image_idx)
+        if layer_output.shape[0] != image_idx.shape[0]:
+            raise ValueError(
+                f"batch mismatch: {layer_output.shape[0]} layer outputs for {image_idx.shape[0]} images"
+            )
+        self.stats.batched_forwards += 1
+        self.stats.image_evaluations += int(image_idx.shape[0])
+        with eval_mode(self.model):
+            if cut.suffix is not None:
+                return cut.suffix(layer_output, *[t[image_idx] for t in cut.live_ins])
+            module = self.layer(layer_num).module
+            with module.register_forward_hook(lambda _m, _i, _o: layer_output):
+                return self.model(self.images[image_idx])
+
+    def run(
+        self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
+    ) -> torch.Tensor:
+        """Logits ``(B, classes)`` of each (image, perturbation) element, in memory-bounded chunks."""
+        info = self.layer(layer_num)
+        image_idx = self._check_idx(image_idx)
+        if len(perturbation) != image_idx.shape[0]:
+            raise ValueError(
+                f"batch mismatch: {len(perturbation)} perturbations for {image_idx.shape[0]} images"
+            )
+        perturbation.check(info.output_shape)
+        perturbation = perturbation.to(self.device)
+        golden = self._cut(layer_num).layer_output
+        outs = []
+        with torch.no_grad():
+            for a, b in self._chunks(image_idx.shape[0]):
+                out = golden[image_idx[a:b]].clone()
+                perturbation.apply(out, a, b)
+                outs.append(self.suffix(layer_num, image_idx[a:b], out).float())
+        if not outs:
+            return torch.empty(0, self.golden_logits.shape[1], device=self.device)
+        return torch.cat(outs)
+
+    def outcomes(
+        self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
+    ) -> torch.Tensor:
+        """Outcome codes (int8, see :class:`Outcome`) of each (image, perturbation) element."""
+        logits = self.run(layer_num, image_idx, perturbation)
+        return classify(logits, self.golden_logits[self._check_idx(image_idx)])
+
+    def critical(
+        self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
+    ) -> torch.Tensor:
+        """Whether each element is critical: top-1 differs from golden, or a logit is NaN/Inf."""
+        logits = self.run(layer_num, image_idx, perturbation)
+        idx = self._check_idx(image_idx)
+        return (logits.argmax(dim=1) != self.golden_top1[idx]) | ~torch.isfinite(logits).all(dim=1)
+
+    def suffix_flops_per_image(self, layer_num: int) -> float:
+        """FLOPs (2 x multiply-accumulates) per image of the catalogued layers after ``layer_num``.
+
+        A lower bound of the suffix cost (BatchNorm, activations and adds are not counted), used to
+        report achieved GFLOP/s.
+        """
+        self.layer(layer_num)
+        return float(
+            sum(2 * l.neurons_per_image * l.fan_in for l in self.catalogue[layer_num + 1 :])
+        )
