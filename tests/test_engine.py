@@ -61,7 +61,7 @@ def test_stored_activation_faults_match_inplace_injection(name, use_fx):
         pert = NeuronSet(c, h, w, flipped)
         got = eng.run(info.layer_num, img, pert)
 
-        def edit(out, b):
+        def edit(out, b, c=c, h=h, w=w, flipped=flipped):
             if out.dim() == 4:
                 out[0, c[b], h[b], w[b]] = flipped[b]
             else:
