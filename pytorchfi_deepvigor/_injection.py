@@ -19,9 +19,23 @@ from . import bits as _bits
 from ._injector_checks import NeuronFaults
 from .catalogue import LayerInfo
 
-__all__ = ["faulty_weight_value", "forward_start_hook", "set_value_hook", "written_in_place"]
+__all__ = [
+    "faulty_weight_value",
+    "forward_start_hook",
+    "layer_weight",
+    "set_value_hook",
+    "written_in_place",
+]
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` as a tensor (``TypeError`` when the module has none)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
 
 
 def forward_start_hook(
@@ -104,7 +118,7 @@ def faulty_weight_value(
         raise ValueError("weight_fault needs exactly one of bit=, value= or function=")
     if stuck_at is not None and bit is None:
         raise ValueError("stuck_at=0/1 needs bit= (the bit that is stuck)")
-    weight = info.module.weight
+    weight = layer_weight(info.module)
     data = weight.detach()
     if bit is not None and data.dtype not in _bits.SUPPORTED_DTYPES:
         raise TypeError(

@@ -37,6 +37,7 @@ from ._guard import check_images
 from ._injection import (
     faulty_weight_value,
     forward_start_hook,
+    layer_weight,
     set_value_hook,
     written_in_place,
 )
@@ -155,7 +156,7 @@ class DeepVigorFI(PyTorchFIBase):
         self.output_size = [[1, *info.output_shape] for info in self._catalogue]
         self.layers_type = [type(info.module) for info in self._catalogue]
         self.layers_dim = [1 + len(info.output_shape) for info in self._catalogue]
-        self.weights_size = [info.module.weight.shape for info in self._catalogue]
+        self.weights_size = [torch.Size(info.weight_shape) for info in self._catalogue]
         self.corrupted_model: nn.Module | None = None
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self._set_state(NeuronFaults.empty())
@@ -361,7 +362,7 @@ class DeepVigorFI(PyTorchFIBase):
         corrupted = copy.deepcopy(self.original_model)
         with torch.no_grad():
             for info, index, val in faults:
-                weight = corrupted.get_submodule(info.name).weight
+                weight = layer_weight(corrupted.get_submodule(info.name))
                 weight[index] = function(weight, index) if function is not None else val
         self.corrupted_model = corrupted
         return corrupted
@@ -433,5 +434,5 @@ class DeepVigorFI(PyTorchFIBase):
         golden, faulty = faulty_weight_value(
             info, idx, bit=bit, value=value, function=function, stuck_at=stuck_at
         )
-        with written_in_place(info.module.weight, idx, faulty):
+        with written_in_place(layer_weight(info.module), idx, faulty):
             yield WeightFault(info.layer_num, idx, float(golden), float(faulty))
