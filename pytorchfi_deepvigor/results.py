@@ -1,0 +1,390 @@
+"""The one set of result types shared by the analysers and the fault-injection campaigns.
+
+An analysis (DeepVigor+) and a campaign (exhaustive or statistical FI) both return a
+:class:`VulnerabilityResult`: per layer and target a :class:`LayerResult` with per-channel VFs
+(CVF), the layer VF (LVF) and, where they apply, per-neuron VFs, vulnerability-value ranges,
+EDMs, outcome counts and the achieved SFI margin. :func:`compare` lines two results up channel
+by channel.
+
+JSON schema (``schema_version`` 1), produced by ``to_dict``/``to_json`` and read back by
+``from_dict``/``from_json``:
+
+- a result is an object with one key per dataclass field; tuples become lists, ``Cost`` and
+  ``OutcomeCounts`` nested objects, ``options`` and ``versions`` plain objects;
+- ``null`` means an absent optional value (e.g. no per-neuron VFs);
+- non-finite floats are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, in scalar
+  fields and in arrays alike, so the file is strict JSON;
+- a numpy array is ``{"dtype": "float64", "shape": [targets, images], "data": [...]}`` with
+  ``data`` flattened in C order;
+- options must be JSON values (str, int, finite float, bool, None, lists, str-keyed objects);
+- a file with a newer ``schema_version`` is refused with a ``ValueError``.
+
+Example:
+    >>> layer = LayerResult(layer_num=0, name="conv1", kind="Conv2d", target="weights",
+    ...                     n_neurons=16, n_weights=9, channels=(0, 1), cvf=(0.25, 0.75), lvf=0.5)
+    >>> result = VulnerabilityResult.from_layers("deepvigor", [layer], n_images=4, model_name="toy")
+    >>> result.mvf_weights, result.lvf("weights")
+    (0.5, {0: 0.5})
+    >>> VulnerabilityResult.from_json(result.to_json()) == result
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from pytorchfi_deepvigor._results_codec import (
+    check_options,
+    decode,
+    freeze,
+    now_iso,
+    package_versions,
+    same,
+    thaw,
+)
+from pytorchfi_deepvigor._results_compare import ChannelPair, Comparison, compare
+
+__all__ = [
+    "METHODS",
+    "SCHEMA_VERSION",
+    "TARGETS",
+    "ChannelPair",
+    "Comparison",
+    "Cost",
+    "LayerResult",
+    "OutcomeCounts",
+    "VulnerabilityResult",
+    "compare",
+    "mvf",
+]
+
+SCHEMA_VERSION = 1
+Target = Literal["weights", "activations", "stored"]
+Method = Literal[
+    "deepvigor", "exhaustive", "sfi-network", "sfi-layer", "sfi-data-unaware", "sfi-data-aware"
+]
+TARGETS: tuple[str, ...] = get_args(Target)
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work a result took: batched forwards, image-evaluations, backwards, faults, seconds.
+
+    Example:
+        >>> Cost(batched_forwards=2, wall_time_s=0.5) + Cost(batched_forwards=1, faults=10)
+        Cost(batched_forwards=3, image_evaluations=0, backwards=0, faults=10, wall_time_s=0.5)
+    """
+
+    batched_forwards: int = 0
+    image_evaluations: int = 0
+    backwards: int = 0
+    faults: int = 0
+    wall_time_s: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Cost)))
+
+
+@dataclass(frozen=True)
+class OutcomeCounts:
+    """Fault outcomes over (fault, image) pairs: masked, non-critical SDC, critical, DUE.
+
+    Example:
+        >>> counts = OutcomeCounts(masked=5, sdc=2, critical=2, due=1)
+        >>> counts.total, counts.vf
+        (10, 0.3)
+    """
+
+    masked: int = 0
+    sdc: int = 0
+    critical: int = 0
+    due: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"expected {f.name} as a non-negative int, got {value!r}")
+            object.__setattr__(self, f.name, int(value))
+
+    def __add__(self, other: OutcomeCounts) -> OutcomeCounts:
+        if not isinstance(other, OutcomeCounts):
+            return NotImplemented
+        return OutcomeCounts(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(self))
+        )
+
+    @property
+    def total(self) -> int:
+        """Number of (fault, image) pairs counted."""
+        return self.masked + self.sdc + self.critical + self.due
+
+    @property
+    def vf(self) -> float:
+        """Fraction of pairs that are critical or DUE (a DUE counts as critical); NaN if empty."""
+        return (self.critical + self.due) / self.total if self.total else math.nan
+
+    @classmethod
+    def from_outcomes(cls, codes: Any) -> OutcomeCounts:
+        """Count engine outcome codes (0 masked, 1 SDC, 2 critical, 3 DUE) in an int array/tensor."""
+        array = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes).reshape(-1)
+        if array.size and (array.min() < 0 or array.max() > 3):
+            raise ValueError(f"expected outcome codes in 0..3, got {array.min()}..{array.max()}")
+        return cls(*np.bincount(array.astype(np.int64), minlength=4).tolist())
+
+
+def _tuple(values: Iterable[Any] | None, cast: Any) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(cast(v) for v in values)
+
+
+def _array(value: Any, dtype: Any = None) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.array(value.cpu() if hasattr(value, "cpu") else value, dtype=dtype, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class LayerResult:
+    """Vulnerability of one layer for one fault target.
+
+    ``channels`` and ``cvf`` are aligned; so are ``neurons`` ((c, h, w), h = w = 0 for Linear)
+    and ``nvf``. For the weights target, ``neurons`` holds the output positions drawn to feed
+    each channel's EDM (sampled analysis). ``vv_minus``/``vv_plus`` are ``[targets, images]``
+    with targets in the order of ``neurons`` (activations) or ``channels`` (weights). FI
+    results fill ``counts``, ``n_faults`` and, for SFI, ``margin``.
+
+    Example:
+        >>> LayerResult(layer_num=1, name="fc", kind="Linear", target="activations",
+        ...             n_neurons=10, n_weights=40, channels=(3,), cvf=(0.1,), lvf=0.1).cvf
+        (0.1,)
+    """
+
+    layer_num: int
+    name: str
+    kind: str
+    target: Target
+    n_neurons: int
+    n_weights: int
+    channels: tuple[int, ...]
+    cvf: tuple[float, ...]
+    lvf: float
+    neurons: tuple[tuple[int, int, int], ...] | None = None
+    nvf: tuple[float, ...] | None = None
+    vv_minus: np.ndarray | None = None
+    vv_plus: np.ndarray | None = None
+    edm: np.ndarray | None = None
+    counts: OutcomeCounts | None = None
+    n_faults: int | None = None
+    margin: float | None = None
+    cvf_spread: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"expected target in {TARGETS}, got {self.target!r}")
+        set_ = object.__setattr__
+        set_(self, "channels", _tuple(self.channels, int))
+        set_(self, "cvf", _tuple(self.cvf, float))
+        set_(self, "lvf", float(self.lvf))
+        if len(self.channels) != len(self.cvf):
+            raise ValueError(
+                f"expected one cvf per channel, got {len(self.cvf)} for {len(self.channels)}"
+            )
+        set_(self, "neurons", _tuple(self.neurons, lambda n: tuple(int(i) for i in n)))
+        set_(self, "nvf", _tuple(self.nvf, float))
+        if self.neurons is not None and any(len(n) != 3 for n in self.neurons):
+            raise ValueError("expected neurons as (channel, row, col) triples")
+        if self.nvf is not None and (self.neurons is None or len(self.nvf) != len(self.neurons)):
+            raise ValueError("expected one nvf per neuron (nvf given without aligned neurons)")
+        set_(self, "vv_minus", _array(self.vv_minus, np.float64))
+        set_(self, "vv_plus", _array(self.vv_plus, np.float64))
+        set_(self, "edm", _array(self.edm))
+        for vv in (self.vv_minus, self.vv_plus):
+            if vv is not None and vv.ndim != 2:
+                raise ValueError(f"expected VV ranges shaped [targets, images], got {vv.shape}")
+        minus, plus = self.vv_minus, self.vv_plus
+        if (minus is None) != (plus is None) or (
+            minus is not None and plus is not None and minus.shape != plus.shape
+        ):
+            raise ValueError("expected vv_minus and vv_plus both given with one shape, or neither")
+        for name in ("margin", "cvf_spread"):
+            if getattr(self, name) is not None:
+                set_(self, name, float(getattr(self, name)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerResult) and same(self, other)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready plain dict (see the module docstring for the schema)."""
+        return {f.name: thaw(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerResult:
+        """Rebuild a layer result from :meth:`to_dict`'s output."""
+        values = {f.name: decode(data[f.name]) for f in fields(cls) if f.name in data}
+        values.update({k: data[k] for k in ("name", "kind", "target") if k in data})
+        if values.get("counts") is not None:
+            values["counts"] = OutcomeCounts(**values["counts"])
+        return cls(**values)
+
+
+def mvf(lvfs: Iterable[float]) -> float:
+    """Model VF of one target: the mean LVF over layers.
+
+    Raises:
+        ValueError: when there is no LVF.
+    """
+    values = [float(v) for v in lvfs]
+    if not values:
+        raise ValueError("expected at least one LVF to average into an MVF")
+    return sum(values) / len(values)
+
+
+def _total_mvf(act: Mapping[int, LayerResult], wts: Mapping[int, LayerResult]) -> float:
+    """Paper Eq. 15 (a private copy: functional/vf.py is owned elsewhere)."""
+    terms = []
+    for num, a in act.items():
+        share = a.n_neurons + a.n_weights
+        terms.append((a.n_neurons * a.lvf + a.n_weights * wts[num].lvf) / share)
+    return sum(terms) / len(terms)
+
+
+@dataclass(frozen=True, eq=False)
+class VulnerabilityResult:
+    """A model's vulnerability from one analysis or FI campaign.
+
+    Build it with :meth:`from_layers`, which fills the MVFs. ``mvf_total`` is paper Eq. 15,
+    given when activations and weights were analysed for the same layers.
+
+    Example:
+        >>> VulnerabilityResult.from_layers("exhaustive", [], n_images=0).mvf_total is None
+        True
+    """
+
+    method: Method
+    layers: tuple[LayerResult, ...]
+    mvf_activations: float | None
+    mvf_weights: float | None
+    mvf_total: float | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    cost: Cost = field(default_factory=Cost)
+    n_images: int = 0
+    model_name: str = ""
+    unsupported: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    created: str = field(default_factory=now_iso)
+    versions: Mapping[str, str] = field(default_factory=package_versions)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"expected method in {METHODS}, got {self.method!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        keys = [(layer.layer_num, layer.target) for layer in self.layers]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"expected one LayerResult per (layer_num, target), got {keys}")
+        check_options(self.options)
+        object.__setattr__(self, "options", freeze(self.options))
+        object.__setattr__(self, "versions", freeze(self.versions))
+        object.__setattr__(self, "unsupported", tuple(self.unsupported))
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"result schema_version {self.schema_version} is newer than this package's "
+                f"{SCHEMA_VERSION}: upgrade pytorchfi-deepvigor to read it"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VulnerabilityResult) and same(self, other)
+
+    @classmethod
+    def from_layers(
+        cls,
+        method: Method,
+        layers: Iterable[LayerResult],
+        *,
+        options: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        cost: Cost | None = None,
+        n_images: int = 0,
+        model_name: str = "",
+        unsupported: Iterable[str] = (),
+    ) -> VulnerabilityResult:
+        """Assemble a result and compute its MVFs from the layers' LVFs."""
+        layers = tuple(layers)
+        act = {x.layer_num: x for x in layers if x.target == "activations"}
+        wts = {x.layer_num: x for x in layers if x.target == "weights"}
+        return cls(
+            method=method,
+            layers=layers,
+            mvf_activations=mvf(x.lvf for x in act.values()) if act else None,
+            mvf_weights=mvf(x.lvf for x in wts.values()) if wts else None,
+            mvf_total=_total_mvf(act, wts) if act and act.keys() == wts.keys() else None,
+            options=dict(options or {}),
+            seed=seed,
+            cost=cost or Cost(),
+            n_images=n_images,
+            model_name=model_name,
+            unsupported=tuple(unsupported),
+        )
+
+    def layer(self, layer_num: int, target: Target) -> LayerResult:
+        """The result of one layer for one target.
+
+        Raises:
+            KeyError: naming the (layer_num, target) pairs present.
+        """
+        for layer in self.layers:
+            if layer.layer_num == layer_num and layer.target == target:
+                return layer
+        present = [(x.layer_num, x.target) for x in self.layers]
+        raise KeyError(f"no layer {layer_num} with target {target!r}; present: {present}")
+
+    def lvf(self, target: Target) -> dict[int, float]:
+        """LVF per layer number for one target."""
+        if target not in TARGETS:
+            raise ValueError(f"expected target in {TARGETS}, got {target!r}")
+        return {x.layer_num: x.lvf for x in self.layers if x.target == target}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready plain dict (see the module docstring for the schema)."""
+        out = {f.name: thaw(getattr(self, f.name)) for f in fields(self)}
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        return out
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to strict JSON; also write it to ``path`` when one is given."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VulnerabilityResult:
+        """Rebuild a result from :meth:`to_dict`'s output."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["layers"] = tuple(LayerResult.from_dict(x) for x in data.get("layers", ()))
+        values["cost"] = Cost(**decode(data.get("cost", {})))
+        for name in ("mvf_activations", "mvf_weights", "mvf_total"):
+            if name in values:
+                values[name] = decode(values[name])
+        values["unsupported"] = tuple(data.get("unsupported", ()))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> VulnerabilityResult:
+        """Load from a JSON string or a path to a JSON file."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
