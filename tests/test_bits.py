@@ -44,16 +44,32 @@ float32s = st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnor
 @settings(max_examples=200, deadline=None)
 @given(value=float32s, bit=st.integers(0, 31))
 def test_flip_bit_matches_struct(value: float, bit: int) -> None:
-    out = flip_bit(torch.tensor([value], dtype=torch.float32), bit)
-    assert tensor_bits32(out) == [f32_bits(value) ^ (1 << bit)]
+    x = torch.tensor([value], dtype=torch.float32)
+    original = tensor_bits32(x)[0]
+    if not math.isnan(value):  # NaN payloads are checked on raw patterns below
+        assert original == f32_bits(value)
+    assert tensor_bits32(flip_bit(x, bit)) == [original ^ (1 << bit)]
+
+
+def test_flip_all_bits_on_random_raw_patterns_incl_nan_payloads() -> None:
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.randint(-(2**31), 2**31, (50_000,), dtype=torch.int64, generator=gen)
+    specials = torch.tensor([0x7F800001, 0x7FC00000, 0xFFFFFFFF, 0x00000001, 0x80000000])
+    raw = torch.cat([raw, specials.where(specials < 2**31, specials - 2**32)]).to(torch.int32)
+    out = flip_all_bits(raw.view(torch.float32)).view(torch.int32)
+    masks = torch.tensor([1 << b if b < 31 else -(2**31) for b in range(32)], dtype=torch.int32)
+    assert torch.equal(out, raw.unsqueeze(-1) ^ masks)
 
 
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(float32s, min_size=1, max_size=8))
 def test_flip_all_bits_matches_struct(values: list[float]) -> None:
-    out = flip_all_bits(torch.tensor(values, dtype=torch.float32))
+    x = torch.tensor(values, dtype=torch.float32)
+    out = flip_all_bits(x)
     assert out.shape == (len(values), 32)
-    expected = [f32_bits(v) ^ (1 << b) for v in values for b in range(32)]
+    expected = [v ^ (1 << b) for v in tensor_bits32(x) for b in range(32)]
+    finite = [v for v in values if not math.isnan(v)]
+    assert tensor_bits32(torch.tensor(finite, dtype=torch.float32)) == [f32_bits(v) for v in finite]
     assert tensor_bits32(out) == expected
 
 
@@ -102,9 +118,22 @@ def test_flip_bit_non_contiguous() -> None:
 @settings(max_examples=100, deadline=None)
 @given(value=st.floats(width=16), bit=st.integers(0, 15))
 def test_flip_bit_float16_matches_struct(value: float, bit: int) -> None:
-    out = flip_bit(torch.tensor([value], dtype=torch.float16), bit)
-    expected = struct.unpack("<H", struct.pack("<e", value))[0] ^ (1 << bit)
-    assert tensor_bits16(out) == [expected]
+    x = torch.tensor([value], dtype=torch.float16)
+    original = tensor_bits16(x)[0]
+    if not math.isnan(value):  # NaN payloads may differ between converters
+        assert original == struct.unpack("<H", struct.pack("<e", value))[0]
+    assert tensor_bits16(flip_bit(x, bit)) == [original ^ (1 << bit)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_flip_all_bits_exhaustive_16_bit_patterns(dtype: torch.dtype) -> None:
+    patterns = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    out = flip_all_bits(patterns.view(dtype)).view(torch.int16).to(torch.int32) & 0xFFFF
+    masks = 1 << torch.arange(16, dtype=torch.int32)
+    expected = (patterns.to(torch.int32).unsqueeze(-1) & 0xFFFF) ^ masks
+    assert torch.equal(out, expected)
+    stuck = stuck_at(patterns.view(dtype), 15, 0).view(torch.int16).to(torch.int32) & 0xFFFF
+    assert torch.equal(stuck, (patterns.to(torch.int32) & 0xFFFF) & 0x7FFF)
 
 
 def test_flip_all_bits_float16_matches_numpy() -> None:
