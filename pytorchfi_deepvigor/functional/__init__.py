@@ -1,5 +1,28 @@
 """Pure maths of the package: functions of tensors and numbers, no modules, hooks or I/O."""
 
+from pytorchfi_deepvigor.functional.edm import (
+    GRIDS,
+    bin_edges,
+    bin_index,
+    candidate_grid,
+    histogram,
+    operand_edm,
+    search_members,
+    weight_edm,
+)
+from pytorchfi_deepvigor.functional.receptive import (
+    ConvGeometry,
+    conv_geometry,
+    conv_patches,
+    operand_sites,
+    weight_sites,
+)
+from pytorchfi_deepvigor.functional.search import (
+    SearchResult,
+    bisect_search,
+    full_scan,
+    margin_loss,
+)
 from pytorchfi_deepvigor.functional.sfi import (
     RUOSPO_PRIOR,
     MarginExceededWarning,
@@ -9,6 +32,14 @@ from pytorchfi_deepvigor.functional.sfi import (
     stratified_margin,
     stratum_sample_sizes,
     weight_bit_prior,
+)
+from pytorchfi_deepvigor.functional.vf import (
+    layer_vf,
+    model_vf,
+    non_critical_mass,
+    total_mvf,
+    vulnerability_factor,
+    vv_values,
 )
 
 __all__ = [
@@ -20,4 +51,27 @@ __all__ = [
     "stratified_margin",
     "stratum_sample_sizes",
     "weight_bit_prior",
+    "GRIDS",
+    "bin_edges",
+    "bin_index",
+    "candidate_grid",
+    "histogram",
+    "operand_edm",
+    "search_members",
+    "weight_edm",
+    "ConvGeometry",
+    "conv_geometry",
+    "conv_patches",
+    "operand_sites",
+    "weight_sites",
+    "SearchResult",
+    "bisect_search",
+    "full_scan",
+    "margin_loss",
+    "layer_vf",
+    "model_vf",
+    "non_critical_mass",
+    "total_mvf",
+    "vulnerability_factor",
+    "vv_values",
 ]

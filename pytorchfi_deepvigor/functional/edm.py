@@ -1,0 +1,238 @@
+"""Step 1 of DeepVigor+: candidate grids and error distribution maps (EDMs).
+
+The candidate vulnerability values (CVVs) are positive magnitudes ``c_1 < ... < c_K``
+(powers of two) used with both signs:
+
+* ``"paper"``: ``2^-10 .. 2^10`` (21 values, the paper's Eq. 11);
+* ``"extended"`` (default): the paper grid plus ``2^12, 2^16, 2^24, 2^32, 2^64, 2^100, 2^127``,
+  so a target that is not vulnerable at any magnitude can be recognised as such.
+
+An EDM of one target on one image is a histogram of the additive output errors that all
+single bit flips of the target's fault sites produce, over the ``2K + 1`` bins cut by the edges
+``[-c_K, ..., -c_1, c_1, ..., c_K]``. Bin ``b`` holds the errors in ``[edge[b-1], edge[b])``:
+
+* bin ``0`` (``e < -c_K``, ``-Inf`` included) and bin ``2K`` (``e >= c_K``, ``+Inf`` included;
+  NaN errors are counted here, as ``+Inf``) are **always critical**: for the paper grid this is
+  the paper's "beyond 2^10 is critical", for the extended grid it only concerns
+  ``|e| >= 2^127`` and infinities;
+* bin ``K`` (``[-c_1, c_1)``) is **never critical**: below the grid's resolution (the paper's
+  masked errors);
+* the positive bin ``[c_k, c_{k+1})`` (bin ``K + k``) is critical iff the candidate ``+c_k`` is,
+  the negative bin ``[-c_{k+1}, -c_k)`` (bin ``K - k``) iff ``-c_k`` is.
+
+The vulnerability-value search space (VVSS) is therefore the set of inner edges of non-empty
+bins: ``+c_k`` (``k < K``) when bin ``K + k`` is non-empty, ``-c_k`` likewise
+(:func:`search_members`). Fault sites: an operand target (an output neuron) has the operands of
+its receptive field (only the input channels of its group; zero padding is not a site); a weight
+target (an output channel ``k``) has the weights of filter ``k``, and every output position adds
+one error per (weight, bit) (``aggregate="position"``, the paper) or only the positional error
+of largest magnitude (``aggregate="fault"``).
+
+Counting is vectorised: :func:`~pytorchfi_deepvigor.bits.flip_all_bits` gives every flip of
+every site at once, ``torch.bucketize`` bins all errors, ``scatter_add`` counts them; there is
+no Python loop over sites or bits.
+
+Example:
+    >>> grid = candidate_grid("paper")
+    >>> len(grid), float(grid[0]), float(grid[-1])
+    (21, 0.0009765625, 1024.0)
+    >>> counts = histogram(torch.tensor([[0.0, 3.0, -3.0, float("nan")]]), grid)
+    >>> [int(counts[0, b]) for b in (21, 42, 21 + 1 + 11, 21 - 1 - 11)]  # 0, NaN, 3, -3
+    [1, 1, 1, 1]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pytorchfi_deepvigor.bits import flip_all_bits
+
+__all__ = [
+    "GRIDS",
+    "candidate_grid",
+    "bin_edges",
+    "bin_index",
+    "histogram",
+    "operand_edm",
+    "weight_edm",
+    "search_members",
+]
+
+GRIDS: dict[str, tuple[int, ...]] = {
+    "paper": tuple(range(-10, 11)),
+    "extended": (*range(-10, 11), 12, 16, 24, 32, 64, 100, 127),
+}
+"""Exponents of the candidate grids: ``c_k = 2 ** exponent``."""
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def candidate_grid(search: str = "extended") -> Tensor:
+    """Positive candidate magnitudes ``c_1 < ... < c_K`` (float64, exact powers of two).
+
+    Args:
+        search: ``"extended"`` (default) or ``"paper"``.
+
+    Raises:
+        ValueError: for an unknown grid name.
+    """
+    if search not in GRIDS:
+        raise ValueError(f"expected search in {sorted(GRIDS)}, got {search!r}")
+    return torch.tensor([2.0**e for e in GRIDS[search]], dtype=torch.float64)
+
+
+def _check_grid(grid: Tensor) -> None:
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(f"expected a 1-D grid of at least 2 magnitudes, got {tuple(grid.shape)}")
+    if not bool((grid > 0).all()) or not bool((grid[1:] > grid[:-1]).all()):
+        raise ValueError("expected a grid of strictly increasing positive magnitudes")
+
+
+def bin_edges(grid: Tensor) -> Tensor:
+    """The ``2K`` bin edges ``[-c_K, ..., -c_1, c_1, ..., c_K]`` (float32)."""
+    _check_grid(grid)
+    return torch.cat([-grid.flip(0), grid]).to(torch.float32)
+
+
+def bin_index(errors: Tensor, grid: Tensor) -> Tensor:
+    """Bin (0..2K) of every error; NaN goes to the top bin ``2K`` (counted as ``+Inf``)."""
+    edges = bin_edges(grid).to(errors.device)
+    idx = torch.bucketize(errors.float().contiguous(), edges, right=True)
+    return idx.masked_fill_(torch.isnan(errors), edges.numel())
+
+
+def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Counts of ``errors[..., n]`` over the last dimension, per leading index.
+
+    Args:
+        errors: float tensor ``(..., N)``.
+        grid: candidate magnitudes (:func:`candidate_grid`).
+        valid: optional bool tensor broadcastable to ``errors``; ``False`` entries are not counted.
+
+    Returns:
+        int64 tensor ``(..., 2K + 1)``.
+    """
+    nbins = 2 * grid.numel() + 1
+    idx = bin_index(errors, grid)
+    if valid is not None:
+        idx = torch.where(valid, idx, nbins)  # an overflow bin, dropped below
+    lead = idx.shape[:-1]
+    flat = idx.reshape(-1, idx.shape[-1])
+    counts = torch.zeros(flat.shape[0], nbins + 1, dtype=torch.int64, device=errors.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    return counts[:, :nbins].reshape(*lead, nbins)
+
+
+def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
+    """EDMs of operand targets (output neurons): errors ``(flip_b(x_j) - x_j) * w_j``.
+
+    Args:
+        x: the operands of each target on each image, float32 ``(I, T, J)``.
+        w: the weights they multiply, float32 ``(T, J)``.
+        grid: candidate magnitudes.
+        valid: bool ``(T, J)``; ``False`` marks operands that are not fault sites (zero padding).
+
+    Returns:
+        int64 counts ``(T, I, 2K + 1)``; each row sums to ``32 * valid[t].sum()``.
+    """
+    if x.dim() != 3 or w.dim() != 2 or x.shape[1:] != w.shape:
+        raise ValueError(
+            f"expected x (I, T, J) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    n_img, n_tgt, n_ops = x.shape
+    mask = None if valid is None else valid.to(x.device).view(n_tgt, 1, n_ops, 1)
+    xt = x.transpose(0, 1)  # (T, I, J)
+    out = []
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * 32))
+    for a in range(0, n_tgt, step):
+        xs = xt[a : a + step]
+        err = (flip_all_bits(xs) - xs.unsqueeze(-1)) * w[a : a + step, None, :, None]
+        m = None if mask is None else mask[a : a + step].expand_as(err)
+        out.append(histogram(err.flatten(2), grid, None if m is None else m.flatten(2)))
+    return torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
+
+
+def _largest(x: Tensor, valid: Tensor | None) -> Tensor:
+    """The operand of largest magnitude over positions (last dim), padding excluded."""
+    mag = x.abs()
+    if valid is not None:
+        mag = torch.where(valid, mag, -1.0)
+    pick = mag.argmax(dim=-1, keepdim=True)
+    return torch.gather(x, -1, pick).squeeze(-1)
+
+
+def weight_edm(
+    x: Tensor,
+    w: Tensor,
+    grid: Tensor,
+    valid: Tensor | None = None,
+    aggregate: str = "position",
+) -> Tensor:
+    """EDMs of weight targets (output channels): errors ``(flip_b(w_j) - w_j) * x_{j,p}``.
+
+    Args:
+        x: the operands each weight meets at each analysed output position, float32
+            ``(I, T, J, P)`` (``T`` targets, ``J`` weights per filter, ``P`` positions).
+        w: the filters, float32 ``(T, J)``.
+        grid: candidate magnitudes.
+        valid: bool ``(T, J, P)``; ``False`` marks zero padding (no operand, no error counted).
+        aggregate: ``"position"`` (one error per weight, bit and position, the paper) or
+            ``"fault"`` (one error per weight and bit: the positional error of largest magnitude,
+            i.e. the error at the first position of largest operand magnitude).
+
+    Returns:
+        int64 counts ``(T, I, 2K + 1)``.
+    """
+    if aggregate not in ("position", "fault"):
+        raise ValueError(f"expected aggregate 'position' or 'fault', got {aggregate!r}")
+    if x.dim() != 4 or w.dim() != 2 or x.shape[1:3] != w.shape:
+        raise ValueError(
+            f"expected x (I, T, J, P) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    n_img, n_tgt, n_w, n_pos = x.shape
+    eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
+    xt = x.transpose(0, 1)  # (T, I, J, P)
+    vt = None if valid is None else valid.to(x.device).unsqueeze(1)  # (T, 1, J, P)
+    if aggregate == "fault":
+        xm = _largest(xt, vt)  # (T, I, J)
+        err = eps.unsqueeze(1) * xm.unsqueeze(-1)  # (T, I, J, 32)
+        if vt is None:
+            return histogram(err.flatten(2), grid)
+        m = vt.any(dim=-1, keepdim=True).expand_as(err)  # a weight that meets only padding
+        return histogram(err.flatten(2), grid, m.flatten(2))
+    out = []
+    per_img = n_w * 32 * n_pos
+    step_i = max(1, min(n_img, _CHUNK_ELEMENTS // max(1, per_img)))
+    for t in range(n_tgt):
+        rows = []
+        for a in range(0, n_img, step_i):
+            err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]  # (i, J, 32, P)
+            m = None if vt is None else vt[t, :, :, None, :].expand_as(err)
+            rows.append(histogram(err.flatten(1), grid, None if m is None else m.flatten(1)))
+        out.append(torch.cat(rows))
+    if not out:
+        return torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
+    return torch.stack(out)
+
+
+def search_members(counts: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
+    """VVSS membership of each candidate magnitude, per sign.
+
+    Args:
+        counts: EDM counts ``(..., 2K + 1)``.
+        grid: the ``K`` candidate magnitudes.
+
+    Returns:
+        ``(plus, minus)``, bool ``(..., K)``: ``plus[..., g]`` is true when the bin
+        ``[c_g, c_{g+1})`` is non-empty (so ``+grid[g]`` must be probed), ``minus[..., g]`` when
+        ``[-c_{g+1}, -c_g)`` is. The last candidate ``c_K`` is never a member: errors beyond it
+        are critical by definition.
+    """
+    k = grid.numel()
+    if counts.shape[-1] != 2 * k + 1:
+        raise ValueError(f"expected counts with {2 * k + 1} bins, got {counts.shape[-1]}")
+    false = torch.zeros(*counts.shape[:-1], 1, dtype=torch.bool, device=counts.device)
+    plus = torch.cat([counts[..., k + 1 : 2 * k] > 0, false], dim=-1)
+    minus = torch.cat([counts[..., :k].flip(-1)[..., : k - 1] > 0, false], dim=-1)
+    return plus, minus

@@ -1,0 +1,184 @@
+"""Receptive fields: the operands each output neuron of a Conv2d or Linear layer multiplies.
+
+Pure tensor code (no hooks): given a layer's golden input and its parameters, return the
+operands that meet each weight. Conv2d supports any stride, dilation, groups (depthwise
+included), non-square kernels and maps, and padding given as numbers, ``"same"`` (asymmetric
+when the kernel extent is even, as PyTorch pads) or ``"valid"``.
+
+Zero padding is **not** a fault site: the functions return a validity mask that is ``False``
+where an operand is a padded zero. With ``padding_mode`` other than ``"zeros"`` (reflect,
+replicate, circular) the padded operands are copies of stored values and count as sites.
+
+Layouts: an output position ``p`` is ``row * W_out + col``; the operands of output channel
+``c`` are the input channels of its group in unfold order (channel-major, then kernel row,
+kernel column), matching ``weight[c].flatten()``.
+
+Example:
+    >>> conv = torch.nn.Conv2d(2, 4, 3, padding=1, groups=2)
+    >>> x = torch.randn(5, 2, 4, 4)
+    >>> ops, w, valid = operand_sites(x, conv, torch.tensor([3]), torch.tensor([0]))
+    >>> tuple(ops.shape), tuple(w.shape), int(valid.sum())  # corner: 4 of 9 operands are real
+    ((5, 1, 9), (1, 9), 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ConvGeometry", "conv_geometry", "conv_patches", "operand_sites", "weight_sites"]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything :func:`conv_patches` needs to know about a Conv2d.
+
+    Attributes:
+        in_channels, out_channels, groups: channel counts.
+        kernel: ``(kh, kw)``.
+        stride, dilation: ``(sh, sw)``, ``(dh, dw)``.
+        pad: ``(left, right, top, bottom)`` as ``F.pad`` takes it.
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+    """
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    padding_mode: str = "zeros"
+
+    @property
+    def operands_per_neuron(self) -> int:
+        """Operands of one output neuron: ``in_channels / groups * kh * kw``."""
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple) else (int(v), int(v))
+
+
+def conv_geometry(conv: nn.Conv2d) -> ConvGeometry:
+    """Resolve a Conv2d's padding (numbers, ``"same"``, ``"valid"``) into explicit pads."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+    kh, kw = _pair(conv.kernel_size)
+    dil = _pair(conv.dilation)
+    if conv.padding == "same":
+        th, tw = dil[0] * (kh - 1), dil[1] * (kw - 1)
+        pad = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    elif conv.padding == "valid":
+        pad = (0, 0, 0, 0)
+    else:
+        ph, pw = _pair(conv.padding)  # type: ignore[arg-type]
+        pad = (pw, pw, ph, ph)
+    return ConvGeometry(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        groups=conv.groups,
+        kernel=(kh, kw),
+        stride=_pair(conv.stride),
+        dilation=dil,
+        pad=pad,
+        padding_mode=conv.padding_mode,
+    )
+
+
+def conv_patches(x: Tensor, geom: ConvGeometry) -> tuple[Tensor, Tensor]:
+    """All receptive fields of a convolution.
+
+    Args:
+        x: the layer's input ``(I, C_in, H, W)``.
+        geom: from :func:`conv_geometry`.
+
+    Returns:
+        ``(patches, valid)``: ``patches`` ``(I, C_in * kh * kw, L)`` as ``F.unfold`` lays them out
+        (``L`` output positions, row-major); ``valid`` bool ``(kh * kw, L)``, ``False`` where the
+        operand is zero padding (the same for every input channel and image).
+    """
+    if x.dim() != 4 or x.shape[1] != geom.in_channels:
+        raise ValueError(
+            f"expected input (I, {geom.in_channels}, H, W), got shape {tuple(x.shape)}"
+        )
+    unfold = dict(kernel_size=geom.kernel, dilation=geom.dilation, stride=geom.stride)
+    ones = torch.ones(1, 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    if geom.padding_mode == "zeros":
+        xp, mp = F.pad(x, geom.pad), F.pad(ones, geom.pad)
+    else:  # padded operands are copies of stored values: real sites
+        xp, mp = F.pad(x, geom.pad, mode=geom.padding_mode), F.pad(ones, geom.pad, value=1.0)
+    patches = F.unfold(xp, **unfold)
+    valid = F.unfold(mp, **unfold)[0] > 0.5
+    return patches, valid
+
+
+def _conv_parts(
+    x: Tensor, conv: nn.Conv2d, channels: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Patches, validity, per-target operand rows ``(T, J)``, filters ``(T, J)``, kernel offsets."""
+    geom = conv_geometry(conv)
+    patches, valid = conv_patches(x, geom)
+    cg = geom.in_channels // geom.groups
+    kk = geom.kernel[0] * geom.kernel[1]
+    group = channels.long() // (geom.out_channels // geom.groups)
+    rows = (group * cg * kk).unsqueeze(1) + torch.arange(cg * kk, device=x.device)  # (T, J)
+    offset = torch.arange(cg * kk, device=x.device) % kk  # kernel offset of each operand
+    w = conv.weight.detach()[channels.long()].reshape(channels.numel(), -1)
+    return patches, valid, rows, w, offset
+
+
+def operand_sites(
+    x: Tensor, layer: nn.Module, channels: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Operands, weights and validity of output neurons ``(channels[t], positions[t])``.
+
+    Args:
+        x: the layer's golden input ``(I, C_in, H, W)`` (Conv2d) or ``(I, F_in)`` (Linear).
+        layer: the ``nn.Conv2d`` or ``nn.Linear``.
+        channels: long ``(T,)`` output channels (features for Linear).
+        positions: long ``(T,)`` flat output positions (ignored for Linear).
+
+    Returns:
+        ``(ops, w, valid)``: float32 ``(I, T, J)``, ``(T, J)`` and bool ``(T, J)``.
+    """
+    channels = channels.long()
+    if isinstance(layer, nn.Linear):
+        w = layer.weight.detach()[channels]
+        ops = x.unsqueeze(1).expand(-1, channels.numel(), -1)
+        return ops, w, torch.ones_like(w, dtype=torch.bool)
+    patches, valid, rows, w, offset = _conv_parts(x, layer, channels)
+    pos = positions.long().unsqueeze(1).expand_as(rows)
+    ops = patches[:, rows, pos]  # (I, T, J)
+    return ops, w, valid[offset.unsqueeze(0).expand_as(rows), pos]
+
+
+def weight_sites(
+    x: Tensor, layer: nn.Module, channels: Tensor, positions: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Operands each weight of filters ``channels`` meets at the given output positions.
+
+    Args:
+        x: the layer's golden input.
+        layer: the ``nn.Conv2d`` or ``nn.Linear``.
+        channels: long ``(T,)`` output channels.
+        positions: long ``(T, P)`` flat output positions per target, or ``None`` for all.
+
+    Returns:
+        ``(ops, w, valid)``: float32 ``(I, T, J, P)``, ``(T, J)`` and bool ``(T, J, P)``.
+    """
+    channels = channels.long()
+    if isinstance(layer, nn.Linear):
+        w = layer.weight.detach()[channels]
+        ops = x[:, None, :, None].expand(-1, channels.numel(), -1, 1)
+        return ops, w, torch.ones(*w.shape, 1, dtype=torch.bool, device=w.device)
+    patches, valid, rows, w, offset = _conv_parts(x, layer, channels)
+    n_pos = patches.shape[-1]
+    if positions is None:
+        positions = torch.arange(n_pos, device=x.device).expand(channels.numel(), -1)
+    pos = positions.long().unsqueeze(1)  # (T, 1, P)
+    ops = patches[:, rows.unsqueeze(-1), pos]  # (I, T, J, P)
+    return ops, w, valid[offset.view(1, -1, 1), pos]

@@ -1,0 +1,109 @@
+"""Receptive fields: operands times weights rebuild the layer's output; padding is masked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pytorchfi_deepvigor.functional.receptive import (
+    conv_geometry,
+    conv_patches,
+    operand_sites,
+    weight_sites,
+)
+
+CONVS = {
+    "plain": lambda: nn.Conv2d(3, 4, 3),
+    "padded-strided": lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1),
+    "same-even-dilated": lambda: nn.Conv2d(3, 4, (2, 4), padding="same", dilation=(2, 1)),
+    "valid-nonsquare": lambda: nn.Conv2d(3, 4, (1, 3), padding="valid", stride=(1, 2)),
+    "grouped": lambda: nn.Conv2d(4, 6, 3, padding=(2, 1), dilation=2, groups=2),
+    "depthwise": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+    "reflect": lambda: nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect"),
+    "circular": lambda: nn.Conv2d(3, 2, 3, padding=2, padding_mode="circular"),
+}
+
+
+def _input(conv: nn.Conv2d) -> torch.Tensor:
+    return torch.randn(2, conv.in_channels, 7, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _bias(layer: nn.Module, channels: torch.Tensor) -> torch.Tensor:
+    if layer.bias is None:
+        return torch.zeros(channels.shape)
+    return layer.bias.detach()[channels]
+
+
+def _padding_mask(conv: nn.Conv2d, h_out: int, w_out: int, h: int, w: int) -> torch.Tensor:
+    """Brute force: which (kernel offset, output position) operands fall inside the input."""
+    g = conv_geometry(conv)
+    kh, kw = g.kernel
+    mask = torch.zeros(kh * kw, h_out * w_out, dtype=torch.bool)
+    for r in range(h_out):
+        for c in range(w_out):
+            for a in range(kh):
+                for b in range(kw):
+                    y = r * g.stride[0] - g.pad[2] + a * g.dilation[0]
+                    x = c * g.stride[1] - g.pad[0] + b * g.dilation[1]
+                    mask[a * kw + b, r * w_out + c] = 0 <= y < h and 0 <= x < w
+    return mask
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", list(CONVS))
+def test_operands_rebuild_conv_output(name: str) -> None:
+    torch.manual_seed(0)
+    conv = CONVS[name]()
+    x = _input(conv)
+    out = conv(x).detach()
+    n_ch, h_out, w_out = out.shape[1:]
+    ch = torch.arange(n_ch).repeat_interleave(h_out * w_out)
+    pos = torch.arange(h_out * w_out).repeat(n_ch)
+    ops, w, valid = operand_sites(x, conv, ch, pos)
+    rebuilt = (ops * w).sum(-1) + _bias(conv, ch)
+    assert torch.allclose(rebuilt, out.flatten(1), atol=1e-5)
+    wops, ww, wvalid = weight_sites(x, conv, torch.arange(n_ch))
+    rebuilt = (wops * ww[..., None]).sum(2) + _bias(conv, torch.arange(n_ch))[..., None]
+    assert torch.allclose(rebuilt, out.flatten(2), atol=1e-5)
+    if conv.padding_mode == "zeros":
+        mask = _padding_mask(conv, h_out, w_out, *x.shape[2:])
+        kk = mask.shape[0]
+        j = torch.arange(w.shape[1]) % kk
+        assert valid.equal(mask[j][:, pos].T.reshape(n_ch, h_out * w_out, -1).flatten(0, 1))
+        assert wvalid.equal(mask[j].unsqueeze(0).expand(n_ch, -1, -1))
+        assert (ops[:, ~valid] == 0).all()  # padded operands are zeros, but not sites
+    else:
+        assert valid.all() and wvalid.all()
+
+
+def test_weight_sites_at_chosen_positions() -> None:
+    conv = CONVS["grouped"]()
+    x = _input(conv)
+    out = conv(x).detach().flatten(2)
+    positions = torch.tensor([[0, 5], [3, 3], [7, 1]])
+    channels = torch.tensor([5, 0, 2])
+    ops, w, valid = weight_sites(x, conv, channels, positions)
+    assert ops.shape == (2, 3, 18, 2) and valid.shape == (3, 18, 2)
+    rebuilt = (ops * w[..., None]).sum(2) + _bias(conv, channels)[:, None]
+    expected = out[:, channels[:, None], positions]
+    assert torch.allclose(rebuilt, expected, atol=1e-5)
+
+
+def test_linear_operands() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    ch = torch.tensor([2, 0])
+    ops, w, valid = operand_sites(x, lin, ch, torch.zeros(2, dtype=torch.long))
+    assert torch.allclose((ops * w).sum(-1) + _bias(lin, ch), lin(x).detach()[:, ch], atol=1e-6)
+    assert valid.all()
+    wops, ww, wvalid = weight_sites(x, lin, ch)
+    assert wops.shape == (4, 2, 5, 1) and wvalid.shape == (2, 5, 1)
+
+
+def test_receptive_input_errors() -> None:
+    with pytest.raises(TypeError, match="expected an nn.Conv2d"):
+        conv_geometry(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"expected input \(I, 3, H, W\)"):
+        conv_patches(torch.zeros(1, 2, 4, 4), conv_geometry(nn.Conv2d(3, 1, 1)))

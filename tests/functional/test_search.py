@@ -1,0 +1,100 @@
+"""The vectorised bisection against a full scan, on monotone and hand-made oracles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pytorchfi_deepvigor.functional.search import bisect_search, full_scan, margin_loss
+
+K = 28
+ONE = 10  # grid index of 1.0 in both grids
+
+
+def random_rows(seed: int, n_rows: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    members = torch.rand(n_rows, K, generator=gen) < torch.rand(n_rows, 1, generator=gen)
+    members[:, -1] = False
+    threshold = torch.randint(0, K + 1, (n_rows,), generator=gen)  # K: never critical
+    return members, threshold
+
+
+class CountingOracle:
+    """Monotone oracle ``g >= threshold[row]`` that records every probe."""
+
+    def __init__(self, threshold: torch.Tensor) -> None:
+        self.threshold = threshold
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        self.calls.append((rows, g))
+        return g >= self.threshold[rows]
+
+
+@pytest.mark.parametrize("first", [ONE, None], ids=["probe-one-first", "plain-bisection"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bisection_equals_full_scan_on_monotone_oracles(first: int | None, seed: int) -> None:
+    members, threshold = random_rows(seed)
+    oracle = CountingOracle(threshold)
+    fast = bisect_search(members, oracle, first=first)
+    slow = full_scan(members, CountingOracle(threshold), first=first)
+    assert fast.index.equal(slow.index)
+    # and both are the smallest candidate at or above the threshold
+    cand = members.clone()
+    if first is not None:
+        cand[members.any(1), first] = True
+    for r in range(members.shape[0]):
+        above = [g for g in cand[r].nonzero().flatten().tolist() if g >= threshold[r]]
+        assert fast.index[r] == (above[0] if above else K)
+    # each (row, candidate) is probed at most once, and only candidates of that row
+    rows = torch.cat([c[0] for c in oracle.calls])
+    gs = torch.cat([c[1] for c in oracle.calls])
+    assert cand[rows, gs].all()
+    assert len(set(zip(rows.tolist(), gs.tolist(), strict=True))) == rows.numel()
+    # bisection cost: at most 1 + ceil(log2(n + 1)) probes per row
+    n = cand.sum(1).float()
+    bound = (first is not None) + torch.ceil(torch.log2(n + 1))
+    assert (fast.probes <= bound).all()
+    assert fast.rounds == len(oracle.calls) <= 1 + math.ceil(math.log2(K + 1))
+
+
+def test_empty_rows_need_no_probe() -> None:
+    members = torch.zeros(3, K, dtype=torch.bool)
+    res = bisect_search(members, lambda r, g: torch.ones_like(r, dtype=torch.bool), first=ONE)
+    assert res.index.tolist() == [K] * 3 and res.probes.tolist() == [0] * 3 and res.rounds == 0
+
+
+def test_first_probe_decides_the_side() -> None:
+    members = torch.zeros(2, K, dtype=torch.bool)
+    members[:, [2, 5, 14, 20]] = True
+    # row 0: critical from g = 5 on -> 1.0 is critical, search (0, 1); row 1: only from 20
+    threshold = torch.tensor([5, 20])
+    res = bisect_search(members, CountingOracle(threshold), first=ONE)
+    assert res.index.tolist() == [5, 20]
+    # 1 is critical for row 0 but not a member: VV may be reported at 1 when no member below is
+    res = bisect_search(members, CountingOracle(torch.tensor([8, 27])), first=ONE)
+    assert res.index.tolist() == [ONE, K]
+
+
+def test_full_scan_takes_smallest_critical_without_monotonicity() -> None:
+    members = torch.zeros(1, K, dtype=torch.bool)
+    members[0, [1, 4, 7]] = True
+    res = full_scan(members, lambda r, g: g == 4)
+    assert res.index.tolist() == [4] and res.probes.tolist() == [3]
+
+
+def test_search_input_errors() -> None:
+    with pytest.raises(ValueError, match=r"expected bool members \(R, K\)"):
+        bisect_search(torch.zeros(2, K), lambda r, g: r > 0)
+    with pytest.raises(ValueError, match=r"expected first in \[0, 28\)"):
+        bisect_search(torch.ones(2, K, dtype=torch.bool), lambda r, g: r > 0, first=K)
+    with pytest.raises(ValueError, match="oracle must return bool"):
+        bisect_search(torch.ones(2, K, dtype=torch.bool), lambda r, g: r.float())
+
+
+def test_margin_loss_is_the_sum_of_golden_minus_other_logits() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+    loss = margin_loss(logits, torch.tensor([0, 2]))
+    assert loss.tolist() == [2.0 + 3.0, 5.0 + 3.0]
