@@ -25,7 +25,7 @@ Example:
     >>> threshold = torch.tensor([3])  # candidate g is critical iff g >= 3
     >>> res = bisect_search(members, lambda rows, g: g >= threshold[rows], first=2)
     >>> res.index.tolist(), res.probes.tolist()
-    [[3], [2]]
+    ([3], [2])
 """
 
 from __future__ import annotations
