@@ -13,9 +13,11 @@ from pytorchfi_deepvigor.functional.edm import (
 from pytorchfi_deepvigor.functional.receptive import (
     ConvGeometry,
     conv_geometry,
+    conv_operands,
     conv_patches,
-    operand_sites,
-    weight_sites,
+    conv_weight_operands,
+    linear_operands,
+    linear_weight_operands,
 )
 from pytorchfi_deepvigor.functional.search import (
     SearchResult,
@@ -62,8 +64,10 @@ __all__ = [
     "ConvGeometry",
     "conv_geometry",
     "conv_patches",
-    "operand_sites",
-    "weight_sites",
+    "conv_operands",
+    "conv_weight_operands",
+    "linear_operands",
+    "linear_weight_operands",
     "SearchResult",
     "bisect_search",
     "full_scan",

@@ -16,7 +16,7 @@ kernel column), matching ``weight[c].flatten()``.
 Example:
     >>> conv = torch.nn.Conv2d(2, 4, 3, padding=1, groups=2)
     >>> x = torch.randn(5, 2, 4, 4)
-    >>> ops, w, valid = operand_sites(x, conv, torch.tensor([3]), torch.tensor([0]))
+    >>> ops, w, valid = conv_operands(x, conv, torch.tensor([3]), torch.tensor([0]))
     >>> tuple(ops.shape), tuple(w.shape), int(valid.sum())  # corner: 4 of 9 operands are real
     ((5, 1, 9), (1, 9), 4)
 """
@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvGeometry", "conv_geometry", "conv_patches", "operand_sites", "weight_sites"]
+__all__ = [
+    "ConvGeometry",
+    "conv_geometry",
+    "conv_patches",
+    "conv_operands",
+    "conv_weight_operands",
+    "linear_operands",
+    "linear_weight_operands",
+]
 
 
 @dataclass(frozen=True)
@@ -131,54 +139,69 @@ def _conv_parts(
     return patches, valid, rows, w, offset
 
 
-def operand_sites(
-    x: Tensor, layer: nn.Module, channels: Tensor, positions: Tensor
+def conv_operands(
+    x: Tensor, conv: nn.Conv2d, channels: Tensor, positions: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Operands, weights and validity of output neurons ``(channels[t], positions[t])``.
+    """Operands, weights and validity of Conv2d output neurons ``(channels[t], positions[t])``.
 
     Args:
-        x: the layer's golden input ``(I, C_in, H, W)`` (Conv2d) or ``(I, F_in)`` (Linear).
-        layer: the ``nn.Conv2d`` or ``nn.Linear``.
-        channels: long ``(T,)`` output channels (features for Linear).
-        positions: long ``(T,)`` flat output positions (ignored for Linear).
+        x: the layer's golden input ``(I, C_in, H, W)``.
+        conv: the layer.
+        channels: long ``(T,)`` output channels.
+        positions: long ``(T,)`` flat output positions (``row * W_out + col``).
 
     Returns:
         ``(ops, w, valid)``: float32 ``(I, T, J)``, ``(T, J)`` and bool ``(T, J)``.
     """
-    channels = channels.long()
-    if isinstance(layer, nn.Linear):
-        w = layer.weight.detach()[channels]
-        ops = x.unsqueeze(1).expand(-1, channels.numel(), -1)
-        return ops, w, torch.ones_like(w, dtype=torch.bool)
-    patches, valid, rows, w, offset = _conv_parts(x, layer, channels)
+    patches, valid, rows, w, offset = _conv_parts(x, conv, channels.long())
     pos = positions.long().unsqueeze(1).expand_as(rows)
     ops = patches[:, rows, pos]  # (I, T, J)
     return ops, w, valid[offset.unsqueeze(0).expand_as(rows), pos]
 
 
-def weight_sites(
-    x: Tensor, layer: nn.Module, channels: Tensor, positions: Tensor | None = None
+def linear_operands(
+    x: Tensor, linear: nn.Linear, channels: Tensor, positions: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Operands each weight of filters ``channels`` meets at the given output positions.
+    """Operands, weights and validity of Linear output features ``channels`` (positions unused).
+
+    Returns:
+        ``(ops, w, valid)``: float32 ``(I, T, F_in)``, ``(T, F_in)`` and bool ``(T, F_in)``.
+    """
+    w = linear.weight.detach()[channels.long()]
+    ops = x.unsqueeze(1).expand(-1, channels.numel(), -1)
+    return ops, w, torch.ones_like(w, dtype=torch.bool)
+
+
+def conv_weight_operands(
+    x: Tensor, conv: nn.Conv2d, channels: Tensor, positions: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Operands each weight of Conv2d filters ``channels`` meets at the given output positions.
 
     Args:
-        x: the layer's golden input.
-        layer: the ``nn.Conv2d`` or ``nn.Linear``.
+        x: the layer's golden input ``(I, C_in, H, W)``.
+        conv: the layer.
         channels: long ``(T,)`` output channels.
         positions: long ``(T, P)`` flat output positions per target, or ``None`` for all.
 
     Returns:
         ``(ops, w, valid)``: float32 ``(I, T, J, P)``, ``(T, J)`` and bool ``(T, J, P)``.
     """
-    channels = channels.long()
-    if isinstance(layer, nn.Linear):
-        w = layer.weight.detach()[channels]
-        ops = x[:, None, :, None].expand(-1, channels.numel(), -1, 1)
-        return ops, w, torch.ones(*w.shape, 1, dtype=torch.bool, device=w.device)
-    patches, valid, rows, w, offset = _conv_parts(x, layer, channels)
-    n_pos = patches.shape[-1]
+    patches, valid, rows, w, offset = _conv_parts(x, conv, channels.long())
     if positions is None:
-        positions = torch.arange(n_pos, device=x.device).expand(channels.numel(), -1)
+        positions = torch.arange(patches.shape[-1], device=x.device).expand(channels.numel(), -1)
     pos = positions.long().unsqueeze(1)  # (T, 1, P)
     ops = patches[:, rows.unsqueeze(-1), pos]  # (I, T, J, P)
     return ops, w, valid[offset.view(1, -1, 1), pos]
+
+
+def linear_weight_operands(
+    x: Tensor, linear: nn.Linear, channels: Tensor, positions: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Operands of the weights of Linear output features ``channels`` (one position).
+
+    Returns:
+        ``(ops, w, valid)``: float32 ``(I, T, F_in, 1)``, ``(T, F_in)`` and bool ``(T, F_in, 1)``.
+    """
+    w = linear.weight.detach()[channels.long()]
+    ops = x[:, None, :, None].expand(-1, channels.numel(), -1, 1)
+    return ops, w, torch.ones(*w.shape, 1, dtype=torch.bool, device=w.device)

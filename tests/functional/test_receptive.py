@@ -8,9 +8,11 @@ from torch import nn
 
 from pytorchfi_deepvigor.functional.receptive import (
     conv_geometry,
+    conv_operands,
     conv_patches,
-    operand_sites,
-    weight_sites,
+    conv_weight_operands,
+    linear_operands,
+    linear_weight_operands,
 )
 
 CONVS = {
@@ -60,10 +62,10 @@ def test_operands_rebuild_conv_output(name: str) -> None:
     n_ch, h_out, w_out = out.shape[1:]
     ch = torch.arange(n_ch).repeat_interleave(h_out * w_out)
     pos = torch.arange(h_out * w_out).repeat(n_ch)
-    ops, w, valid = operand_sites(x, conv, ch, pos)
+    ops, w, valid = conv_operands(x, conv, ch, pos)
     rebuilt = (ops * w).sum(-1) + _bias(conv, ch)
     assert torch.allclose(rebuilt, out.flatten(1), atol=1e-5)
-    wops, ww, wvalid = weight_sites(x, conv, torch.arange(n_ch))
+    wops, ww, wvalid = conv_weight_operands(x, conv, torch.arange(n_ch))
     rebuilt = (wops * ww[..., None]).sum(2) + _bias(conv, torch.arange(n_ch))[..., None]
     assert torch.allclose(rebuilt, out.flatten(2), atol=1e-5)
     if conv.padding_mode == "zeros":
@@ -83,7 +85,7 @@ def test_weight_sites_at_chosen_positions() -> None:
     out = conv(x).detach().flatten(2)
     positions = torch.tensor([[0, 5], [3, 3], [7, 1]])
     channels = torch.tensor([5, 0, 2])
-    ops, w, valid = weight_sites(x, conv, channels, positions)
+    ops, w, valid = conv_weight_operands(x, conv, channels, positions)
     assert ops.shape == (2, 3, 18, 2) and valid.shape == (3, 18, 2)
     rebuilt = (ops * w[..., None]).sum(2) + _bias(conv, channels)[:, None]
     expected = out[:, channels[:, None], positions]
@@ -95,10 +97,10 @@ def test_linear_operands() -> None:
     lin = nn.Linear(5, 3)
     x = torch.randn(4, 5)
     ch = torch.tensor([2, 0])
-    ops, w, valid = operand_sites(x, lin, ch, torch.zeros(2, dtype=torch.long))
+    ops, w, valid = linear_operands(x, lin, ch)
     assert torch.allclose((ops * w).sum(-1) + _bias(lin, ch), lin(x).detach()[:, ch], atol=1e-6)
     assert valid.all()
-    wops, ww, wvalid = weight_sites(x, lin, ch)
+    wops, ww, wvalid = linear_weight_operands(x, lin, ch)
     assert wops.shape == (4, 2, 5, 1) and wvalid.shape == (2, 5, 1)
 
 
