@@ -186,7 +186,7 @@ SUCCEEDING = {
         layer_num=[1], k=[1], dim1=[0], dim2=[2], dim3=[2], function=WeightBitFlip(30)
     )(images()),
     "fi_reset": lambda fi, net: (
-        _neuron_model(fi, dim2=[0, 0], dim3=[0, 0], value=[1, 1]),
+        _neuron_model(fi, dim2=[0, None], dim3=[0, None], value=[1, 1]),
         fi.fi_reset(),
     ),
     "weight_fault bit": lambda fi, net: _run_weight_fault(fi, net, bit=30),
