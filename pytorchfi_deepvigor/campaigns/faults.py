@@ -1,0 +1,302 @@
+"""Fault populations and the one per-fault evaluation shared by every campaign.
+
+A :class:`FaultPopulation` is every single fault of one target over a set of sites of one
+layer: each (site, bit) pair with a bit flip, or with stuck-at-0 and stuck-at-1 (population x 2,
+as Ruospo et al. count). Faults are numbered so that each bit is one contiguous stratum::
+
+    fault_id = (bit * multiplicity + polarity) * n_sites + site
+
+Sites, per target:
+
+* ``"weights"``: flat indices into the layer's weight tensor (bias faults are not modelled);
+* ``"operands"``: (neuron, operand) pairs, neuron = ``channel * H * W + row * W + col`` and
+  operand = the flat index into one filter ``(in_channel_of_group, kh, kw)``; operands that read
+  zero padding are not fault sites;
+* ``"stored"``: flat indices into one image's output tensor of the layer.
+
+:class:`FaultEvaluator` turns a batch of fault ids into one engine call over every image of the
+analysis batch, with the change each fault makes at the layer's output, exactly as the method
+defines it: a weight fault adds ``(w' - w) * x[i, j, p]`` to every position of channel ``k``
+(:class:`~pytorchfi_deepvigor.perturbations.ChannelAdd`), an operand fault adds
+``(x' - x) * w`` to one neuron (``NeuronAdd``), a stored-activation fault replaces one value by
+its faulty bit pattern (``NeuronSet``). Only the network suffix runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pytorchfi_deepvigor.bits import flip_bit, stuck_at
+from pytorchfi_deepvigor.catalogue import LayerInfo
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd, NeuronSet, Perturbation
+
+__all__ = [
+    "BITS",
+    "FAULT_MODELS",
+    "FAULT_TARGETS",
+    "FaultEvaluator",
+    "FaultPopulation",
+    "faulty_values",
+    "operand_sites",
+]
+
+FaultTarget = Literal["weights", "operands", "stored"]
+FaultModel = Literal["flip", "stuck-at"]
+FAULT_TARGETS: tuple[str, ...] = ("weights", "operands", "stored")
+FAULT_MODELS: tuple[str, ...] = ("flip", "stuck-at")
+BITS = 32
+
+
+@dataclass(frozen=True, eq=False)
+class FaultPopulation:
+    """Every fault of one target over some sites of one layer.
+
+    Attributes:
+        layer: the catalogue entry of the layer.
+        target: ``"weights"``, ``"operands"`` or ``"stored"``.
+        fault_model: ``"flip"`` or ``"stuck-at"`` (stuck-at-0 and stuck-at-1 per bit).
+        sites: int64 site coordinates, ``[S]`` (weights, stored) or ``[S, 2]`` (operands).
+
+    Example:
+        >>> from pytorchfi_deepvigor.catalogue import build_catalogue
+        >>> info = build_catalogue(torch.nn.Linear(3, 2), torch.zeros(1, 3))[0]
+        >>> pop = FaultPopulation(info, "weights", "stuck-at", np.arange(3))
+        >>> pop.size, pop.stratum(31), pop.decode(np.array([0, 7, 191]))
+        (192, range(186, 192), (array([0, 1, 2]), array([0, 1, 31]), array([0, 0, 1])))
+    """
+
+    layer: LayerInfo
+    target: FaultTarget
+    fault_model: FaultModel
+    sites: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.target not in FAULT_TARGETS:
+            raise ValueError(f"expected target in {FAULT_TARGETS}, got {self.target!r}")
+        if self.fault_model not in FAULT_MODELS:
+            raise ValueError(f"expected fault_model in {FAULT_MODELS}, got {self.fault_model!r}")
+        sites = np.asarray(self.sites, dtype=np.int64)
+        if sites.ndim != (2 if self.target == "operands" else 1):
+            raise ValueError(f"unexpected site array of shape {sites.shape} for {self.target}")
+        object.__setattr__(self, "sites", sites)
+
+    @property
+    def n_sites(self) -> int:
+        return int(self.sites.shape[0])
+
+    @property
+    def multiplicity(self) -> int:
+        """Faults per (site, bit): 1 for flips, 2 for stuck-at-0/1."""
+        return 2 if self.fault_model == "stuck-at" else 1
+
+    @property
+    def size(self) -> int:
+        """Number of faults: sites x 32 bits x multiplicity."""
+        return self.n_sites * BITS * self.multiplicity
+
+    def stratum(self, bit: int) -> range:
+        """The fault ids of one bit (both polarities for stuck-at): a contiguous range."""
+        width = self.multiplicity * self.n_sites
+        return range(bit * width, (bit + 1) * width)
+
+    def decode(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(site index, bit, value) of each fault id; value -1 is a flip, 0/1 a stuck-at."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            raise ValueError(f"fault ids out of range [0, {self.size})")
+        site = ids % self.n_sites
+        rest = ids // self.n_sites
+        bit, polarity = rest // self.multiplicity, rest % self.multiplicity
+        value = polarity if self.fault_model == "stuck-at" else np.full_like(ids, -1)
+        return site, bit, value
+
+    def channels(self, ids: np.ndarray) -> np.ndarray:
+        """Output channel (or Linear feature) each fault of ``ids`` affects."""
+        site = self.sites[self.decode(ids)[0]]
+        if self.target == "weights":
+            return site // self.layer.fan_in
+        neuron = site[:, 0] if self.target == "operands" else site
+        return neuron // self.layer.neurons_per_channel
+
+
+def faulty_values(x: torch.Tensor, bit: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``x`` with one bit flipped (``value == -1``) or stuck at ``value`` (0/1), elementwise.
+
+    Example:
+        >>> faulty_values(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([31, 31, 23]), torch.tensor([-1, 0, 1]))
+        tensor([-1.,  1.,  1.])
+    """
+    bit = bit.to(x.device).expand_as(x)
+    value = value.to(x.device).expand_as(x)
+    return torch.where(
+        value < 0,
+        flip_bit(x, bit),
+        torch.where(value == 0, stuck_at(x, bit, 0), stuck_at(x, bit, 1)),
+    )
+
+
+def _pads(info: LayerInfo) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding of a Conv2d."""
+    if isinstance(info.padding, str):
+        if info.padding == "valid":
+            return (0, 0, 0, 0)
+        kh, kw = info.weight_shape[2:]
+        th, tw = info.dilation[0] * (kh - 1), info.dilation[1] * (kw - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = info.padding
+    return (ph, ph, pw, pw)
+
+
+def _operand_coords(info: LayerInfo, neuron: np.ndarray, operand: np.ndarray) -> tuple:
+    """(channel, row, col, in_channel, padded_row, padded_col) of conv operands."""
+    _, ho, wo = info.output_shape
+    cin_g, kh, kw = info.weight_shape[1:]
+    cout_g = info.output_shape[0] // info.groups
+    channel, pos = neuron // (ho * wo), neuron % (ho * wo)
+    row, col = pos // wo, pos % wo
+    ci = (channel // cout_g) * cin_g + operand // (kh * kw)
+    k_row, k_col = (operand % (kh * kw)) // kw, operand % kw
+    prow = row * info.stride[0] + k_row * info.dilation[0]
+    pcol = col * info.stride[1] + k_col * info.dilation[1]
+    return channel, row, col, ci, prow, pcol
+
+
+def operand_sites(info: LayerInfo, neurons: np.ndarray) -> np.ndarray:
+    """Every (neuron, operand) site of the given flat neuron indices, padding excluded, ``[S, 2]``."""
+    neurons = np.asarray(neurons, dtype=np.int64)
+    operand = np.arange(info.fan_in, dtype=np.int64)
+    pairs = np.stack(np.broadcast_arrays(neurons[:, None], operand[None, :]), -1).reshape(-1, 2)
+    if info.kind != "Conv2d":
+        return pairs
+    top, _, left, _ = _pads(info)
+    _, h, w = info.input_shape
+    *_, prow, pcol = _operand_coords(info, pairs[:, 0], pairs[:, 1])
+    inside = (prow >= top) & (prow < top + h) & (pcol >= left) & (pcol < left + w)
+    return pairs[inside]
+
+
+class FaultEvaluator:
+    """Outcome counts of fault batches on every image of an engine's analysis batch.
+
+    Args:
+        engine: the simulation engine (its golden cache is reused across calls).
+
+    Example:
+        >>> torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        <torch._C.Generator object at ...>
+        >>> engine = SimulationEngine(net, torch.randn(2, 1, 2, 2))
+        >>> pop = FaultPopulation(engine.layer(0), "weights", "flip", np.arange(12))
+        >>> FaultEvaluator(engine).counts(pop, np.array([0, 11])).sum(axis=1).tolist()  # 2 images each
+        [2, 2]
+    """
+
+    def __init__(self, engine: SimulationEngine) -> None:
+        self.engine = engine
+        self._padded: dict[int, torch.Tensor] = {}
+
+    def _padded_input(self, info: LayerInfo) -> torch.Tensor:
+        if info.layer_num not in self._padded:
+            x = self.engine.layer_input(info.layer_num)
+            top, bottom, left, right = _pads(info)
+            mode = getattr(info.module, "padding_mode", "zeros")
+            if mode == "zeros":
+                x = F.pad(x, (left, right, top, bottom))
+            else:
+                x = F.pad(x, (left, right, top, bottom), mode=mode)
+            self._padded[info.layer_num] = x
+        return self._padded[info.layer_num]
+
+    def perturbation(
+        self, population: FaultPopulation, ids: np.ndarray
+    ) -> tuple[torch.Tensor, Perturbation]:
+        """Image indices and perturbation of a batch: fault-major, every image per fault."""
+        site_idx, bit_np, value_np = population.decode(ids)
+        device = self.engine.device
+        sites = torch.as_tensor(population.sites[site_idx], device=device)
+        bit = torch.as_tensor(bit_np, device=device)
+        value = torch.as_tensor(value_np, device=device)
+        n_img = self.engine.num_images
+        image_idx = torch.arange(n_img, device=device).repeat(len(site_idx))
+        make = {"weights": self._weights, "operands": self._operands, "stored": self._stored}
+        with torch.no_grad():
+            return image_idx, make[population.target](population.layer, sites, bit, value)
+
+    def counts(self, population: FaultPopulation, ids: np.ndarray) -> np.ndarray:
+        """Per fault, how many images end masked, SDC, critical, DUE: int64 ``[F, 4]``."""
+        image_idx, perturbation = self.perturbation(population, ids)
+        codes = self.engine.outcomes(population.layer.layer_num, image_idx, perturbation)
+        codes = codes.long().view(len(ids), self.engine.num_images).cpu()
+        out = torch.zeros(len(ids), 4, dtype=torch.long)
+        out.scatter_add_(1, codes, torch.ones_like(codes))
+        return out.numpy()
+
+    # ------------------------------------------------------------------ per target
+    def _weights(
+        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
+    ) -> Perturbation:
+        weight = info.module.weight.detach().reshape(-1)
+        w = weight[sites]
+        dw = faulty_values(w, bit, value) - w
+        k, j = sites // info.fan_in, sites % info.fan_in
+        if info.kind == "Linear":
+            x = self.engine.layer_input(info.layer_num)[:, j].T  # [F, I]
+            delta = dw[:, None] * x
+        else:
+            # the operand of position (0, 0); position (r, c) reads stride * (r, c) further
+            _, _, _, ci, prow, pcol = _operand_coords(info, k * info.neurons_per_channel, j)
+            _, ho, wo = info.output_shape
+            rows = prow[:, None] + info.stride[0] * torch.arange(ho, device=k.device)[None, :]
+            cols = pcol[:, None] + info.stride[1] * torch.arange(wo, device=k.device)[None, :]
+            x = self._padded_input(info)[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]
+            delta = dw[:, None, None, None] * x.transpose(0, 1)  # [F, I, Ho, Wo]
+        n_img = self.engine.num_images
+        return ChannelAdd(k.repeat_interleave(n_img), delta.reshape(-1, *delta.shape[2:]))
+
+    def _operands(
+        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
+    ) -> Perturbation:
+        neuron, j = sites[:, 0], sites[:, 1]
+        if info.kind == "Linear":
+            channel, row, col = neuron, torch.zeros_like(neuron), torch.zeros_like(neuron)
+            x = self.engine.layer_input(info.layer_num)[:, j]  # [I, F]
+        else:
+            channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
+            x = self._padded_input(info)[:, ci, prow, pcol]
+        w = info.module.weight.detach().reshape(-1)[channel * info.fan_in + j]
+        delta = (faulty_values(x, bit[None, :], value[None, :]) - x) * w[None, :]
+        return self._neuron(NeuronAdd, channel, row, col, delta)
+
+    def _stored(
+        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
+    ) -> Perturbation:
+        out = self.engine.layer_output(info.layer_num)
+        x = out.reshape(out.shape[0], -1)[:, sites]  # [I, F]
+        per_channel = info.neurons_per_channel
+        channel, pos = sites // per_channel, sites % per_channel
+        width = info.output_shape[2] if info.kind == "Conv2d" else 1
+        faulty = faulty_values(x, bit[None, :], value[None, :])
+        return self._neuron(NeuronSet, channel, pos // width, pos % width, faulty)
+
+    def _neuron(
+        self,
+        kind: type[NeuronAdd] | type[NeuronSet],
+        channel: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        per_image: torch.Tensor,
+    ) -> Perturbation:
+        n_img = self.engine.num_images
+        rep = [t.repeat_interleave(n_img) for t in (channel, row, col)]
+        return kind(*rep, per_image.T.reshape(-1))
+
+
+def chunk_size(engine: SimulationEngine) -> int:
+    """Faults per engine call so that one call is about one engine batch."""
+    return max(1, math.ceil(engine.max_batch / engine.num_images))
