@@ -68,8 +68,8 @@ class FaultPopulation:
         >>> from pytorchfi_deepvigor.catalogue import build_catalogue
         >>> info = build_catalogue(torch.nn.Linear(3, 2), torch.zeros(1, 3))[0]
         >>> pop = FaultPopulation(info, "weights", "stuck-at", np.arange(3))
-        >>> pop.size, pop.stratum(31), pop.decode(np.array([0, 7, 191]))
-        (192, range(186, 192), (array([0, 1, 2]), array([0, 1, 31]), array([0, 0, 1])))
+        >>> pop.size, pop.stratum(31), [a.tolist() for a in pop.decode(np.array([0, 7, 191]))]
+        (192, range(186, 192), [[0, 1, 2], [0, 1, 31], [0, 0, 1]])
     """
 
     layer: LayerInfo
