@@ -1,0 +1,112 @@
+"""The activations analysis of one layer (operand fault model, one target per output neuron).
+
+For each analysed neuron ``(c, row, col)``: its operand EDM on every image (errors
+``(flip_b(x_j) - x_j) * w[c, j]`` over the real operands of its receptive field, padding
+excluded), the VV search by adding signed candidates to that one neuron
+(:class:`~pytorchfi_deepvigor.perturbations.NeuronAdd`), the non-critical masses and the NVF.
+The CVF of a channel is the mean NVF of its analysed neurons, the LVF the mean NVF of all of them.
+Neurons are processed in groups of about ``group_rows / I`` so that one bisection round carries
+thousands of (neuron, image, sign) searches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pytorchfi_deepvigor.analysis.handlers import handler_for
+from pytorchfi_deepvigor.analysis.probing import search_group
+from pytorchfi_deepvigor.analysis.sampling import LayerSites
+from pytorchfi_deepvigor.catalogue import LayerInfo
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.functional.edm import operand_edm
+from pytorchfi_deepvigor.functional.vf import vv_values
+from pytorchfi_deepvigor.perturbations import NeuronAdd
+from pytorchfi_deepvigor.results import LayerResult
+
+__all__ = ["analyze_activations", "cvf_spread"]
+
+
+def cvf_spread(cvf: np.ndarray) -> float | None:
+    """Standard deviation of the CVFs across a layer's analysed channels (``None`` below two)."""
+    return float(np.std(cvf, ddof=1)) if cvf.size > 1 else None
+
+
+def analyze_activations(
+    engine: SimulationEngine,
+    info: LayerInfo,
+    sites: LayerSites,
+    grid: Tensor,
+    *,
+    grad: Tensor | None = None,
+    keep_edm: bool = False,
+    group_rows: int = 4096,
+) -> tuple[LayerResult, int]:
+    """Activations analysis of one layer.
+
+    Args:
+        engine: the simulation engine (its analysis batch is the images).
+        info: the layer's catalogue entry.
+        sites: the channels and positions to analyse.
+        grid: candidate magnitudes.
+        grad: the margin-loss gradient w.r.t. the layer output (zero-gradient skip), or ``None``.
+        keep_edm: keep the EDMs ``(neurons, images, 2K + 1)`` in the result.
+        group_rows: (neuron, image) pairs searched together.
+
+    Returns:
+        ``(layer_result, faults)`` with ``faults`` the number of single faults the EDMs cover.
+    """
+    handler = handler_for(info.module)
+    x_in = engine.layer_input(info.layer_num)
+    n_img = engine.num_images
+    pos_per_ch = sites.position_matrix()
+    chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
+    pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
+    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+    row, col = pos // width, pos % width
+    skip = None
+    if grad is not None:
+        flat = grad.reshape(n_img, info.out_channels, -1)[:, chan, pos]
+        skip = (flat == 0).all(dim=0).cpu()
+    step = max(1, group_rows // n_img)
+    plus, minus, nvf, edms, faults = [], [], [], [], 0
+    for a in range(0, chan.numel(), step):
+        ch, ps = chan[a : a + step], pos[a : a + step]
+        ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
+        counts = operand_edm(ops, w, grid, valid)
+        faults += 32 * int(valid.sum())
+        r, c = row[a : a + step], col[a : a + step]
+
+        def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
+            return NeuronAdd(ch[t], r[t], c[t], value)
+
+        out = search_group(
+            engine, info.layer_num, counts, grid, make, None if skip is None else skip[a : a + step]
+        )
+        plus.append(out.plus)
+        minus.append(out.minus)
+        nvf.append(out.vf)
+        if keep_edm:
+            edms.append(counts.cpu())
+    nvf_all = torch.cat(nvf).numpy()
+    cvf = nvf_all.reshape(len(sites.channels), -1).mean(axis=1)
+    neurons = tuple(zip(chan.tolist(), row.tolist(), col.tolist(), strict=True))
+    result = LayerResult(
+        layer_num=info.layer_num,
+        name=info.name,
+        kind=info.kind,
+        target="activations",
+        n_neurons=info.neurons_per_image,
+        n_weights=info.n_weights,
+        channels=tuple(sites.channels.tolist()),
+        cvf=tuple(cvf.tolist()),
+        lvf=float(nvf_all.mean()),
+        neurons=neurons,
+        nvf=tuple(nvf_all.tolist()),
+        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
+        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
+        edm=torch.cat(edms).numpy() if keep_edm else None,
+        cvf_spread=cvf_spread(cvf),
+    )
+    return result, faults

@@ -1,0 +1,208 @@
+"""The public verb of the DeepVigor+ analysis: :class:`DeepVigorAnalyzer`.
+
+It runs the method of ``spec/method.md`` on any ``nn.Module`` classifier: for every analysed
+Conv2d/Linear layer, the weights analysis (one target per output channel) and/or the activations
+analysis (one target per output neuron, operand fault model), complete or on a stratified
+sample, and returns one :class:`~pytorchfi_deepvigor.results.VulnerabilityResult` holding the
+per-channel (and per-neuron) VFs, LVFs, MVFs, the total MVF of Eq. 15 (when both targets were
+analysed), the VV ranges per target and image, the EDMs on request, the drawn sites, the seed,
+the options and the cost (batched forwards, image-evaluations, backwards, wall time).
+
+The images' golden top-1 is the reference: labels are never used. The user's model is never
+changed (the engine runs it in eval mode under ``no_grad``; the zero-gradient skip asks
+``torch.autograd.grad`` for the gradient of the layer output only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from pytorchfi_deepvigor.analysis.activations import analyze_activations
+from pytorchfi_deepvigor.analysis.probing import output_gradient
+from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
+from pytorchfi_deepvigor.analysis.weights import analyze_weights
+from pytorchfi_deepvigor.catalogue import unsupported_layers
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.functional.edm import GRIDS, candidate_grid
+from pytorchfi_deepvigor.results import Cost, LayerResult, VulnerabilityResult
+
+__all__ = ["DeepVigorAnalyzer", "ANALYSIS_TARGETS"]
+
+ANALYSIS_TARGETS = ("activations", "weights", "both")
+
+
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected {name} as a bool, got {value!r}")
+
+
+class DeepVigorAnalyzer:
+    """DeepVigor+ vulnerability analysis of a CNN on an analysis batch.
+
+    Args:
+        model: the classifier (float32 ``nn.Module``), or a ready
+            :class:`~pytorchfi_deepvigor.engine.SimulationEngine` (then ``images`` must be omitted).
+        images: the analysis batch, float32 ``(I, C, H, W)`` or ``(I, F)``.
+        device: where to compute (default: the model's device).
+        max_batch: cap on batch elements per forward (default: the engine's memory budget).
+        model_name: recorded in the result.
+
+    Example:
+        >>> torch.manual_seed(0); net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+        <torch._C.Generator object at ...>
+        >>> result = DeepVigorAnalyzer(net, torch.randn(4, 1, 4, 4)).analyze(target="weights")
+        >>> [(x.layer_num, x.target, len(x.cvf)) for x in result.layers]
+        [(0, 'weights', 2), (1, 'weights', 3)]
+        >>> 0.0 <= result.mvf_weights <= 1.0
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | SimulationEngine,
+        images: Tensor | None = None,
+        *,
+        device: str | torch.device | None = None,
+        max_batch: int | None = None,
+        model_name: str = "",
+    ) -> None:
+        if isinstance(model, SimulationEngine):
+            if images is not None:
+                raise ValueError("pass either an engine, or a model with images, not both")
+            self.engine = model
+        elif isinstance(model, nn.Module):
+            if images is None:
+                raise ValueError("expected images (the analysis batch) with a model")
+            self.engine = SimulationEngine(model, images, device=device, max_batch=max_batch)
+        else:
+            raise TypeError(
+                f"expected an nn.Module or a SimulationEngine, got {type(model).__name__}"
+            )
+        self.model_name = model_name
+
+    def _layers(self, layers: Iterable[int] | None) -> list[int]:
+        if layers is None:
+            return [info.layer_num for info in self.engine.catalogue]
+        if isinstance(layers, int):
+            raise TypeError("expected layers as a list of layer numbers, e.g. [0, 2], or None")
+        nums = list(layers)
+        for num in nums:
+            self.engine.layer(num)  # validates type and range
+        if len(set(nums)) != len(nums):
+            raise ValueError(f"expected distinct layer numbers, got {nums}")
+        return sorted(nums)
+
+    def analyze(
+        self,
+        target: str = "both",
+        layers: Iterable[int] | None = None,
+        sampling: float | None = None,
+        search: str = "extended",
+        aggregate: str = "position",
+        seed: int = 0,
+        skip_zero_gradient: bool = False,
+        keep_edm: bool = False,
+        progress: bool = False,
+    ) -> VulnerabilityResult:
+        """Run the analysis.
+
+        Args:
+            target: ``"activations"``, ``"weights"`` or ``"both"``.
+            layers: layer numbers (PyTorchFI's numbering) to analyse; ``None`` for all.
+            sampling: channel ratio in ``(0, 1]`` for a stratified sample, ``None`` for complete.
+            search: candidate grid, ``"extended"`` (default) or ``"paper"``.
+            aggregate: weight EDMs per ``"position"`` (paper) or per ``"fault"``.
+            seed: seed of the site draw (recorded in the result).
+            skip_zero_gradient: skip targets whose margin-loss gradient is zero on every image.
+            keep_edm: keep every target's EDMs in the result (memory: targets x images x 2K+1).
+            progress: show a tqdm progress bar over layers.
+
+        Returns:
+            The :class:`~pytorchfi_deepvigor.results.VulnerabilityResult`.
+
+        Raises:
+            ValueError / TypeError: for an invalid option, before any work is done.
+        """
+        if target not in ANALYSIS_TARGETS:
+            raise ValueError(f"expected target in {ANALYSIS_TARGETS}, got {target!r}")
+        if search not in GRIDS:
+            raise ValueError(f"expected search in {sorted(GRIDS)}, got {search!r}")
+        if aggregate not in ("position", "fault"):
+            raise ValueError(f"expected aggregate 'position' or 'fault', got {aggregate!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
+        check_ratio(sampling)
+        for flag, name in (
+            (skip_zero_gradient, "skip_zero_gradient"),
+            (keep_edm, "keep_edm"),
+            (progress, "progress"),
+        ):
+            _check_flag(flag, name)
+        nums = self._layers(layers)
+        grid = candidate_grid(search)
+        sites = draw_sites(self.engine.catalogue, sampling, seed)
+        kinds = ("activations", "weights") if target == "both" else (target,)
+
+        start_stats, start_time = self.engine.stats.snapshot(), time.perf_counter()
+        results: list[LayerResult] = []
+        backwards = faults = 0
+        todo: Iterable[int] = nums
+        if progress:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(nums, desc="DeepVigor+ layers", unit="layer")
+        for num in todo:
+            info = self.engine.catalogue[num]
+            grad = None
+            if skip_zero_gradient:
+                grad, n_back = output_gradient(self.engine, num)
+                backwards += n_back
+            for kind in kinds:
+                if kind == "activations":
+                    layer, n_faults = analyze_activations(
+                        self.engine, info, sites[num], grid, grad=grad, keep_edm=keep_edm
+                    )
+                else:
+                    layer, n_faults = analyze_weights(
+                        self.engine,
+                        info,
+                        sites[num],
+                        grid,
+                        aggregate=aggregate,
+                        grad=grad,
+                        keep_edm=keep_edm,
+                    )
+                results.append(layer)
+                faults += n_faults
+        work = self.engine.stats - start_stats
+        cost = Cost(
+            batched_forwards=work.batched_forwards,
+            image_evaluations=work.image_evaluations,
+            backwards=backwards,
+            faults=faults,
+            wall_time_s=time.perf_counter() - start_time,
+        )
+        options = {
+            "target": target,
+            "layers": nums,
+            "sampling": sampling,
+            "search": search,
+            "grid_exponents": list(GRIDS[search]),
+            "aggregate": aggregate,
+            "skip_zero_gradient": skip_zero_gradient,
+            "first_probe": 1.0,
+        }
+        return VulnerabilityResult.from_layers(
+            "deepvigor",
+            results,
+            options=options,
+            seed=seed,
+            cost=cost,
+            n_images=self.engine.num_images,
+            model_name=self.model_name,
+            unsupported=unsupported_layers(self.engine.model),
+        )

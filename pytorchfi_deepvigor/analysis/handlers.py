@@ -1,0 +1,60 @@
+"""Per layer type, the functions that gather what the analysers need (fvcore-style handles).
+
+A :class:`LayerHandler` tells the analysers, for one ``nn.Module`` type, how to gather the
+operands of output neurons (operand fault model) and of filters (weight fault model), and how a
+flat output position maps to the ``(row, col)`` the engine's perturbations take. Layers whose type
+has no handler are reported in the result's ``unsupported`` field, never silently skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from pytorchfi_deepvigor.functional.receptive import (
+    conv_operands,
+    conv_weight_operands,
+    linear_operands,
+    linear_weight_operands,
+)
+
+__all__ = ["LayerHandler", "HANDLERS", "handler_for"]
+
+Gather = Callable[[Tensor, nn.Module, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class LayerHandler:
+    """How to analyse one layer type.
+
+    Attributes:
+        operands: ``(layer_input, module, channels (T,), positions (T,)) -> (ops (I, T, J),
+            w (T, J), valid (T, J))``.
+        weight_operands: ``(layer_input, module, channels (T,), positions (T, P) | None) ->
+            (ops (I, T, J, P), w (T, J), valid (T, J, P))``.
+    """
+
+    operands: Gather
+    weight_operands: Callable[..., tuple[Tensor, Tensor, Tensor]]
+
+
+HANDLERS: dict[type[nn.Module], LayerHandler] = {
+    nn.Conv2d: LayerHandler(conv_operands, conv_weight_operands),
+    nn.Linear: LayerHandler(linear_operands, linear_weight_operands),
+}
+"""Layer type -> handler; the analysers support exactly these types."""
+
+
+def handler_for(module: nn.Module) -> LayerHandler:
+    """The handler of ``module``'s type.
+
+    Raises:
+        TypeError: naming the supported types, when there is none.
+    """
+    for kind, handler in HANDLERS.items():
+        if type(module) is kind or isinstance(module, kind):
+            return handler
+    names = ", ".join(k.__name__ for k in HANDLERS)
+    raise TypeError(f"no analysis handler for {type(module).__name__}; supported: {names}")

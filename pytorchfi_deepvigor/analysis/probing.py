@@ -1,0 +1,126 @@
+"""Steps 2 and 3 for a group of targets of one layer: batched VV search, masses and VFs.
+
+The analysers build EDMs for a group of targets (neurons or channels) and hand them here with
+a function that turns (target, candidate value) pairs into an engine perturbation. All
+(target, image, sign) searches of the group run together: every bisection round is one
+``engine.critical`` call carrying every unfinished search (the engine chunks it to its memory
+budget), so a round costs a few batched forwards whatever the number of targets.
+
+The optional zero-gradient skip (the paper's Fig. 6 box 4) uses the gradient of the margin
+loss with respect to the layer's output, computed once per layer by :func:`output_gradient`
+(one backward per image chunk, ``torch.autograd.grad`` with respect to that tensor only, so no
+parameter's ``.grad`` is touched). A target whose gradient is exactly zero on every image is not
+searched: its VVs are "none" on both signs (only the outer EDM bins count as critical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.functional.edm import search_members
+from pytorchfi_deepvigor.functional.search import bisect_search, margin_loss
+from pytorchfi_deepvigor.functional.vf import non_critical_mass, vulnerability_factor
+from pytorchfi_deepvigor.perturbations import Perturbation
+
+__all__ = ["GroupOutcome", "search_group", "output_gradient", "first_probe_index"]
+
+MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
+"""``(target index (P,), candidate value (P,)) -> perturbation`` of ``P`` batch elements."""
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """Search results of ``T`` targets on ``I`` images.
+
+    Attributes:
+        plus: long ``(T, I)`` grid index of ``delta_plus`` (``K`` = none).
+        minus: long ``(T, I)`` grid index of ``|delta_minus|`` (``K`` = none).
+        mass: float64 ``(T, I)`` non-critical mass per image.
+        vf: float64 ``(T,)`` NVF or CVF.
+        probes: long ``(T,)`` candidates evaluated per target (all images and signs).
+    """
+
+    plus: Tensor
+    minus: Tensor
+    mass: Tensor
+    vf: Tensor
+    probes: Tensor
+
+
+def first_probe_index(grid: Tensor) -> int | None:
+    """Grid index of the candidate ``1.0`` (the paper's first probe), ``None`` if absent."""
+    hits = (grid == 1.0).nonzero()
+    return int(hits[0, 0]) if hits.numel() else None
+
+
+def search_group(
+    engine: SimulationEngine,
+    layer_num: int,
+    counts: Tensor,
+    grid: Tensor,
+    make: MakePerturbation,
+    skip: Tensor | None = None,
+) -> GroupOutcome:
+    """Search the VVs of ``T`` targets on every image of the engine, both signs at once.
+
+    Args:
+        engine: the simulation engine.
+        layer_num: the analysed layer.
+        counts: EDMs ``(T, I, 2K + 1)``.
+        grid: the ``K`` candidate magnitudes.
+        make: builds the perturbation adding a signed candidate to a target.
+        skip: optional bool ``(T,)``: targets not to search (zero gradient).
+
+    Returns:
+        :class:`GroupOutcome`.
+    """
+    counts = counts.cpu()  # the search state is small: keep it on the CPU
+    n_tgt, n_img, _ = counts.shape
+    k = grid.numel()
+    plus_m, minus_m = search_members(counts, grid)
+    if skip is not None:
+        keep = (~skip.cpu()).view(n_tgt, 1, 1)
+        plus_m, minus_m = plus_m & keep, minus_m & keep
+    members = torch.cat([plus_m.reshape(-1, k), minus_m.reshape(-1, k)])
+    half = n_tgt * n_img
+    values = grid.to(torch.float32)
+    images = torch.arange(n_img).repeat(n_tgt * 2)
+    targets = torch.arange(n_tgt).repeat_interleave(n_img).repeat(2)
+
+    def oracle(rows: Tensor, g: Tensor) -> Tensor:
+        sign = torch.where(rows < half, 1.0, -1.0)
+        pert = make(targets[rows], sign * values[g])
+        return engine.critical(layer_num, images[rows], pert).cpu()
+
+    res = bisect_search(members, oracle, first=first_probe_index(grid))
+    plus = res.index[:half].view(n_tgt, n_img)
+    minus = res.index[half:].view(n_tgt, n_img)
+    mass = non_critical_mass(counts, plus, minus)
+    probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
+    return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
+
+
+def output_gradient(engine: SimulationEngine, layer_num: int) -> tuple[Tensor, int]:
+    """Gradient of the summed margin loss w.r.t. the layer's golden output, and the backwards run.
+
+    Returns:
+        ``(grad, backwards)``: ``grad`` has the layer output's shape ``(I, ...)``.
+    """
+    out = engine.layer_output(layer_num)
+    grads, backwards = [], 0
+    for start in range(0, engine.num_images, engine.max_batch):
+        stop = min(engine.num_images, start + engine.max_batch)
+        piece = out[start:stop].detach().clone().requires_grad_(True)
+        idx = torch.arange(start, stop)
+        with torch.enable_grad():
+            logits = engine.suffix(layer_num, idx, piece)
+            loss = margin_loss(logits, engine.golden_top1[start:stop]).sum()
+            (grad,) = torch.autograd.grad(loss, piece)
+        grads.append(grad.detach())
+        backwards += 1
+    return torch.cat(grads), backwards
