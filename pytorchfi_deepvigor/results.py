@@ -50,6 +50,7 @@ from pytorchfi_deepvigor._results_codec import (
     thaw,
 )
 from pytorchfi_deepvigor._results_compare import ChannelPair, Comparison, compare
+from pytorchfi_deepvigor.functional.vf import total_mvf
 
 __all__ = [
     "METHODS",
@@ -252,12 +253,14 @@ def mvf(lvfs: Iterable[float]) -> float:
 
 
 def _total_mvf(act: Mapping[int, LayerResult], wts: Mapping[int, LayerResult]) -> float:
-    """Paper Eq. 15 (a private copy: functional/vf.py is owned elsewhere)."""
-    terms = []
-    for num, a in act.items():
-        share = a.n_neurons + a.n_weights
-        terms.append((a.n_neurons * a.lvf + a.n_weights * wts[num].lvf) / share)
-    return sum(terms) / len(terms)
+    """Paper Eq. 15 over the layers analysed for both targets (N_l, W_l from the layers)."""
+    nums = sorted(act)
+    return total_mvf(
+        [act[n].lvf for n in nums],
+        [wts[n].lvf for n in nums],
+        [act[n].n_neurons for n in nums],
+        [act[n].n_weights for n in nums],
+    )
 
 
 @dataclass(frozen=True, eq=False)
