@@ -1,0 +1,205 @@
+"""What exhaustive and statistical campaigns share: argument checks, execution, aggregation.
+
+A campaign is a list of :class:`WorkUnit` (one layer's population and the fault ids drawn from
+it). :func:`execute` evaluates them in chunks through the one per-fault evaluation
+(:class:`~pytorchfi_deepvigor.campaigns.faults.FaultEvaluator`), records each chunk in the
+progress log when there is one, and skips what the log already holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pytorchfi_deepvigor.campaigns.faults import (
+    FAULT_MODELS,
+    FaultEvaluator,
+    FaultPopulation,
+)
+from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog, tensors_fingerprint
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.results import OutcomeCounts
+
+__all__ = [
+    "RESULT_TARGET",
+    "WorkUnit",
+    "Executed",
+    "check_engine",
+    "check_fault_model",
+    "check_layers",
+    "check_seed",
+    "check_target",
+    "execute",
+    "open_log",
+    "weighted_vf",
+]
+
+RESULT_TARGET = {"weights": "weights", "operands": "activations", "stored": "stored"}
+"""Campaign target -> the result type's target (operand faults compare with activations)."""
+
+
+def check_engine(engine: object) -> SimulationEngine:
+    if not isinstance(engine, SimulationEngine):
+        raise TypeError(f"expected a SimulationEngine(model, images), got {type(engine).__name__}")
+    return engine
+
+
+def check_target(target: str) -> str:
+    if target == "activations":
+        return "operands"
+    if target not in RESULT_TARGET:
+        raise ValueError(
+            f"expected target 'weights', 'operands' (alias 'activations') or 'stored', got {target!r}"
+        )
+    return target
+
+
+def check_fault_model(fault_model: str) -> str:
+    if fault_model not in FAULT_MODELS:
+        raise ValueError(f"expected fault_model in {FAULT_MODELS}, got {fault_model!r}")
+    return fault_model
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def check_layers(engine: SimulationEngine, layers: Sequence[int] | None) -> list[int]:
+    """Catalogue layer numbers, sorted and unique (all layers when ``None``)."""
+    if layers is None:
+        return list(range(len(engine.catalogue)))
+    if isinstance(layers, int | str) or not isinstance(layers, Sequence):
+        raise TypeError(f"expected layers as a sequence of layer numbers, got {layers!r}")
+    if not layers:
+        raise ValueError("expected at least one layer number in layers, got an empty sequence")
+    for num in layers:
+        engine.layer(num)
+    return sorted(set(int(n) for n in layers))
+
+
+@dataclass(frozen=True, eq=False)
+class WorkUnit:
+    """The faults ``ids`` of ``population`` to evaluate, under a unique ``key``."""
+
+    key: str
+    population: FaultPopulation
+    ids: np.ndarray
+
+
+@dataclass
+class Executed:
+    """Per unit key the per-fault outcome counts ``[F, 4]``, plus the engine work in total."""
+
+    counts: dict[str, np.ndarray]
+    forwards: int = 0
+    evaluations: int = 0
+
+
+def open_log(
+    progress_dir: str | Path | None,
+    name: str,
+    engine: SimulationEngine,
+    arguments: Mapping[str, Any],
+) -> ProgressLog | None:
+    """The campaign's progress log under ``progress_dir`` (``None`` without a directory)."""
+    if progress_dir is None:
+        return None
+    if not isinstance(progress_dir, str | Path):
+        raise TypeError(
+            f"expected progress_dir as a str or Path, got {type(progress_dir).__name__}"
+        )
+    header = {
+        **arguments,
+        "model_fingerprint": tensors_fingerprint(model=engine.model),
+        "images_fingerprint": tensors_fingerprint(images=engine.images),
+    }
+    return ProgressLog(Path(progress_dir) / f"{name}.progress.jsonl", header)
+
+
+def execute(
+    evaluator: FaultEvaluator,
+    units: Sequence[WorkUnit],
+    *,
+    chunk: int,
+    log: ProgressLog | None,
+    progress: bool,
+) -> Executed:
+    """Evaluate every unit's faults in chunks of ``chunk``, resuming from ``log``."""
+    result = Executed({u.key: np.full((len(u.ids), 4), -1, dtype=np.int64) for u in units})
+    sizes = {u.key: len(u.ids) for u in units}
+    for rec in log.records if log else ():
+        if rec.unit not in sizes or not 0 <= rec.start < rec.stop <= sizes[rec.unit]:
+            raise ValueError(
+                f"progress record {rec.unit}[{rec.start}:{rec.stop}] does not fit this campaign; "
+                "delete the progress file to start afresh"
+            )
+        result.counts[rec.unit][rec.start : rec.stop] = rec.counts
+        result.forwards += rec.forwards
+        result.evaluations += rec.evaluations
+    engine = evaluator.engine
+    todo = sum(int((c[:, 0] < 0).sum()) for c in result.counts.values())
+    with tqdm(total=todo, disable=not progress, unit="fault", desc="FI") as bar:
+        for unit in units:
+            counts = result.counts[unit.key]
+            for start in range(0, len(unit.ids), chunk):
+                stop = min(start + chunk, len(unit.ids))
+                if (counts[start:stop, 0] >= 0).all():
+                    continue
+                before = engine.stats.snapshot()
+                counts[start:stop] = evaluator.counts(unit.population, unit.ids[start:stop])
+                work = engine.stats - before
+                result.forwards += work.batched_forwards
+                result.evaluations += work.image_evaluations
+                if log is not None:
+                    log.append(
+                        ChunkRecord(
+                            unit.key,
+                            start,
+                            stop,
+                            counts[start:stop],
+                            work.batched_forwards,
+                            work.image_evaluations,
+                        )
+                    )
+                bar.update(stop - start)
+    return result
+
+
+def weighted_vf(
+    counts: np.ndarray, groups: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """VF per group: weighted fraction of critical or DUE (fault, image) pairs.
+
+    Args:
+        counts: ``[F, 4]`` outcome counts per fault.
+        groups: ``[F]`` group (channel or neuron) of each fault.
+        weights: ``[F]`` inverse inclusion probability of each fault (``None``: all equal).
+
+    Returns:
+        (sorted unique groups, VF of each).
+    """
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    w = np.ones(len(counts)) if weights is None else np.asarray(weights, dtype=np.float64)
+    bad = (counts[:, 2] + counts[:, 3]).astype(np.float64)
+    total = counts.sum(axis=1).astype(np.float64)
+    num = np.bincount(inverse, weights=w * bad, minlength=len(uniq))
+    den = np.bincount(inverse, weights=w * total, minlength=len(uniq))
+    return uniq, num / den
+
+
+def outcome_counts(counts: np.ndarray) -> OutcomeCounts:
+    """Sum of per-fault counts as :class:`~pytorchfi_deepvigor.results.OutcomeCounts`."""
+    return OutcomeCounts(*(int(x) for x in counts.sum(axis=0)))
+
+
+def ceil_ratio(ratio: float, n: int) -> int:
+    """``ceil(ratio * n)`` without float noise (at least 1)."""
+    return max(1, min(n, math.ceil(round(ratio * n, 9))))
