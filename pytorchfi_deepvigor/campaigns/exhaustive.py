@@ -47,6 +47,7 @@ class ExhaustiveCampaign:
             engine batch of faults x images).
 
     Example:
+        >>> import torch
         >>> torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
         <torch._C.Generator object at ...>
         >>> engine = SimulationEngine(net, torch.randn(2, 1, 2, 2))
