@@ -136,7 +136,9 @@ def execute(
     result = Executed({u.key: np.full((len(u.ids), 4), -1, dtype=np.int64) for u in units})
     sizes = {u.key: len(u.ids) for u in units}
     for rec in log.records if log else ():
-        if rec.unit not in sizes or not 0 <= rec.start < rec.stop <= sizes[rec.unit]:
+        if rec.unit not in sizes:
+            continue  # another phase of the same campaign (e.g. its pilot)
+        if not 0 <= rec.start < rec.stop <= sizes[rec.unit]:
             raise ValueError(
                 f"progress record {rec.unit}[{rec.start}:{rec.stop}] does not fit this campaign; "
                 "delete the progress file to start afresh"
