@@ -346,7 +346,9 @@ def _layer_result(
     drawn = [s for s in strata if s.sample]
     observed, start = [], 0
     for s in drawn:
-        observed.append(_vf(counts[start : start + s.sample]))
+        p_hat = _vf(counts[start : start + s.sample])
+        # data-aware: the prior is an assumption about the data, so it bounds p_b from below
+        observed.append(max(p_hat, s.prior) if variant == "data-aware" else p_hat)
         start += s.sample
     margin = stratified_margin(
         [s.population for s in drawn], [s.sample for s in drawn], observed, t
