@@ -19,17 +19,8 @@ from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 CHANNELS = {0: [0, 3], 1: [2, 5], 2: [4]}  # layer number -> channels checked by exhaustive FI
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny forwards run several times faster on one thread when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def digits_model(single_thread) -> tuple[nn.Module, torch.Tensor]:
+def digits_model() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
