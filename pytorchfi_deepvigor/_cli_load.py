@@ -1,0 +1,188 @@
+"""What the CLI runs on: the model (zoo, checkpoint or random weights) and the analysis images.
+
+Private helper of :mod:`pytorchfi_deepvigor.cli`; it reads the parsed arguments and raises
+``ValueError``/``FileNotFoundError`` with messages that name the option to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytorchfi_deepvigor.zoo.cache import resolve_cache_dir
+from pytorchfi_deepvigor.zoo.checkpoint import load_checkpoint
+from pytorchfi_deepvigor.zoo.datasets import (
+    ImageSet,
+    load_cifar10,
+    load_cifar100,
+    load_image_folder,
+    load_mnist,
+)
+from pytorchfi_deepvigor.zoo.digits import analysis_batch
+from pytorchfi_deepvigor.zoo.models import TORCHVISION_PREFIX, VALIDATION_WIDTHS, build_model
+from pytorchfi_deepvigor.zoo.train import DEFAULT_EPOCHS, TrainingConfig, get_trained_model
+
+__all__ = ["DATASETS", "DEFAULT_MODEL", "Setup", "default_width", "load_setup", "train_zoo_model"]
+
+DEFAULT_MODEL = "vgg11"
+#: Dataset name -> (channels, classes); ``None`` classes: as many as class folders.
+DATASETS: dict[str, tuple[int, int | None]] = {
+    "digits": (1, 10),
+    "cifar10": (3, 10),
+    "cifar100": (3, 100),
+    "mnist": (1, 10),
+    "fashion-mnist": (1, 10),
+    "folder": (3, None),
+}
+
+
+@dataclass
+class Setup:
+    """The model to analyse, its analysis images, a label and what produced them (JSON)."""
+
+    model: nn.Module
+    images: ImageSet
+    label: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_width(name: str, width: float | None) -> float:
+    """``--width`` or, for a zoo model, its validation width (1 for torchvision models)."""
+    if width is not None:
+        return width
+    return VALIDATION_WIDTHS.get(name, 1.0)
+
+
+def _input_size(args: argparse.Namespace, name: str) -> int:
+    if args.input_size is not None:
+        return int(args.input_size)
+    return 224 if name.startswith(TORCHVISION_PREFIX) else 32
+
+
+def _images(args: argparse.Namespace, in_channels: int, input_size: int) -> ImageSet:
+    n, root, dataset = args.images, args.data_root, args.dataset
+    if dataset == "digits":
+        return analysis_batch(n, input_size=input_size, in_channels=in_channels)
+    if root is None:
+        raise ValueError(f"--dataset {dataset} reads local files: give --data-root DIR")
+    if dataset in ("cifar10", "cifar100", "folder") and in_channels != 3:
+        raise ValueError(f"--dataset {dataset} has 3 channels, got --in-channels {in_channels}")
+    if dataset == "cifar10":
+        return load_cifar10(root, limit=n, input_size=input_size)
+    if dataset == "cifar100":
+        return load_cifar100(root, limit=n, input_size=input_size)
+    if dataset == "folder":
+        return load_image_folder(root, input_size=input_size, limit=n)
+    return load_mnist(root, kind=dataset, limit=n, input_size=input_size, in_channels=in_channels)
+
+
+def _training_config(
+    name: str, width: float, args: argparse.Namespace, in_channels: int, input_size: int
+) -> TrainingConfig:
+    epochs = DEFAULT_EPOCHS[name] if args.epochs is None else args.epochs
+    return TrainingConfig(
+        name, float(width), epochs, args.train_seed, in_channels, input_size=input_size
+    )
+
+
+def train_zoo_model(
+    name: str, width: float, args: argparse.Namespace, in_channels: int = 1, input_size: int = 32
+) -> tuple[nn.Module, Any, bool]:
+    """The zoo model trained on the digits, from the cache or trained now (with a message).
+
+    Returns:
+        The model, its ``TrainingRecord`` and whether it was trained by this call.
+    """
+    if name not in VALIDATION_WIDTHS:
+        raise ValueError(
+            f"only zoo models ({', '.join(sorted(VALIDATION_WIDTHS))}) are trained here; "
+            f"give --checkpoint or --random-weights for {name!r}"
+        )
+    config = _training_config(name, width, args, in_channels, input_size)
+    path = resolve_cache_dir(args.cache_dir) / "zoo" / config.file_name()
+    fresh = args.retrain or not path.exists()
+    if fresh:
+        print(
+            f"training {name} (width {width:g}, {config.epochs} epochs) on the digits; "
+            f"cached in {path.parent} for the next runs",
+            file=sys.stderr,
+        )
+    model, record = get_trained_model(
+        name,
+        width=width,
+        seed=args.train_seed,
+        epochs=args.epochs,
+        in_channels=in_channels,
+        input_size=input_size,
+        cache_dir=args.cache_dir,
+        retrain=args.retrain,
+        progress=args.progress,
+    )
+    return model, record, fresh
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """Load the model and the images the arguments name (training a zoo model if needed)."""
+    name = args.model or DEFAULT_MODEL
+    channels, classes = DATASETS[args.dataset]
+    in_channels = args.in_channels or channels
+    input_size = _input_size(args, name)
+    images = _images(args, in_channels, input_size)
+    num_classes = args.num_classes or classes or len(images.classes)
+    width = default_width(name, args.width)
+    info: dict[str, Any] = {
+        "model": name,
+        "dataset": args.dataset,
+        "images": len(images),
+        "input_size": input_size,
+        "in_channels": in_channels,
+    }
+    if args.checkpoint is not None:
+        model = load_checkpoint(
+            args.checkpoint,
+            args.model,
+            width=width,
+            in_channels=in_channels,
+            input_size=input_size,
+            num_classes=num_classes,
+            allow_pickle=args.allow_pickle,
+        )
+        label = f"{name} ({args.checkpoint})"
+        info.update(checkpoint=str(args.checkpoint), width=width)
+    elif args.random_weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            model = build_model(
+                name,
+                width=width,
+                in_channels=in_channels,
+                input_size=input_size,
+                num_classes=num_classes,
+            ).eval()
+        label = f"{name}-w{width:g} (random weights)"
+        info.update(random_weights=True, width=width)
+    else:
+        if args.dataset != "digits":
+            raise ValueError(
+                f"a zoo model without --checkpoint is trained on the digits; give --checkpoint "
+                f"for --dataset {args.dataset} (or --random-weights to try the tool)"
+            )
+        if name.startswith(TORCHVISION_PREFIX):
+            raise ValueError(
+                f"{name} has no trained weights offline: give --checkpoint PATH "
+                "(or --random-weights to try the tool)"
+            )
+        model, record, _ = train_zoo_model(name, width, args, in_channels, input_size)
+        label = f"{name}-w{width:g}"
+        info.update(
+            width=width,
+            test_accuracy=record.test_accuracy,
+            epochs=record.config.epochs,
+            train_seed=record.config.seed,
+        )
+    return Setup(model=model, images=images, label=label, info=info)
