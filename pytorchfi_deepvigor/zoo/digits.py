@@ -178,7 +178,7 @@ def analysis_batch(
     Example:
         >>> batch = analysis_batch(4, input_size=16)
         >>> tuple(batch.images.shape), batch.labels.tolist()
-        ((4, 1, 16, 16), [4, 6, 4, 5])
+        ((4, 1, 16, 16), [6, 5, 9, 4])
     """
     _check_int("n", n, 1)
     _check_int("offset", offset, 0)

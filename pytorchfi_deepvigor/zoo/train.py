@@ -155,9 +155,9 @@ def _versions() -> dict[str, str]:
         package_version = "unknown"
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "scikit-learn": sklearn.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "scikit-learn": str(sklearn.__version__),
         "pytorchfi_deepvigor": package_version,
     }
 
