@@ -1,0 +1,149 @@
+"""Resume: a killed campaign continues from its progress file and ends exactly as an uninterrupted run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import seeded_images, tiny_vgg
+
+from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, Pilot, StatisticalCampaign
+from pytorchfi_deepvigor.campaigns.progress import ProgressLog
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.results import VulnerabilityResult
+
+RUN = {"target": "weights", "layers": [3], "seed": 0}
+CHUNK = 16
+
+CHILD = """
+import sys, time
+import torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads({threads})
+from tiny_models import seeded_images, tiny_vgg
+from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign
+from pytorchfi_deepvigor.engine import SimulationEngine
+
+engine = SimulationEngine(tiny_vgg(), seeded_images(4))
+outcomes = engine.outcomes
+def slow_outcomes(*args):  # slow the child down so the parent can kill it midway
+    time.sleep(0.02)
+    return outcomes(*args)
+engine.outcomes = slow_outcomes
+ExhaustiveCampaign(engine, faults_per_chunk={chunk}).run(**{run!r}, progress_dir={out!r})
+"""
+
+
+def _clean(result: VulnerabilityResult) -> VulnerabilityResult:
+    """The result without the fields allowed to differ (wall time, creation time)."""
+    cost = dataclasses.replace(result.cost, wall_time_s=0.0)
+    return dataclasses.replace(result, created="", cost=cost)
+
+
+def _records(path: Path) -> int:
+    return max(0, len(path.read_bytes().split(b"\n")) - 2) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def reference() -> VulnerabilityResult:
+    engine = SimulationEngine(tiny_vgg(), seeded_images(4))
+    return ExhaustiveCampaign(engine, faults_per_chunk=CHUNK).run(**RUN)
+
+
+def _campaign() -> ExhaustiveCampaign:
+    return ExhaustiveCampaign(
+        SimulationEngine(tiny_vgg(), seeded_images(4)), faults_per_chunk=CHUNK
+    )
+
+
+def test_killed_campaign_resumes_to_the_uninterrupted_result(tmp_path: Path, reference) -> None:
+    tests_dir = str(Path(__file__).parents[1])
+    script = CHILD.format(
+        tests=tests_dir, threads=torch.get_num_threads(), chunk=CHUNK, run=RUN, out=str(tmp_path)
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    path = tmp_path / "exhaustive-weights.progress.jsonl"
+    total_chunks = 40 * 32 // CHUNK
+    try:
+        deadline = time.monotonic() + 120
+        while _records(path) < 10 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    done = _records(path)
+    assert 10 <= done < total_chunks, f"child finished {done} of {total_chunks} chunks"
+    resumed = _campaign().run(**RUN, progress_dir=tmp_path)
+    assert _clean(resumed) == _clean(reference)
+    assert _records(path) == total_chunks
+
+
+def test_torn_last_line_is_dropped(tmp_path: Path, reference) -> None:
+    campaign = _campaign()
+    campaign.run(**RUN, progress_dir=tmp_path)
+    path = tmp_path / "exhaustive-weights.progress.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:40]) + b"\n" + lines[40][: len(lines[40]) // 2])
+    assert _clean(campaign.run(**RUN, progress_dir=tmp_path)) == _clean(reference)
+    finished = _records(path)
+    assert finished == len(lines) - 2  # the torn chunk was recomputed and appended
+    again = _campaign().run(**RUN, progress_dir=tmp_path)  # all done: nothing recomputed
+    assert _clean(again) == _clean(reference) and _records(path) == finished
+
+
+def test_statistical_resume_with_pilot(tmp_path: Path) -> None:
+    kwargs = {"variant": "data-aware", "layers": [3], "e": 0.1, "prior": Pilot(4), "seed": 2}
+    engine = SimulationEngine(tiny_vgg(), seeded_images(3))
+    full = StatisticalCampaign(engine, faults_per_chunk=16).run(**kwargs)
+    StatisticalCampaign(engine, faults_per_chunk=16).run(**kwargs, progress_dir=tmp_path)
+    (path,) = tmp_path.iterdir()
+    lines = path.read_bytes().split(b"\n")
+    assert any(b'"pilot-L3"' in line for line in lines) and any(b'"L3"' in line for line in lines)
+    for keep in (3, 10):  # stop inside the pilot, then inside the main sample
+        path.write_bytes(b"\n".join(lines[:keep]) + b"\n")
+        resumed = StatisticalCampaign(engine, faults_per_chunk=16).run(
+            **kwargs, progress_dir=tmp_path
+        )
+        assert _clean(resumed) == _clean(full)
+
+
+def test_other_arguments_or_model_are_refused(tmp_path: Path) -> None:
+    _campaign().run(**RUN, progress_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"another campaign \(different \['seed'\]\)"):
+        _campaign().run(**{**RUN, "seed": 1}, progress_dir=tmp_path)
+    with pytest.raises(ValueError, match="different.*faults_per_chunk"):
+        ExhaustiveCampaign(SimulationEngine(tiny_vgg(), seeded_images(4))).run(
+            **RUN, progress_dir=tmp_path
+        )
+    model = tiny_vgg()
+    with torch.no_grad():
+        model[-1].bias[0] += 1.0
+    other = ExhaustiveCampaign(SimulationEngine(model, seeded_images(4)), faults_per_chunk=CHUNK)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        other.run(**RUN, progress_dir=tmp_path)
+    other = ExhaustiveCampaign(
+        SimulationEngine(tiny_vgg(), seeded_images(4, seed=1)), faults_per_chunk=CHUNK
+    )
+    with pytest.raises(ValueError, match="images_fingerprint"):
+        other.run(**RUN, progress_dir=tmp_path)
+
+
+def test_corrupt_or_foreign_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"some": "json"}\n')
+    with pytest.raises(ValueError, match="not a campaign progress file"):
+        ProgressLog(path, {"seed": 0})
+    path.unlink()
+    ProgressLog(path, {"seed": 0}).close()
+    with path.open("a") as f:
+        f.write("garbage\n" + json.dumps({"unit": "L0"}) + "\n")
+    with pytest.raises(ValueError, match="corrupt at line 2"):
+        ProgressLog(path, {"seed": 0})
