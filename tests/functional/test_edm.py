@@ -63,6 +63,23 @@ def test_bin_index_matches_definition_on_special_errors(search: str) -> None:
     assert bin_index(errors, grid).tolist() == expected
 
 
+@pytest.mark.parametrize("search", GRIDS)
+def test_exponent_keys_agree_with_bucketize_on_random_bit_patterns(search: str) -> None:
+    grid = candidate_grid(search)
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(-(2**31), 2**31, (200_000,), generator=gen, dtype=torch.int64)
+    errors = bits.to(torch.int32).view(torch.float32)
+    edges = bin_edges(grid)
+    expected = torch.bucketize(errors, edges, right=True).masked_fill_(
+        errors.isnan(), 2 * grid.numel()
+    )
+    assert bin_index(errors, grid).equal(expected)
+    counts = histogram(errors.view(4, -1), grid)
+    assert counts.equal(
+        torch.nn.functional.one_hot(expected.view(4, -1), 2 * grid.numel() + 1).sum(1)
+    )
+
+
 def test_grids() -> None:
     paper, ext = candidate_grid("paper"), candidate_grid("extended")
     assert paper.tolist() == [2.0**e for e in range(-10, 11)]
