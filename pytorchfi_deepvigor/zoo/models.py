@@ -155,16 +155,21 @@ def _build_torchvision(
     return model
 
 
+def _pair(values: tuple[int, ...]) -> tuple[int, int]:
+    return int(values[0]), int(values[-1])
+
+
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
+            padding = module.padding if isinstance(module.padding, str) else _pair(module.padding)
             conv = nn.Conv2d(
                 in_channels,
                 module.out_channels,
-                module.kernel_size,  # type: ignore[arg-type]
-                stride=module.stride,  # type: ignore[arg-type]
-                padding=module.padding,  # type: ignore[arg-type]
-                dilation=module.dilation,  # type: ignore[arg-type]
+                _pair(module.kernel_size),
+                stride=_pair(module.stride),
+                padding=padding,
+                dilation=_pair(module.dilation),
                 bias=module.bias is not None,
             )
             parent_name, _, child = module_name.rpartition(".")
