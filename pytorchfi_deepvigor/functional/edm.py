@@ -243,6 +243,8 @@ def weight_edm(
             return histogram(err.flatten(2), grid)
         m = vt.any(dim=-1, keepdim=True).expand_as(err)  # a weight that meets only padding
         return histogram(err.flatten(2), grid, m.flatten(2))
+    if vt is not None:  # padding: no error counted (removed from the counts below)
+        xt = xt.masked_fill(~vt, 0.0)
     out = []
     per_img = n_w * 32 * n_pos
     step_i = max(1, min(n_img, _CHUNK_ELEMENTS // max(1, per_img)))
@@ -250,12 +252,29 @@ def weight_edm(
         rows = []
         for a in range(0, n_img, step_i):
             err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]  # (i, J, 32, P)
-            m = None if vt is None else vt[t, :, :, None, :].expand_as(err)
-            rows.append(histogram(err.flatten(1), grid, None if m is None else m.flatten(1)))
+            rows.append(histogram(err.flatten(1), grid))
         out.append(torch.cat(rows))
     if not out:
         return torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
-    return torch.stack(out)
+    counts = torch.stack(out)
+    if vt is not None:
+        _drop_padding(counts, eps, vt.squeeze(1))
+    return counts
+
+
+def _drop_padding(counts: Tensor, eps: Tensor, valid: Tensor) -> None:
+    """Remove from ``counts`` the errors of padded (zero) operands: ``eps * 0``.
+
+    Such an error is ``+-0`` (the middle bin) for a finite ``eps`` and NaN (the top bin) for an
+    infinite or NaN one; ``eps`` is ``(T, J, 32)``, ``valid`` ``(T, J, P)``.
+    """
+    padded = (~valid).sum(dim=-1, dtype=torch.int64)  # (T, J)
+    finite = torch.isfinite(eps).sum(dim=-1)  # (T, J)
+    mid = (padded * finite).sum(dim=1)
+    top = (padded * (eps.shape[-1] - finite)).sum(dim=1)
+    k = (counts.shape[-1] - 1) // 2
+    counts[:, :, k] -= mid.view(-1, 1)
+    counts[:, :, 2 * k] -= top.view(-1, 1)
 
 
 def search_members(counts: Tensor, grid: Tensor) -> tuple[Tensor, Tensor]:
