@@ -22,7 +22,8 @@ from pytorchfi_deepvigor.functional.receptive import (
 
 __all__ = ["LayerHandler", "HANDLERS", "handler_for"]
 
-Gather = Callable[[Tensor, nn.Module, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+Gather = Callable[..., tuple[Tensor, Tensor, Tensor]]
+"""``(layer_input, module, channels, positions) -> (operands, weights, valid)``."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class LayerHandler:
     """
 
     operands: Gather
-    weight_operands: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    weight_operands: Gather
 
 
 HANDLERS: dict[type[nn.Module], LayerHandler] = {

@@ -170,3 +170,14 @@ def test_constructor_errors() -> None:
         DeepVigorAnalyzer(SimulationEngine(net, images), images)
     with pytest.raises(TypeError, match="expected an nn.Module or a SimulationEngine"):
         DeepVigorAnalyzer("vgg", images)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu() -> None:
+    net, images = TINY_MODELS["resnet"](), seeded_images(4)
+    cpu = DeepVigorAnalyzer(net, images).analyze(sampling=0.5, skip_zero_gradient=True)
+    gpu = DeepVigorAnalyzer(net, images, device="cuda").analyze(
+        sampling=0.5, skip_zero_gradient=True
+    )
+    for a, b in zip(cpu.layers, gpu.layers, strict=True):
+        assert np.allclose(a.cvf, b.cvf, atol=0.02)
