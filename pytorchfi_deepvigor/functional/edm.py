@@ -90,6 +90,12 @@ def _check_grid(grid: Tensor) -> None:
         raise ValueError(f"expected a 1-D grid of at least 2 magnitudes, got {tuple(grid.shape)}")
     if not bool((grid > 0).all()) or not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("expected a grid of strictly increasing positive magnitudes")
+    exps = torch.log2(grid.double())
+    if (
+        not bool((exps == exps.round()).all())
+        or not -126 <= float(exps[0]) <= float(exps[-1]) <= 127
+    ):
+        raise ValueError("expected grid magnitudes that are powers of two in [2^-126, 2^127]")
 
 
 def bin_edges(grid: Tensor) -> Tensor:

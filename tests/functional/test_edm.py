@@ -162,5 +162,7 @@ def test_edm_shape_errors() -> None:
         weight_edm(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), grid, aggregate="max")
     with pytest.raises(ValueError, match="strictly increasing positive"):
         bin_edges(torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="powers of two"):
+        histogram(torch.zeros(1, 2), torch.tensor([1.0, 3.0]))
     with pytest.raises(ValueError, match="expected counts with 43 bins"):
         search_members(torch.zeros(1, 5), grid)
