@@ -38,11 +38,16 @@ def _read(path: Path, allow_pickle: bool) -> Any:
     except pickle.UnpicklingError as error:
         if not allow_pickle:
             raise ValueError(
-                f"{path} holds pickled Python objects (for example a whole nn.Module), which "
-                "torch.load only reads with weights_only=False; pass allow_pickle=True if you "
-                "trust the file"
+                f"{path} does not load with torch.load(weights_only=True): it holds pickled "
+                "Python objects (for example a whole nn.Module) or is not a torch file; pass "
+                "allow_pickle=True if you trust the file"
             ) from error
-    return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated zip, a foreign format: torch raises many types
+        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
 
 
 def extract_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import gzip
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from pytorchfi_deepvigor.zoo.imageset import ImageSet, normalise, subset_indices
 
 __all__ = [
     "ImageSet",
@@ -50,53 +50,9 @@ _MNIST_KINDS = {
 }
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    """Images with their labels.
-
-    Attributes:
-        images: Float32 images ``(N, C, H, W)``.
-        labels: Int64 class indices ``(N,)``.
-        classes: Class names, index = label.
-
-    Example:
-        >>> s = ImageSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), ("a", "b"))
-        >>> len(s)
-        2
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
 def _check_split(split: str) -> None:
     if split not in ("train", "test"):
         raise ValueError(f"expected split 'train' or 'test', got {split!r}")
-
-
-def _subset_indices(total: int, limit: int | None, seed: int | None) -> np.ndarray:
-    """The first ``limit`` indices, or a seeded random sample of them (kept in order)."""
-    if limit is None or limit >= total:
-        return np.arange(total)
-    if limit < 1:
-        raise ValueError(f"expected limit >= 1 or None, got {limit}")
-    if seed is None:
-        return np.arange(limit)
-    return np.sort(np.random.default_rng(seed).choice(total, size=limit, replace=False))
-
-
-def _normalise(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], input_size: int | None
-) -> torch.Tensor:
-    if input_size is not None and images.shape[-1] != input_size:
-        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear")
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((images - mean_t) / std_t).contiguous()
 
 
 def _missing(path: Path, layout: str) -> FileNotFoundError:
@@ -131,11 +87,11 @@ def _load_cifar(
         labels.extend(batch[label_key])
     with open(folder / meta_name, "rb") as handle:
         classes = tuple(pickle.load(handle, encoding="latin1")[names_key])
-    keep = _subset_indices(len(labels), limit, seed)
+    keep = subset_indices(len(labels), limit, seed)
     pixels = torch.from_numpy(np.concatenate(data)[keep]).float() / 255.0
     mean, std = _CIFAR_STATS[num_classes]
     return ImageSet(
-        images=_normalise(pixels, mean, std, input_size),
+        images=normalise(pixels, mean, std, input_size),
         labels=torch.tensor(labels, dtype=torch.int64)[torch.from_numpy(keep)],
         classes=classes,
     )
@@ -240,7 +196,7 @@ def load_image_folder(
         raise FileNotFoundError(f"{root} holds no class folder with images; expected "
                                 f"{IMAGE_FOLDER_LAYOUT}")  # fmt: skip
     images, labels = [], []
-    for index in _subset_indices(len(files), limit, seed):
+    for index in subset_indices(len(files), limit, seed):
         path, label = files[index]
         with Image.open(path) as image:
             picture = image.convert("RGB")
@@ -249,7 +205,7 @@ def load_image_folder(
         images.append(TF.pil_to_tensor(picture).float() / 255.0)
         labels.append(label)
     return ImageSet(
-        images=_normalise(torch.stack(images), mean, std, None),
+        images=normalise(torch.stack(images), mean, std, None),
         labels=torch.tensor(labels, dtype=torch.int64),
         classes=classes,
     )
@@ -316,9 +272,9 @@ def load_mnist(
     labels = _read_idx(_find_idx(root, folder, f"{prefix}-labels-idx1-ubyte"), 1)
     if len(images) != len(labels):
         raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
-    keep = _subset_indices(len(labels), limit, seed)
+    keep = subset_indices(len(labels), limit, seed)
     pixels = torch.from_numpy(images[keep].astype(np.float32) / 255.0).unsqueeze(1)
-    pixels = _normalise(pixels, [mean], [std], input_size).repeat(1, in_channels, 1, 1)
+    pixels = normalise(pixels, [mean], [std], input_size).repeat(1, in_channels, 1, 1)
     classes = tuple(str(d) for d in range(10)) if kind == "mnist" else _FASHION_CLASSES
     return ImageSet(pixels, torch.from_numpy(labels[keep].astype(np.int64)), classes)
 

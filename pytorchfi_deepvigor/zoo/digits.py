@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorchfi_deepvigor.zoo.datasets import ImageSet
+from pytorchfi_deepvigor.zoo.imageset import ImageSet
 
 __all__ = [
     "DIGITS_CLASSES",
@@ -33,7 +33,7 @@ DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 DIGITS_TEST_SIZE = 899
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value: compare fields
 class DigitsData:
     """The digits split into a training and a test set.
 

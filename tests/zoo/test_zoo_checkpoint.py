@@ -56,6 +56,15 @@ def test_whole_module_file_needs_allow_pickle(tmp_path: Path, source: torch.nn.M
     assert _same_weights(model, source)
 
 
+def test_unreadable_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"no torch file")
+    with pytest.raises(ValueError, match="garbage.pt does not load with torch.load"):
+        load_checkpoint(path, "vgg11")
+    with pytest.raises(ValueError, match="garbage.pt is not a readable torch checkpoint"):
+        load_checkpoint(path, "vgg11", allow_pickle=True)
+
+
 def test_zoo_cache_file_knows_its_architecture(tmp_path: Path) -> None:
     trained, record = get_trained_model("vgg11", width=1 / 32, epochs=1, cache_dir=tmp_path)
     model = load_checkpoint(record.cache_path)
