@@ -99,7 +99,7 @@ def resume_command(argv: list[str]) -> str:
     """The shell command that reruns this invocation from this folder (without ``--restart``)."""
     head = sys.argv[0] if sys.argv and sys.argv[0] else PROG
     name = Path(head).name
-    if name == "__main__.py":
+    if name == "__main__.py" and Path(head).parent.name == "pytorchfi_deepvigor":
         prefix = [sys.executable, "-m", "pytorchfi_deepvigor"]
     elif name.startswith(PROG):
         prefix = [head]

@@ -53,9 +53,11 @@ class Setup:
 
 def default_width(name: str, width: float | None) -> float:
     """``--width`` or, for a zoo model, its validation width (1 for torchvision models)."""
-    if width is not None:
-        return width
-    return VALIDATION_WIDTHS.get(name, 1.0)
+    if width is None:
+        return VALIDATION_WIDTHS.get(name, 1.0)
+    if not width > 0:
+        raise ValueError(f"expected --width > 0, got {width:g}")
+    return width
 
 
 def _input_size(args: argparse.Namespace, name: str) -> int:
@@ -126,9 +128,24 @@ def train_zoo_model(
     return model, record, fresh
 
 
+def _check_trainable(name: str, dataset: str) -> None:
+    if name.startswith(TORCHVISION_PREFIX):
+        raise ValueError(
+            f"{name} has no trained weights offline: give --checkpoint PATH "
+            "(or --random-weights to try the tool)"
+        )
+    if dataset != "digits":
+        raise ValueError(
+            f"a zoo model without --checkpoint is trained on the digits; give --checkpoint "
+            f"for --dataset {dataset} (or --random-weights to try the tool)"
+        )
+
+
 def load_setup(args: argparse.Namespace) -> Setup:
     """Load the model and the images the arguments name (training a zoo model if needed)."""
     name = args.model or DEFAULT_MODEL
+    if args.checkpoint is None and not args.random_weights:
+        _check_trainable(name, args.dataset)
     channels, classes = DATASETS[args.dataset]
     in_channels = args.in_channels or channels
     input_size = _input_size(args, name)
@@ -167,16 +184,6 @@ def load_setup(args: argparse.Namespace) -> Setup:
         label = f"{name}-w{width:g} (random weights)"
         info.update(random_weights=True, width=width)
     else:
-        if args.dataset != "digits":
-            raise ValueError(
-                f"a zoo model without --checkpoint is trained on the digits; give --checkpoint "
-                f"for --dataset {args.dataset} (or --random-weights to try the tool)"
-            )
-        if name.startswith(TORCHVISION_PREFIX):
-            raise ValueError(
-                f"{name} has no trained weights offline: give --checkpoint PATH "
-                "(or --random-weights to try the tool)"
-            )
         model, record, _ = train_zoo_model(name, width, args, in_channels, input_size)
         label = f"{name}-w{width:g}"
         info.update(

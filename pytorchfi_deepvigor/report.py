@@ -143,7 +143,15 @@ def _title(result: VulnerabilityResult) -> str:
         sampling = opts.get("sampling")
         extra.append("complete" if sampling is None else f"sampling {sampling:g}")
         extra.append(f"search {opts.get('search')}")
-    return f"{what}{model} on {result.n_images} images (seed {result.seed}; {', '.join(extra)})"
+    elif result.method.startswith("sfi-") and "e" in opts:
+        extra.append(f"e {opts['e']:g}, t {opts['t']:g}")
+    if opts.get("channel_ratio") is not None:
+        extra.append(f"channel ratio {opts['channel_ratio']:g}")
+    if opts.get("fault_model") not in (None, "flip"):
+        extra.append(f"fault model {opts['fault_model']}")
+    return (
+        f"{what}{model} on {result.n_images} images ({'; '.join([f'seed {result.seed}', *extra])})"
+    )
 
 
 def format_table(result: VulnerabilityResult) -> str:

@@ -1,0 +1,239 @@
+"""The ``pytorchfi-deepvigor`` command: every subcommand on a tiny zoo model, errors, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytorchfi_deepvigor.campaigns import faults
+from pytorchfi_deepvigor.cli import main
+from pytorchfi_deepvigor.results import VulnerabilityResult
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+TINY = ["--width", "0.0625", "--epochs", "1", "--images", "8", "--no-progress"]
+FI = ["--layers", "8", "--chunk", "500"]  # VGG-11's classifier at width 1/16: 10 x 32 weights
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A cache dir holding VGG-11 at width 1/16 trained for one epoch (the `train` command)."""
+    path = tmp_path_factory.mktemp("cache")
+    assert main(["train", *TINY[:4], "--no-progress", "--cache-dir", str(path)]) == 0
+    return str(path)
+
+
+def tiny(cache: str, *more: str) -> list[str]:
+    return [*TINY, "--cache-dir", cache, *more]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_train_caches_and_prints_accuracy(cache, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["train", *TINY[:4], "--cache-dir", cache, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "loaded from the cache" in out
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["config"]["epochs"] == 1 and 0.0 <= record["test_accuracy"] <= 1.0
+    assert len(list((Path(cache) / "zoo").glob("vgg11-w0.0625-*.pt"))) == 1
+
+
+def test_zoo_lists_models_and_cached_state(tmp_path, capsys):
+    assert main(["zoo", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["model", "width", "epochs"]
+    assert {line.split()[0] for line in lines[1:6]} == {
+        "mobilenetv2", "resnet18", "resnet34", "vgg11", "vgg16",
+    }  # fmt: skip
+    assert main(["zoo", "--model", "vgg11", "--width", "0.0625"]) == 0
+    out = capsys.readouterr().out
+    assert "9 injectable layers" in out and "classifier" in out and "[4, 1, 3, 3]" in out
+
+
+def test_analyze_writes_every_file(cache, tmp_path, capsys):
+    out = tmp_path / "an"
+    argv = ["analyze", *tiny(cache, "--layers", "0,8", "--out", str(out))]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "LVF act" in stdout and "LVF weights" in stdout and "MVF total (Eq. 15)" in stdout
+    result = VulnerabilityResult.from_json(out / "result.json")
+    assert result.method == "deepvigor" and result.n_images == 8
+    assert result.options["sampling"] == 0.1 and result.options["run"]["command"][1] == "analyze"
+    assert {(x.layer_num, x.target) for x in result.layers} == {
+        (0, "activations"), (0, "weights"), (8, "activations"), (8, "weights"),
+    }  # fmt: skip
+    layers = rows(out / "layers.csv")
+    assert [(r["layer"], r["target"]) for r in layers] == [
+        ("0", "activations"), ("0", "weights"), ("8", "activations"), ("8", "weights"),
+    ]  # fmt: skip
+    assert float(layers[0]["lvf"]) == result.layer(0, "activations").lvf
+    channels = rows(out / "channels.csv")
+    assert len(channels) == sum(len(x.channels) for x in result.layers)
+    for png in ("lvf.png", "mvf.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_prints_table_and_total_mvf(cache, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", *tiny(cache, "--layers", "8", "--out", str(out))]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("DeepVigor+ demo: vgg11 (width 0.0625)")
+    assert "total MVF (paper Eq. 15): " in stdout and "demo finished in" in stdout
+    assert {p.name for p in out.iterdir()} >= {"result.json", "layers.csv", "lvf.png", "mvf.png"}
+
+
+@pytest.fixture(scope="module")
+def fi_run(cache, tmp_path_factory) -> Path:
+    """An uninterrupted exhaustive weight campaign on the classifier (21 chunks of 500 faults)."""
+    out = tmp_path_factory.mktemp("fi")
+    argv = ["inject", *tiny(cache, *FI, "--out", str(out))]
+    assert main(argv) == 0
+    return out
+
+
+def test_inject_and_compare_write_their_files(cache, fi_run, tmp_path, capsys):
+    fi = VulnerabilityResult.from_json(fi_run / "result.json")
+    assert fi.method == "exhaustive" and fi.layers[0].n_faults == 10 * 32 * 32
+    assert fi.layers[0].counts.total == 10 * 32 * 32 * 8
+    assert rows(fi_run / "layers.csv")[0]["faults"] == "10240"
+    an = tmp_path / "an"
+    assert main(["analyze", *tiny(cache, "--layers", "8", "--target", "weights",
+                                  "--sampling", "complete", "--out", str(an))]) == 0  # fmt: skip
+    capsys.readouterr()
+    cmp = tmp_path / "cmp"
+    assert main(["compare", str(an / "result.json"), str(fi_run / "result.json"),
+                 "--out", str(cmp)]) == 0  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert "weights" in stdout and "Spearman" in stdout
+    data = json.loads((cmp / "comparison.json").read_text())
+    assert data["format"] == "pytorchfi-deepvigor comparison" and data["schema_version"] == 1
+    assert data["targets"]["weights"]["n_channels"] == 10 and len(data["pairs"]) == 10
+    assert len(rows(cmp / "pairs.csv")) == 10 and (cmp / "cvf_scatter.png").stat().st_size > 0
+
+
+def test_inject_sfi_reports_margins(cache, tmp_path, capsys):
+    out = tmp_path / "sfi"
+    argv = ["inject", *tiny(cache, "--layers", "8", "--campaign", "layer", "--e", "0.05")]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "margin" in capsys.readouterr().out
+    result = VulnerabilityResult.from_json(out / "result.json")
+    assert result.method == "sfi-layer" and result.layers[0].margin is not None
+    assert rows(out / "layers.csv")[0]["margin"] != ""
+
+
+def _interrupt_on_call(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make the campaign's per-fault evaluation raise KeyboardInterrupt on its ``call``-th chunk."""
+    original, calls = faults.FaultEvaluator.counts, []
+
+    def counts(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(faults.FaultEvaluator, "counts", counts)
+
+
+def _same_layers(a: VulnerabilityResult, b: VulnerabilityResult) -> None:
+    assert [(x.layer_num, x.target, x.channels, x.cvf, x.lvf, x.counts) for x in a.layers] == [
+        (x.layer_num, x.target, x.channels, x.cvf, x.lvf, x.counts) for x in b.layers
+    ]
+
+
+def test_ctrl_c_saves_progress_and_the_printed_command_resumes(
+    cache, fi_run, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "fi"
+    argv = ["inject", *tiny(cache, *FI, "--out", str(out))]
+    _interrupt_on_call(monkeypatch, 4)
+    assert main([*argv, "--restart"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    log = out / "progress" / "exhaustive-weights.progress.jsonl"
+    assert len(log.read_text().splitlines()) == 1 + 3  # header and 3 finished chunks
+    assert err[-1].startswith("resume with: cd ") and "--restart" not in err[-1]
+    monkeypatch.undo()
+    command = shlex.split(err[-1].split(" && ", 1)[1])
+    assert command[0] == "pytorchfi-deepvigor" and main(command[1:]) == 0
+    _same_layers(VulnerabilityResult.from_json(out / "result.json"),
+                 VulnerabilityResult.from_json(fi_run / "result.json"))  # fmt: skip
+
+
+def test_sigint_to_a_running_inject_then_resume(cache, fi_run, tmp_path):
+    out = tmp_path / "fi"
+    argv = ["inject", *tiny(cache, *FI, "--out", str(out))]
+    log = out / "progress" / "exhaustive-weights.progress.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "pytorchfi_deepvigor", *argv], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        while proc.poll() is None and not (log.exists() and len(log.read_text().splitlines()) > 2):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    resume = err.strip().splitlines()[-1]
+    assert resume.startswith(f"resume with: cd {ROOT} && {sys.executable} -m pytorchfi_deepvigor")
+    done = len(log.read_text().splitlines()) - 1
+    assert 0 < done < 21 and "Traceback" not in err
+    assert main(shlex.split(resume.split(" && ", 1)[1])[3:]) == 0
+    _same_layers(VulnerabilityResult.from_json(out / "result.json"),
+                 VulnerabilityResult.from_json(fi_run / "result.json"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "--layers", "x"], "argument --layers: expected 'all' or layer numbers"),
+        (["analyze", "--sampling", "1.5"], "expected 'complete' or a channel ratio in (0, 1]"),
+        (["analyze", "--target", "bias"], "argument --target: invalid choice"),
+        (["inject", "--campaign", "random"], "argument --campaign: invalid choice"),
+        (["analyze", "--images", "0"], "argument --images: expected a positive integer"),
+        (["compare", "a.json"], "the following arguments are required: b"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+    ids=["layers", "sampling", "target", "campaign", "images", "compare-one-file", "no-command"],
+)
+def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (["analyze", "--layers", "42"], "layer_num 42 out of range: the model has 9 injectable"),
+        (["analyze", "--dataset", "cifar10"], "--dataset cifar10 reads local files"),
+        (["analyze", "--checkpoint", "missing.pt", "--model", "vgg11"], "missing.pt does not exist"),
+        (["analyze", "--model", "torchvision:resnet18"], "has no trained weights offline"),
+        (["inject", "--e", "0.1"], "--e and --t set the margin of SFI campaigns"),
+        (["inject", "--campaign", "layer", "--e", "2"], "expected margin e in (0, 1), got 2.0"),
+        (["compare", "missing-a.json", "missing-b.json"], "No such file or directory"),
+        (["train", "--width", "-1"], "expected --width > 0, got -1"),
+    ],
+    ids=["layer-range", "no-data-root", "no-checkpoint", "torchvision", "e-exhaustive", "e-range",
+         "compare-missing", "width"],
+)  # fmt: skip
+def test_invalid_values_exit_1_with_one_error_line(cache, more, message, tmp_path, capsys):
+    argv = [*more, "--cache-dir", cache, "--no-progress"]
+    if more[0] in ("analyze", "inject"):
+        argv += [*TINY, "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
