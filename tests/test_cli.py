@@ -219,7 +219,8 @@ def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
     "more, message",
     [
         (["analyze", "--layers", "42"], "layer_num 42 out of range: the model has 9 injectable"),
-        (["analyze", "--dataset", "cifar10"], "--dataset cifar10 reads local files"),
+        (["analyze", "--dataset", "cifar10", "--random-weights"], "--dataset cifar10 reads local files"),
+        (["analyze", "--dataset", "mnist"], "a zoo model without --checkpoint is trained on the digits"),
         (["analyze", "--checkpoint", "missing.pt", "--model", "vgg11"], "missing.pt does not exist"),
         (["analyze", "--model", "torchvision:resnet18"], "has no trained weights offline"),
         (["inject", "--e", "0.1"], "--e and --t set the margin of SFI campaigns"),
@@ -227,7 +228,7 @@ def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
         (["compare", "missing-a.json", "missing-b.json"], "No such file or directory"),
         (["train", "--width", "-1"], "expected --width > 0, got -1"),
     ],
-    ids=["layer-range", "no-data-root", "no-checkpoint", "torchvision", "e-exhaustive", "e-range",
+    ids=["layer-range", "no-data-root", "not-digits", "no-checkpoint", "torchvision", "e-exhaustive", "e-range",
          "compare-missing", "width"],
 )  # fmt: skip
 def test_invalid_values_exit_1_with_one_error_line(cache, more, message, tmp_path, capsys):
