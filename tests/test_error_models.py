@@ -153,6 +153,7 @@ def _pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return tuple(out)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("conv_kwargs", CONVS.values(), ids=CONVS.keys())
 def test_operand_site_reads_what_the_convolution_reads(conv_kwargs):
     net, shape = conv_net(**conv_kwargs)
@@ -184,6 +185,7 @@ def test_operand_site_reads_what_the_convolution_reads(conv_kwargs):
     assert torch.allclose(manual.float(), conv(x)[0], rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("conv_kwargs", CONVS.values(), ids=CONVS.keys())
 def test_operand_flip_adds_its_delta_to_one_neuron_only(conv_kwargs):
     net, shape = conv_net(**conv_kwargs)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import logging
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -421,3 +425,19 @@ def test_declare_weight_fi_errors(fi, case):
     kwargs, error, match = case
     with pytest.raises(error, match=match):
         fi.declare_weight_fi(**kwargs)
+
+
+def test_benchmark_quick_smoke_run(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "validation" / "bench_injector.py"
+    spec = importlib.util.spec_from_file_location("bench_injector", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_injector", bench)  # dataclasses look it up
+    spec.loader.exec_module(bench)
+    summary = bench.main(["--quick", "--out", str(tmp_path)])
+    assert {r["method"] for r in summary} == {"plain", "inplace", "engine"}
+    assert all(r["agree"] == "2/2" for r in summary)
+    with open(tmp_path / "bench_injector.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2 and all(r["logits_bit_identical"] == "True" for r in rows)
+    assert all(r["inplace_mismatches"] == r["engine_mismatches"] == "" for r in rows)
+    assert "speed-up per fault" in (tmp_path / "bench_injector.md").read_text()
