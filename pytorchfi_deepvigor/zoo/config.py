@@ -90,6 +90,8 @@ class TrainingRecord:
         test_accuracy: Top-1 accuracy on the digits test set (899 images), in [0, 1].
         num_parameters: Parameters of the model.
         train_time_s: Wall-clock seconds of the training loop on the machine that trained.
+        train_cpu_s: CPU seconds of the training process during the loop (all its threads);
+            less sensitive than the wall clock to other jobs on a shared machine.
         versions: Versions of python, torch, torchvision, scikit-learn and this package.
         created_at: UTC time the training finished, ISO 8601.
         cache_path: The cache file, or ``None`` when not cached.
@@ -99,6 +101,7 @@ class TrainingRecord:
     test_accuracy: float
     num_parameters: int
     train_time_s: float
+    train_cpu_s: float
     versions: dict[str, str]
     created_at: str
     cache_path: str | None = None

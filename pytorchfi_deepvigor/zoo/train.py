@@ -80,7 +80,7 @@ def _make_config(
     return TrainingConfig(name=name, width=float(width), epochs=epochs, **fields)
 
 
-def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float]:
+def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float, float]:
     data = load_digits(config.input_size, config.in_channels, config.split_seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -105,7 +105,7 @@ def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float]:
     )
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model.train()
     epochs = tqdm(range(config.epochs), desc=config.name, disable=not progress, leave=False)
     for epoch in epochs:
@@ -119,16 +119,16 @@ def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float]:
             schedule.step()
         epochs.set_postfix(loss=f"{loss.item():.3f}")
         logger.debug("%s epoch %d: last batch loss %.4f", config.name, epoch, loss.item())
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     model.eval()
-    return model, elapsed
+    return model, elapsed, cpu
 
 
 def _train(config: TrainingConfig, progress: bool) -> tuple[nn.Module, TrainingRecord]:
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(config.num_threads)
-        model, elapsed = _fit(config, progress)
+        model, elapsed, cpu = _fit(config, progress)
         test = load_digits(config.input_size, config.in_channels, config.split_seed).test
         accuracy = float((predict(model, test.images) == test.labels).float().mean())
     finally:
@@ -138,6 +138,7 @@ def _train(config: TrainingConfig, progress: bool) -> tuple[nn.Module, TrainingR
         test_accuracy=accuracy,
         num_parameters=count_parameters(model),
         train_time_s=round(elapsed, 3),
+        train_cpu_s=round(cpu, 3),
         versions=package_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -43,7 +43,7 @@ def test_record_holds_accuracy_versions_and_time(trained_tiny) -> None:
     _, record = trained_tiny
     assert 0.1 < record.test_accuracy <= 1.0  # one epoch already learns something
     assert record.num_parameters == sum(p.numel() for p in trained_tiny[0].parameters())
-    assert record.train_time_s > 0 and record.cache_path is None
+    assert record.train_time_s > 0 and record.train_cpu_s > 0 and record.cache_path is None
     assert {"torch", "torchvision", "scikit-learn", "python"} <= set(record.versions)
     assert train.TrainingRecord.from_dict(record.to_dict()) == record
 
