@@ -260,11 +260,14 @@ def load_mnist(
 
     Raises:
         FileNotFoundError: If an idx file is missing (the message gives the layout).
-        ValueError: If ``kind``, ``split`` or ``limit`` is invalid or a file is not idx.
+        ValueError: If ``kind``, ``split``, ``limit`` or ``in_channels`` is invalid or a file
+            is not idx.
     """
     if kind not in _MNIST_KINDS:
         raise ValueError(f"expected kind in {sorted(_MNIST_KINDS)}, got {kind!r}")
     _check_split(split)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"expected in_channels a positive int, got {in_channels!r}")
     folder, mean, std = _MNIST_KINDS[kind]
     prefix = "train" if split == "train" else "t10k"
     root = Path(root)

@@ -149,8 +149,9 @@ def test_missing_data_names_the_path_and_layout(tmp_path: Path, call, match: str
         (lambda root: load_cifar10(root, split="val"), "expected split 'train' or 'test'"),
         (lambda root: load_mnist(root, kind="kmnist"), "expected kind in"),
         (lambda root: load_cifar10(root, limit=0), "expected limit >= 1 or None, got 0"),
+        (lambda root: load_mnist(root, in_channels=0), "expected in_channels a positive int"),
     ],
-    ids=["split", "kind", "limit"],
+    ids=["split", "kind", "limit", "mnist-channels"],
 )
 def test_bad_arguments_are_rejected(cifar10_root: Path, call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
