@@ -1,0 +1,188 @@
+"""Benchmark: exhaustive weight FI through the campaigns against plain PyTorchFI, same faults.
+
+A small CIFAR-style ResNet (ResNet-20 layout with one block per stage: 16/32/64 channels, 3x3
+stem, 32x32 inputs, seeded random weights and BatchNorm statistics) and a seeded batch of
+random images. Per analysed conv layer, an exhaustive weight campaign on a seeded
+``--channel-ratio`` of its channels (every bit of every weight of each chosen filter) runs:
+
+* **campaign**: ``ExhaustiveCampaign(engine).run("weights", ...)``: each fault as its exact
+  output delta ``(w' - w) * x`` on channel k, many faults x images per batched call, only the
+  network after the layer recomputed;
+* **plain PyTorchFI 0.6.0**: ``declare_weight_fi(value=flipped weight)`` per fault (a deep copy
+  of the model) and a full forward of the batch, on a seeded subset of the same faults
+  (``--plain-faults`` per layer: it is slow), extrapolated as a throughput.
+
+Throughput is (faults x images) / second. The outcomes (masked / SDC / critical / DUE per image)
+of the plain subset are compared with the campaign's per-fault evaluation, fault for fault and
+image for image. Writes ``bench_fi.csv`` to ``--out`` (default ``validation/results``).
+
+Run: ``python validation/bench_fi.py`` (a few minutes on 2 CPU cores; the paper's
+``--channel-ratio 0.15`` triples the campaign part); ``--quick``: a few
+faults on 2 images (the test suite's smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorchfi import core
+from torch import nn
+
+from pytorchfi_deepvigor.bits import flip_bit
+from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, FaultEvaluator, FaultPopulation
+from pytorchfi_deepvigor.engine import SimulationEngine, classify
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20's layout with one block per stage (ResNet-8), 10 classes."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = Block(width, width, 1)
+        self.layer2 = Block(width, 2 * width, 2)
+        self.layer3 = Block(2 * width, 4 * width, 2)
+        self.fc = nn.Linear(4 * width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build(seed: int, width: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = CifarResNet(width)
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def plain_pytorchfi(
+    model: nn.Module,
+    images: torch.Tensor,
+    engine: SimulationEngine,
+    pop: FaultPopulation,
+    ids: np.ndarray,
+) -> tuple[float, torch.Tensor]:
+    """Seconds and outcome codes ``[F, I]`` of the faults through plain PyTorchFI 0.6.0."""
+    fi = core.fault_injection(
+        model, images.shape[0], input_shape=list(images.shape[1:]),
+        layer_types=[nn.Conv2d, nn.Linear], use_cuda=False,
+    )  # fmt: skip
+    weight = pop.layer.module.weight.detach()
+    codes = []
+    start = time.perf_counter()
+    for site_idx, bit, _ in zip(*pop.decode(ids), strict=True):
+        index = np.unravel_index(int(pop.sites[site_idx]), tuple(weight.shape))
+        value = float(flip_bit(weight[index], int(bit)))
+        corrupted = fi.declare_weight_fi(
+            layer_num=[pop.layer.layer_num], k=[int(index[0])], dim1=[int(index[1])],
+            dim2=[int(index[2])], dim3=[int(index[3])], value=[value],
+        )  # fmt: skip
+        with torch.no_grad():
+            codes.append(classify(corrupted(images), engine.golden_logits))
+    return time.perf_counter() - start, torch.stack(codes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few faults on 2 images")
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--channel-ratio", type=float, default=0.05)
+    parser.add_argument("--layers", default="0,3,6", help="conv layer numbers to analyse")
+    parser.add_argument("--plain-faults", type=int, default=100, help="plain faults per layer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.width, args.plain_faults, args.layers = 2, 4, 4, "0,6"
+    layers = [int(x) for x in args.layers.split(",")]
+    model = build(args.seed, args.width)
+    images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed))
+    engine = SimulationEngine(model, images)
+    campaign = ExhaustiveCampaign(engine)
+    with torch.no_grad():  # warm up torch's kernels so the first timed layer is not penalised
+        model(images)
+    rows = []
+    for num in layers:
+        kwargs = {"layers": [num], "channel_ratio": args.channel_ratio, "seed": args.seed}
+        if args.quick:
+            kwargs = {"layers": [num], "channels": [0]}
+        start = time.perf_counter()
+        result = campaign.run("weights", **kwargs)
+        fast_s = time.perf_counter() - start
+        layer = result.layers[0]
+        pop = FaultPopulation(
+            engine.layer(num), "weights", "flip",
+            (np.asarray(layer.channels)[:, None] * engine.layer(num).fan_in + np.arange(engine.layer(num).fan_in)).reshape(-1),
+        )  # fmt: skip
+        rng = np.random.default_rng(args.seed)
+        ids = np.sort(rng.choice(pop.size, min(args.plain_faults, pop.size), replace=False))
+        plain_s, plain_codes = plain_pytorchfi(model, images, engine, pop, ids)
+        image_idx, pert = FaultEvaluator(engine).perturbation(pop, ids)
+        fast_codes = engine.outcomes(num, image_idx, pert).view(len(ids), -1)
+        agree = float((fast_codes == plain_codes).float().mean())
+        common = {
+            "model": f"cifar-resnet8-w{args.width}",
+            "layer": num,
+            "layer_name": engine.layer(num).name,
+            "images": args.images,
+            "device": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        }
+        fast_tp = layer.n_faults * args.images / fast_s
+        plain_tp = len(ids) * args.images / plain_s
+        rows.append({**common, "method": "campaign", "faults": layer.n_faults, "seconds": round(fast_s, 4),
+                     "fault_images_per_s": round(fast_tp, 1), "speedup_vs_plain": round(fast_tp / plain_tp, 2),
+                     "outcome_agreement": agree})  # fmt: skip
+        rows.append({**common, "method": "plain-pytorchfi", "faults": len(ids), "seconds": round(plain_s, 4),
+                     "fault_images_per_s": round(plain_tp, 1), "speedup_vs_plain": 1.0,
+                     "outcome_agreement": agree})  # fmt: skip
+        print(f"layer {num} ({common['layer_name']}): campaign {fast_tp:,.0f} fault-images/s over "
+              f"{layer.n_faults} faults, plain PyTorchFI {plain_tp:,.0f} over {len(ids)}: "
+              f"x{fast_tp / plain_tp:.1f}, outcome agreement {agree:.4f}")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "bench_fi.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+    return 0 if all(r["outcome_agreement"] == 1.0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
