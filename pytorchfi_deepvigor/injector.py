@@ -203,15 +203,19 @@ class DeepVigorFI(PyTorchFIBase):
         return list(self.output_size[self.layer(layer_num).layer_num])
 
     def get_layer_type(self, layer_num: int) -> type[nn.Module]:
+        """The layer's module type."""
         return self.layers_type[self.layer(layer_num).layer_num]
 
     def get_layer_dim(self, layer_num: int) -> int:
+        """Rank of the layer's output with its batch dimension (4 for Conv2d, 2 for Linear)."""
         return self.layers_dim[self.layer(layer_num).layer_num]
 
     def get_weights_size(self, layer_num: int) -> torch.Size:
+        """Shape of the layer's weight."""
         return self.weights_size[self.layer(layer_num).layer_num]
 
     def get_weights_dim(self, layer_num: int) -> int:
+        """Rank of the layer's weight."""
         return len(self.get_weights_size(layer_num))
 
     def print_pytorchfi_layer_summary(self) -> str:
@@ -390,6 +394,7 @@ class DeepVigorFI(PyTorchFIBase):
         )
 
     def _fi_state_reset(self) -> None:
+        """0.6.0's internal reset, kept for subclasses that call it: same as :meth:`fi_reset`."""
         self.fi_reset()
 
     def fi_reset(self) -> None:
