@@ -68,7 +68,7 @@ GRIDS: dict[str, tuple[int, ...]] = {
 }
 """Exponents of the candidate grids: ``c_k = 2 ** exponent``."""
 
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 20  # errors per chunk: small enough to stay in cache
 
 
 def candidate_grid(search: str = "extended") -> Tensor:
@@ -104,47 +104,70 @@ def bin_edges(grid: Tensor) -> Tensor:
     return torch.cat([-grid.flip(0), grid]).to(torch.float32)
 
 
-_KEYS = 513  # exponent keys: 0..255 for non-negative errors, 256..512 for negative ones
+_KEYS = 512  # (sign, exponent) keys, see _raw_keys
 
 
-def _error_keys(errors: Tensor) -> Tensor:
-    """Exponent key of every float32 error (int32), from its bits alone.
+def _raw_keys(values: Tensor) -> Tensor:
+    """Sign-and-exponent key in ``[-256, 256)`` of every float32 value, from its bits alone.
 
-    Non-negative errors: the biased exponent ``E`` (``|e|`` in ``[2^(E-127), 2^(E-126))``;
-    255 is Inf/NaN). Negative errors: ``257 + E'`` with ``E'`` the biased exponent of the float
-    one ulp below ``|e|`` (``|e|`` in ``(2^(E'-127), 2^(E'-126)]``, so an exact power of two falls
-    in the bin above it, as the bins ``[edge, next edge)`` require); ``-0.0`` gives 256, a
-    negative NaN 512.
+    A non-negative value gets its biased exponent ``E`` (``|v|`` in ``[2^(E-127), 2^(E-126))``,
+    255 for Inf/NaN). A negative value gets ``-ceil(|bits| / 2^23)``, i.e. ``-(E' + 1)`` with
+    ``|v|`` in ``(2^(E'-127), 2^(E'-126)]``: an exact power of two falls in the bin above it, as
+    the bins ``[edge, next edge)`` require; ``-0.0`` gets 0 (like ``+0.0``), a negative NaN -256.
+    Computed as ``((bits ^ (s & 0x7FFFFFFF)) - s) >> 23`` with ``s`` the sign mask (no overflow),
+    **in place**: ``values`` (a contiguous float32 temporary) is overwritten by the keys.
     """
-    bits = errors.to(torch.float32).contiguous().view(torch.int32)
-    neg = bits >> 31  # -1 for a set sign bit, else 0
-    return (((bits & 0x7FFFFFFF) + neg) >> 23).sub_(neg * 257)
+    bits = values.view(torch.int32)
+    sign = bits >> 31  # -1 for a set sign bit, else 0
+    bits.bitwise_xor_(sign & 0x7FFFFFFF).sub_(sign).bitwise_right_shift_(23)
+    return bits
 
 
 def _key_table(grid: Tensor) -> Tensor:
-    """Bin of every exponent key (long ``(513,)``) for the grid's edges."""
+    """Bin of every key ``+ 256`` (long ``(512,)``) for the grid's edges."""
     k = grid.numel()
     exps = torch.arange(256, dtype=torch.float64)
     below = (grid.view(1, -1) <= torch.exp2(exps - 127).view(-1, 1)).sum(dim=1)  # c_k <= 2^(E-127)
-    pos = k + below
-    neg = k - below
-    pos[0], neg[0] = k, k  # zero and subnormals: below c_1
-    pos[255], neg[255] = 2 * k, 2 * k  # +Inf/NaN; negative NaN (-Inf has key 254)
-    return torch.cat([pos, torch.tensor([k]), neg]).long()
+    neg, pos = k - below, k + below  # indexed by E' and by E
+    neg[0], pos[0] = k, k  # zero and subnormals: below c_1
+    neg[255], pos[255] = 2 * k, 2 * k  # a negative NaN (-Inf has E' = 254); +Inf and NaN
+    return torch.cat([neg.flip(0), pos]).long()  # key -(E' + 1) sits at 255 - E'
+
+
+def _count(keys: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Bin counts ``(..., 2K + 1)`` of raw keys ``(..., N)`` over the last dimension."""
+    nbins = 2 * grid.numel() + 1
+    if valid is not None:
+        keys = torch.where(valid, keys, _KEYS - 256)  # an overflow key, dropped below
+    lead = keys.shape[:-1]
+    flat = keys.reshape(-1, keys.shape[-1])
+    n_rows = flat.shape[0]
+    offset = torch.arange(n_rows, device=flat.device) * (_KEYS + 1) + 256
+    if n_rows * (_KEYS + 1) < 2**31:
+        offset = offset.to(torch.int32)
+    else:
+        flat = flat.long()
+    flat = flat.add_(offset.unsqueeze(1)) if flat.is_contiguous() else flat + offset.unsqueeze(1)
+    per_key = torch.bincount(flat.view(-1), minlength=n_rows * (_KEYS + 1))
+    per_key = per_key.view(n_rows, _KEYS + 1)[:, :_KEYS]
+    counts = torch.zeros(n_rows, nbins, dtype=torch.int64, device=flat.device)
+    counts.index_add_(1, _key_table(grid).to(flat.device), per_key)
+    return counts.reshape(*lead, nbins)
 
 
 def bin_index(errors: Tensor, grid: Tensor) -> Tensor:
     """Bin (0..2K) of every error; NaN goes to the top bin ``2K`` (counted as ``+Inf``)."""
     _check_grid(grid)
     table = _key_table(grid).to(errors.device)
-    return table[_error_keys(errors).long()]
+    return table[(_raw_keys(errors.to(torch.float32, copy=True).contiguous()) + 256).long()]
 
 
 def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
     """Counts of ``errors[..., n]`` over the last dimension, per leading index.
 
-    The bins are found from the float32 bit patterns (exponent keys, one ``bincount``), which is
-    exact for power-of-two edges and several times faster than a binary search.
+    The bins are found from the float32 bit patterns (one integer key per error, one
+    ``bincount``), which is exact for power-of-two edges and several times faster than a
+    binary search. Errors are binned as float32.
 
     Args:
         errors: float tensor ``(..., N)``.
@@ -155,21 +178,7 @@ def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tens
         int64 tensor ``(..., 2K + 1)``.
     """
     _check_grid(grid)
-    nbins = 2 * grid.numel() + 1
-    keys = _error_keys(errors)
-    if valid is not None:
-        keys = torch.where(valid, keys, _KEYS)  # an overflow key, dropped below
-    lead = keys.shape[:-1]
-    flat = keys.reshape(-1, keys.shape[-1])
-    n_rows = flat.shape[0]
-    offset = torch.arange(n_rows, device=flat.device) * (_KEYS + 1)
-    if n_rows * (_KEYS + 1) < 2**31:
-        offset = offset.to(torch.int32)
-    per_key = torch.bincount((flat + offset.unsqueeze(1)).view(-1), minlength=n_rows * (_KEYS + 1))
-    per_key = per_key.view(n_rows, _KEYS + 1)[:, :_KEYS]
-    counts = torch.zeros(n_rows, nbins, dtype=torch.int64, device=flat.device)
-    counts.index_add_(1, _key_table(grid).to(flat.device), per_key)
-    return counts.reshape(*lead, nbins)
+    return _count(_raw_keys(errors.to(torch.float32, copy=True).contiguous()), grid, valid)
 
 
 def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -188,6 +197,7 @@ def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None)
         raise ValueError(
             f"expected x (I, T, J) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
         )
+    _check_grid(grid)
     n_img, n_tgt, n_ops = x.shape
     mask = None if valid is None else valid.to(x.device).view(n_tgt, 1, n_ops, 1)
     xt = x.transpose(0, 1)  # (T, I, J)
@@ -197,7 +207,7 @@ def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None)
         xs = xt[a : a + step]
         err = (flip_all_bits(xs) - xs.unsqueeze(-1)) * w[a : a + step, None, :, None]
         m = None if mask is None else mask[a : a + step].expand_as(err)
-        out.append(histogram(err.flatten(2), grid, None if m is None else m.flatten(2)))
+        out.append(_count(_raw_keys(err).flatten(2), grid, None if m is None else m.flatten(2)))
     return torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
 
 
@@ -238,17 +248,18 @@ def weight_edm(
         raise ValueError(
             f"expected x (I, T, J, P) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
         )
+    _check_grid(grid)
     n_img, n_tgt, n_w, n_pos = x.shape
     eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
     xt = x.transpose(0, 1)  # (T, I, J, P)
     vt = None if valid is None else valid.to(x.device).unsqueeze(1)  # (T, 1, J, P)
     if aggregate == "fault":
         xm = _largest(xt, vt)  # (T, I, J)
-        err = eps.unsqueeze(1) * xm.unsqueeze(-1)  # (T, I, J, 32)
+        keys = _raw_keys(eps.unsqueeze(1) * xm.unsqueeze(-1))  # (T, I, J, 32)
         if vt is None:
-            return histogram(err.flatten(2), grid)
-        m = vt.any(dim=-1, keepdim=True).expand_as(err)  # a weight that meets only padding
-        return histogram(err.flatten(2), grid, m.flatten(2))
+            return _count(keys.flatten(2), grid)
+        m = vt.any(dim=-1, keepdim=True).expand_as(keys)  # a weight that meets only padding
+        return _count(keys.flatten(2), grid, m.flatten(2))
     if vt is not None:  # padding: no error counted (removed from the counts below)
         xt = xt.masked_fill(~vt, 0.0)
     out = []
@@ -257,8 +268,8 @@ def weight_edm(
     for t in range(n_tgt):
         rows = []
         for a in range(0, n_img, step_i):
-            err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]  # (i, J, 32, P)
-            rows.append(histogram(err.flatten(1), grid))
+            err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]
+            rows.append(_count(_raw_keys(err).flatten(1), grid))  # err: (i, J, 32, P)
         out.append(torch.cat(rows))
     if not out:
         return torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
