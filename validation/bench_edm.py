@@ -12,8 +12,9 @@ Measures, and writes to ``bench_edm.csv`` (one row per metric) under ``--out``:
 * **activations analysis**: the same per neuron for a sampled activations analysis (channel
   ratio ``--ratio``), to compare with the paper's "about 6 forward simulations per neuron".
 
-Timings are wall-clock medians (``--repeats``) on the machine named in the CSV; the machine may
-be shared, so compare numbers from the same run only.
+Timings are medians (``--repeats``) of wall-clock time and of CPU time (all threads) on the
+machine named in the CSV, with the load average at the start; on a machine shared with other
+jobs the wall times inflate, the CPU times much less: compare numbers from the same run only.
 
 Run: ``python validation/bench_edm.py`` (a few minutes on 2 CPU cores, trains the demo model on
 first use; ``--threads 1`` is much faster on a machine shared with other jobs); ``--quick``: a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import time
@@ -41,15 +43,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 EDM_TARGET_MS = 10.0
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` in seconds, after one warm-up call."""
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall time and median CPU time (all threads) of ``fn`` in seconds, after a warm-up."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def edm_rows(repeats: int, n_img: int) -> list[dict[str, object]]:
@@ -61,27 +64,30 @@ def edm_rows(repeats: int, n_img: int) -> list[dict[str, object]]:
     for n_tgt in (1, 64):
         x = torch.randn(n_img, n_tgt, n_ops, generator=gen).relu()
         w = torch.randn(n_tgt, n_ops, generator=gen) * 0.05
-        seconds = median_time(lambda x=x, w=w: operand_edm(x, w, grid), repeats)
-        rows.append(
-            {
-                "metric": f"operand_edm_ms_per_neuron_batch{n_tgt}",
-                "value": round(1e3 * seconds / n_tgt, 3),
-                "unit": "ms",
-                "detail": f"C_in=64, 3x3, {n_img} images, extended grid; target <= {EDM_TARGET_MS}",
-            }
-        )
+        wall, cpu = median_time(lambda x=x, w=w: operand_edm(x, w, grid), repeats)
+        detail = f"C_in=64, 3x3, {n_img} images, extended grid; target <= {EDM_TARGET_MS} ms"
+        for kind, seconds in (("wall", wall), ("cpu", cpu)):
+            rows.append(
+                {
+                    "metric": f"operand_edm_ms_per_neuron_batch{n_tgt}_{kind}",
+                    "value": round(1e3 * seconds / n_tgt, 3),
+                    "unit": "ms",
+                    "detail": detail,
+                }
+            )
     x = torch.randn(n_img, 1, n_ops, 64, generator=gen).relu()
     w = torch.randn(1, n_ops, generator=gen) * 0.05
     for aggregate in ("position", "fault"):
-        seconds = median_time(lambda a=aggregate: weight_edm(x, w, grid, aggregate=a), repeats)
-        rows.append(
-            {
-                "metric": f"weight_edm_ms_per_channel_{aggregate}",
-                "value": round(1e3 * seconds, 3),
-                "unit": "ms",
-                "detail": f"576 weights x 32 bits x 64 positions, {n_img} images",
-            }
-        )
+        wall, cpu = median_time(lambda a=aggregate: weight_edm(x, w, grid, aggregate=a), repeats)
+        for kind, seconds in (("wall", wall), ("cpu", cpu)):
+            rows.append(
+                {
+                    "metric": f"weight_edm_ms_per_channel_{aggregate}_{kind}",
+                    "value": round(1e3 * seconds, 3),
+                    "unit": "ms",
+                    "detail": f"576 weights x 32 bits x 64 positions, {n_img} images",
+                }
+            )
     return rows
 
 
@@ -97,13 +103,15 @@ def analysis_rows(model: nn.Module, images: torch.Tensor, ratio: float) -> list[
     """Complete weights analysis and sampled activations analysis: time and forwards."""
     analyzer = DeepVigorAnalyzer(model, images)
     rows = []
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     weights = analyzer.analyze(target="weights")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     n_ch = sum(len(layer.channels) for layer in weights.layers)
     rows += [
         {"metric": "weights_complete_wall_s", "value": round(seconds, 2), "unit": "s",
          "detail": f"{n_ch} channels, {len(images)} images, MVF_w={weights.mvf_weights:.4f}"},
+        {"metric": "weights_complete_cpu_s", "value": round(cpu, 2), "unit": "s",
+         "detail": "CPU time of all threads"},
         {"metric": "weights_forwards_per_channel",
          "value": round(weights.cost.batched_forwards / n_ch, 3), "unit": "batched forwards",
          "detail": f"engine max_batch={analyzer.engine.max_batch}"},
@@ -114,13 +122,15 @@ def analysis_rows(model: nn.Module, images: torch.Tensor, ratio: float) -> list[
          "value": round(weights.cost.image_evaluations / n_ch / len(images), 3),
          "unit": "forwards of the analysis batch", "detail": "the paper's 'simulations'"},
     ]  # fmt: skip
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     acts = analyzer.analyze(target="activations", sampling=ratio, seed=0)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     n_neurons = sum(len(layer.neurons) for layer in acts.layers)
     rows += [
         {"metric": "activations_sampled_wall_s", "value": round(seconds, 2), "unit": "s",
          "detail": f"ratio {ratio}, {n_neurons} neurons, MVF_act={acts.mvf_activations:.4f}"},
+        {"metric": "activations_sampled_cpu_s", "value": round(cpu, 2), "unit": "s",
+         "detail": "CPU time of all threads"},
         {"metric": "activations_forwards_per_neuron",
          "value": round(acts.cost.batched_forwards / n_neurons, 3), "unit": "batched forwards",
          "detail": f"engine max_batch={analyzer.engine.max_batch}"},
@@ -153,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
 
 
 def _run(args: argparse.Namespace) -> list[dict[str, object]]:
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    load = f", load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} threads{load}"
     rows = edm_rows(2 if args.quick else args.repeats, 8 if args.quick else 100)
     model, images, name = demo_model(args.quick)
     rows += analysis_rows(model, images, args.ratio)

@@ -16,8 +16,8 @@ def test_bench_edm_quick(tmp_path: Path) -> None:
     with (tmp_path / "bench_edm.csv").open() as fh:
         rows = {row["metric"]: row for row in csv.DictReader(fh)}
     for metric in (
-        "operand_edm_ms_per_neuron_batch1",
-        "weight_edm_ms_per_channel_position",
+        "operand_edm_ms_per_neuron_batch1_cpu",
+        "weight_edm_ms_per_channel_position_wall",
         "weights_complete_wall_s",
         "weights_full_batch_forwards_per_channel",
         "activations_full_batch_forwards_per_neuron",
