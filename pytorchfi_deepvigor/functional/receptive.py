@@ -97,6 +97,22 @@ def conv_geometry(conv: nn.Conv2d) -> ConvGeometry:
     )
 
 
+def _check_input(x: Tensor, geom: ConvGeometry) -> None:
+    if x.dim() != 4 or x.shape[1] != geom.in_channels:
+        raise ValueError(
+            f"expected input (I, {geom.in_channels}, H, W), got shape {tuple(x.shape)}"
+        )
+
+
+def _padded(x: Tensor, geom: ConvGeometry) -> tuple[Tensor, Tensor]:
+    """The padded input and a map of which padded positions hold a real operand."""
+    ones = torch.ones(1, 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    if geom.padding_mode == "zeros":
+        return F.pad(x, geom.pad), F.pad(ones, geom.pad)[0, 0] > 0.5
+    # padded operands are copies of stored values: real sites
+    return F.pad(x, geom.pad, mode=geom.padding_mode), F.pad(ones, geom.pad, value=1.0)[0, 0] > 0.5
+
+
 def conv_patches(x: Tensor, geom: ConvGeometry) -> tuple[Tensor, Tensor]:
     """All receptive fields of a convolution.
 
@@ -109,34 +125,43 @@ def conv_patches(x: Tensor, geom: ConvGeometry) -> tuple[Tensor, Tensor]:
         (``L`` output positions, row-major); ``valid`` bool ``(kh * kw, L)``, ``False`` where the
         operand is zero padding (the same for every input channel and image).
     """
-    if x.dim() != 4 or x.shape[1] != geom.in_channels:
-        raise ValueError(
-            f"expected input (I, {geom.in_channels}, H, W), got shape {tuple(x.shape)}"
-        )
+    _check_input(x, geom)
     unfold = dict(kernel_size=geom.kernel, dilation=geom.dilation, stride=geom.stride)
-    ones = torch.ones(1, 1, *x.shape[2:], dtype=x.dtype, device=x.device)
-    if geom.padding_mode == "zeros":
-        xp, mp = F.pad(x, geom.pad), F.pad(ones, geom.pad)
-    else:  # padded operands are copies of stored values: real sites
-        xp, mp = F.pad(x, geom.pad, mode=geom.padding_mode), F.pad(ones, geom.pad, value=1.0)
+    xp, mp = _padded(x, geom)
     patches = F.unfold(xp, **unfold)
-    valid = F.unfold(mp, **unfold)[0] > 0.5
+    valid = F.unfold(mp[None, None].to(x.dtype), **unfold)[0] > 0.5
     return patches, valid
 
 
-def _conv_parts(
-    x: Tensor, conv: nn.Conv2d, channels: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Patches, validity, per-target operand rows ``(T, J)``, filters ``(T, J)``, kernel offsets."""
+def _gather(
+    x: Tensor, conv: nn.Conv2d, channels: Tensor, positions: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Operands ``(I, T, J, *P)`` of filters ``channels`` at output ``positions`` ``(T, *P)``.
+
+    A direct gather from the padded input (no unfold of the whole map): operand ``j`` of output
+    channel ``c`` is input channel ``group(c) * C_in/groups + j // (kh kw)`` at kernel offset
+    ``j % (kh kw)``.
+    """
     geom = conv_geometry(conv)
-    patches, valid = conv_patches(x, geom)
+    _check_input(x, geom)
+    xp, mp = _padded(x, geom)
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    w_out = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    dev = x.device
     cg = geom.in_channels // geom.groups
-    kk = geom.kernel[0] * geom.kernel[1]
-    group = channels.long() // (geom.out_channels // geom.groups)
-    rows = (group * cg * kk).unsqueeze(1) + torch.arange(cg * kk, device=x.device)  # (T, J)
-    offset = torch.arange(cg * kk, device=x.device) % kk  # kernel offset of each operand
+    group = channels.long().to(dev) // (geom.out_channels // geom.groups)
+    j = torch.arange(cg * kh * kw, device=dev)
+    cin = (group * cg).unsqueeze(1) + j // (kh * kw)  # (T, J)
+    dr, dc = (j % (kh * kw)) // kw * dh, j % kw * dw  # (J,)
+    pos = positions.long().to(dev)
+    extra = pos.dim() - 1  # 0 for one position per target, 1 for (T, P)
+    r = (pos // w_out * sh).unsqueeze(1)  # (T, 1, *P)
+    c = (pos % w_out * sw).unsqueeze(1)
+    shape = (1, -1) + (1,) * extra
+    rows, cols = r + dr.view(shape), c + dc.view(shape)  # (T, J, *P)
+    cin = cin.view(*cin.shape, *(1,) * extra).expand_as(rows)
     w = conv.weight.detach()[channels.long()].reshape(channels.numel(), -1)
-    return patches, valid, rows, w, offset
+    return xp[:, cin, rows, cols], w, mp[rows, cols]
 
 
 def conv_operands(
@@ -153,10 +178,7 @@ def conv_operands(
     Returns:
         ``(ops, w, valid)``: float32 ``(I, T, J)``, ``(T, J)`` and bool ``(T, J)``.
     """
-    patches, valid, rows, w, offset = _conv_parts(x, conv, channels.long())
-    pos = positions.long().unsqueeze(1).expand_as(rows)
-    ops = patches[:, rows, pos]  # (I, T, J)
-    return ops, w, valid[offset.unsqueeze(0).expand_as(rows), pos]
+    return _gather(x, conv, channels, positions)
 
 
 def linear_operands(
@@ -186,12 +208,17 @@ def conv_weight_operands(
     Returns:
         ``(ops, w, valid)``: float32 ``(I, T, J, P)``, ``(T, J)`` and bool ``(T, J, P)``.
     """
-    patches, valid, rows, w, offset = _conv_parts(x, conv, channels.long())
     if positions is None:
-        positions = torch.arange(patches.shape[-1], device=x.device).expand(channels.numel(), -1)
-    pos = positions.long().unsqueeze(1)  # (T, 1, P)
-    ops = patches[:, rows.unsqueeze(-1), pos]  # (I, T, J, P)
-    return ops, w, valid[offset.view(1, -1, 1), pos]
+        geom = conv_geometry(conv)
+        _check_input(x, geom)
+        out_hw = [
+            (x.shape[2 + a] + geom.pad[2 - 2 * a] + geom.pad[3 - 2 * a]
+             - geom.dilation[a] * (geom.kernel[a] - 1) - 1) // geom.stride[a] + 1
+            for a in (0, 1)
+        ]  # fmt: skip
+        n_pos = out_hw[0] * out_hw[1]
+        positions = torch.arange(n_pos, device=x.device).expand(channels.numel(), -1)
+    return _gather(x, conv, channels, positions)
 
 
 def linear_weight_operands(
