@@ -205,7 +205,7 @@ def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None)
     step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * 32))
     for a in range(0, n_tgt, step):
         xs = xt[a : a + step]
-        err = (flip_all_bits(xs) - xs.unsqueeze(-1)) * w[a : a + step, None, :, None]
+        err = flip_all_bits(xs).sub_(xs.unsqueeze(-1)).mul_(w[a : a + step, None, :, None])
         m = None if mask is None else mask[a : a + step].expand_as(err)
         out.append(_count(_raw_keys(err).flatten(2), grid, None if m is None else m.flatten(2)))
     return torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
