@@ -96,7 +96,8 @@ def demo_model(quick: bool) -> tuple[nn.Module, torch.Tensor, str]:
         model = zoo.build_model("vgg11", width=1 / 32, in_channels=1).eval()
         return model, zoo.analysis_batch(n=4).images, "vgg11 width 1/32 (untrained)"
     model, record = zoo.get_trained_model("vgg11")
-    return model, zoo.analysis_batch(n=100).images, f"vgg11 width 1/8 (digits, {record})"
+    name = f"vgg11 width 1/8 (digits, test accuracy {record.test_accuracy:.3f})"
+    return model, zoo.analysis_batch(n=100).images, name
 
 
 def analysis_rows(model: nn.Module, images: torch.Tensor, ratio: float) -> list[dict[str, object]]:
