@@ -41,7 +41,7 @@ def analyze_activations(
     *,
     grad: Tensor | None = None,
     keep_edm: bool = False,
-    group_rows: int = 4096,
+    group_rows: int = 16384,
 ) -> tuple[LayerResult, int]:
     """Activations analysis of one layer.
 

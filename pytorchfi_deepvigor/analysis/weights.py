@@ -62,7 +62,7 @@ def analyze_weights(
     aggregate: str = "position",
     grad: Tensor | None = None,
     keep_edm: bool = False,
-    group_rows: int = 4096,
+    group_rows: int = 16384,
 ) -> tuple[LayerResult, int]:
     """Weights analysis of one layer.
 
