@@ -116,6 +116,12 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return out
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    weight = m.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def _pair(v: object) -> tuple[int, int]:
     if isinstance(v, tuple):
         return (int(v[0]), int(v[1]))
@@ -190,7 +196,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 name=name,
                 kind="Conv2d",
                 module=m,
-                weight_shape=tuple(m.weight.shape),
+                weight_shape=tuple(_weight(m).shape),
                 input_shape=in_shape,
                 output_shape=out_shape,
                 groups=m.groups,
@@ -210,7 +216,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 name=name,
                 kind="Linear",
                 module=m,
-                weight_shape=tuple(m.weight.shape),
+                weight_shape=tuple(_weight(m).shape),
                 input_shape=in_shape,
                 output_shape=out_shape,
                 has_bias=m.bias is not None,

@@ -140,7 +140,7 @@ class _Channel(Perturbation):
 
     def _target(
         self, out: torch.Tensor, start: int, stop: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         b = torch.arange(stop - start, device=out.device)
         value = self.value[start:stop].to(out.dtype)
         if out.dim() > 2 and value.dim() == 1:
