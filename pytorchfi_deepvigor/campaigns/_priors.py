@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pytorchfi_deepvigor.campaigns import _run
-from pytorchfi_deepvigor.campaigns.faults import BITS, FaultEvaluator, FaultPopulation
+from pytorchfi_deepvigor.campaigns.faults import BITS, FaultEvaluator, FaultPopulation, layer_weight
 from pytorchfi_deepvigor.campaigns.progress import ProgressLog
 from pytorchfi_deepvigor.functional.sfi import weight_bit_prior
 
@@ -67,7 +67,7 @@ def check_prior(prior: PriorSpec) -> None:
 def _values(evaluator: FaultEvaluator, pop: FaultPopulation) -> torch.Tensor:
     """The values whose bit statistics give the default prior of a population."""
     if pop.target == "weights":
-        return pop.layer.module.weight.detach()
+        return layer_weight(pop.layer)
     if pop.target == "operands":
         return evaluator.engine.layer_input(pop.layer.layer_num)
     return evaluator.engine.layer_output(pop.layer.layer_num)
@@ -105,7 +105,7 @@ def resolve_priors(
     priors = []
     for unit in units:
         counts = done.counts[unit.key]
-        bit = unit.population.decode(unit.ids)[1]
-        _, vf = _run.weighted_vf(counts, bit)
+        bits = unit.population.decode(unit.ids)[1]
+        _, vf = _run.weighted_vf(counts, bits)
         priors.append(np.clip(vf, pilot.floor, 0.5))
     return priors, done

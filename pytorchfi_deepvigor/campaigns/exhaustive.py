@@ -231,33 +231,34 @@ def _layer_result(
     unit: _run.WorkUnit, counts: np.ndarray, neurons: list[tuple[int, int, int]]
 ) -> LayerResult:
     pop, info = unit.population, unit.population.layer
-    common = dict(
+    nvf: tuple[float, ...] | None = None
+    kept: tuple[tuple[int, int, int], ...] | None = None
+    if pop.target != "operands":
+        chans, cvf = _run.weighted_vf(counts, pop.channels(unit.ids))
+        lvf = float(cvf.mean())
+    else:
+        flat, per_neuron = _run.weighted_vf(counts, pop.sites[pop.decode(unit.ids)[0], 0])
+        chans, inverse = np.unique(flat // info.neurons_per_channel, return_inverse=True)
+        cvf = np.bincount(inverse, weights=per_neuron) / np.bincount(inverse)
+        lvf = float(per_neuron.mean())
+        by_flat = dict(zip(flat.tolist(), per_neuron.tolist(), strict=True))
+        width = info.output_shape[2] if info.kind == "Conv2d" else 1
+        key = {n: n[0] * info.neurons_per_channel + n[1] * width + n[2] for n in neurons}
+        # a neuron that reads only padding has no operand fault site: it is not listed
+        kept = tuple(n for n in neurons if key[n] in by_flat)
+        nvf = tuple(by_flat[key[n]] for n in kept)
+    return LayerResult(
         layer_num=info.layer_num,
         name=info.name,
         kind=info.kind,
-        target=_run.RESULT_TARGET[pop.target],
+        target=_run.RESULT_TARGET[pop.target],  # type: ignore[arg-type]
         n_neurons=info.neurons_per_image,
         n_weights=info.n_weights,
+        channels=tuple(int(c) for c in chans),
+        cvf=tuple(float(v) for v in cvf),
+        lvf=lvf,
+        neurons=kept,
+        nvf=nvf,
         counts=_run.outcome_counts(counts),
         n_faults=len(unit.ids),
-    )
-    if pop.target != "operands":
-        chans, cvf = _run.weighted_vf(counts, pop.channels(unit.ids))
-        return LayerResult(channels=tuple(chans), cvf=tuple(cvf), lvf=float(cvf.mean()), **common)
-    neuron_of_fault = pop.sites[pop.decode(unit.ids)[0], 0]
-    flat, nvf = _run.weighted_vf(counts, neuron_of_fault)
-    channel = flat // info.neurons_per_channel
-    chans, inverse = np.unique(channel, return_inverse=True)
-    cvf = np.bincount(inverse, weights=nvf) / np.bincount(inverse)
-    by_flat = dict(zip(flat.tolist(), nvf.tolist(), strict=True))
-    width = info.output_shape[2] if info.kind == "Conv2d" else 1
-    # a neuron that reads only padding has no operand fault site: it is not listed
-    kept = [n for n in neurons if n[0] * info.neurons_per_channel + n[1] * width + n[2] in by_flat]
-    return LayerResult(
-        channels=tuple(chans),
-        cvf=tuple(cvf),
-        lvf=float(nvf.mean()),
-        neurons=tuple(kept),
-        nvf=tuple(by_flat[n[0] * info.neurons_per_channel + n[1] * width + n[2]] for n in kept),
-        **common,
     )

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ FaultModel = Literal["flip", "stuck-at"]
 FAULT_TARGETS: tuple[str, ...] = ("weights", "operands", "stored")
 FAULT_MODELS: tuple[str, ...] = ("flip", "stuck-at")
 BITS = 32
+_Index = TypeVar("_Index", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,7 +155,17 @@ def _pads(info: LayerInfo) -> tuple[int, int, int, int]:
     return (ph, ph, pw, pw)
 
 
-def _operand_coords(info: LayerInfo, neuron: np.ndarray, operand: np.ndarray) -> tuple:
+def layer_weight(info: LayerInfo) -> torch.Tensor:
+    """The (detached) weight tensor of a catalogued layer."""
+    weight = info.module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"layer {info.name!r} has no weight tensor")
+    return weight.detach()
+
+
+def _operand_coords(
+    info: LayerInfo, neuron: _Index, operand: _Index
+) -> tuple[_Index, _Index, _Index, _Index, _Index, _Index]:
     """(channel, row, col, in_channel, padded_row, padded_col) of conv operands."""
     _, ho, wo = info.output_shape
     cin_g, kh, kw = info.weight_shape[1:]
@@ -241,7 +252,7 @@ class FaultEvaluator:
     def _weights(
         self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
     ) -> Perturbation:
-        weight = info.module.weight.detach().reshape(-1)
+        weight = layer_weight(info).reshape(-1)
         w = weight[sites]
         dw = faulty_values(w, bit, value) - w
         k, j = sites // info.fan_in, sites % info.fan_in
@@ -269,7 +280,7 @@ class FaultEvaluator:
         else:
             channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
             x = self._padded_input(info)[:, ci, prow, pcol]
-        w = info.module.weight.detach().reshape(-1)[channel * info.fan_in + j]
+        w = layer_weight(info).reshape(-1)[channel * info.fan_in + j]
         delta = (faulty_values(x, bit[None, :], value[None, :]) - x) * w[None, :]
         return self._neuron(NeuronAdd, channel, row, col, delta)
 
@@ -294,7 +305,7 @@ class FaultEvaluator:
     ) -> Perturbation:
         n_img = self.engine.num_images
         rep = [t.repeat_interleave(n_img) for t in (channel, row, col)]
-        return kind(*rep, per_image.T.reshape(-1))
+        return kind(channel=rep[0], row=rep[1], col=rep[2], value=per_image.T.reshape(-1))
 
 
 def chunk_size(engine: SimulationEngine) -> int:

@@ -19,6 +19,7 @@ achieved margin (the stratified formula of the spec with the observed per-stratu
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Sequence
@@ -140,8 +141,8 @@ class StatisticalCampaign:
     ) -> SamplingPlan:
         """The strata and sample sizes :meth:`run` would use (a pilot prior runs its pilot)."""
         args = _check(variant, target, e, t, prior, fault_model, seed)
-        pops = self._populations(args["target"], args["fault_model"], layers)
-        rng = np.random.default_rng(args["seed"])
+        pops = self._populations(args.target, args.fault_model, layers)
+        rng = np.random.default_rng(args.seed)
         priors = None
         if variant == "data-aware":
             priors, _ = resolve_priors(
@@ -185,15 +186,15 @@ class StatisticalCampaign:
         """
         started = time.perf_counter()
         args = _check(variant, target, e, t, prior, fault_model, seed)
-        pops = self._populations(args["target"], args["fault_model"], layers)
+        pops = self._populations(args.target, args.fault_model, layers)
         options = {
-            **args,
+            **dataclasses.asdict(args),
             "prior": _prior_option(prior),
             "layers": [p.layer.layer_num for p in pops],
             "faults_per_chunk": self.faults_per_chunk,
         }
-        rng = np.random.default_rng(args["seed"])
-        log = _run.open_log(progress_dir, f"sfi-{variant}-{args['target']}", self.engine, options)
+        rng = np.random.default_rng(args.seed)
+        log = _run.open_log(progress_dir, f"sfi-{variant}-{args.target}", self.engine, options)
         try:
             priors, pilot = None, _run.Executed({})
             if variant == "data-aware":
@@ -233,16 +234,26 @@ class StatisticalCampaign:
             f"sfi-{variant}",  # type: ignore[arg-type]
             layers_out,
             options=options,
-            seed=args["seed"],
+            seed=args.seed,
             cost=cost,
             n_images=self.engine.num_images,
             model_name=type(self.engine.model).__name__,
         )
 
 
+@dataclass(frozen=True)
+class _Args:
+    variant: str
+    target: str
+    e: float
+    t: float
+    fault_model: str
+    seed: int
+
+
 def _check(
     variant: str, target: str, e: float, t: float, prior: PriorSpec, fault_model: str, seed: int
-) -> dict[str, object]:
+) -> _Args:
     if variant not in VARIANTS:
         raise ValueError(f"expected variant in {VARIANTS}, got {variant!r}")
     if isinstance(e, bool) or not isinstance(e, int | float) or not 0.0 < e < 1.0:
@@ -252,14 +263,14 @@ def _check(
     if prior is not None and variant != "data-aware":
         raise ValueError(f"prior only applies to variant='data-aware', not {variant!r}")
     check_prior(prior)
-    return {
-        "variant": variant,
-        "target": _run.check_target(target),
-        "e": float(e),
-        "t": float(t),
-        "fault_model": _run.check_fault_model(fault_model),
-        "seed": _run.check_seed(seed),
-    }
+    return _Args(
+        variant=variant,
+        target=_run.check_target(target),
+        e=float(e),
+        t=float(t),
+        fault_model=_run.check_fault_model(fault_model),
+        seed=_run.check_seed(seed),
+    )
 
 
 def _prior_option(prior: PriorSpec) -> object:
