@@ -84,7 +84,8 @@ class ExhaustiveCampaign:
 
         Args:
             target: ``"weights"``, ``"operands"`` (alias ``"activations"``) or ``"stored"``.
-            layers: catalogue layer numbers (default: every layer).
+            layers: catalogue layer numbers (default: the layers a ``channels`` or ``neurons``
+                mapping names, else every layer).
             channels: channels to analyse, one list for every layer or ``{layer: [channels]}``.
             channel_ratio: instead of ``channels``, draw ``ceil(ratio * C_out)`` channels per
                 layer without replacement (the paper: 0.15). Default: every channel.
@@ -106,6 +107,9 @@ class ExhaustiveCampaign:
         target = _run.check_target(target)
         fault_model = _run.check_fault_model(fault_model)
         seed = _run.check_seed(seed)
+        if layers is None:  # a {layer: ...} mapping names the layers it covers
+            given = neurons if isinstance(neurons, Mapping) else channels
+            layers = sorted(given) if isinstance(given, Mapping) else None
         layer_nums = _run.check_layers(self.engine, layers)
         if channels is not None and channel_ratio is not None:
             raise ValueError("give either channels or channel_ratio, not both")

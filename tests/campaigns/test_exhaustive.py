@@ -73,7 +73,8 @@ def test_operand_nvf_equals_in_place_injection(linear_net) -> None:
 
 def test_stored_faults_cover_every_value_of_the_channels() -> None:
     engine = SimulationEngine(tiny_vgg(), seeded_images(3))
-    result = ExhaustiveCampaign(engine).run("stored", layers=[0, 3], channels={0: [1], 3: [0, 4]})
+    result = ExhaustiveCampaign(engine).run("stored", channels={0: [1], 3: [0, 4]})
+    assert [layer.layer_num for layer in result.layers] == [0, 3]
     conv, fc = result.layer(0, "stored"), result.layer(3, "stored")
     assert conv.channels == (1,) and conv.n_faults == 8 * 8 * 32
     assert fc.channels == (0, 4) and fc.n_faults == 2 * 32
