@@ -25,7 +25,7 @@ import copy
 import enum
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +40,7 @@ __all__ = ["SimulationEngine", "Outcome", "EngineStats", "classify"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BYTES = 512 * 2**20
+DEFAULT_MEMORY_BYTES = 2 * 2**30
 _MASK_RTOL = 1e-5
 
 
@@ -110,49 +110,58 @@ def _descendants(node: torch.fx.Node) -> set[torch.fx.Node]:
     return out
 
 
-def _split_graph(
-    gm: torch.fx.GraphModule, layer_name: str
-) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
-    """Cut ``gm`` at the call of ``layer_name``: (prefix, suffix, number of live-in values).
+@dataclass
+class _Plan:
+    """Where the traced graph is cut for one layer."""
 
-    The prefix returns ``(layer_input, layer_output, *live_ins)``; the suffix takes
-    ``(layer_output, *live_ins)`` and returns the model output.
+    layer_in: torch.fx.Node
+    cut: torch.fx.Node
+    live: list[torch.fx.Node]
+    suffix: torch.fx.GraphModule
+
+
+def _plan(gm: torch.fx.GraphModule, layer_name: str) -> _Plan:
+    """Cut ``gm`` at the call of ``layer_name``.
+
+    The suffix takes ``(layer_output, *live)`` and returns the model output; ``live`` are the
+    values computed before the cut that the suffix still reads (skip connections).
     """
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer_name]
     if len(nodes) != 1:
         raise ValueError(f"layer {layer_name!r} appears {len(nodes)} times in the traced graph")
     cut = nodes[0]
+    layer_in = cut.args[0]
+    if not isinstance(layer_in, torch.fx.Node):
+        raise ValueError(f"cannot find the input of layer {layer_name!r} in the traced graph")
     desc = _descendants(cut)
-    live = []
+    live: list[torch.fx.Node] = []
     for n in gm.graph.nodes:
         if n in desc:
             for a in n.all_input_nodes:
                 if a not in desc and a is not cut and a not in live:
                     live.append(a)
-
-    suffix_graph = torch.fx.Graph()
-    env: dict[torch.fx.Node, torch.fx.Node] = {cut: suffix_graph.placeholder("layer_output")}
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {cut: graph.placeholder("layer_output")}
     for i, n in enumerate(live):
-        env[n] = suffix_graph.placeholder(f"live_{i}")
+        env[n] = graph.placeholder(f"live_{i}")
     for n in gm.graph.nodes:
         if n in desc:
-            env[n] = suffix_graph.node_copy(n, lambda a: env[a])
-    suffix = torch.fx.GraphModule(gm, suffix_graph)
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    return _Plan(layer_in, cut, live, torch.fx.GraphModule(gm, graph))
 
-    prefix_graph = torch.fx.Graph()
-    penv: dict[torch.fx.Node, torch.fx.Node] = {}
+
+def _prefix(gm: torch.fx.GraphModule, wanted: list[torch.fx.Node]) -> torch.fx.GraphModule:
+    """A module returning the golden values of the ``wanted`` nodes (one pass, dead code dropped)."""
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
     for n in gm.graph.nodes:
-        if n in desc or n.op == "output":
-            continue
-        penv[n] = prefix_graph.node_copy(n, lambda a: penv[a])
-    layer_in = cut.args[0]
-    if not isinstance(layer_in, torch.fx.Node):
-        raise ValueError(f"cannot find the input of layer {layer_name!r} in the traced graph")
-    prefix_graph.output((penv[layer_in], penv[cut], *[penv[n] for n in live]))
-    prefix = torch.fx.GraphModule(gm, prefix_graph)
+        if n.op != "output":
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    graph.output(tuple(env[n] for n in wanted))
+    prefix = torch.fx.GraphModule(gm, graph)
     prefix.graph.eliminate_dead_code()
     prefix.recompile()
-    return prefix, suffix, len(live)
+    return prefix
 
 
 class SimulationEngine:
@@ -164,7 +173,7 @@ class SimulationEngine:
         images: the analysis batch, float32 ``(I, ...)``.
         device: where to compute (default: the model's device).
         max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
-        memory_bytes: budget for the activations of one chunk (default 512 MiB).
+        memory_bytes: budget for the activations of one chunk (default 2 GiB).
         use_fx: trace with torch.fx (falls back to hooks when tracing fails); ``False`` forces hooks.
 
     Example:
@@ -290,31 +299,54 @@ class SimulationEngine:
 
     # ------------------------------------------------------------------------ golden cache
     def _cut(self, layer_num: int) -> _Cut:
-        info = self.layer(layer_num)
-        if layer_num in self._cuts:
-            return self._cuts[layer_num]
+        if layer_num not in self._cuts:
+            self.prepare([layer_num])
+        return self._cuts[layer_num]
+
+    def prepare(self, layer_nums: list[int] | None = None) -> None:
+        """Cache the golden values of several layers in ONE golden pass (default: all layers).
+
+        Each layer is otherwise prepared on first use by its own partial forward; preparing the
+        layers a study will touch together saves those forwards at the cost of holding their
+        inputs and outputs in memory at once.
+        """
+        nums = range(len(self.catalogue)) if layer_nums is None else layer_nums
+        todo = [self.layer(n) for n in dict.fromkeys(nums) if n not in self._cuts]
+        if not todo:
+            return
         with self._frozen():
             if self._graph is not None:
-                prefix, suffix, n_live = _split_graph(self._graph, info.name)
-                parts: list[list[torch.Tensor]] = [[] for _ in range(2 + n_live)]
+                plans = [_plan(self._graph, info.name) for info in todo]
+                wanted = list(dict.fromkeys(n for p in plans for n in (p.layer_in, p.cut, *p.live)))
+                prefix = _prefix(self._graph, wanted)
+                parts: list[list[torch.Tensor]] = [[] for _ in wanted]
                 for a, b in self._chunks(self.num_images):
                     for store, t in zip(parts, prefix(self.images[a:b]), strict=True):
                         store.append(t)
-                cat = [torch.cat(p) for p in parts]
-                cut = _Cut(cat[0], cat[1], cat[2:], suffix)
-            else:
-                ins, outs = [], []
+                value = {n: torch.cat(p) for n, p in zip(wanted, parts, strict=True)}
+                for info, p in zip(todo, plans, strict=True):
+                    self._cuts[info.layer_num] = _Cut(
+                        value[p.layer_in], value[p.cut], [value[n] for n in p.live], p.suffix
+                    )
+                return
+            grabbed: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
+                info.layer_num: ([], []) for info in todo
+            }
 
-                def grab(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
-                    ins.append(i[0])
-                    outs.append(o)
+            def grab(num: int) -> Callable[..., None]:
+                def hook(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+                    grabbed[num][0].append(i[0])
+                    grabbed[num][1].append(o)
 
-                with info.module.register_forward_hook(grab):
-                    for a, b in self._chunks(self.num_images):
-                        self.model(self.images[a:b])
-                cut = _Cut(torch.cat(ins), torch.cat(outs), [], None)
-        self._cuts[layer_num] = cut
-        return cut
+                return hook
+
+            with ExitStack() as stack:
+                for info in todo:
+                    stack.enter_context(info.module.register_forward_hook(grab(info.layer_num)))
+                for a, b in self._chunks(self.num_images):
+                    self.model(self.images[a:b])
+            for num, (ins, outs) in grabbed.items():
+                self._cuts[num] = _Cut(torch.cat(ins), torch.cat(outs), [], None)
 
     # ---------------------------------------------------------------------------- running
     def _check_idx(self, image_idx: torch.Tensor) -> torch.Tensor:

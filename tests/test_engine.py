@@ -215,3 +215,19 @@ def test_untraceable_model_uses_hooks():
     assert not eng.uses_fx
     out = eng.run(0, torch.tensor([0, 1, 2]), ChannelAdd(torch.tensor([0, 1, 0]), torch.zeros(3)))
     torch.testing.assert_close(out, eng.golden_logits)
+
+
+@pytest.mark.parametrize("use_fx", [True, False], ids=["fx", "hooks"])
+def test_prepare_all_layers_in_one_pass_equals_lazy_cuts(use_fx):
+    model = TINY_MODELS["resnet"]()
+    images = seeded_images(5)
+    lazy = SimulationEngine(model, images, use_fx=use_fx)
+    eager = SimulationEngine(model, images, use_fx=use_fx)
+    eager.prepare()
+    img = torch.arange(5)
+    for info in lazy.catalogue:
+        n = info.layer_num
+        assert torch.equal(lazy.layer_input(n), eager.layer_input(n))
+        assert torch.equal(lazy.layer_output(n), eager.layer_output(n))
+        pert = ChannelAdd(torch.zeros(5, dtype=torch.long), torch.linspace(-4, 4, 5))
+        assert torch.equal(lazy.run(n, img, pert), eager.run(n, img, pert))
