@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
 
+import torch
+
 from pytorchfi_deepvigor import _cli_commands as commands
 from pytorchfi_deepvigor._cli_load import DATASETS
 from pytorchfi_deepvigor.zoo.models import list_models
@@ -110,6 +112,13 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
         "--cache-dir",
         help="zoo checkpoint cache (default: "
         "$PYTORCHFI_DEEPVIGOR_CACHE, else ~/.cache/pytorchfi_deepvigor)",
+    )
+    base.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: "
+        "fastest for small models on a shared machine; 0: torch's default)",
     )
     base.add_argument("--verbose", action="store_true", help="log INFO messages to stderr")
     base.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
@@ -340,7 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.showwarning = _show_warning
+        threads = torch.get_num_threads()
         try:
+            if args.threads < 0:
+                raise ValueError(f"expected --threads >= 0, got {args.threads}")
+            if args.threads:
+                torch.set_num_threads(args.threads)
             return int(args.handler(args))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -359,3 +373,5 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        finally:
+            torch.set_num_threads(threads)

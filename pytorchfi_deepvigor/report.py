@@ -157,6 +157,8 @@ def _title(result: VulnerabilityResult) -> str:
 def format_table(result: VulnerabilityResult) -> str:
     """The per-layer table: layer, name, type, channels analysed, LVF per target (and FI columns).
 
+    ``channels`` is the number of channels analysed (``act/weights`` when the targets differ).
+
     FI results add the faults injected per layer and, for SFI, the achieved margin of each LVF.
     """
     targets = [t for t in _ORDER if any(x.target == t for x in result.layers)]
@@ -172,7 +174,8 @@ def format_table(result: VulnerabilityResult) -> str:
     rows = []
     for num in sorted(by_layer):
         first, per = by_layer[num]["layer"], by_layer[num]["targets"]
-        channels = "/".join(str(len(per[t].channels)) for t in targets if t in per)
+        counts = list(dict.fromkeys(len(per[t].channels) for t in targets if t in per))
+        channels = "/".join(map(str, counts))  # one number when every target has as many
         row = [str(num), first.name, first.kind, channels]
         row += [_num(per[t].lvf) if t in per else "-" for t in targets]
         if fi:

@@ -173,7 +173,7 @@ def test_ctrl_c_saves_progress_and_the_printed_command_resumes(
 
 def test_sigint_to_a_running_inject_then_resume(cache, fi_run, tmp_path):
     out = tmp_path / "fi"
-    argv = ["inject", *tiny(cache, *FI, "--out", str(out))]
+    argv = ["inject", *tiny(cache, *FI, "--chunk", "50", "--out", str(out))]  # 205 chunks
     log = out / "progress" / "exhaustive-weights.progress.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "pytorchfi_deepvigor", *argv], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -188,7 +188,7 @@ def test_sigint_to_a_running_inject_then_resume(cache, fi_run, tmp_path):
     resume = err.strip().splitlines()[-1]
     assert resume.startswith(f"resume with: cd {ROOT} && {sys.executable} -m pytorchfi_deepvigor")
     done = len(log.read_text().splitlines()) - 1
-    assert 0 < done < 21 and "Traceback" not in err
+    assert 0 < done < 205 and "Traceback" not in err
     assert main(shlex.split(resume.split(" && ", 1)[1])[3:]) == 0
     _same_layers(VulnerabilityResult.from_json(out / "result.json"),
                  VulnerabilityResult.from_json(fi_run / "result.json"))  # fmt: skip
@@ -227,9 +227,10 @@ def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
         (["inject", "--campaign", "layer", "--e", "2"], "expected margin e in (0, 1), got 2.0"),
         (["compare", "missing-a.json", "missing-b.json"], "No such file or directory"),
         (["train", "--width", "-1"], "expected --width > 0, got -1"),
+        (["zoo", "--threads", "-1"], "expected --threads >= 0, got -1"),
     ],
     ids=["layer-range", "no-data-root", "not-digits", "no-checkpoint", "torchvision", "e-exhaustive", "e-range",
-         "compare-missing", "width"],
+         "compare-missing", "width", "threads"],
 )  # fmt: skip
 def test_invalid_values_exit_1_with_one_error_line(cache, more, message, tmp_path, capsys):
     argv = [*more, "--cache-dir", cache, "--no-progress"]

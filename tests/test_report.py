@@ -60,8 +60,8 @@ def test_table_has_one_row_per_layer_with_each_target(analysis):
         == "DeepVigor+ analysis of toy on 10 images (seed 3; sampling 0.5; search extended)"
     )
     assert lines[1].split() == ["layer", "name", "type", "channels", "LVF", "act", "LVF", "weights"]
-    assert lines[2].split() == ["0", "net.0", "Conv2d", "2/2", "0.20000", "0.30000"]
-    assert lines[3].split() == ["2", "net.2", "Linear", "1/1", "0.50000", "0.05000"]
+    assert lines[2].split() == ["0", "net.0", "Conv2d", "2", "0.20000", "0.30000"]
+    assert lines[3].split() == ["2", "net.2", "Linear", "1", "0.50000", "0.05000"]
 
 
 def test_fi_table_adds_faults_and_margin(sfi):
