@@ -1,0 +1,176 @@
+"""Table III: complete weights analysis vs exhaustive weight FI, per channel.
+
+For each model: a seeded random 15% of the channels of every analysed layer (the paper's
+protocol), kept round-robin over layers within a fault budget (``--fi-faults``; see
+``analyses.pick_within_budget``); exhaustive FI of every bit of every weight of those channels
+on the analysis batch, run ONCE; then the complete weights analysis of the same channels with
+the paper and the extended grid, each with position and fault aggregation, compared channel by
+channel (MAE, max error, Spearman rho of the CVFs).
+
+Writes ``table3_weights.csv`` (``model, search, aggregate, channels, mae, max_abs_err,
+spearman``), ``table3_weights_pairs.csv`` (one row per channel and variant) and
+``table3_weights_coverage.csv`` (what the FI covered and what it cost).
+
+Run: ``python validation/table3_weights.py [--quick] [--fi-faults N]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from pytorchfi_deepvigor.analysis.sampling import LayerSites  # noqa: E402
+from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
+from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
+from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
+from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
+from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
+from validation.common import Context, ModelSpec, parse_args  # noqa: E402
+
+COLUMNS = ["model", "search", "aggregate", "channels", "mae", "max_abs_err", "spearman"]
+PAIR_COLUMNS = [
+    "model",
+    "search",
+    "aggregate",
+    "layer",
+    "layer_name",
+    "channel",
+    "cvf_analysis",
+    "cvf_fi",
+    "abs_err",
+]
+COVERAGE_COLUMNS = [
+    "model",
+    "layers",
+    "layers_with_fi",
+    "channels_15pct",
+    "channels_fi",
+    "faults_fi",
+    "fi_seconds",
+    "analysis_seconds",
+    "seed",
+]
+VARIANTS = [(s, a) for s in ("paper", "extended") for a in ("position", "fault")]
+FULL_BUDGET, QUICK_BUDGET = 200_000, 6_000
+
+
+def fi_channels(ctx: Context, spec: ModelSpec, budget: int) -> tuple[dict[int, list[int]], int]:
+    """The FI channels per layer and how many the 15% draw held."""
+    engine = ctx.engine(spec)
+    rng = np.random.default_rng(ctx.seed)
+    candidates = {}
+    for num in ctx.layers(spec):
+        info = engine.layer(num)
+        drawn = draw_channels(info.out_channels, 0.15, rng)
+        candidates[num] = [(c, info.fan_in * 32) for c in drawn]
+    picks = pick_within_budget(candidates, budget, rng)
+    return {n: sorted(c) for n, c in picks.items()}, sum(len(v) for v in candidates.values())
+
+
+def analysis_of(
+    ctx: Context, spec: ModelSpec, picks: dict[int, list[int]], search: str, aggregate: str
+) -> VulnerabilityResult:
+    """Complete weights analysis (every position) of exactly the picked channels."""
+    engine = ctx.engine(spec)
+    grid = candidate_grid(search)
+    layers = []
+    for num, channels in picks.items():
+        info = engine.layer(num)
+        sites = LayerSites(
+            num, np.asarray(channels, dtype=np.int64), None, info.neurons_per_channel
+        )
+        layers.append(analyze_weights(engine, info, sites, grid, aggregate=aggregate)[0])
+    return VulnerabilityResult.from_layers(
+        "deepvigor",
+        layers,
+        n_images=engine.num_images,
+        model_name=spec.key,
+        options={"search": search},
+    )
+
+
+def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict]]:
+    engine = ctx.engine(spec)
+    picks, n_drawn = fi_channels(ctx, spec, budget)
+    started = time.perf_counter()
+    fi = ExhaustiveCampaign(engine).run(
+        "weights",
+        layers=sorted(picks),
+        channels=picks,
+        seed=ctx.seed,
+        progress_dir=ctx.cache_dir
+        / "progress"
+        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-f{budget}",
+        progress=True,
+    )
+    fi_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    rows, pairs = [], []
+    names = {x.layer_num: x.name for x in fi.layers}
+    for search, aggregate in VARIANTS:
+        cmp = compare(analysis_of(ctx, spec, picks, search, aggregate), fi, target="weights")
+        rows.append(
+            {
+                "model": spec.label,
+                "search": search,
+                "aggregate": aggregate,
+                "channels": cmp.n_channels,
+                "mae": cmp.mae,
+                "max_abs_err": cmp.max_abs_err,
+                "spearman": cmp.spearman,
+            }
+        )
+        pairs += [
+            {
+                "model": spec.label,
+                "search": search,
+                "aggregate": aggregate,
+                "layer": p.layer_num,
+                "layer_name": names[p.layer_num],
+                "channel": p.channel,
+                "cvf_analysis": p.a,
+                "cvf_fi": p.b,
+                "abs_err": abs(p.a - p.b),
+            }
+            for p in cmp.pairs
+        ]
+    coverage = {
+        "model": spec.label,
+        "layers": len(ctx.layers(spec)),
+        "layers_with_fi": len(picks),
+        "channels_15pct": n_drawn,
+        "channels_fi": sum(len(v) for v in picks.values()),
+        "faults_fi": fi.cost.faults,
+        "fi_seconds": fi_seconds,
+        "analysis_seconds": time.perf_counter() - started,
+        "seed": ctx.seed,
+    }
+    return {"rows": rows, "pairs": pairs, "coverage": [coverage]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ctx = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        extra=[("--fi-faults", int, None, "fault budget of the FI per model")],
+    )
+    budget = ctx.extra["fi_faults"] or (QUICK_BUDGET if ctx.quick else FULL_BUDGET)
+    parts = [
+        ctx.part(f"table3_weights-f{budget}", spec, lambda s=spec: run_model(ctx, s, budget))
+        for spec in ctx.models
+    ]
+    ctx.write_table("table3_weights", COLUMNS, [r for p in parts for r in p["rows"]])
+    ctx.write_table("table3_weights_pairs", PAIR_COLUMNS, [r for p in parts for r in p["pairs"]])
+    ctx.write_table(
+        "table3_weights_coverage", COVERAGE_COLUMNS, [r for p in parts for r in p["coverage"]]
+    )
+
+
+if __name__ == "__main__":
+    main()
