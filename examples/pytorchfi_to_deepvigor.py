@@ -11,8 +11,9 @@
 # 2. **One changed line**: `DeepVigorFI` is a drop-in for `fault_injection`; the same loop runs
 #    unchanged and gives the same CVF (exact flips, same faults, same images).
 # 3. **The same study with the plugin's tools**: `ExhaustiveCampaign` runs the same faults
-#    batched on the simulation engine (same CVF, a fraction of the time), and
-#    `DeepVigorAnalyzer` estimates the CVF of every channel of the layer semi-analytically.
+#    batched on the simulation engine (same CVF; the whole campaign is one call, resumable, with
+#    outcome counts), and `DeepVigorAnalyzer` estimates the CVF of every channel of the layer
+#    semi-analytically. The table prints the time each took on your machine.
 #
 # Run: `python examples/pytorchfi_to_deepvigor.py` (trains VGG-11 at width 1/8 on the digits
 # on first use, cached; about a minute on 2 CPU cores) or with `--quick` (seconds). `--layer 1`

@@ -46,7 +46,7 @@ if args.quick:
     margins, ratios = [0.1, 0.05], [0.5, None]
 else:
     epochs, n_images, layers = None, 20, [0, 8]
-    margins, ratios = [0.2, 0.1, 0.05, 0.02], [0.1, 0.25, 0.5, None]
+    margins, ratios = [0.2, 0.1, 0.05, 0.02, 0.01], [0.1, 0.25, 0.5, None]
 model, record = zoo.get_trained_model(
     "vgg11", width=1 / 16, epochs=epochs, cache_dir=args.cache_dir
 )
