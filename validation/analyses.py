@@ -20,7 +20,7 @@ import numpy as np
 
 from pytorchfi_deepvigor.analysis.analyzer import DeepVigorAnalyzer
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult
-from validation.common import Context, ModelSpec
+from validation.common import Context, ModelSpec, write_text
 
 __all__ = [
     "RATIOS",
@@ -39,8 +39,7 @@ def _cached(ctx: Context, name: str, run: Any) -> VulnerabilityResult:
     if path.exists() and not ctx.force:
         return VulnerabilityResult.from_json(path)
     result = run()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result.to_json(path)
+    write_text(path, result.to_json() + "\n")
     return result
 
 

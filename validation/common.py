@@ -51,6 +51,7 @@ __all__ = [
     "parse_args",
     "read_csv",
     "write_csv",
+    "write_text",
 ]
 
 RESULTS_DIR = ROOT / "validation" / "results"
@@ -85,7 +86,7 @@ FULL_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("vgg11", "VGG-11", 1 / 32, 32),
     ModelSpec("vgg16", "VGG-16", 1 / 32, 32),
     ModelSpec("resnet18", "ResNet-18", 1 / 32, 16),
-    ModelSpec("mobilenetv2", "MobileNetV2", 1 / 16, 8),
+    ModelSpec("mobilenetv2", "MobileNetV2", 1 / 16, 16),
 )
 QUICK_MODELS: tuple[ModelSpec, ...] = (ModelSpec("vgg11", "VGG-11 (quick)", 1 / 32, 32, 1),)
 
@@ -109,6 +110,15 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]
             writer.writerow(
                 [frac(v) if isinstance(v, float) else v for v in (row[c] for c in columns)]
             )
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and move it into place (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
     return path
 
 
@@ -213,8 +223,7 @@ class Context:
             return json.loads(path.read_text(encoding="utf-8"))
         started = time.perf_counter()
         data = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=0, default=float), encoding="utf-8")
+        write_text(path, json.dumps(data, indent=0, default=float))
         print(f"[{table}] {spec.label} done in {time.perf_counter() - started:.0f} s", flush=True)
         return data
 
