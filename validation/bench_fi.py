@@ -126,10 +126,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default="0,3,6", help="conv layer numbers to analyse")
     parser.add_argument("--plain-faults", type=int, default=100, help="plain faults per layer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1: CPU time stays meaningful on a shared machine)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.width, args.plain_faults, args.layers = 2, 4, 4, "0,8"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        rows = measure(args)
+    finally:
+        torch.set_num_threads(threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "bench_fi.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+    return 0 if all(r["outcome_agreement"] == 1.0 for r in rows) else 1
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, object]]:
+    """One campaign row and one plain row per analysed layer."""
     layers = [int(x) for x in args.layers.split(",")]
     model = build(args.seed, args.width)
     images = torch.randn(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed))
@@ -201,14 +223,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{layer.n_faults} faults, plain PyTorchFI {tp['plain'][0]:,.0f} over {len(ids)}: "
               f"x{tp['campaign'][0] / tp['plain'][0]:.1f} wall, "
               f"x{tp['campaign'][1] / tp['plain'][1]:.1f} CPU; outcome agreement {agree:.4f}")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_fi.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
-    return 0 if all(r["outcome_agreement"] == 1.0 for r in rows) else 1
+    return rows
 
 
 if __name__ == "__main__":
