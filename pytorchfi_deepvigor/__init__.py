@@ -9,6 +9,7 @@ statistical fault-injection baselines on the same :class:`SimulationEngine`, and
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.bits import flip_all_bits, flip_bit, lsb_first, msb_first, stuck_at
+from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, StatisticalCampaign
 from pytorchfi_deepvigor.catalogue import LayerInfo, build_catalogue
 from pytorchfi_deepvigor.engine import Outcome, SimulationEngine
 from pytorchfi_deepvigor.injector import DeepVigorFI
@@ -31,6 +32,7 @@ __all__ = [
     "Cost",
     "DeepVigorAnalyzer",
     "DeepVigorFI",
+    "ExhaustiveCampaign",
     "LayerInfo",
     "LayerResult",
     "NeuronAdd",
@@ -38,6 +40,7 @@ __all__ = [
     "Outcome",
     "OutcomeCounts",
     "SimulationEngine",
+    "StatisticalCampaign",
     "VulnerabilityResult",
     "__version__",
     "build_catalogue",
