@@ -11,6 +11,8 @@ A *simulation* is one forward of the analysis batch: an FI fault costs one, an a
   10% sampled analysis, per model and target, with ``total`` = activations + weights (what the
   total MVF of Eq. 15 needs), and the ratios SFI / sampled analysis. Sizes come from the
   campaigns' sampling plans (the exact number of faults a run would inject).
+* ``models.csv``: the models (width, input size, epochs, test accuracy, analysed layers,
+  channels, neurons per image, weights) and the analysis batch.
 * ``table6_sfi_runs.csv``: where running is feasible (populations up to ``--sfi-max`` faults:
   the first and the last analysed layer), every SFI variant is run and its LVF set beside
   exhaustive FI of the whole layer, with the achieved margin.
@@ -78,7 +80,40 @@ SFI = {
     "sfi_data_aware": ("data-aware", None),
     "sfi_data_aware_ruospo": ("data-aware", list(RUOSPO_PRIOR)),
 }
+MODEL_COLUMNS = [
+    "model",
+    "key",
+    "width",
+    "input_size",
+    "epochs",
+    "test_accuracy",
+    "layers",
+    "channels",
+    "neurons",
+    "weights",
+    "images",
+    "seed",
+]
 E, T = 0.01, 2.58
+
+
+def model_row(ctx: Context, spec: ModelSpec) -> dict:
+    """What the model is: width, input, training, accuracy and size of the analysed layers."""
+    infos = [ctx.engine(spec).layer(n) for n in ctx.layers(spec)]
+    return {
+        "model": spec.label,
+        "key": spec.key,
+        "width": spec.width,
+        "input_size": spec.input_size,
+        "epochs": spec.training_epochs,
+        "test_accuracy": ctx.model(spec)[1],
+        "layers": len(infos),
+        "channels": sum(i.out_channels for i in infos),
+        "neurons": sum(i.neurons_per_image for i in infos),
+        "weights": sum(i.n_weights for i in infos),
+        "images": ctx.n_images,
+        "seed": ctx.seed,
+    }
 
 
 def population(ctx: Context, spec: ModelSpec, target: str, layer: int) -> int:
@@ -187,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     limit = ctx.extra["sfi_max"] or (6_000 if ctx.quick else 60_000)
+    ctx.write_table("models", MODEL_COLUMNS, [model_row(ctx, spec) for spec in ctx.models])
     t5 = [
         r
         for spec in ctx.models
