@@ -15,7 +15,6 @@ run). The models are trained by the zoo (seeded, one thread) and kept in the val
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -37,7 +36,18 @@ from torch import nn  # noqa: E402
 
 from pytorchfi_deepvigor import zoo  # noqa: E402
 from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
-from pytorchfi_deepvigor.zoo.train import DEFAULT_EPOCHS, TrainingConfig  # noqa: E402
+from pytorchfi_deepvigor.zoo.train import TrainingConfig  # noqa: E402
+from validation.specs import (  # noqa: E402
+    CACHE_DIR,
+    FULL_MODELS,
+    QUICK_MODELS,
+    RESULTS_DIR,
+    ModelSpec,
+    frac,
+    read_csv,
+    write_csv,
+    write_text,
+)
 
 __all__ = [
     "CACHE_DIR",
@@ -53,81 +63,6 @@ __all__ = [
     "write_csv",
     "write_text",
 ]
-
-RESULTS_DIR = ROOT / "validation" / "results"
-CACHE_DIR = ROOT / "validation" / ".cache"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A zoo model as the validation trains and uses it."""
-
-    key: str
-    label: str
-    width: float
-    input_size: int
-    epochs: int | None = None
-
-    @property
-    def tag(self) -> str:
-        """File-name tag: key, width, input size, epochs."""
-        return f"{self.key}-w{self.width:g}-s{self.input_size}-e{self.training_epochs}"
-
-    @property
-    def training_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.key]
-
-
-#: The models of the full run. The zoo's VALIDATION_WIDTHS (1/8, MobileNetV2 1/4, 32x32 inputs)
-#: cost ~100x more exhaustive FI than a 2-core CPU finishes in an hour (see README.md), so the
-#: validation trains narrower models; ResNet-18 and MobileNetV2 take smaller inputs (their
-#: total stride is 8; the digits are 8x8 originals), VGG needs 32x32 (five max-pools).
-FULL_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("vgg11", "VGG-11", 1 / 32, 32),
-    ModelSpec("vgg16", "VGG-16", 1 / 32, 32),
-    ModelSpec("resnet18", "ResNet-18", 1 / 32, 16),
-    ModelSpec("mobilenetv2", "MobileNetV2", 1 / 16, 16),
-)
-QUICK_MODELS: tuple[ModelSpec, ...] = (ModelSpec("vgg11", "VGG-11 (quick)", 1 / 32, 32, 1),)
-
-
-def frac(value: float | None) -> str:
-    """A fraction for a CSV cell: 6 significant digits, '' for None, 'nan' for NaN."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return f"{float(value):.6g}"
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> Path:
-    """Write rows (dicts holding at least ``columns``) to ``path``; floats as :func:`frac`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(
-                [frac(v) if isinstance(v, float) else v for v in (row[c] for c in columns)]
-            )
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and move it into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts of strings (empty list when the file does not exist)."""
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as stream:
-        return list(csv.DictReader(stream))
 
 
 def machine() -> dict[str, Any]:

@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from validation import paper  # noqa: E402
-from validation.common import RESULTS_DIR, read_csv, write_text  # noqa: E402
 from validation.report_targets import targets  # noqa: E402
+from validation.specs import RESULTS_DIR, read_csv, write_text  # noqa: E402
 
 Rows = list[dict[str, str]]
 
