@@ -1,0 +1,84 @@
+"""Smoke run of validation/bench.py --quick, and the unbatched reference against the analyser."""
+
+from __future__ import annotations
+
+import csv
+import doctest
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from guarantees import assert_model_unchanged
+from tiny_models import seeded_images, tiny_resnet, tiny_vgg
+
+from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
+
+VALIDATION = Path(__file__).resolve().parents[1] / "validation"
+
+
+def _load(name: str) -> ModuleType:
+    if str(VALIDATION) not in sys.path:
+        sys.path.insert(0, str(VALIDATION))
+    spec = importlib.util.spec_from_file_location(name, VALIDATION / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_quick_writes_every_benchmark(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert _load("bench").main(["--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with (tmp_path / "bench.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
+    kinds = {r["benchmark"] for r in rows}
+    assert kinds >= {"throughput", "throughput/analysis", "sfi/wall", "sfi/simulations"}
+    assert kinds >= {"channel", "reference", "scaling"}
+    assert all(float(r["ratio"]) > 0 for r in rows if r["ratio"])
+    assert "same VFs (asserted)" in next(r["notes"] for r in rows if r["benchmark"] == "reference")
+    assert len([r for r in rows if r["benchmark"] == "scaling"]) == 3  # 2 widths + the deeper net
+    assert (tmp_path / "bench_scaling.png").stat().st_size > 0
+    assert "Targets" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA note")
+def test_bench_cuda_without_gpu_writes_a_note(tmp_path: Path) -> None:
+    assert _load("bench").main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "bench.csv").read_text()
+    assert "skipped: CUDA is not available" in text
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet], ids=["vgg", "resnet"])
+def test_reference_gives_the_analysers_vfs(make) -> None:
+    ref_mod = _load("_bench_reference")
+    model, images = make(), seeded_images(6)
+    layers = [0, 2]
+    ref = assert_model_unchanged(
+        model, lambda: ref_mod.reference_analysis(model, images, layers, sampling=0.5, seed=3)
+    )
+    res = DeepVigorAnalyzer(model, images).analyze(layers=layers, sampling=0.5, seed=3)
+    for layer in res.layers:
+        ours = np.array(layer.nvf if layer.target == "activations" else layer.cvf)
+        assert np.array_equal(ours, ref.vfs[(layer.layer_num, layer.target)])
+    assert ref.image_evaluations == res.cost.image_evaluations  # same probes, other batching
+    assert ref.forwards > res.cost.batched_forwards
+
+
+def test_reference_rejects_an_unknown_target() -> None:
+    ref_mod = _load("_bench_reference")
+    with pytest.raises(ValueError, match="expected target 'activations', 'weights' or 'both'"):
+        ref_mod.reference_analysis(tiny_vgg(), seeded_images(2), [0], target="neurons")
+
+
+def test_reference_doctest() -> None:
+    failed, _ = doctest.testmod(_load("_bench_reference"), optionflags=doctest.ELLIPSIS)
+    assert failed == 0

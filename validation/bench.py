@@ -1,0 +1,424 @@
+"""Speed benchmarks of the DeepVigor+ analysis against its peers, all measured in one run.
+
+Models: zoo ResNets trained on the digits (``zoo.get_trained_model``, cached), 100 test images,
+at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv``
+(``ours_s``/``baseline_s`` are wall-clock seconds, ``ratio = baseline_s / ours_s``):
+
+1. ``throughput``: per layer, ``engine.run`` of ``--batch`` perturbed images vs torch's own
+   forward of the same layers at the same batch size (the traced suffix called once on the
+   already perturbed batch, no chunking, no bookkeeping); ``ratio`` is our share of torch's
+   throughput (target >= 0.5). ``throughput/analysis``: every suffix forward of the sampled
+   analysis (time inside ``engine.run``) vs torch's measured per-layer rate for the same FLOPs.
+2. ``sfi``: 10 % sampled total-MVF analysis (both targets) vs data-aware SFI (e = 1 %,
+   t = 2.58, weight and operand faults, bit-statistics priors): wall-clock (target >= 15x) and
+   simulations (forwards of the analysis batch; analysis: image-evaluations / images). SFI runs a
+   seeded ``--sfi-fraction`` of each layer's planned faults and is extrapolated linearly per
+   layer (``--sfi-fraction 1``: the real campaign).
+3. ``channel``: complete weights analysis of one seeded channel vs exhaustive weight FI of that
+   channel (first, middle, last layer; extrapolated from a seeded fraction above
+   ``--channel-faults`` faults).
+4. ``reference``: ``_bench_reference.py`` (one target per full forward, as the authors' code) vs
+   the batched suffix engine; the VFs must be equal (asserted). Target >= 5x.
+5. ``scaling``: sampled analysis time vs width (4 widths of ResNet-18) and depth (ResNet-18 vs
+   ResNet-34); plot ``bench_scaling.png``.
+
+``--device cuda`` runs everything on the GPU (a note row when CUDA is unavailable);
+``--paper-size`` adds a full-width CIFAR ResNet-18 (random seeded weights, 3x32x32 digits),
+10 % sampled total MVF. Run: ``make bench`` (about 15 minutes on 2 CPU cores, one thread);
+``--quick``: untrained tiny models, 4 images (the test suite's smoke run, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_reference import reference_analysis  # noqa: E402
+
+from pytorchfi_deepvigor import zoo  # noqa: E402
+from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer, LayerSites, analyze_weights  # noqa: E402
+from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
+from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
+    FaultEvaluator,
+    FaultPopulation,
+    chunk_size,
+    operand_sites,
+)
+from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign  # noqa: E402
+from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
+from pytorchfi_deepvigor.perturbations import NeuronAdd  # noqa: E402
+from pytorchfi_deepvigor.results import VulnerabilityResult  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
+TARGETS = {"throughput/analysis": 0.5, "sfi/wall": 15.0, "reference": 5.0}
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    device: torch.device
+    seed: int
+    n_images: int
+    ratio: float
+    batch: int
+    main: tuple[str, float]
+    widths: tuple[float, ...]
+    deeper: str
+    sfi_fraction: float
+    channel_faults: int
+    min_faults: int
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    common = dict(device=torch.device(args.device), seed=args.seed, ratio=0.1)
+    if args.quick:
+        return Settings(quick=True, n_images=4, batch=64, main=("resnet18", 1 / 16),
+                        widths=(1 / 32, 1 / 16), deeper="resnet34", sfi_fraction=0.001,
+                        channel_faults=200, min_faults=2, **common)  # fmt: skip
+    return Settings(quick=False, n_images=100, batch=args.batch, main=("resnet18", 1 / 8),
+                    widths=(1 / 16, 1 / 8, 3 / 16, 1 / 4), deeper="resnet34",
+                    sfi_fraction=args.sfi_fraction, channel_faults=args.channel_faults,
+                    min_faults=16, **common)  # fmt: skip
+
+
+def load(s: Settings, name: str, width: float) -> tuple[nn.Module, Tensor, str]:
+    """The model (eval, on the device), the analysis batch and a short label."""
+    label = f"{name} w={width:g}"
+    if s.quick:  # untrained: no training in the smoke run
+        with torch.random.fork_rng():
+            torch.manual_seed(s.seed)
+            model = zoo.build_model(name, width=width, in_channels=1, input_size=16)
+        images = zoo.analysis_batch(s.n_images, input_size=16).images
+    else:
+        model, _ = zoo.get_trained_model(name, width=width)
+        images = zoo.analysis_batch(s.n_images).images
+    return model.eval().to(s.device), images.to(s.device), label
+
+
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    """``(fn(*args, **kwargs), wall seconds)``, synchronising CUDA around the call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def row(bench: str, config: str, ours: float | None, base: float | None, notes: str,
+        ratio: float | None = None) -> Row:  # fmt: skip
+    if ratio is None and ours and base:
+        ratio = base / ours
+    fmt = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
+    return dict(zip(COLUMNS, (bench, config, fmt(ours), fmt(base), fmt(ratio), notes), strict=True))
+
+
+# ------------------------------------------------------------------------------ 1. throughput
+def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
+    """Per-layer rows and torch's FLOP/s per layer (at batch ``s.batch``)."""
+    eng = SimulationEngine(model, images, device=s.device)
+    eng.prepare()
+    gen = torch.Generator().manual_seed(s.seed)
+    rows, rates = [], {}
+    for info in eng.catalogue:
+        flops = eng.suffix_flops_per_image(info.layer_num) * s.batch
+        if flops == 0:
+            continue
+        shape = (*info.output_shape, 1, 1)[:3]
+        pick = [torch.randint(0, n, (s.batch,), generator=gen) for n in (eng.num_images, *shape)]
+        pert = NeuronAdd(pick[1], pick[2], pick[3], torch.randn(s.batch, generator=gen))
+        idx = pick[0].to(s.device)
+        out = eng.layer_output(info.layer_num)[idx]
+        pert.to(s.device).apply(out, 0, s.batch)
+        ours, base = math.inf, math.inf
+        for _ in range(3):  # interleaved, best of 3: machine noise hits both alike
+            ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1])
+            with torch.no_grad():
+                base = min(base, timed(s.device, eng.suffix, info.layer_num, idx, out)[1])
+        rates[info.layer_num] = flops / base
+        notes = (f"{s.batch} evals: ours {s.batch / ours:.0f} img-eval/s, {flops / ours / 1e9:.2f} "
+                 f"GFLOP/s; torch {flops / base / 1e9:.2f} GFLOP/s; chunk {eng.max_batch}")  # fmt: skip
+        rows.append(row("throughput", f"{label} L{info.layer_num} {info.name}", ours, base, notes))
+    x = images[torch.arange(s.batch) % eng.num_images]
+    full = (
+        eng.suffix_flops_per_image(0)
+        + 2 * eng.catalogue[0].neurons_per_image * eng.catalogue[0].fan_in
+    )
+    with torch.no_grad():
+        t_full = min(timed(s.device, model, x)[1] for _ in range(3))
+    return rows, rates, full * s.batch / t_full
+
+
+# ------------------------------------------------------------------- sampled analysis (shared)
+@dataclass
+class Analysis:
+    result: VulnerabilityResult
+    seconds: float
+    run_s: float
+    run_flops: dict[int, float]
+
+
+def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
+    """The 10 % sampled total-MVF analysis, end to end (engine set-up included), instrumented."""
+    started = time.perf_counter()
+    eng = SimulationEngine(model, images, device=s.device)
+    inner, acc, flops = eng.run, [0.0], {}
+
+    def run(layer_num: int, image_idx: Tensor, perturbation: Any) -> Tensor:
+        out, dt = timed(s.device, inner, layer_num, image_idx, perturbation)
+        acc[0] += dt
+        f = eng.suffix_flops_per_image(layer_num) * len(image_idx)
+        flops[layer_num] = flops.get(layer_num, 0.0) + f
+        return out
+
+    eng.run = run  # type: ignore[method-assign]
+    res = DeepVigorAnalyzer(eng).analyze(target="both", sampling=s.ratio, seed=s.seed)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    return Analysis(res, time.perf_counter() - started, acc[0], flops)
+
+
+def throughput_summary(label: str, an: Analysis, rates: dict[int, float], full_rate: float) -> Row:
+    base = sum(f / rates[n] for n, f in an.run_flops.items() if n in rates)
+    total = sum(an.run_flops.values())
+    evals = an.result.cost.image_evaluations
+    notes = (f"{evals} evals in {an.run_s:.1f} s inside engine.run ({an.run_s / an.seconds:.0%} of "
+             f"the analysis): {evals / an.run_s:.0f} img-eval/s, {total / an.run_s / 1e9:.2f} "
+             f"GFLOP/s; torch's rate on the same layers {total / base / 1e9:.2f} GFLOP/s; "
+             f"plain model(x) {full_rate / 1e9:.2f} GFLOP/s")  # fmt: skip
+    return row("throughput/analysis", label, an.run_s, base, notes)
+
+
+# ------------------------------------------------------------------------------------ 2. SFI
+def _population(info: Any, target: str) -> FaultPopulation:
+    sites = np.arange(info.n_weights) if target == "weights" else operand_sites(
+        info, np.arange(info.neurons_per_image))  # fmt: skip
+    return FaultPopulation(info, target, "flip", sites)  # type: ignore[arg-type]
+
+
+def _fraction_seconds(evaluator: FaultEvaluator, pop: FaultPopulation, ids: np.ndarray,
+                      chunk: int, device: torch.device) -> float:  # fmt: skip
+    run = lambda: [evaluator.counts(pop, ids[a : a + chunk]) for a in range(0, len(ids), chunk)]  # noqa: E731
+    return timed(device, run)[1]
+
+
+def bench_sfi(s: Settings, model: nn.Module, images: Tensor, label: str, an: Analysis) -> list[Row]:
+    started = time.perf_counter()
+    eng = SimulationEngine(model, images, device=s.device)
+    sfi, evaluator = StatisticalCampaign(eng), FaultEvaluator(eng)
+    rng = np.random.default_rng(s.seed)
+    chunk = chunk_size(eng)
+    seconds, faults, ran = time.perf_counter() - started, 0, 0
+    for target in ("weights", "operands"):
+        if s.sfi_fraction >= 1:
+            res, dt = timed(s.device, sfi.run, "data-aware", target=target, seed=s.seed)
+            seconds, faults, ran = seconds + dt, faults + res.cost.faults, ran + res.cost.faults
+            continue
+        plan, dt = timed(s.device, sfi.plan, "data-aware", target=target, seed=s.seed)
+        seconds += dt
+        for num, n in plan.per_layer().items():
+            pop = _population(eng.layer(num), target)
+            m = min(n, max(s.min_faults, math.ceil(s.sfi_fraction * n)))
+            ids = np.sort(rng.choice(pop.size, m, replace=False))
+            seconds += _fraction_seconds(evaluator, pop, ids, chunk, s.device) * n / m
+            faults, ran = faults + n, ran + m
+    how = ("the real campaigns" if s.sfi_fraction >= 1 else
+           f"{ran} seeded faults run ({ran / faults:.2%}), time extrapolated linearly per layer")  # fmt: skip
+    cost = an.result.cost
+    sims = cost.image_evaluations / eng.num_images
+    return [
+        row("sfi/wall", label, an.seconds, seconds,
+            f"analysis: 10% sampled, both targets, MVF_total {an.result.mvf_total:.4g}; data-aware "
+            f"SFI e=1% t=2.58, weights+operands, {faults} faults; SFI: {how}"),
+        row("sfi/simulations", label, None, None,
+            f"analysis {sims:.0f} simulations ({cost.image_evaluations} image-evaluations in "
+            f"{cost.batched_forwards} batched forwards) vs SFI {faults} (one forward of "
+            f"{eng.num_images} images per fault)", ratio=faults / sims),
+    ]  # fmt: skip
+
+
+# -------------------------------------------------------------------------------- 3. channel
+def bench_channel(s: Settings, model: nn.Module, images: Tensor, label: str) -> list[Row]:
+    eng = SimulationEngine(model, images, device=s.device)
+    eng.prepare()
+    evaluator, grid = FaultEvaluator(eng), candidate_grid("extended")
+    rng = np.random.default_rng(s.seed)
+    last = len(eng.catalogue) - 1
+    rows = []
+    for num in sorted({0, last // 2, last}):
+        info = eng.layer(num)
+        k = int(rng.integers(info.out_channels))
+        sites = LayerSites(num, np.array([k]), None, info.neurons_per_channel)
+        (ours, _), t_ours = timed(s.device, analyze_weights, eng, info, sites, grid)
+        n = info.fan_in * 32
+        if n <= s.channel_faults:
+            campaign = ExhaustiveCampaign(eng)
+            res, t_base = timed(
+                s.device, campaign.run, "weights", layers=[num], channels={num: [k]}
+            )
+            fi_cvf, how = res.layers[0].cvf[0], "all faults run"
+        else:
+            pop = FaultPopulation(info, "weights", "flip", k * info.fan_in + np.arange(info.fan_in))
+            ids = np.sort(rng.choice(n, s.channel_faults, replace=False))
+            counts, t_part = timed(s.device, evaluator.counts, pop, ids)
+            t_base = t_part * n / len(ids)
+            fi_cvf = float((counts[:, 2] + counts[:, 3]).sum() / counts.sum())
+            how = f"{len(ids)} seeded faults run, time extrapolated, CVF estimated"
+        notes = (f"channel {k} of {info.name}: {n} faults x {eng.num_images} images; analysis CVF "
+                 f"{ours.cvf[0]:.4g}, FI CVF {fi_cvf:.4g} ({how})")  # fmt: skip
+        rows.append(row("channel", f"{label} L{num}", t_ours, t_base, notes))
+    return rows
+
+
+# ------------------------------------------------------------------------------ 4. reference
+def bench_reference(s: Settings, model: nn.Module, images: Tensor, label: str, an: Analysis):
+    layers = [layer.layer_num for layer in an.result.layers if layer.target == "weights"]
+    ref = reference_analysis(model, images, layers, sampling=s.ratio, seed=s.seed)
+    diffs = []
+    for layer in an.result.layers:
+        ours = np.array(layer.nvf if layer.target == "activations" else layer.cvf)
+        theirs = ref.vfs[(layer.layer_num, layer.target)]
+        if not np.array_equal(ours, theirs):
+            diffs.append(
+                f"L{layer.layer_num} {layer.target}: max |diff| {np.abs(ours - theirs).max()}"
+            )
+    if diffs:
+        raise AssertionError("reference and batched engine disagree: " + "; ".join(diffs))
+    cost = an.result.cost
+    notes = (f"same VFs (asserted) on {len(an.result.layers)} layer analyses; reference "
+             f"{ref.forwards} full forwards / {ref.image_evaluations} image-evaluations, batched "
+             f"{cost.batched_forwards} suffix forwards / {cost.image_evaluations}")  # fmt: skip
+    return row("reference", label, an.seconds, ref.wall_time_s, notes)
+
+
+# -------------------------------------------------------------------------------- 5. scaling
+def bench_scaling(s: Settings, main: Analysis, out: Path) -> list[Row]:
+    name, width = s.main
+    points: list[tuple[str, float, Analysis]] = []
+    for w in s.widths:
+        an = main if w == width else analyse(s, *load(s, name, w)[:2])
+        points.append((name, w, an))
+    points.append((s.deeper, width, analyse(s, *load(s, s.deeper, width)[:2])))
+    rows = []
+    for n, w, an in points:
+        c = an.result.cost
+        notes = (f"{c.image_evaluations} image-evaluations, {c.batched_forwards} forwards, "
+                 f"MVF_total {an.result.mvf_total:.4g}")  # fmt: skip
+        rows.append(row("scaling", f"{n} w={w:g}", an.seconds, None, notes))
+    _plot(points, out / "bench_scaling.png")
+    return rows
+
+
+def _plot(points: list[tuple[str, float, Analysis]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    wide = [(w, an) for n, w, an in points[:-1]]
+    a.plot([w for w, _ in wide], [an.seconds for _, an in wide], "o-", label="wall-clock s")
+    a.set(xlabel=f"{points[0][0]} width multiplier", ylabel="seconds",
+          title="10% sampled analysis vs width")  # fmt: skip
+    ax2 = a.twinx()
+    ax2.plot([w for w, _ in wide], [an.result.cost.image_evaluations for _, an in wide], "s--",
+             color="tab:orange", label="image-evaluations")  # fmt: skip
+    ax2.set_ylabel("image-evaluations")
+    a.legend(loc="upper left", fontsize=8), ax2.legend(loc="lower right", fontsize=8)
+    same = [p for p in points if p[1] == points[-1][1]]
+    b.bar([n for n, _, _ in same], [an.seconds for _, _, an in same])
+    b.set(ylabel="seconds", title=f"depth at width {points[-1][1]:g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- outputs
+def write(out: Path, rows: list[Row], meta: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Speed: DeepVigor+ against its peers", "", meta, "",
+             "| benchmark | config | ours s | baseline s | ratio | notes |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    lines += [f"| {r['benchmark']} | {r['config']} | {r['ours_s']} | {r['baseline_s']} | "
+              f"{r['ratio']} | {r['notes']} |" for r in rows]  # fmt: skip
+    lines += ["", "Targets (ratio = baseline_s / ours_s):"]
+    for bench, target in TARGETS.items():
+        got = [float(r["ratio"]) for r in rows if r["benchmark"] == bench and r["ratio"]]
+        verdict = "not run" if not got else ("met" if min(got) >= target else "NOT met")
+        lines.append(f"- {bench}: >= {target:g}: {verdict} ({', '.join(f'{g:.3g}' for g in got)})")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+def machine(s: Settings) -> str:
+    dev = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else
+           f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores")  # fmt: skip
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"Device: {dev}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); load "
+            f"average at start {load:.1f}; seed {s.seed}; {s.n_images} images"
+            f"{'; QUICK smoke run: untrained tiny models' if s.quick else ''}.")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="untrained tiny models (seconds)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1024, help="throughput batch size")
+    parser.add_argument("--sfi-fraction", type=float, default=0.002)
+    parser.add_argument("--channel-faults", type=int, default=5000)
+    parser.add_argument("--paper-size", action="store_true", help="full-width CIFAR ResNet-18")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        rows = [row("device", args.device, None, None, "skipped: CUDA is not available here")]
+        write(args.out, rows, "CUDA requested but not available: nothing was measured.")
+        return 0
+    s = settings(args)
+    meta = machine(s)
+    model, images, label = load(s, *s.main)
+    rows, rates, full_rate = bench_throughput(s, model, images, label)
+    an = analyse(s, model, images)
+    rows.append(throughput_summary(label, an, rates, full_rate))
+    rows += bench_sfi(s, model, images, label, an)
+    rows += bench_channel(s, model, images, label)
+    rows.append(bench_reference(s, model, images, label, an))
+    rows += bench_scaling(s, an, args.out)
+    if args.paper_size:
+        with torch.random.fork_rng():
+            torch.manual_seed(s.seed)
+            big = zoo.build_model("resnet18", width=1.0, in_channels=3).eval().to(s.device)
+        batch = zoo.analysis_batch(s.n_images, in_channels=3).images.to(s.device)
+        paper = analyse(s, big, batch)
+        rows.append(row("paper_size", "resnet18 w=1 (CIFAR form, random weights)", paper.seconds,
+                        None, f"{meta} {paper.result.cost}"))  # fmt: skip
+    write(args.out, rows, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
