@@ -103,8 +103,8 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _parents() -> dict[str, argparse.ArgumentParser]:
-    base = argparse.ArgumentParser(add_help=False)
+def _parents() -> dict[str, _Parser]:
+    base = _Parser(add_help=False)
     base.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars on stderr"
     )
@@ -123,7 +123,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     base.add_argument("--verbose", action="store_true", help="log INFO messages to stderr")
     base.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
 
-    model = argparse.ArgumentParser(add_help=False)
+    model = _Parser(add_help=False)
     group = model.add_argument_group("model")
     group.add_argument(
         "--model", help="zoo name (see the 'zoo' command) or torchvision:NAME (default vgg11)"
@@ -154,7 +154,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
         "--num-classes", type=_positive_int, help="model outputs (default: the data set's classes)"
     )
 
-    data = argparse.ArgumentParser(add_help=False)
+    data = _Parser(add_help=False)
     group = data.add_argument_group("data")
     group.add_argument(
         "--dataset",
@@ -178,7 +178,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
         "--in-channels", type=_positive_int, help="image channels (default: the data set's)"
     )
 
-    run = argparse.ArgumentParser(add_help=False)
+    run = _Parser(add_help=False)
     group = run.add_argument_group("run")
     group.add_argument(
         "--layers",
