@@ -62,6 +62,9 @@ def _reference_logits(
         return model(images)
 
 
+FLIP_BITS = (0, 7, 15, 20, 22, *range(23, 32))  # every exponent bit, the sign, some mantissa
+
+
 def _populations(engine: SimulationEngine, target: str, rng: np.random.Generator):
     for info in engine.catalogue:
         if target == "weights":
@@ -72,7 +75,8 @@ def _populations(engine: SimulationEngine, target: str, rng: np.random.Generator
             neurons = rng.choice(info.neurons_per_image, size=2, replace=False)
             all_sites = operand_sites(info, neurons)
             sites = all_sites[rng.choice(len(all_sites), size=2, replace=False)]
-        yield FaultPopulation(info, target, "flip", sites), None
+        flip = FaultPopulation(info, target, "flip", sites)
+        yield flip, np.concatenate([list(flip.stratum(b)) for b in FLIP_BITS])
         stuck = FaultPopulation(info, target, "stuck-at", sites[:1])
         yield stuck, np.concatenate([list(stuck.stratum(b)) for b in (0, 22, 23, 29, 30, 31)])
 
@@ -87,7 +91,6 @@ def test_batched_faults_match_in_place_injection(name: str, target: str) -> None
     checked = 0
     with torch.no_grad():
         for pop, ids in _populations(engine, target, rng):
-            ids = np.arange(pop.size) if ids is None else ids
             image_idx, pert = evaluator.perturbation(pop, ids)
             fast = engine.outcomes(pop.layer.layer_num, image_idx, pert).view(len(ids), -1)
             for row, f in enumerate(ids):
