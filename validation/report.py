@@ -27,6 +27,7 @@ from validation.report_tables import (  # noqa: E402
     sfi_runs,
     table3,
     table4,
+    table4_layers,
     table5,
     table6,
     times,
@@ -46,6 +47,7 @@ def build(out: Path) -> str:
             "table3_activations_coverage",
             "table4_sampling",
             "table4_verification",
+            "table4_layers",
             "table5_sims",
             "table6_sfi",
             "table6_sfi_runs",
@@ -75,6 +77,11 @@ def build(out: Path) -> str:
         f"({read['table4_sampling'][0]['repeats'] if read['table4_sampling'] else 0} seeded repeats)\n",
         table4(read["table4_sampling"]),
         "\n" + checks(read["table4_verification"]) + "\n",
+        "Where the LVF error comes from: a 10% draw of a layer with few channels takes one or two "
+        "of them, so the sampled LVF is one or two CVFs; the spread of the complete CVFs predicts "
+        "the error (mean over layers; see table4_layers.csv):\n",
+        table4_layers(read["table4_layers"], read["table4_sampling"]),
+        "",
         "## Table V: simulations, exhaustive FI vs complete analysis\n",
         table5(read["table5_sims"]),
         "\n## Table VI: simulations, statistical FI vs 10% sampled analysis\n",

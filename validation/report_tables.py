@@ -18,6 +18,7 @@ __all__ = [
     "table",
     "table3",
     "table4",
+    "table4_layers",
     "table5",
     "table6",
     "times",
@@ -160,6 +161,41 @@ def table4(rows: Rows) -> str:
         "MAE LVF (%)",
         "max LVF (%)",
         "paper: MAE CVF / max CVF / MAE LVF / max LVF (%)",
+    ]
+    return table(head, body)
+
+
+def table4_layers(layers: Rows, rows: Rows) -> str:
+    """Per model and target: channels a 10% draw takes, and the LVF error they predict."""
+    body = []
+    for r in rows:
+        if abs(float(r["ratio"]) - 0.10) > 1e-9:
+            continue
+        mine = [x for x in layers if x["model"] == r["model"] and x["target"] == r["target"]]
+        if not mine:
+            continue
+        k = sorted(int(x["sampled_channels_10"]) for x in mine)
+        c = sorted(int(x["channels"]) for x in mine)
+        predicted = sum(float(x["predicted_lvf_err_10"]) for x in mine) / len(mine)
+        body.append(
+            [
+                r["model"],
+                r["target"],
+                f"{c[len(c) // 2]}",
+                f"{k[len(k) // 2]}",
+                f"{sum(v <= 2 for v in k)} / {len(k)}",
+                pct(predicted, 4),
+                pct(r["mae_lvf"], 4),
+            ]
+        )
+    head = [
+        "model",
+        "target",
+        "median channels per layer",
+        "median channels drawn at 10%",
+        "layers with <= 2 drawn",
+        "predicted LVF MAE (%)",
+        "observed LVF MAE (%)",
     ]
     return table(head, body)
 

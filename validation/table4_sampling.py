@@ -11,7 +11,8 @@ The sampled analyses are then obtained without re-running every one of them:
   ``analyze_weights`` (all draws of a layer in one call) and each draw's VFs assembled from those.
 
 Both shortcuts are checked against real ``DeepVigorAnalyzer.analyze(sampling=r, seed=s)`` runs
-(``table4_verification.csv``); when a check fails, every sampled analysis is run for real.
+(``table4_verification.csv``); ``table4_layers.csv`` gives per layer the channels a 10% draw
+takes and the spread of the complete CVFs, which set the LVF error. When a check fails, every sampled analysis is run for real.
 Writes ``table4_sampling.csv``: ``model, target, ratio, repeats, mae_cvf, max_cvf, mae_lvf,
 max_lvf`` (absolute errors of the sampled against the complete analysis, fractions).
 
@@ -30,13 +31,26 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pytorchfi_deepvigor.analysis.analyzer import DeepVigorAnalyzer  # noqa: E402
-from pytorchfi_deepvigor.analysis.sampling import LayerSites, draw_sites  # noqa: E402
+from pytorchfi_deepvigor.analysis.sampling import (  # noqa: E402
+    LayerSites,
+    channels_to_draw,
+    draw_sites,
+)
 from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from validation.analyses import RATIOS, complete, layer_map  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 
 COLUMNS = ["model", "target", "ratio", "repeats", "mae_cvf", "max_cvf", "mae_lvf", "max_lvf"]
+LAYER_COLUMNS = [
+    "model",
+    "target",
+    "layer",
+    "channels",
+    "sampled_channels_10",
+    "cvf_std",
+    "predicted_lvf_err_10",
+]
 CHECK_COLUMNS = ["model", "target", "ratio", "seed", "max_diff_cvf", "max_diff_lvf", "equal"]
 TOLERANCE = 1e-9  # float64 means of the same float32 values in another order
 Draw = dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (channels, cvf), lvf is their mean
@@ -128,6 +142,35 @@ def _errors(draws: dict[tuple, Draw], comp: dict, ratio: float) -> dict[str, flo
     }
 
 
+def layer_rows(ctx: Context, spec: ModelSpec) -> list[dict]:
+    """Why LVFs of sampled analyses err: per layer, channels drawn at 10% and the CVF spread.
+
+    ``predicted_lvf_err_10`` is the mean absolute error of the mean of k channels drawn without
+    replacement from C whose CVFs have standard deviation s, for normal errors:
+    ``sqrt(2 / pi) * s / sqrt(k) * sqrt((C - k) / (C - 1))`` (0 when k = C). It ignores the
+    neuron sampling inside channels, so it is a lower bound for the activations.
+    """
+    rows = []
+    for target in ("activations", "weights"):
+        for layer in layer_map(complete(ctx, spec, target), target).values():
+            cvf, n = np.asarray(layer.cvf), len(layer.cvf)
+            k = channels_to_draw(n, 0.10)
+            std = float(cvf.std(ddof=1)) if n > 1 else 0.0
+            fpc = np.sqrt((n - k) / (n - 1)) if n > 1 else 0.0
+            rows.append(
+                {
+                    "model": spec.label,
+                    "target": target,
+                    "layer": layer.layer_num,
+                    "channels": n,
+                    "sampled_channels_10": k,
+                    "cvf_std": std,
+                    "predicted_lvf_err_10": float(np.sqrt(2 / np.pi) * std / np.sqrt(k) * fpc),
+                }
+            )
+    return rows
+
+
 def run_model(ctx: Context, spec: ModelSpec, repeats: int, checks: int) -> dict[str, list]:
     catalogue = ctx.engine(spec).catalogue
     draws = {
@@ -189,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     ctx.write_table("table4_sampling", COLUMNS, [r for p in parts for r in p["rows"]])
     ctx.write_table("table4_verification", CHECK_COLUMNS, [r for p in parts for r in p["checks"]])
+    layers = [
+        r for s in ctx.models for r in ctx.part("table4_layers", s, lambda s=s: layer_rows(ctx, s))
+    ]
+    ctx.write_table("table4_layers", LAYER_COLUMNS, layers)
 
 
 if __name__ == "__main__":
