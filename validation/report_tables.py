@@ -86,7 +86,24 @@ def batch_line(rows: Rows) -> str:
     )
 
 
-def table3(rows: Rows, coverage: Rows, weights: bool) -> str:
+def _signed(pairs: Rows, r: dict[str, str], weights: bool) -> str:
+    """Mean of analysis minus FI over the variant's pairs, and the share of pairs below FI."""
+    a, b = ("cvf_analysis", "cvf_fi") if weights else ("nvf_analysis", "nvf_fi")
+    mine = [
+        p
+        for p in pairs
+        if p["model"] == r["model"]
+        and p["search"] == r["search"]
+        and p.get("aggregate", "n/a") == r["aggregate"]
+    ]
+    if not mine:
+        return ""
+    diff = [float(p[a]) - float(p[b]) for p in mine]
+    below = sum(d < 0 for d in diff)
+    return f"{100 * sum(diff) / len(diff):+.3f} ({below}/{len(diff)} below)"
+
+
+def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
     body = []
     for r in rows:
         ref = paper.TABLE3_MAE_PCT.get(r["model"], "") if weights and r["search"] == "paper" else ""
@@ -99,6 +116,7 @@ def table3(rows: Rows, coverage: Rows, weights: bool) -> str:
                 pct(r["mae"]),
                 pct(r["max_abs_err"]),
                 f"{float(r['spearman']):.3f}",
+                _signed(pairs, r, weights),
                 ref,
             ]
         )
@@ -110,6 +128,7 @@ def table3(rows: Rows, coverage: Rows, weights: bool) -> str:
         "MAE (%)",
         "max err (%)",
         "Spearman",
+        "analysis - FI, mean (%)",
         "paper MAE (%)",
     ]
     unit = "channels" if weights else "neurons"
