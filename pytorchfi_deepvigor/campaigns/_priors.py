@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +79,7 @@ def resolve_priors(
     prior: PriorSpec,
     rng: np.random.Generator,
     *,
-    chunk: int,
+    chunks: Mapping[int, int],
     log: ProgressLog | None = None,
 ) -> tuple[list[np.ndarray], _run.Executed]:
     """One 32-vector of priors per population, and the pilot's work (empty without a pilot).
@@ -101,7 +101,7 @@ def resolve_priors(
             k = min(pilot.faults_per_bit, len(stratum))
             ids.append(np.sort(rng.choice(len(stratum), k, replace=False)) + stratum.start)
         units.append(_run.WorkUnit(f"pilot-L{pop.layer.layer_num}", pop, np.concatenate(ids)))
-    done = _run.execute(evaluator, units, chunk=chunk, log=log, progress=False)
+    done = _run.execute(evaluator, units, chunks=chunks, log=log, progress=False)
     priors = []
     for unit in units:
         counts = done.counts[unit.key]

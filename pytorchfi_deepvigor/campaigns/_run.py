@@ -21,6 +21,7 @@ from pytorchfi_deepvigor.campaigns.faults import (
     FAULT_MODELS,
     FaultEvaluator,
     FaultPopulation,
+    chunk_size,
 )
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog, tensors_fingerprint
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -35,6 +36,7 @@ __all__ = [
     "check_layers",
     "check_seed",
     "check_target",
+    "chunk_sizes",
     "execute",
     "open_log",
     "weighted_vf",
@@ -103,6 +105,13 @@ class Executed:
     evaluations: int = 0
 
 
+def chunk_sizes(
+    engine: SimulationEngine, layers: Sequence[int], faults_per_chunk: int | None
+) -> dict[int, int]:
+    """Faults per chunk of each layer: the user's choice, else :func:`faults.chunk_size`."""
+    return {n: faults_per_chunk or chunk_size(engine, engine.layer(n)) for n in layers}
+
+
 def open_log(
     progress_dir: str | Path | None,
     name: str,
@@ -128,11 +137,12 @@ def execute(
     evaluator: FaultEvaluator,
     units: Sequence[WorkUnit],
     *,
-    chunk: int,
+    chunks: Mapping[int, int],
     log: ProgressLog | None,
     progress: bool,
 ) -> Executed:
-    """Evaluate every unit's faults in chunks of ``chunk``, resuming from ``log``."""
+    """Evaluate every unit's faults in chunks (``chunks``: faults per chunk by layer number),
+    resuming from ``log``."""
     result = Executed({u.key: np.full((len(u.ids), 4), -1, dtype=np.int64) for u in units})
     sizes = {u.key: len(u.ids) for u in units}
     for rec in log.records if log else ():
@@ -151,8 +161,9 @@ def execute(
     with tqdm(total=todo, disable=not progress, unit="fault", desc="FI") as bar:
         for unit in units:
             counts = result.counts[unit.key]
-            for start in range(0, len(unit.ids), chunk):
-                stop = min(start + chunk, len(unit.ids))
+            size = chunks[unit.population.layer.layer_num]
+            for start in range(0, len(unit.ids), size):
+                stop = min(start + size, len(unit.ids))
                 if (counts[start:stop, 0] >= 0).all():
                     continue
                 before = engine.stats.snapshot()

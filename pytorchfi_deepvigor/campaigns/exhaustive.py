@@ -25,7 +25,6 @@ from pytorchfi_deepvigor.campaigns import _run
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
     FaultPopulation,
-    chunk_size,
     operand_sites,
 )
 from pytorchfi_deepvigor.catalogue import LayerInfo
@@ -43,8 +42,8 @@ class ExhaustiveCampaign:
 
     Args:
         engine: the engine holding the model and the analysis batch.
-        faults_per_chunk: faults per engine call and per progress record (default: about one
-            engine batch of faults x images).
+        faults_per_chunk: faults per engine call and per progress record (default: per layer,
+            about one engine batch of faults x images, cache-sized on a CPU).
 
     Example:
         >>> import torch
@@ -64,7 +63,7 @@ class ExhaustiveCampaign:
             or faults_per_chunk < 1
         ):
             raise ValueError(f"expected faults_per_chunk >= 1, got {faults_per_chunk!r}")
-        self.faults_per_chunk = faults_per_chunk or chunk_size(engine)
+        self.faults_per_chunk = faults_per_chunk
         self._evaluator = FaultEvaluator(engine)
 
     def run(
@@ -128,6 +127,7 @@ class ExhaustiveCampaign:
             population = FaultPopulation(info, target, fault_model, sites)  # type: ignore[arg-type]
             units.append(_run.WorkUnit(f"L{num}", population, np.arange(population.size)))
             picks[num] = (chans, picked)
+        chunks = _run.chunk_sizes(self.engine, layer_nums, self.faults_per_chunk)
         options = {
             "target": target,
             "fault_model": fault_model,
@@ -137,15 +137,13 @@ class ExhaustiveCampaign:
             "neurons": None
             if target != "operands"
             else {str(n): [list(map(int, x)) for x in p[1]] for n, p in picks.items()},
-            "faults_per_chunk": self.faults_per_chunk,
+            "faults_per_chunk": {str(n): c for n, c in chunks.items()},
         }
         log = _run.open_log(
             progress_dir, f"exhaustive-{target}", self.engine, {**options, "seed": seed}
         )
         try:
-            done = _run.execute(
-                self._evaluator, units, chunk=self.faults_per_chunk, log=log, progress=progress
-            )
+            done = _run.execute(self._evaluator, units, chunks=chunks, log=log, progress=progress)
         finally:
             if log is not None:
                 log.close()

@@ -307,14 +307,16 @@ class FaultEvaluator:
         return kind(channel=rep[0], row=rep[1], col=rep[2], value=per_image.T.reshape(-1))
 
 
-CPU_BATCH = 128
-"""Batch elements per engine call on a CPU: larger batches fall out of the caches (measured
-2-3x slower per image at 1,424 than at 80-320 elements on a CIFAR-style ResNet)."""
+CPU_CACHE_BYTES = 4 * 2**20
+"""On a CPU, one engine call carries about this many bytes of the layer's output (16 to 256
+elements): larger batches fall out of the caches (on a CIFAR-style ResNet, 1,424 elements per
+call was 2-3x slower per image than 40-120)."""
 
 
-def chunk_size(engine: SimulationEngine) -> int:
-    """Faults per engine call: one engine batch of faults x images (at most ``CPU_BATCH`` on CPU)."""
+def chunk_size(engine: SimulationEngine, info: LayerInfo) -> int:
+    """Default faults per engine call for a layer: one engine batch of faults x images."""
     elements = engine.max_batch
     if engine.device.type == "cpu":
-        elements = min(elements, CPU_BATCH)
+        per_image = 4 * info.neurons_per_image
+        elements = min(elements, max(16, min(256, CPU_CACHE_BYTES // per_image)))
     return max(1, elements // engine.num_images)

@@ -33,7 +33,6 @@ from pytorchfi_deepvigor.campaigns._sampling import SamplingPlan, Stratum
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
     FaultPopulation,
-    chunk_size,
     operand_sites,
 )
 from pytorchfi_deepvigor.catalogue import LayerInfo
@@ -50,7 +49,8 @@ class StatisticalCampaign:
 
     Args:
         engine: the engine holding the model and the analysis batch.
-        faults_per_chunk: faults per engine call and per progress record.
+        faults_per_chunk: faults per engine call and per progress record (default: per layer,
+            about one engine batch of faults x images, cache-sized on a CPU).
 
     Example:
         >>> import torch
@@ -71,7 +71,7 @@ class StatisticalCampaign:
             or faults_per_chunk < 1
         ):
             raise ValueError(f"expected faults_per_chunk >= 1, got {faults_per_chunk!r}")
-        self.faults_per_chunk = faults_per_chunk or chunk_size(engine)
+        self.faults_per_chunk = faults_per_chunk
         self._evaluator = FaultEvaluator(engine)
 
     # ---------------------------------------------------------------------- planning
@@ -103,7 +103,13 @@ class StatisticalCampaign:
         priors = None
         if variant == "data-aware":
             priors, _ = resolve_priors(
-                self._evaluator, pops, prior, rng, chunk=self.faults_per_chunk
+                self._evaluator,
+                pops,
+                prior,
+                rng,
+                chunks=_run.chunk_sizes(
+                    self.engine, [p.layer.layer_num for p in pops], self.faults_per_chunk
+                ),
             )
         return _sampling.plan(variant, pops, priors, e, t)
 
@@ -144,11 +150,13 @@ class StatisticalCampaign:
         started = time.perf_counter()
         args = _check(variant, target, e, t, prior, fault_model, seed)
         pops = self._populations(args.target, args.fault_model, layers)
+        nums = [p.layer.layer_num for p in pops]
+        chunks = _run.chunk_sizes(self.engine, nums, self.faults_per_chunk)
         options = {
             **dataclasses.asdict(args),
             "prior": _prior_option(prior),
-            "layers": [p.layer.layer_num for p in pops],
-            "faults_per_chunk": self.faults_per_chunk,
+            "layers": nums,
+            "faults_per_chunk": {str(n): c for n, c in chunks.items()},
         }
         rng = np.random.default_rng(args.seed)
         log = _run.open_log(progress_dir, f"sfi-{variant}-{args.target}", self.engine, options)
@@ -156,13 +164,11 @@ class StatisticalCampaign:
             priors, pilot = None, _run.Executed({})
             if variant == "data-aware":
                 priors, pilot = resolve_priors(
-                    self._evaluator, pops, prior, rng, chunk=self.faults_per_chunk, log=log
+                    self._evaluator, pops, prior, rng, chunks=chunks, log=log
                 )
             plan = _sampling.plan(variant, pops, priors, e, t)
             units, weights = _sampling.draw(plan, pops, rng)
-            done = _run.execute(
-                self._evaluator, units, chunk=self.faults_per_chunk, log=log, progress=progress
-            )
+            done = _run.execute(self._evaluator, units, chunks=chunks, log=log, progress=progress)
         finally:
             if log is not None:
                 log.close()
