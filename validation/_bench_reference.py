@@ -57,6 +57,7 @@ class ReferenceResult:
     forwards: int = 0
     image_evaluations: int = 0
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0
 
 
 class _Probe:
@@ -183,7 +184,7 @@ def reference_analysis(
     """
     if target not in ("activations", "weights", "both"):
         raise ValueError(f"expected target 'activations', 'weights' or 'both', got {target!r}")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = ReferenceResult()
     grid = candidate_grid(search)
     catalogue = build_catalogue(model, images[:1])
@@ -205,4 +206,5 @@ def reference_analysis(
             finally:
                 handle.remove()
     result.wall_time_s = time.perf_counter() - started
+    result.cpu_time_s = time.process_time() - cpu
     return result

@@ -112,15 +112,38 @@ def load(s: Settings, name: str, width: float) -> tuple[nn.Module, Tensor, str]:
     return model.eval().to(s.device), images.to(s.device), label
 
 
+@dataclass(frozen=True)
+class Seconds:
+    """Wall-clock and CPU (this process, all threads) seconds; CPU time is what other jobs on a
+    shared machine disturb least."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __add__(self, other: Seconds) -> Seconds:
+        return Seconds(self.wall + other.wall, self.cpu + other.cpu)
+
+    def scaled(self, factor: float) -> Seconds:
+        return Seconds(self.wall * factor, self.cpu * factor)
+
+    @staticmethod
+    def now() -> Seconds:
+        return Seconds(time.perf_counter(), time.process_time())
+
+    def since(self) -> Seconds:
+        now = Seconds.now()
+        return Seconds(now.wall - self.wall, now.cpu - self.cpu)
+
+
 def timed(device: torch.device, fn: Callable[..., Any], *args: Any, **kwargs: Any):
-    """``(fn(*args, **kwargs), wall seconds)``, synchronising CUDA around the call."""
+    """``(fn(*args, **kwargs), Seconds)``, synchronising CUDA around the call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = Seconds.now()
     out = fn(*args, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
+    return out, start.since()
 
 
 def row(bench: str, config: str, ours: float | None, base: float | None, notes: str,
@@ -150,9 +173,9 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
         pert.to(s.device).apply(out, 0, s.batch)
         ours, base = math.inf, math.inf
         for _ in range(3):  # interleaved, best of 3: machine noise hits both alike
-            ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1])
+            ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1].wall)
             with torch.no_grad():
-                base = min(base, timed(s.device, eng.suffix, info.layer_num, idx, out)[1])
+                base = min(base, timed(s.device, eng.suffix, info.layer_num, idx, out)[1].wall)
         rates[info.layer_num] = flops / base
         notes = (f"{s.batch} evals: ours {s.batch / ours:.0f} img-eval/s, {flops / ours / 1e9:.2f} "
                  f"GFLOP/s; torch {flops / base / 1e9:.2f} GFLOP/s; chunk {eng.max_batch}")  # fmt: skip
@@ -163,7 +186,7 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
         + 2 * eng.catalogue[0].neurons_per_image * eng.catalogue[0].fan_in
     )
     with torch.no_grad():
-        t_full = min(timed(s.device, model, x)[1] for _ in range(3))
+        t_full = min(timed(s.device, model, x)[1].wall for _ in range(3))
     return rows, rates, full * s.batch / t_full
 
 
@@ -172,19 +195,21 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
 class Analysis:
     result: VulnerabilityResult
     seconds: float
+    cpu_s: float
     run_s: float
     run_flops: dict[int, float]
+    full_flops: float  # conv/linear FLOPs of one full forward of one image
 
 
 def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
     """The 10 % sampled total-MVF analysis, end to end (engine set-up included), instrumented."""
-    started = time.perf_counter()
+    started = Seconds.now()
     eng = SimulationEngine(model, images, device=s.device)
     inner, acc, flops = eng.run, [0.0], {}
 
     def run(layer_num: int, image_idx: Tensor, perturbation: Any) -> Tensor:
         out, dt = timed(s.device, inner, layer_num, image_idx, perturbation)
-        acc[0] += dt
+        acc[0] += dt.wall
         f = eng.suffix_flops_per_image(layer_num) * len(image_idx)
         flops[layer_num] = flops.get(layer_num, 0.0) + f
         return out
@@ -193,7 +218,10 @@ def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
     res = DeepVigorAnalyzer(eng).analyze(target="both", sampling=s.ratio, seed=s.seed)
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
-    return Analysis(res, time.perf_counter() - started, acc[0], flops)
+    first = eng.catalogue[0]
+    full = eng.suffix_flops_per_image(0) + 2 * first.neurons_per_image * first.fan_in
+    spent = started.since()
+    return Analysis(res, spent.wall, spent.cpu, acc[0], flops, full)
 
 
 def throughput_summary(label: str, an: Analysis, rates: dict[int, float], full_rate: float) -> Row:
@@ -215,18 +243,17 @@ def _population(info: Any, target: str) -> FaultPopulation:
 
 
 def _fraction_seconds(evaluator: FaultEvaluator, pop: FaultPopulation, ids: np.ndarray,
-                      chunk: int, device: torch.device) -> float:  # fmt: skip
+                      chunk: int, device: torch.device) -> Seconds:  # fmt: skip
     run = lambda: [evaluator.counts(pop, ids[a : a + chunk]) for a in range(0, len(ids), chunk)]  # noqa: E731
     return timed(device, run)[1]
 
 
 def bench_sfi(s: Settings, model: nn.Module, images: Tensor, label: str, an: Analysis) -> list[Row]:
-    started = time.perf_counter()
+    started = Seconds.now()
     eng = SimulationEngine(model, images, device=s.device)
     sfi, evaluator = StatisticalCampaign(eng), FaultEvaluator(eng)
     rng = np.random.default_rng(s.seed)
-    chunk = chunk_size(eng)
-    seconds, faults, ran = time.perf_counter() - started, 0, 0
+    seconds, faults, ran = started.since(), 0, 0
     for target in ("weights", "operands"):
         if s.sfi_fraction >= 1:
             res, dt = timed(s.device, sfi.run, "data-aware", target=target, seed=s.seed)
@@ -235,19 +262,20 @@ def bench_sfi(s: Settings, model: nn.Module, images: Tensor, label: str, an: Ana
         plan, dt = timed(s.device, sfi.plan, "data-aware", target=target, seed=s.seed)
         seconds += dt
         for num, n in plan.per_layer().items():
-            pop = _population(eng.layer(num), target)
+            pop, chunk = _population(eng.layer(num), target), chunk_size(eng, eng.layer(num))
             m = min(n, max(s.min_faults, math.ceil(s.sfi_fraction * n)))
             ids = np.sort(rng.choice(pop.size, m, replace=False))
-            seconds += _fraction_seconds(evaluator, pop, ids, chunk, s.device) * n / m
+            seconds += _fraction_seconds(evaluator, pop, ids, chunk, s.device).scaled(n / m)
             faults, ran = faults + n, ran + m
     how = ("the real campaigns" if s.sfi_fraction >= 1 else
            f"{ran} seeded faults run ({ran / faults:.2%}), time extrapolated linearly per layer")  # fmt: skip
     cost = an.result.cost
     sims = cost.image_evaluations / eng.num_images
     return [
-        row("sfi/wall", label, an.seconds, seconds,
+        row("sfi/wall", label, an.seconds, seconds.wall,
             f"analysis: 10% sampled, both targets, MVF_total {an.result.mvf_total:.4g}; data-aware "
-            f"SFI e=1% t=2.58, weights+operands, {faults} faults; SFI: {how}"),
+            f"SFI e=1% t=2.58, weights+operands, {faults} faults; SFI: {how}; CPU time "
+            f"{an.cpu_s:.4g} s vs {seconds.cpu:.4g} s, ratio {seconds.cpu / an.cpu_s:.4g}"),
         row("sfi/simulations", label, None, None,
             f"analysis {sims:.0f} simulations ({cost.image_evaluations} image-evaluations in "
             f"{cost.batched_forwards} batched forwards) vs SFI {faults} (one forward of "
@@ -274,17 +302,17 @@ def bench_channel(s: Settings, model: nn.Module, images: Tensor, label: str) -> 
             res, t_base = timed(
                 s.device, campaign.run, "weights", layers=[num], channels={num: [k]}
             )
-            fi_cvf, how = res.layers[0].cvf[0], "all faults run"
+            fi_cvf, how, t_base = res.layers[0].cvf[0], "all faults run", t_base.wall
         else:
             pop = FaultPopulation(info, "weights", "flip", k * info.fan_in + np.arange(info.fan_in))
             ids = np.sort(rng.choice(n, s.channel_faults, replace=False))
             counts, t_part = timed(s.device, evaluator.counts, pop, ids)
-            t_base = t_part * n / len(ids)
+            t_base = t_part.wall * n / len(ids)
             fi_cvf = float((counts[:, 2] + counts[:, 3]).sum() / counts.sum())
             how = f"{len(ids)} seeded faults run, time extrapolated, CVF estimated"
         notes = (f"channel {k} of {info.name}: {n} faults x {eng.num_images} images; analysis CVF "
                  f"{ours.cvf[0]:.4g}, FI CVF {fi_cvf:.4g} ({how})")  # fmt: skip
-        rows.append(row("channel", f"{label} L{num}", t_ours, t_base, notes))
+        rows.append(row("channel", f"{label} L{num}", t_ours.wall, t_base, notes))
     return rows
 
 
@@ -303,9 +331,12 @@ def bench_reference(s: Settings, model: nn.Module, images: Tensor, label: str, a
     if diffs:
         raise AssertionError("reference and batched engine disagree: " + "; ".join(diffs))
     cost = an.result.cost
+    work = ref.image_evaluations * an.full_flops / sum(an.run_flops.values())
     notes = (f"same VFs (asserted) on {len(an.result.layers)} layer analyses; reference "
              f"{ref.forwards} full forwards / {ref.image_evaluations} image-evaluations, batched "
-             f"{cost.batched_forwards} suffix forwards / {cost.image_evaluations}")  # fmt: skip
+             f"{cost.batched_forwards} suffix forwards / {cost.image_evaluations}; conv/linear "
+             f"FLOPs reference / batched {work:.2f}; CPU time {an.cpu_s:.4g} s vs "
+             f"{ref.cpu_time_s:.4g} s, ratio {ref.cpu_time_s / an.cpu_s:.4g}")  # fmt: skip
     return row("reference", label, an.seconds, ref.wall_time_s, notes)
 
 
@@ -320,8 +351,8 @@ def bench_scaling(s: Settings, main: Analysis, out: Path) -> list[Row]:
     rows = []
     for n, w, an in points:
         c = an.result.cost
-        notes = (f"{c.image_evaluations} image-evaluations, {c.batched_forwards} forwards, "
-                 f"MVF_total {an.result.mvf_total:.4g}")  # fmt: skip
+        notes = (f"CPU {an.cpu_s:.4g} s; {c.image_evaluations} image-evaluations, "
+                 f"{c.batched_forwards} forwards, MVF_total {an.result.mvf_total:.4g}")  # fmt: skip
         rows.append(row("scaling", f"{n} w={w:g}", an.seconds, None, notes))
     _plot(points, out / "bench_scaling.png")
     return rows
@@ -335,7 +366,7 @@ def _plot(points: list[tuple[str, float, Analysis]], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     wide = [(w, an) for n, w, an in points[:-1]]
-    a.plot([w for w, _ in wide], [an.seconds for _, an in wide], "o-", label="wall-clock s")
+    a.plot([w for w, _ in wide], [an.cpu_s for _, an in wide], "o-", label="CPU seconds")
     a.set(xlabel=f"{points[0][0]} width multiplier", ylabel="seconds",
           title="10% sampled analysis vs width")  # fmt: skip
     ax2 = a.twinx()
@@ -344,8 +375,8 @@ def _plot(points: list[tuple[str, float, Analysis]], path: Path) -> None:
     ax2.set_ylabel("image-evaluations")
     a.legend(loc="upper left", fontsize=8), ax2.legend(loc="lower right", fontsize=8)
     same = [p for p in points if p[1] == points[-1][1]]
-    b.bar([n for n, _, _ in same], [an.seconds for _, _, an in same])
-    b.set(ylabel="seconds", title=f"depth at width {points[-1][1]:g}")
+    b.bar([n for n, _, _ in same], [an.cpu_s for _, _, an in same])
+    b.set(ylabel="CPU seconds", title=f"depth at width {points[-1][1]:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
