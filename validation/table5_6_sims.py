@@ -185,13 +185,22 @@ def sfi_runs(ctx: Context, spec: ModelSpec, limit: int) -> list[dict]:
             if size > limit:
                 continue
             neurons = "all" if target == "activations" else None
-            exact = ExhaustiveCampaign(engine).run(target, layers=[num], neurons=neurons)
+            exact = ExhaustiveCampaign(engine).run(
+                target, layers=[num], neurons=neurons, progress=True
+            )
             lvf = exact.layers[0].lvf
             for column, (variant, prior) in SFI.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", MarginExceededWarning)
                     run = StatisticalCampaign(engine).run(
-                        variant, target=target, layers=[num], e=E, t=T, prior=prior, seed=ctx.seed
+                        variant,
+                        target=target,
+                        layers=[num],
+                        e=E,
+                        t=T,
+                        prior=prior,
+                        seed=ctx.seed,
+                        progress=True,
                     )
                 got = run.layers[0]
                 rows.append(
