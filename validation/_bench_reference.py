@@ -90,7 +90,7 @@ class _Probe:
 
 def _neuron_add(channel: int, row: int, col: int) -> AddFn:
     def add(out: Tensor, values: Tensor) -> None:
-        b = torch.arange(out.shape[0])
+        b = torch.arange(out.shape[0], device=out.device)
         if out.dim() == 2:
             out[b, channel] = out[b, channel] + values
         else:
@@ -109,7 +109,7 @@ def _channel_add(channel: int) -> AddFn:
 
 def _target_vf(probe: _Probe, counts: Tensor, grid: Tensor, add: AddFn) -> float:
     """VF of one target from its EDMs ``(I, 2K + 1)``: one bisection per sign, full forwards."""
-    values = grid.to(torch.float32)
+    values = grid.to(counts.device, torch.float32)
     first = first_probe_index(grid)
     index = []
     for sign, members in zip((1.0, -1.0), search_members(counts, grid), strict=True):
@@ -128,7 +128,8 @@ def _activations(probe: _Probe, info: LayerInfo, sites: LayerSites, x_in: Tensor
     out = []
     for channel, positions in zip(sites.channels, sites.position_matrix(), strict=True):
         for pos in positions:
-            ch, ps = torch.tensor([int(channel)]), torch.tensor([int(pos)])
+            ch = torch.tensor([int(channel)], device=x_in.device)
+            ps = torch.tensor([int(pos)], device=x_in.device)
             ops, w, valid = handler.operands(x_in, info.module, ch, ps)
             counts = operand_edm(ops, w, grid, valid)[0]
             add = _neuron_add(int(channel), int(pos) // width, int(pos) % width)
@@ -137,13 +138,21 @@ def _activations(probe: _Probe, info: LayerInfo, sites: LayerSites, x_in: Tensor
 
 
 def _weights(
-    probe: _Probe, info: LayerInfo, sites: LayerSites, x_in: Tensor, grid: Tensor, aggregate: str
+    probe: _Probe,
+    info: LayerInfo,
+    sites: LayerSites,
+    x_in: Tensor,
+    grid: Tensor,
+    aggregate: str,
 ):
     handler = handler_for(info.module)
     out = []
     for i, channel in enumerate(sites.channels):
         ps = None if sites.positions is None else torch.from_numpy(sites.positions[i : i + 1])
-        ops, w, valid = handler.weight_operands(x_in, info.module, torch.tensor([int(channel)]), ps)
+        ch = torch.tensor([int(channel)], device=x_in.device)
+        ops, w, valid = handler.weight_operands(
+            x_in, info.module, ch, None if ps is None else ps.to(x_in.device)
+        )
         counts = weight_edm(ops, w, grid, valid, aggregate=aggregate)[0]
         out.append(_target_vf(probe, counts, grid, _channel_add(int(channel))))
     return np.array(out)
