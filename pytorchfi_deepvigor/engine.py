@@ -40,7 +40,10 @@ __all__ = ["SimulationEngine", "Outcome", "EngineStats", "classify"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BYTES = 2 * 2**30
+# Activation budget of one chunk. On the CPU, chunks that stay near the caches are fastest
+# (measured: VGG-11 at width 1/8 peaks at 256 images per forward, ResNet-18 at 64-128, and both
+# are 2-4x slower per image at 2048); on a GPU, larger chunks keep the device busy.
+DEFAULT_MEMORY_BYTES = {"cpu": 128 * 2**20, "cuda": 2 * 2**30}
 _MASK_RTOL = 1e-5
 
 
@@ -173,7 +176,8 @@ class SimulationEngine:
         images: the analysis batch, float32 ``(I, ...)``.
         device: where to compute (default: the model's device).
         max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
-        memory_bytes: budget for the activations of one chunk (default 2 GiB).
+        memory_bytes: budget for the activations of one chunk (default 128 MiB on the CPU,
+            2 GiB on a GPU).
         use_fx: trace with torch.fx (falls back to hooks when tracing fails); ``False`` forces hooks.
 
     Example:
@@ -193,7 +197,7 @@ class SimulationEngine:
         *,
         device: str | torch.device | None = None,
         max_batch: int | None = None,
-        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        memory_bytes: int | None = None,
         use_fx: bool = True,
     ) -> None:
         check_float32_model(model)
@@ -218,6 +222,8 @@ class SimulationEngine:
             except Exception as exc:  # tracing fails on data-dependent control flow
                 logger.info("torch.fx cannot trace the model (%s); using the hook path", exc)
         per_image = self._activation_bytes_per_image()
+        if memory_bytes is None:
+            memory_bytes = DEFAULT_MEMORY_BYTES.get(self.device.type, DEFAULT_MEMORY_BYTES["cuda"])
         self.max_batch = max_batch or max(1, min(8192, memory_bytes // max(per_image, 1)))
         with self._frozen():
             self.golden_logits = self._full_forward(self.images)
