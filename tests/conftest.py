@@ -7,4 +7,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread: the tiny test models are faster single-threaded, and OpenMP spin-waiting makes
+# two threads slow on a busy 2-core machine.
+torch.set_num_threads(1)
