@@ -216,7 +216,7 @@ def sfi_runs(ctx: Context, spec: ModelSpec, limit: int) -> list[dict]:
                         "margin": got.margin,
                         "lvf_exhaustive": lvf,
                         "abs_err": abs(got.lvf - lvf),
-                        "within_margin": abs(got.lvf - lvf) <= got.margin,
+                        "within_margin": abs(got.lvf - lvf) <= got.margin + 1e-12,
                     }
                 )
     return rows
