@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench validate clean
+.PHONY: demo test lint bench validate clean
 
 # The exact install recipe (see DEVELOPERS.md). torch/torchvision are pinned here because
 # this machine ships these builds on disk; pyproject.toml only declares ranges.
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python validation/bench.py
+
+validate: $(STAMP)
+	$(BIN)/python validation/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
