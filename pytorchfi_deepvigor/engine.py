@@ -382,14 +382,20 @@ class SimulationEngine:
             raise ValueError(
                 f"batch mismatch: {layer_output.shape[0]} layer outputs for {image_idx.shape[0]} images"
             )
+        with eval_mode(self.model):
+            return self._forward(layer_num, cut, image_idx, layer_output)
+
+    def _forward(
+        self, layer_num: int, cut: _Cut, image_idx: torch.Tensor, layer_output: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`suffix` without checks or mode guard (the caller holds :meth:`_frozen`)."""
         self.stats.batched_forwards += 1
         self.stats.image_evaluations += int(image_idx.shape[0])
-        with eval_mode(self.model):
-            if cut.suffix is not None:
-                return cut.suffix(layer_output, *[t[image_idx] for t in cut.live_ins])
-            module = self.layer(layer_num).module
-            with module.register_forward_hook(lambda _m, _i, _o: layer_output):
-                return self.model(self.images[image_idx])
+        if cut.suffix is not None:
+            return cut.suffix(layer_output, *[t[image_idx] for t in cut.live_ins])
+        module = self.catalogue[layer_num].module
+        with module.register_forward_hook(lambda _m, _i, _o: layer_output):
+            return self.model(self.images[image_idx])
 
     def run(
         self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
@@ -403,13 +409,14 @@ class SimulationEngine:
             )
         perturbation.check(info.output_shape)
         perturbation = perturbation.to(self.device)
-        golden = self._cut(layer_num).layer_output
+        cut = self._cut(layer_num)
         outs = []
-        with torch.no_grad():
+        with self._frozen():  # once per call, not per chunk: it walks every submodule
             for a, b in self._chunks(image_idx.shape[0]):
-                out = golden[image_idx[a:b]].clone()
+                idx = image_idx[a:b]
+                out = cut.layer_output[idx]  # advanced indexing copies: no clone needed
                 perturbation.apply(out, a, b)
-                outs.append(self.suffix(layer_num, image_idx[a:b], out).float())
+                outs.append(self._forward(layer_num, cut, idx, out).float())
         if not outs:
             return torch.empty(0, self.golden_logits.shape[1], device=self.device)
         return torch.cat(outs)
