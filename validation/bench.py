@@ -188,14 +188,14 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
             ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1].wall)
             with torch.no_grad():
                 base = min(base, timed(s.device, eng.suffix, info.layer_num, idx, out)[1].wall)
-                step = eng.max_batch  # the same forwards in the engine's chunks: its overhead
+                step = eng.max_batch  # the engine's chunks, one public suffix() call each
                 pieces = [(idx[a : a + step], out[a : a + step]) for a in range(0, s.batch, step)]
                 t = timed(s.device, _each, eng.suffix, info.layer_num, pieces)
                 chunked = min(chunked, t[1].wall)
         rates[info.layer_num] = flops / base
         notes = (f"{s.batch} evals: ours {s.batch / ours:.0f} img-eval/s, {flops / ours / 1e9:.2f} "
                  f"GFLOP/s; torch {flops / base / 1e9:.2f} GFLOP/s in one forward, "
-                 f"{flops / chunked / 1e9:.2f} GFLOP/s in the engine's chunks of {eng.max_batch} "
+                 f"{flops / chunked / 1e9:.2f} GFLOP/s as engine.suffix() per chunk of {eng.max_batch} "
                  f"(ours / that {chunked / ours:.2f})")  # fmt: skip
         rows.append(
             row(
