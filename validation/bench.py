@@ -24,7 +24,7 @@ at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv
 
 ``--device cuda`` runs everything on the GPU (a note row when CUDA is unavailable);
 ``--paper-size`` adds a full-width CIFAR ResNet-18 (random seeded weights, 3x32x32 digits),
-10 % sampled total MVF. Run: ``make bench`` (about 15 minutes on 2 CPU cores, one thread);
+10 % sampled total MVF. Run: ``make bench`` (about 7 minutes on an idle 2-core CPU, one thread; more under load);
 ``--quick``: untrained tiny models, 4 images (the test suite's smoke run, seconds).
 """
 
