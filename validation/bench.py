@@ -168,8 +168,11 @@ def _each(fn: Callable[..., Any], layer_num: int, pieces: list[tuple[Tensor, ...
 
 
 def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
-    """Per-layer rows and torch's FLOP/s per layer (at batch ``s.batch``)."""
-    eng = SimulationEngine(model, images, device=s.device)
+    """Per-layer rows and torch's FLOP/s per layer (at batch ``s.batch``).
+
+    Early exit is off here: every element runs the whole suffix, so both sides do the same FLOPs.
+    """
+    eng = SimulationEngine(model, images, device=s.device, early_exit=False)
     eng.prepare()
     gen = torch.Generator().manual_seed(s.seed)
     rows, rates = [], {}
@@ -234,9 +237,10 @@ def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
     inner, acc, flops = eng.run, [0.0], {}
 
     def run(layer_num: int, image_idx: Tensor, perturbation: Any) -> Tensor:
+        before = eng.stats.suffix_flops
         out, dt = timed(s.device, inner, layer_num, image_idx, perturbation)
         acc[0] += dt.wall
-        f = eng.suffix_flops_per_image(layer_num) * len(image_idx)
+        f = eng.stats.suffix_flops - before  # executed: early exits do not count
         flops[layer_num] = flops.get(layer_num, 0.0) + f
         return out
 

@@ -148,6 +148,7 @@ class DeepVigorAnalyzer:
         kinds = ("activations", "weights") if target == "both" else (target,)
 
         start_stats, start_time = self.engine.stats.snapshot(), time.perf_counter()
+        self.engine.prepare(nums)  # every layer's golden values in one pass of the network
         results: list[LayerResult] = []
         backwards = faults = 0
         todo: Iterable[int] = nums

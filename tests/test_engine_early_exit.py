@@ -1,0 +1,115 @@
+"""Early exit at the suffix checkpoint and the channels-last layout change the work, not results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import TINY_MODELS, seeded_images
+
+from pytorchfi_deepvigor.bits import flip_bit
+from pytorchfi_deepvigor.engine import SimulationEngine, _plan, classify
+from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd, NeuronSet
+
+CONFIGS = [(True, True), (True, False), (False, True), (False, False)]
+
+
+def _faults(eng, info, n, gen):
+    """Bit flips of stored activations and deltas of both signs, for ``n`` random neurons."""
+    shape = (*info.output_shape, 1, 1)[:3]
+    img = torch.randint(eng.num_images, (n,), generator=gen)
+    c, h, w = (torch.randint(s, (n,), generator=gen) for s in shape)
+    golden = eng.layer_output(info.layer_num)
+    idx = (img, c, h, w) if golden.dim() == 4 else (img, c)
+    flipped = flip_bit(golden[idx], torch.randint(32, (n,), generator=gen))
+    delta = torch.randn(n, generator=gen) * 10.0 ** torch.randint(-3, 4, (n,), generator=gen)
+    return img, [NeuronSet(c, h, w, flipped), NeuronAdd(c, h, w, delta), ChannelAdd(c, delta)]
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_early_exit_and_layout_give_the_same_outcomes(name):
+    model = TINY_MODELS[name]()
+    images = seeded_images(6)
+    engines = {
+        cfg: SimulationEngine(model, images, early_exit=cfg[0], channels_last=cfg[1], max_batch=9)
+        for cfg in CONFIGS
+    }
+    plain = engines[(False, False)]
+    gen = torch.Generator().manual_seed(5)
+    for info in plain.catalogue:
+        img, perts = _faults(plain, info, 40, gen)
+        for pert in perts:
+            ref = plain.run(info.layer_num, img, pert)
+            want = classify(ref, plain.golden_logits[img])
+            for cfg, eng in engines.items():
+                if eng is plain:
+                    continue
+                got = eng.run(info.layer_num, img, pert)
+                assert torch.equal(classify(got, eng.golden_logits[img]), want), (cfg, info.name)
+                finite = torch.isfinite(ref).all(1)
+                torch.testing.assert_close(got[finite], ref[finite], rtol=1e-4, atol=1e-4)
+    for cfg, eng in engines.items():
+        assert eng.stats.image_evaluations == plain.stats.image_evaluations
+        if cfg[0]:  # some faults are masked by a ReLU / max-pool: they stop early, cheaper
+            assert eng.stats.early_exits > 0
+            assert eng.stats.suffix_flops < plain.stats.suffix_flops
+        else:
+            assert eng.stats.early_exits == 0
+            assert eng.stats.suffix_flops == plain.stats.suffix_flops
+
+
+def test_masked_elements_get_exactly_the_golden_logits():
+    model = TINY_MODELS["resnet"]()
+    eng = SimulationEngine(model, seeded_images(4))
+    golden = eng.layer_output(0)
+    # a large negative delta on a neuron whose BN + ReLU output is already zero is masked
+    bn = model.bn1
+    after_bn = (golden - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+        bn.running_var.view(1, -1, 1, 1) + bn.eps
+    ) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    img, c, h, w = (
+        t[:4]
+        for t in torch.nonzero((after_bn < 0) & (bn.weight > 0).view(1, -1, 1, 1), as_tuple=True)
+    )
+    before = eng.stats.snapshot()
+    out = eng.run(0, img, NeuronAdd(c, h, w, torch.full((4,), -1e6)))
+    assert (eng.stats - before).early_exits == 4
+    assert (eng.stats - before).suffix_flops == 0
+    assert torch.equal(out, eng.golden_logits[img])
+    # NaN never compares equal: it runs to the end and is a DUE
+    nan = eng.run(0, img, NeuronAdd(c, h, w, torch.full((4,), float("nan"))))
+    assert not torch.isfinite(nan).all(1).any()
+
+
+@pytest.mark.parametrize(
+    "name, layer, checkpoint",
+    [
+        ("vgg", "0", "_3"),  # conv -> bn -> relu -> max-pool -> conv: the pool feeds a layer
+        ("vgg", "9", "_10"),  # linear -> relu -> linear
+        ("vgg", "11", None),  # the last layer: nothing after it
+        ("resnet", "conv1", "relu"),  # torch.relu(bn1(conv1(x))) feeds layer1
+        ("resnet", "layer1.conv1", "layer1_relu"),  # relu(bn1(.)) feeds conv2
+        ("resnet", "layer1.conv2", "layer1_relu_1"),  # bn2 -> add(skip) -> relu feeds layer2
+        ("resnet", "layer2.shortcut.0", "flatten"),  # bn -> add -> relu -> pool -> flatten -> fc
+        ("mobilenet", "blocks.0.conv.6", "add"),  # projection bn -> residual add feeds block 1
+    ],
+)
+def test_the_checkpoint_is_the_first_dominator_feeding_a_layer(name, layer, checkpoint):
+    eng = SimulationEngine(TINY_MODELS[name](), seeded_images(2))
+    assert eng._graph is not None
+    plan = _plan(eng._graph, layer, eng._layer_flops)
+    if checkpoint is None:
+        assert len(plan.segments) == 1
+    else:
+        assert [s.start.name for s in plan.segments[1:]] == [checkpoint]
+
+
+def test_channels_last_is_internal_only():
+    model = TINY_MODELS["resnet"]()
+    images = seeded_images(3)
+    eng = SimulationEngine(model, images, channels_last=True)
+    with torch.no_grad():
+        assert torch.equal(eng.golden_logits, model(images))  # golden: the user's own layout
+    assert eng.layer_output(1).is_contiguous(memory_format=torch.channels_last)
+    assert images.is_contiguous()
+    off = SimulationEngine(model, images, channels_last=False)
+    assert off.layer_output(1).is_contiguous()
