@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ._guard import check_float32_model, check_images, eval_mode
 from .catalogue import LayerInfo, build_catalogue
@@ -179,15 +180,23 @@ def _checkpoint(order: list[torch.fx.Node], flops: dict[str, float]) -> torch.fx
     return None
 
 
-def _plan(gm: torch.fx.GraphModule, layer_name: str, flops: dict[str, float]) -> _Plan:
+def _plan(
+    gm: torch.fx.GraphModule,
+    layer_name: str,
+    flops: dict[str, float],
+    fused: dict[str, nn.Module] | None = None,
+    split: bool = True,
+) -> _Plan:
     """Cut ``gm`` at the call of ``layer_name``.
 
     The suffix takes ``(layer_output, *live)`` and returns the model output; ``live`` are the
     values computed before the cut that the suffix still reads (skip connections). The segments
     split the same nodes at the checkpoint (see :func:`_checkpoint`), when there is one: the
     first takes ``(layer_output, *its live values)`` and returns the checkpoint's value, the
-    second takes ``(checkpoint value, *its live values)`` and returns the model output.
-    ``flops`` gives the FLOPs per image of each catalogued layer by name.
+    second takes ``(checkpoint value, *its live values)`` and returns the model output
+    (``split=False``: one segment, the whole suffix). ``flops`` gives the FLOPs per image of each
+    catalogued layer by name; ``fused`` the BatchNorm-folded convolutions the segments use (see
+    :func:`_fold_batchnorms`). ``suffix`` always runs the model's own modules.
     """
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer_name]
     if len(nodes) != 1:
@@ -204,13 +213,13 @@ def _plan(gm: torch.fx.GraphModule, layer_name: str, flops: dict[str, float]) ->
                 if a not in desc and a is not cut and a not in live:
                     live.append(a)
     order = [cut] + [n for n in gm.graph.nodes if n in desc]
-    checkpoint = _checkpoint(order, flops)
+    checkpoint = _checkpoint(order, flops) if split else None
     checkpoints = [cut] if checkpoint is None else [cut, checkpoint]
     segments = []
     pos = {n: i for i, n in enumerate(order)}
     ends = checkpoints[1:] + [order[-1]]
     for start, end in zip(checkpoints, ends, strict=True):
-        module, used = _subgraph(gm, start, order[pos[start] + 1 : pos[end] + 1], live)
+        module, used = _subgraph(gm, start, order[pos[start] + 1 : pos[end] + 1], live, fused)
         seg_flops = sum(
             flops.get(str(n.target), 0.0)
             for n in order[pos[start] + 1 : pos[end] + 1]
@@ -226,10 +235,13 @@ def _subgraph(
     start: torch.fx.Node,
     body: list[torch.fx.Node],
     live: list[torch.fx.Node],
+    fused: dict[str, nn.Module] | None = None,
 ) -> tuple[torch.fx.GraphModule, list[int]]:
     """A module ``(start value, *live values it reads) -> value of body[-1]``.
 
     ``body[-1]`` may be the graph's output node (then the module returns the model output).
+    A convolution of the body named in ``fused`` (by node name) whose BatchNorm is in the body
+    too is replaced by the fused module, and the BatchNorm dropped.
     Returns the module and the indices into ``live`` of the values it reads, in order.
     """
     inside = set(body)
@@ -245,11 +257,65 @@ def _subgraph(
     env: dict[torch.fx.Node, torch.fx.Node] = {start: graph.placeholder("start")}
     for i in used:
         env[live[i]] = graph.placeholder(f"live_{i}")
+    fused = fused or {}
+    modules: dict[str, object] = {}
     for n in body:
+        if n in env:  # a BatchNorm folded into its convolution
+            continue
+        if n.name in fused and next(iter(n.users)) in inside:
+            target = f"fused_{n.name}"
+            modules[target] = fused[n.name]
+            env[n] = graph.call_module(target, (env[n.args[0]],))  # type: ignore[index]
+            env[next(iter(n.users))] = env[n]
+            continue
         env[n] = graph.node_copy(n, lambda a: env[a])
+        if n.op in ("call_module", "get_attr"):
+            modules[str(n.target)] = _fetch(gm, str(n.target))
     if body[-1].op != "output":
         graph.output(env[body[-1]])
-    return torch.fx.GraphModule(gm, graph), used
+    return torch.fx.GraphModule(modules, graph), used
+
+
+def _fetch(root: nn.Module, target: str) -> object:
+    """The submodule, parameter or buffer at the dotted ``target`` of ``root``."""
+    obj: object = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _fold_batchnorms(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
+    """Eval-mode Conv2d + BatchNorm2d pairs folded into one convolution, by conv node name.
+
+    A pair folds when the BatchNorm (with running statistics) is the convolution's only user and
+    reads nothing else. The fused convolution is a copy (the model is not changed); it computes
+    the pair's eval-mode result up to float rounding, with one pass over the activations less.
+    """
+    out: dict[str, nn.Module] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or len(n.users) != 1:
+            continue
+        conv = gm.get_submodule(str(n.target))
+        bn_node = next(iter(n.users))
+        if type(conv) is not nn.Conv2d or bn_node.op != "call_module":
+            continue
+        bn = gm.get_submodule(str(bn_node.target))
+        if (
+            type(bn) is not nn.BatchNorm2d
+            or bn_node.args != (n,)
+            or bn_node.kwargs
+            or bn.running_mean is None
+            or bn.running_var is None
+        ):
+            continue
+        with torch.no_grad():
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
+        folded = copy.deepcopy(conv)
+        folded.weight, folded.bias = weight, bias
+        out[n.name] = folded
+    return out
 
 
 def _prefix(gm: torch.fx.GraphModule, wanted: list[torch.fx.Node]) -> torch.fx.GraphModule:
@@ -293,6 +359,8 @@ class SimulationEngine:
         early_exit: stop the elements whose fault is masked at the layer's checkpoint (see
             above) instead of running the rest of the network for them (costs one golden value
             per layer). Results do not depend on it, only the work done.
+        fold_batchnorm: run each eval-mode Conv2d + BatchNorm2d pair after the layer as one
+            folded convolution (an engine-owned copy; values agree to float rounding).
         channels_last: compute and cache the golden activations, and run the suffixes, in the
             channels-last layout (default: on the CPU, where its convolutions are measured
             1.2-2x faster for the narrow layers of an analysis; values agree with the default
@@ -318,6 +386,7 @@ class SimulationEngine:
         memory_bytes: int | None = None,
         use_fx: bool = True,
         early_exit: bool = True,
+        fold_batchnorm: bool = True,
         channels_last: bool | None = None,
     ) -> None:
         check_float32_model(model)
@@ -349,6 +418,9 @@ class SimulationEngine:
             memory_bytes = DEFAULT_MEMORY_BYTES.get(self.device.type, DEFAULT_MEMORY_BYTES["cuda"])
         self.max_batch = max_batch or max(1, min(8192, memory_bytes // max(per_image, 1)))
         self.early_exit = bool(early_exit)
+        self._fused = (
+            _fold_batchnorms(self._graph) if self._graph is not None and fold_batchnorm else {}
+        )
         self._layer_flops = {
             l.name: float(2 * l.neurons_per_image * l.fan_in) for l in self.catalogue
         }
@@ -455,7 +527,10 @@ class SimulationEngine:
             return
         with self._frozen():
             if self._graph is not None:
-                plans = [_plan(self._graph, info.name, self._layer_flops) for info in todo]
+                plans = [
+                    _plan(self._graph, info.name, self._layer_flops, self._fused, self.early_exit)
+                    for info in todo
+                ]
                 wanted = list(
                     dict.fromkeys(
                         n
@@ -470,14 +545,10 @@ class SimulationEngine:
                         store.append(t)
                 value = {n: self._layout(torch.cat(p)) for n, p in zip(wanted, parts, strict=True)}
                 for info, p in zip(todo, plans, strict=True):
-                    segments = (
-                        [
-                            _Segment(s.module, s.live, None if k == 0 else value[s.start], s.flops)
-                            for k, s in enumerate(p.segments)
-                        ]
-                        if self.early_exit and len(p.segments) > 1
-                        else []
-                    )
+                    segments = [
+                        _Segment(s.module, s.live, None if k == 0 else value[s.start], s.flops)
+                        for k, s in enumerate(p.segments)
+                    ]
                     self._cuts[info.layer_num] = _Cut(
                         value[p.layer_in],
                         value[p.cut],

@@ -1,4 +1,5 @@
-"""Early exit at the suffix checkpoint and the channels-last layout change the work, not results."""
+"""Early exit at the suffix checkpoint, the channels-last layout and BatchNorm folding change the
+work the engine does, not its results."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from pytorchfi_deepvigor.bits import flip_bit
 from pytorchfi_deepvigor.engine import SimulationEngine, _plan, classify
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd, NeuronSet
 
-CONFIGS = [(True, True), (True, False), (False, True), (False, False)]
+# (early_exit, channels_last, fold_batchnorm)
+CONFIGS = [
+    (True, True, True),
+    (True, False, False),
+    (False, True, True),
+    (False, True, False),
+    (True, True, False),
+    (False, False, False),
+]
 
 
 def _faults(eng, info, n, gen):
@@ -30,10 +39,17 @@ def test_early_exit_and_layout_give_the_same_outcomes(name):
     model = TINY_MODELS[name]()
     images = seeded_images(6)
     engines = {
-        cfg: SimulationEngine(model, images, early_exit=cfg[0], channels_last=cfg[1], max_batch=9)
+        cfg: SimulationEngine(
+            model,
+            images,
+            early_exit=cfg[0],
+            channels_last=cfg[1],
+            fold_batchnorm=cfg[2],
+            max_batch=9,
+        )
         for cfg in CONFIGS
     }
-    plain = engines[(False, False)]
+    plain = engines[(False, False, False)]
     gen = torch.Generator().manual_seed(5)
     for info in plain.catalogue:
         img, perts = _faults(plain, info, 40, gen)
@@ -113,3 +129,18 @@ def test_channels_last_is_internal_only():
     assert images.is_contiguous()
     off = SimulationEngine(model, images, channels_last=False)
     assert off.layer_output(1).is_contiguous()
+
+
+def test_folded_batchnorms_are_engine_copies():
+    model = TINY_MODELS["resnet"]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eng = SimulationEngine(model, seeded_images(3))
+    assert eng._fused and all(
+        m is not model.get_submodule(n.replace("_", ".")) for n, m in eng._fused.items()
+    )
+    eng.run(1, torch.arange(3), NeuronAdd(*[torch.zeros(3, dtype=torch.long)] * 3, torch.ones(3)))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the pair folds only when the BatchNorm reads the convolution alone: VGG's 0 -> 1 folds
+    names = set(SimulationEngine(TINY_MODELS["vgg"](), seeded_images(2))._fused)
+    assert names == {"_0", "_4"}
