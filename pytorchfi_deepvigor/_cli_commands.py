@@ -27,9 +27,9 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
 from pytorchfi_deepvigor.zoo.models import (
+    DEFAULT_WIDTHS,
     INPUT_SIZE_MULTIPLE,
     TORCHVISION_PREFIX,
-    VALIDATION_WIDTHS,
     build_model,
     count_parameters,
     list_models,
@@ -218,7 +218,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _cached_accuracy(name: str, cache_dir: str | None) -> str:
-    config = TrainingConfig(name, float(VALIDATION_WIDTHS[name]), DEFAULT_EPOCHS[name])
+    config = TrainingConfig(name, float(DEFAULT_WIDTHS[name]), DEFAULT_EPOCHS[name])
     path = resolve_cache_dir(cache_dir) / "zoo" / config.file_name()
     if not path.exists():
         return "-"
@@ -234,7 +234,7 @@ def zoo(args: argparse.Namespace) -> int:
     if args.model is None:
         rows = []
         for name in list_models():
-            width = VALIDATION_WIDTHS[name]
+            width = DEFAULT_WIDTHS[name]
             params = count_parameters(build_model(name, width=width, in_channels=1))
             rows.append([name, f"{width:g}", DEFAULT_EPOCHS[name], INPUT_SIZE_MULTIPLE[name],
                          f"{params:,}", _cached_accuracy(name, args.cache_dir)])  # fmt: skip

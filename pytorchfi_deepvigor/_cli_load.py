@@ -24,7 +24,7 @@ from pytorchfi_deepvigor.zoo.datasets import (
     load_mnist,
 )
 from pytorchfi_deepvigor.zoo.digits import analysis_batch
-from pytorchfi_deepvigor.zoo.models import TORCHVISION_PREFIX, VALIDATION_WIDTHS, build_model
+from pytorchfi_deepvigor.zoo.models import DEFAULT_WIDTHS, TORCHVISION_PREFIX, build_model
 from pytorchfi_deepvigor.zoo.train import DEFAULT_EPOCHS, TrainingConfig, get_trained_model
 
 __all__ = ["DATASETS", "DEFAULT_MODEL", "Setup", "default_width", "load_setup", "train_zoo_model"]
@@ -54,7 +54,7 @@ class Setup:
 def default_width(name: str, width: float | None) -> float:
     """``--width`` or, for a zoo model, its validation width (1 for torchvision models)."""
     if width is None:
-        return VALIDATION_WIDTHS.get(name, 1.0)
+        return DEFAULT_WIDTHS.get(name, 1.0)
     if not width > 0:
         raise ValueError(f"expected --width > 0, got {width:g}")
     return width
@@ -100,9 +100,9 @@ def train_zoo_model(
     Returns:
         The model, its ``TrainingRecord`` and whether it was trained by this call.
     """
-    if name not in VALIDATION_WIDTHS:
+    if name not in DEFAULT_WIDTHS:
         raise ValueError(
-            f"only zoo models ({', '.join(sorted(VALIDATION_WIDTHS))}) are trained here; "
+            f"only zoo models ({', '.join(sorted(DEFAULT_WIDTHS))}) are trained here; "
             f"give --checkpoint or --random-weights for {name!r}"
         )
     config = _training_config(name, width, args, in_channels, input_size)

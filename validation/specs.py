@@ -57,7 +57,7 @@ class ModelSpec:
         return DEFAULT_EPOCHS[self.key]
 
 
-#: The models of the full run. The zoo's VALIDATION_WIDTHS (1/8, MobileNetV2 1/4, 32x32 inputs)
+#: The models of the full run. The zoo's DEFAULT_WIDTHS (1/8, MobileNetV2 1/4, 32x32 inputs)
 #: cost ~100x more exhaustive FI than a 2-core CPU finishes in an hour (see README.md), so the
 #: validation trains narrower models; ResNet-18 and MobileNetV2 take smaller inputs (their
 #: total stride is 8; the digits are 8x8 originals), VGG needs 32x32 (five max-pools).

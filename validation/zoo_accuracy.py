@@ -1,6 +1,6 @@
 """Zoo accuracy: every zoo model trained on the digits at its validation width.
 
-For each zoo architecture at ``VALIDATION_WIDTHS[name]`` (VGG-11/VGG-16/ResNet-18/ResNet-34 at
+For each zoo architecture at ``DEFAULT_WIDTHS[name]`` (VGG-11/VGG-16/ResNet-18/ResNet-34 at
 1/8, MobileNetV2 at 1/4), input 1x32x32, its default epochs, and each seed of ``--seeds``:
 train with :func:`pytorchfi_deepvigor.zoo.train_model` (one torch thread, no cache, so the
 time is this machine's) and record the test accuracy on the 899 digits test images, the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pytorchfi_deepvigor.zoo import VALIDATION_WIDTHS, list_models, train_model
+from pytorchfi_deepvigor.zoo import DEFAULT_WIDTHS, list_models, train_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO_MODEL, DEMO_ACCURACY, DEMO_SECONDS = "vgg11", 0.95, 120.0
@@ -57,7 +57,7 @@ def run(names: Sequence[str], seeds: Sequence[int], quick: bool) -> list[dict[st
     cpu = cpu_name()
     for name in names:
         for seed in seeds:
-            width = 1 / 32 if quick else VALIDATION_WIDTHS[name]
+            width = 1 / 32 if quick else DEFAULT_WIDTHS[name]
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             model, record = train_model(name, width=width, seed=seed, epochs=1 if quick else None)
             target = DEMO_ACCURACY if name == DEMO_MODEL else ZOO_ACCURACY

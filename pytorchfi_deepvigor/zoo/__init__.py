@@ -22,6 +22,7 @@ from pytorchfi_deepvigor.zoo.datasets import (
 )
 from pytorchfi_deepvigor.zoo.digits import DigitsData, analysis_batch, load_digits, predict
 from pytorchfi_deepvigor.zoo.models import (
+    DEFAULT_WIDTHS,
     INPUT_SIZE_MULTIPLE,
     VALIDATION_WIDTHS,
     build_model,
@@ -40,6 +41,7 @@ __all__ = [
     "CACHE_ENV_VAR",
     "DEFAULT_EPOCHS",
     "INPUT_SIZE_MULTIPLE",
+    "DEFAULT_WIDTHS",
     "VALIDATION_WIDTHS",
     "DigitsData",
     "ImageSet",

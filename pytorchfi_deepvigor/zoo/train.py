@@ -41,7 +41,7 @@ from pytorchfi_deepvigor.zoo.config import (
     package_versions,
 )
 from pytorchfi_deepvigor.zoo.digits import load_digits, predict
-from pytorchfi_deepvigor.zoo.models import VALIDATION_WIDTHS, build_model, count_parameters
+from pytorchfi_deepvigor.zoo.models import DEFAULT_WIDTHS, build_model, count_parameters
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -57,12 +57,12 @@ logger = logging.getLogger(__name__)
 def _make_config(
     name: str, width: float | None, epochs: int | None, **fields: Any
 ) -> TrainingConfig:
-    if name not in VALIDATION_WIDTHS:
+    if name not in DEFAULT_WIDTHS:
         raise ValueError(
-            f"only zoo models train on the digits, expected one of {sorted(VALIDATION_WIDTHS)}, "
+            f"only zoo models train on the digits, expected one of {sorted(DEFAULT_WIDTHS)}, "
             f"got {name!r}; load other trained models with load_checkpoint"
         )
-    width = VALIDATION_WIDTHS[name] if width is None else width
+    width = DEFAULT_WIDTHS[name] if width is None else width
     epochs = DEFAULT_EPOCHS[name] if epochs is None else epochs
     integers = {"epochs": (epochs, 1), "seed": (fields["seed"], 0)}
     for field in ("batch_size", "num_threads", "in_channels", "input_size"):
@@ -163,7 +163,7 @@ def train_model(
 
     Args:
         name: Zoo model name (see :func:`~pytorchfi_deepvigor.zoo.models.list_models`).
-        width: Width multiplier; default its entry in ``VALIDATION_WIDTHS``.
+        width: Width multiplier; default its entry in ``DEFAULT_WIDTHS``.
         epochs: Training epochs; default its entry in :data:`DEFAULT_EPOCHS`.
         seed: Seed of the initial weights and the shuffling.
         in_channels: Input channels (1; 3 repeats the grey channel).
@@ -223,7 +223,7 @@ def get_trained_model(
 
     Args:
         name: Zoo model name.
-        width: Width multiplier; default its entry in ``VALIDATION_WIDTHS``.
+        width: Width multiplier; default its entry in ``DEFAULT_WIDTHS``.
         seed: Seed of the initial weights and the shuffling.
         epochs: Training epochs; default its entry in :data:`DEFAULT_EPOCHS`.
         in_channels: Input channels.

@@ -7,6 +7,7 @@ import torch
 from torch import fx, nn
 
 from pytorchfi_deepvigor.zoo import (
+    DEFAULT_WIDTHS,
     VALIDATION_WIDTHS,
     analysis_batch,
     build_model,
@@ -25,9 +26,10 @@ def test_list_models_names_the_zoo_and_optionally_torchvision() -> None:
     assert "torchvision:resnet18" in with_tv and "torchvision:mobilenet_v2" in with_tv
 
 
-def test_validation_widths_cover_the_zoo() -> None:
-    assert sorted(VALIDATION_WIDTHS) == sorted(ZOO)
-    assert all(0 < width <= 1 for width in VALIDATION_WIDTHS.values())
+def test_default_widths_cover_the_zoo() -> None:
+    assert sorted(DEFAULT_WIDTHS) == sorted(ZOO)
+    assert all(0 < width <= 1 for width in DEFAULT_WIDTHS.values())
+    assert VALIDATION_WIDTHS is DEFAULT_WIDTHS  # the former name still works
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -1,5 +1,5 @@
-"""Early exit at the suffix checkpoint, the channels-last layout and BatchNorm folding change the
-work the engine does, not its results."""
+"""Early exit at the suffix checkpoint, the channels-last layout, BatchNorm folding and per-layer
+chunk sizes change the work the engine does, not its results."""
 
 from __future__ import annotations
 
@@ -144,3 +144,25 @@ def test_folded_batchnorms_are_engine_copies():
     # the pair folds only when the BatchNorm reads the convolution alone: VGG's 0 -> 1 folds
     names = set(SimulationEngine(TINY_MODELS["vgg"](), seeded_images(2))._fused)
     assert names == {"_0", "_4"}
+
+
+def test_suffix_chunks_grow_for_late_layers_within_the_budget():
+    model = TINY_MODELS["resnet"]()
+    images = seeded_images(6)
+    calls = SimulationEngine(model, images)._activation_bytes_per_image()
+    per_image = 2 * sum(b for _, b in calls)
+    eng = SimulationEngine(model, images, memory_bytes=3 * per_image)
+    assert eng.max_batch == 3
+    fixed = SimulationEngine(model, images, max_batch=eng.max_batch)
+    last_conv = [i.layer_num for i in eng.catalogue if i.kind == "Conv2d"][-1]
+    assert eng._layer_batch[0] == eng.max_batch  # the first layer's suffix is the whole network
+    assert eng._layer_batch[last_conv] > eng.max_batch  # a short suffix gets larger chunks
+    assert eng._layer_batch[last_conv] <= 4 * eng.max_batch
+    assert set(fixed._layer_batch.values()) == {eng.max_batch}  # an explicit max_batch is a cap
+    img = torch.arange(6).repeat(4)
+    zero = torch.zeros(24, dtype=torch.long)
+    pert = NeuronAdd(zero, zero, zero, torch.linspace(-20, 20, 24))
+    torch.testing.assert_close(
+        eng.run(last_conv, img, pert), fixed.run(last_conv, img, pert), rtol=1e-5, atol=1e-5
+    )
+    assert eng.stats.batched_forwards < fixed.stats.batched_forwards
