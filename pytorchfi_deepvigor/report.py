@@ -64,6 +64,7 @@ __all__ = [
 LAYER_COLUMNS = (
     "layer", "name", "type", "target", "neurons", "weights", "channels", "lvf",
     "faults", "masked", "sdc", "critical", "due", "margin", "cvf_spread",
+    "image_evaluations", "batched_forwards", "seconds",
 )  # fmt: skip
 CHANNEL_COLUMNS = ("layer", "name", "target", "channel", "cvf")
 COMPARISON_FORMAT = "pytorchfi-deepvigor comparison"
@@ -87,7 +88,7 @@ def layer_rows(result: VulnerabilityResult) -> list[dict[str, Any]]:
     """One plain dict per (layer, target), keys :data:`LAYER_COLUMNS` (``None`` where absent)."""
     rows = []
     for x in sorted(result.layers, key=lambda x: (x.layer_num, _ORDER.index(x.target))):
-        counts = x.counts
+        counts, cost = x.counts, x.cost
         rows.append(
             {
                 "layer": x.layer_num,
@@ -105,6 +106,9 @@ def layer_rows(result: VulnerabilityResult) -> list[dict[str, Any]]:
                 "due": None if counts is None else counts.due,
                 "margin": x.margin,
                 "cvf_spread": x.cvf_spread,
+                "image_evaluations": None if cost is None else cost.image_evaluations,
+                "batched_forwards": None if cost is None else cost.batched_forwards,
+                "seconds": None if cost is None else cost.wall_time_s,
             }
         )
     return rows

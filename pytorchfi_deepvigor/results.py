@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -164,7 +164,8 @@ class LayerResult:
     and ``nvf``. For the weights target, ``neurons`` holds the output positions drawn to feed
     each channel's EDM (sampled analysis). ``vv_minus``/``vv_plus`` are ``[targets, images]``
     with targets in the order of ``neurons`` (activations) or ``channels`` (weights). FI
-    results fill ``counts``, ``n_faults`` and, for SFI, ``margin``.
+    results fill ``counts``, ``n_faults`` and, for SFI, ``margin``. ``cost`` is the work this
+    layer and target took (``None`` where it was not recorded, e.g. in older files).
 
     Example:
         >>> LayerResult(layer_num=1, name="fc", kind="Linear", target="activations",
@@ -190,6 +191,7 @@ class LayerResult:
     n_faults: int | None = None
     margin: float | None = None
     cvf_spread: float | None = None
+    cost: Cost | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -222,6 +224,8 @@ class LayerResult:
         for name in ("margin", "cvf_spread"):
             if getattr(self, name) is not None:
                 set_(self, name, float(getattr(self, name)))
+        if self.cost is not None and not isinstance(self.cost, Cost):
+            raise TypeError(f"expected cost as a Cost, got {type(self.cost).__name__}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LayerResult) and same(self, other)
@@ -237,6 +241,8 @@ class LayerResult:
         values.update({k: data[k] for k in ("name", "kind", "target") if k in data})
         if values.get("counts") is not None:
             values["counts"] = OutcomeCounts(**values["counts"])
+        if values.get("cost") is not None:
+            values["cost"] = Cost(**values["cost"])
         return cls(**values)
 
 
@@ -358,6 +364,24 @@ class VulnerabilityResult:
         if target not in TARGETS:
             raise ValueError(f"expected target in {TARGETS}, got {target!r}")
         return {x.layer_num: x.lvf for x in self.layers if x.target == target}
+
+    def without_timings(self) -> VulnerabilityResult:
+        """A copy with every wall time set to 0 and no creation time: what two runs of the same
+        study with the same seed must agree on exactly (e.g. a resumed and an uninterrupted one).
+
+        Example:
+            >>> a = VulnerabilityResult.from_layers("deepvigor", [], n_images=1, cost=Cost(wall_time_s=2.0))
+            >>> b = VulnerabilityResult.from_layers("deepvigor", [], n_images=1, cost=Cost(wall_time_s=3.0))
+            >>> a == b, a.without_timings() == b.without_timings()
+            (False, True)
+        """
+        layers = tuple(
+            layer
+            if layer.cost is None
+            else replace(layer, cost=replace(layer.cost, wall_time_s=0.0))
+            for layer in self.layers
+        )
+        return replace(self, created="", cost=replace(self.cost, wall_time_s=0.0), layers=layers)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready plain dict (see the module docstring for the schema)."""

@@ -63,6 +63,7 @@ def rich_result() -> VulnerabilityResult:
         counts=OutcomeCounts(masked=10, sdc=3, critical=2, due=1),
         n_faults=16,
         margin=0.0123,
+        cost=Cost(batched_forwards=2, image_evaluations=200, faults=16, wall_time_s=0.5),
     )
     return VulnerabilityResult.from_layers(
         "sfi-data-aware",
@@ -274,3 +275,23 @@ def test_results_are_unhashable_since_they_hold_arrays() -> None:
         hash(make_layer())
     with pytest.raises(TypeError, match="unhashable"):
         hash(rich_result())
+
+
+def test_layer_cost_round_trip_old_files_and_timings() -> None:
+    result = rich_result()
+    data = result.to_dict()
+    assert data["layers"][1]["cost"] == {
+        "batched_forwards": 2,
+        "image_evaluations": 200,
+        "backwards": 0,
+        "faults": 16,
+        "wall_time_s": 0.5,
+    }
+    del data["layers"][1]["cost"]  # a file written before per-layer costs were recorded
+    assert VulnerabilityResult.from_dict(data).layers[1].cost is None
+    with pytest.raises(TypeError, match="cost as a Cost"):
+        make_layer(cost={"faults": 1})
+    clean = result.without_timings()
+    assert clean.cost.wall_time_s == 0.0 and clean.created == ""
+    assert clean.layers[1].cost == replace(result.layers[1].cost, wall_time_s=0.0)
+    assert clean.layers[0].cost is None and clean.layers[0] == result.layers[0]

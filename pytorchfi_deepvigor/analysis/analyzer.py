@@ -15,6 +15,7 @@ changed (the engine runs it in eval mode under ``no_grad``; the zero-gradient sk
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
@@ -158,7 +159,8 @@ class DeepVigorAnalyzer:
             todo = tqdm(nums, desc="DeepVigor+ layers", unit="layer")
         for num in todo:
             info = self.engine.catalogue[num]
-            grad = None
+            grad, n_back = None, 0
+            layer_stats, layer_time = self.engine.stats.snapshot(), time.perf_counter()
             if skip_zero_gradient:
                 grad, n_back = output_gradient(self.engine, num)
                 backwards += n_back
@@ -177,8 +179,18 @@ class DeepVigorAnalyzer:
                         grad=grad,
                         keep_edm=keep_edm,
                     )
-                results.append(layer)
+                spent = self.engine.stats - layer_stats
+                layer_cost = Cost(
+                    batched_forwards=spent.batched_forwards,
+                    image_evaluations=spent.image_evaluations,
+                    backwards=n_back,  # the gradient serves both targets: counted with the first
+                    faults=n_faults,
+                    wall_time_s=time.perf_counter() - layer_time,
+                )
+                results.append(dataclasses.replace(layer, cost=layer_cost))
                 faults += n_faults
+                n_back = 0
+                layer_stats, layer_time = self.engine.stats.snapshot(), time.perf_counter()
         work = self.engine.stats - start_stats
         cost = Cost(
             batched_forwards=work.batched_forwards,

@@ -9,8 +9,9 @@ progress log when there is one, and skips what the log already holds.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pytorchfi_deepvigor.campaigns.faults import (
 )
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog, tensors_fingerprint
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.results import OutcomeCounts
+from pytorchfi_deepvigor.results import Cost, OutcomeCounts
 
 __all__ = [
     "RESULT_TARGET",
@@ -98,11 +99,26 @@ class WorkUnit:
 
 @dataclass
 class Executed:
-    """Per unit key the per-fault outcome counts ``[F, 4]``, plus the engine work in total."""
+    """Per unit key the per-fault outcome counts ``[F, 4]`` and the work it took, plus totals.
+
+    ``work[key]`` adds up the unit's chunks, resumed ones included (their forwards, evaluations,
+    faults and seconds as recorded in the progress file).
+    """
 
     counts: dict[str, np.ndarray]
     forwards: int = 0
     evaluations: int = 0
+    work: dict[str, Cost] = field(default_factory=dict)
+
+    def add(self, rec: ChunkRecord) -> None:
+        self.forwards += rec.forwards
+        self.evaluations += rec.evaluations
+        self.work[rec.unit] = self.work.get(rec.unit, Cost()) + Cost(
+            batched_forwards=rec.forwards,
+            image_evaluations=rec.evaluations,
+            faults=rec.stop - rec.start,
+            wall_time_s=rec.seconds,
+        )
 
 
 def chunk_sizes(
@@ -154,8 +170,7 @@ def execute(
                 "delete the progress file to start afresh"
             )
         result.counts[rec.unit][rec.start : rec.stop] = rec.counts
-        result.forwards += rec.forwards
-        result.evaluations += rec.evaluations
+        result.add(rec)
     engine = evaluator.engine
     todo = sum(int((c[:, 0] < 0).sum()) for c in result.counts.values())
     with tqdm(total=todo, disable=not progress, unit="fault", desc="FI") as bar:
@@ -166,22 +181,21 @@ def execute(
                 stop = min(start + size, len(unit.ids))
                 if (counts[start:stop, 0] >= 0).all():
                     continue
-                before = engine.stats.snapshot()
+                before, began = engine.stats.snapshot(), time.perf_counter()
                 counts[start:stop] = evaluator.counts(unit.population, unit.ids[start:stop])
                 work = engine.stats - before
-                result.forwards += work.batched_forwards
-                result.evaluations += work.image_evaluations
+                rec = ChunkRecord(
+                    unit.key,
+                    start,
+                    stop,
+                    counts[start:stop],
+                    work.batched_forwards,
+                    work.image_evaluations,
+                    time.perf_counter() - began,
+                )
+                result.add(rec)
                 if log is not None:
-                    log.append(
-                        ChunkRecord(
-                            unit.key,
-                            start,
-                            stop,
-                            counts[start:stop],
-                            work.batched_forwards,
-                            work.image_evaluations,
-                        )
-                    )
+                    log.append(rec)
                 bar.update(stop - start)
     return result
 

@@ -14,6 +14,7 @@ they line up with the activation analysis in :func:`~pytorchfi_deepvigor.results
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -147,7 +148,13 @@ class ExhaustiveCampaign:
         finally:
             if log is not None:
                 log.close()
-        results = [_layer_result(u, done.counts[u.key], picks[int(u.key[1:])][1]) for u in units]
+        results = [
+            dataclasses.replace(
+                _layer_result(u, done.counts[u.key], picks[int(u.key[1:])][1]),
+                cost=done.work.get(u.key, Cost()),
+            )
+            for u in units
+        ]
         cost = Cost(
             batched_forwards=done.forwards,
             image_evaluations=done.evaluations,

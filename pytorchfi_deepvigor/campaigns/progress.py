@@ -74,6 +74,7 @@ class ChunkRecord:
         counts: int64 ``[stop - start, 4]``: masked, SDC, critical, DUE images per fault.
         forwards: batched forwards the chunk took.
         evaluations: image-evaluations the chunk took.
+        seconds: wall-clock seconds the chunk took (0.0 in files written before it was recorded).
     """
 
     unit: str
@@ -82,6 +83,7 @@ class ChunkRecord:
     counts: np.ndarray
     forwards: int
     evaluations: int
+    seconds: float = 0.0
 
     def to_line(self) -> bytes:
         data = {
@@ -91,6 +93,7 @@ class ChunkRecord:
             "counts": np.asarray(self.counts, dtype=np.int64).reshape(-1).tolist(),
             "forwards": self.forwards,
             "evaluations": self.evaluations,
+            "seconds": self.seconds,
         }
         return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
@@ -99,7 +102,13 @@ class ChunkRecord:
         start, stop = int(data["start"]), int(data["stop"])
         counts = np.asarray(data["counts"], dtype=np.int64).reshape(stop - start, 4)
         return cls(
-            str(data["unit"]), start, stop, counts, int(data["forwards"]), int(data["evaluations"])
+            str(data["unit"]),
+            start,
+            stop,
+            counts,
+            int(data["forwards"]),
+            int(data["evaluations"]),
+            float(data.get("seconds", 0.0)),
         )
 
 

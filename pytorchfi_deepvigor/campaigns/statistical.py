@@ -179,9 +179,10 @@ class StatisticalCampaign:
                 unsampled.append(unit.population.layer.layer_num)
                 continue
             strata = [s for s in plan.strata if s.layer_num == unit.population.layer.layer_num]
-            layers_out.append(
-                _sampling.layer_result(unit, counts, weights[unit.key], strata, e, t, variant)
-            )
+            layer = _sampling.layer_result(unit, counts, weights[unit.key], strata, e, t, variant)
+            num = unit.population.layer.layer_num
+            work = done.work.get(unit.key, Cost()) + pilot.work.get(f"pilot-L{num}", Cost())
+            layers_out.append(dataclasses.replace(layer, cost=work))
             network.append((unit.population.size, len(unit.ids), _sampling.vf(counts)))
         if variant == "network":
             options.update(_sampling.network_estimate(network, e, t), unsampled_layers=unsampled)

@@ -120,13 +120,24 @@ def test_zero_gradient_skip() -> None:
             assert changed.tolist() == [False, True]
 
 
+def test_every_layer_records_its_cost() -> None:
+    analyzer = DeepVigorAnalyzer(TINY_MODELS["resnet"](), seeded_images(4))
+    result = analyzer.analyze(target="both", sampling=0.5, seed=1, skip_zero_gradient=True)
+    costs = [layer.cost for layer in result.layers]
+    assert all(c is not None and c.wall_time_s > 0 for c in costs)
+    for name in ("batched_forwards", "image_evaluations", "backwards", "faults"):
+        assert sum(getattr(c, name) for c in costs) == getattr(result.cost, name), name
+    assert sum(c.wall_time_s for c in costs) <= result.cost.wall_time_s
+    assert all(c.image_evaluations > 0 for c in costs)
+
+
 def test_results_are_seeded() -> None:
     net, images = TINY_MODELS["vgg"](), seeded_images(4)
     analyzer = DeepVigorAnalyzer(net, images)
     a = analyzer.analyze(target="activations", sampling=0.3, seed=5)
     b = analyzer.analyze(target="activations", sampling=0.3, seed=5)
     c = analyzer.analyze(target="activations", sampling=0.3, seed=6)
-    assert a.layers == b.layers
+    assert a.without_timings().layers == b.without_timings().layers
     assert [x.neurons for x in a.layers] != [x.neurons for x in c.layers]
 
 

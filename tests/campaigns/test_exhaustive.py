@@ -121,6 +121,16 @@ def test_stuck_at_doubles_the_population_and_chunking_changes_nothing() -> None:
     assert stuck.cost.image_evaluations == stuck.cost.faults * 3
 
 
+def test_each_layer_records_its_cost() -> None:
+    engine = SimulationEngine(tiny_resnet(), seeded_images(3))
+    result = ExhaustiveCampaign(engine, faults_per_chunk=50).run("weights", layers=[0, 2])
+    costs = [layer.cost for layer in result.layers]
+    assert all(c is not None and c.wall_time_s > 0 for c in costs)
+    assert [c.faults for c in costs] == [layer.n_faults for layer in result.layers]
+    for name in ("batched_forwards", "image_evaluations", "faults"):
+        assert sum(getattr(c, name) for c in costs) == getattr(result.cost, name), name
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

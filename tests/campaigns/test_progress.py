@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import torch
 from tiny_models import seeded_images, tiny_vgg
 
 from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, Pilot, StatisticalCampaign
-from pytorchfi_deepvigor.campaigns.progress import ProgressLog
+from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import VulnerabilityResult
 
@@ -44,8 +43,7 @@ ExhaustiveCampaign(engine, faults_per_chunk={chunk}).run(**{run!r}, progress_dir
 
 def _clean(result: VulnerabilityResult) -> VulnerabilityResult:
     """The result without the fields allowed to differ (wall time, creation time)."""
-    cost = dataclasses.replace(result.cost, wall_time_s=0.0)
-    return dataclasses.replace(result, created="", cost=cost)
+    return result.without_timings()
 
 
 def _records(path: Path) -> int:
@@ -113,6 +111,18 @@ def test_statistical_resume_with_pilot(tmp_path: Path) -> None:
             **kwargs, progress_dir=tmp_path
         )
         assert _clean(resumed) == _clean(full)
+    (layer,) = full.layers  # the layer's cost counts its pilot and its sample
+    assert layer.cost is not None and layer.cost.faults == full.cost.faults > layer.n_faults
+    assert layer.cost.batched_forwards == full.cost.batched_forwards
+
+
+def test_records_from_before_seconds_were_kept_still_load() -> None:
+    line = {"unit": "L0", "start": 0, "stop": 1, "counts": [1, 0, 0, 0]}
+    rec = ChunkRecord.from_json({**line, "forwards": 1, "evaluations": 1})
+    assert rec.seconds == 0.0
+    timed = ChunkRecord.from_json({**line, "forwards": 1, "evaluations": 1, "seconds": 0.25})
+    again = ChunkRecord.from_json(json.loads(timed.to_line()))
+    assert again.seconds == 0.25 and again.counts.tolist() == [[1, 0, 0, 0]]
 
 
 def test_other_arguments_or_model_are_refused(tmp_path: Path) -> None:
