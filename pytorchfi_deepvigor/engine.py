@@ -10,12 +10,17 @@ that depends on that output is recomputed:
   module computes, once per layer, the layer's input and output and every value the rest of the
   network still needs (skip connections); a *suffix* module recomputes the descendants of the
   layer from the perturbed output and those cached values.
-  The suffix runs in *segments* cut at its checkpoints: values that every path from the layer to
-  the logits goes through (dominators) and that feed a convolution or linear layer, e.g. the
-  ReLU after the layer's BatchNorm. After each segment, the elements whose value there is equal
-  to the golden value (the fault was masked, typically by a ReLU or a max-pool) stop: the rest
-  of the network would recompute the golden logits for them, so their logits *are* the golden
-  logits. Only the elements still differing pay for the next convolution.
+  The suffix runs in two *segments* split at the layer's checkpoint: the first value that every
+  path from the layer to the logits goes through (a dominator) and that feeds a convolution or
+  linear layer, e.g. the ReLU after the layer's BatchNorm. The elements whose value there equals
+  the golden value (the fault was masked by that ReLU or max-pool) stop: the rest of the network
+  would recompute the golden logits for them, so their logits *are* the golden logits. Only the
+  elements still differing pay for the rest (measured on ResNet-18: 21 % of the analysis's
+  evaluations stop there; none that pass it are equal at a later dominator). Inside the
+  segments, eval-mode Conv2d + BatchNorm2d pairs run as one folded convolution (engine-owned
+  copies), and on the CPU the cached activations and the suffix are channels-last; each layer's
+  chunks are sized from its own suffix's activations. These change float rounding (about 1e-6
+  of the largest logit, measured on a CIFAR ResNet-18), never which work an element needs.
 * **hook path** (models that do not trace): a forward hook on the layer replaces its output by
   the perturbed golden output, and the whole network runs. Same results, more work.
 
