@@ -134,7 +134,8 @@ def test_channels_last_is_internal_only():
 def test_folded_batchnorms_are_engine_copies():
     model = TINY_MODELS["resnet"]()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    eng = SimulationEngine(model, seeded_images(3))
+    assert not SimulationEngine(model, seeded_images(3))._fused  # opt-in
+    eng = SimulationEngine(model, seeded_images(3), fold_batchnorm=True)
     assert eng._fused and all(
         m is not model.get_submodule(n.replace("_", ".")) for n, m in eng._fused.items()
     )
@@ -142,7 +143,9 @@ def test_folded_batchnorms_are_engine_copies():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the pair folds only when the BatchNorm reads the convolution alone: VGG's 0 -> 1 folds
-    names = set(SimulationEngine(TINY_MODELS["vgg"](), seeded_images(2))._fused)
+    names = set(
+        SimulationEngine(TINY_MODELS["vgg"](), seeded_images(2), fold_batchnorm=True)._fused
+    )
     assert names == {"_0", "_4"}
 
 
@@ -166,3 +169,28 @@ def test_suffix_chunks_grow_for_late_layers_within_the_budget():
         eng.run(last_conv, img, pert), fixed.run(last_conv, img, pert), rtol=1e-5, atol=1e-5
     )
     assert eng.stats.batched_forwards < fixed.stats.batched_forwards
+
+
+def test_default_keeps_the_models_own_overflow_folding_does_not():
+    """conv (w = 100) -> BN (scale 1e-3): an input of 1e37 overflows the unfolded conv output
+    (1e39 -> Inf) but not the folded one (w' = 0.1): the default engine sees the Inf, as PyTorchFI
+    on the model as given does."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 1, bias=False),
+        torch.nn.Conv2d(1, 1, 1, bias=False),
+        torch.nn.BatchNorm2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    with torch.no_grad():
+        net[1].weight.fill_(100.0)
+        net[2].running_var.fill_(1e-6 - net[2].eps)  # scale = 1 / sqrt(1e-6) * gamma
+        net[2].weight.fill_(1e-6)  # scale 1e-3
+    images = torch.rand(2, 1, 2, 2) + 0.5
+    zero = torch.zeros(2, dtype=torch.long)
+    pert = ChannelAdd(zero, torch.full((2,), 1e37))
+    plain = SimulationEngine(net, images)
+    folded = SimulationEngine(net, images, fold_batchnorm=True)
+    assert not torch.isfinite(plain.run(0, torch.arange(2), pert)).any()
+    assert torch.isfinite(folded.run(0, torch.arange(2), pert)).all()
