@@ -23,9 +23,9 @@ The first layer's faults recompute the whole network, so there the engine cannot
 forward by much; the mean over the five layers is bounded by it.
 
 Engine outcomes may differ from plain PyTorchFI's between masked and SDC only: its suffix runs
-channels-last with folded BatchNorms (rounding differs from the plain forward by ~1e-6 of the
-largest logit, measured), so a fault whose logit change sits near the 1e-5 masked tolerance
-can land on either side; critical/DUE must agree.
+on other batch compositions and, on the CPU, channels-last (rounding differs from the plain
+forward by ~1e-6 of the largest logit, measured), so a fault whose logit change sits near the
+1e-5 masked tolerance can land on either side; critical/DUE must agree.
 
 Faults are timed alternately (layer by layer) so that machine noise hits every method alike.
 Outcomes (masked / SDC / critical / DUE per image) are compared fault for fault and image for
