@@ -6,7 +6,7 @@ caches its per-model results, so a final pass over all models only merges them i
 tables, and a rerun after a crash resumes.
 
 Run: ``python validation/run_all.py [--quick] [--jobs N] [--only STEP,...]``
-(full mode: 13 minutes on an idle 2-core CPU, more under load; outputs in ``validation/results/``).
+(full mode: about 15 minutes on an idle 2-core CPU, more under load; outputs in ``validation/results/``).
 """
 
 from __future__ import annotations
