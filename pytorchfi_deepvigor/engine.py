@@ -182,7 +182,7 @@ def _checkpoint(order: list[torch.fx.Node], flops: dict[str, float]) -> torch.fx
         feeds_layer = any(u.op == "call_module" and u.target in flops for u in n.users)
         if i > 0 and reach <= i and feeds_layer:
             return n
-        reach = max(reach, *(pos[u] for u in n.users))
+        reach = max([reach, *(pos[u] for u in n.users)])  # a node may have no users
     return None
 
 
@@ -325,13 +325,21 @@ def _fold_batchnorms(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
 
 
 def _prefix(gm: torch.fx.GraphModule, wanted: list[torch.fx.Node]) -> torch.fx.GraphModule:
-    """A module returning the golden values of the ``wanted`` nodes (one pass, dead code dropped)."""
+    """A module returning the golden values of the ``wanted`` nodes (one pass, dead code dropped).
+
+    Each wanted value is cloned right where it is computed: a later in-place op of the model
+    (``ReLU(inplace=True)`` after a convolution, ``x += y``) would otherwise overwrite it.
+    """
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
+    kept: dict[torch.fx.Node, torch.fx.Node] = {}
+    wanted_set = set(wanted)
     for n in gm.graph.nodes:
         if n.op != "output":
             env[n] = graph.node_copy(n, lambda a: env[a])
-    graph.output(tuple(env[n] for n in wanted))
+            if n in wanted_set:
+                kept[n] = graph.call_method("clone", (env[n],))
+    graph.output(tuple(kept[n] for n in wanted))
     prefix = torch.fx.GraphModule(gm, graph)
     prefix.graph.eliminate_dead_code()
     prefix.recompile()
@@ -589,8 +597,9 @@ class SimulationEngine:
 
             def grab(num: int) -> Callable[..., None]:
                 def hook(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
-                    grabbed[num][0].append(i[0])
-                    grabbed[num][1].append(o)
+                    # copies: an in-place op after the layer would overwrite them
+                    grabbed[num][0].append(i[0].clone())
+                    grabbed[num][1].append(o.clone())
 
                 return hook
 

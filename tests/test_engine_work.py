@@ -194,3 +194,62 @@ def test_default_keeps_the_models_own_overflow_folding_does_not():
     folded = SimulationEngine(net, images, fold_batchnorm=True)
     assert not torch.isfinite(plain.run(0, torch.arange(2), pert)).any()
     assert torch.isfinite(folded.run(0, torch.arange(2), pert)).all()
+
+
+class _DeadBranch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.fc = torch.nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        _ = y.mean()  # a value after the cut that nothing reads
+        return self.fc(torch.flatten(self.c2(torch.relu(y)), 1))
+
+
+def _inplace_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(4, 4, 3, padding=1),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 3),
+    ).eval()
+
+
+@pytest.mark.parametrize("use_fx", [True, False], ids=["fx", "hooks"])
+def test_in_place_activations_do_not_overwrite_the_golden_cache(use_fx):
+    net, images = _inplace_net(), seeded_images(4)
+    eng = SimulationEngine(net, images, use_fx=use_fx)
+    eng.prepare()  # every layer in one pass: the in-place ReLUs run after the convs are cached
+    with torch.no_grad():
+        conv0 = net[0](images)
+    torch.testing.assert_close(eng.layer_output(0), conv0)
+    assert float(eng.layer_output(0).min()) < 0  # not the ReLU's output
+    plain = SimulationEngine(net, images, use_fx=use_fx, early_exit=False, channels_last=False)
+    gen = torch.Generator().manual_seed(2)
+    for info in eng.catalogue:
+        img, perts = _faults(eng, info, 30, gen)
+        for pert in perts:
+            got, want = eng.run(info.layer_num, img, pert), plain.run(info.layer_num, img, pert)
+            golden = eng.golden_logits[img]
+            assert torch.equal(classify(got, golden), classify(want, golden)), info.name
+    zero = torch.zeros(4, dtype=torch.long)
+    masked = eng.outcomes(0, torch.arange(4), NeuronAdd(zero, zero, zero, torch.zeros(4)))
+    assert (masked == 0).all()
+
+
+def test_a_value_nobody_reads_after_the_layer_is_fine():
+    torch.manual_seed(0)
+    net, images = _DeadBranch().eval(), seeded_images(3)
+    eng = SimulationEngine(net, images)
+    zero = torch.zeros(3, dtype=torch.long)
+    out = eng.run(0, torch.arange(3), NeuronAdd(zero, zero, zero, torch.full((3,), 5.0)))
+    ref = SimulationEngine(net, images, use_fx=False).run(
+        0, torch.arange(3), NeuronAdd(zero, zero, zero, torch.full((3,), 5.0))
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
