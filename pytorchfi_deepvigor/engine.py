@@ -225,12 +225,9 @@ def _plan(
     pos = {n: i for i, n in enumerate(order)}
     ends = checkpoints[1:] + [order[-1]]
     for start, end in zip(checkpoints, ends, strict=True):
-        module, used = _subgraph(gm, start, order[pos[start] + 1 : pos[end] + 1], live, fused)
-        seg_flops = sum(
-            flops.get(str(n.target), 0.0)
-            for n in order[pos[start] + 1 : pos[end] + 1]
-            if n.op == "call_module"
-        )
+        body = order[pos[start] + 1 : pos[end] + 1]
+        module, used = _subgraph(gm, start, body, live, fused)
+        seg_flops = sum(flops.get(str(n.target), 0.0) for n in body if n.op == "call_module")
         segments.append(_SegmentPlan(module, start, used, seg_flops))
     suffix, _ = _subgraph(gm, cut, order[1:], live)
     return _Plan(layer_in, cut, live, suffix, segments)
