@@ -3,12 +3,18 @@
 A progress file is JSON lines. The first line is a header: the campaign's arguments and
 fingerprints of the model's parameters and buffers and of the analysis images. Every other line
 is one finished chunk of faults: the work unit it belongs to, the range of positions in that
-unit's fault list, each fault's outcome counts (masked, SDC, critical, DUE over the images) and
-the engine work the chunk took. Each line is written with one ``write`` and ``fsync``-ed, so a
-``kill -9`` can at most leave a torn last line without a newline; it is dropped on reopening.
+unit's fault list, each fault's outcome counts (masked, SDC, critical, DUE over the images), the
+engine work the chunk took and a ``check``: a SHA-256 of the line and of the header, so a line
+edited by hand, or copied from another campaign's file, is refused. Each line is written with one
+``write`` and ``fsync``-ed, so a ``kill -9`` can at most leave a torn last line without a newline;
+it is dropped on reopening.
 
 Reopening a file whose header differs (other arguments, model or images) raises ``ValueError``
-naming what differs: progress is never mixed across campaigns.
+naming what differs: progress is never mixed across campaigns. Records are keyed by their work
+item (unit and fault range): a repeated identical record is ignored, never counted twice; two
+different records for overlapping faults are refused. While a log is open, its folder is locked
+(:class:`~pytorchfi_deepvigor._lock.FolderLock`): a second campaign on the same ``progress_dir``
+is refused with the process that holds it.
 
 Example:
     >>> import tempfile
@@ -35,10 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytorchfi_deepvigor._lock import FolderLock
+
 __all__ = ["ChunkRecord", "ProgressLog", "tensors_fingerprint"]
 
 _FORMAT = "pytorchfi-deepvigor campaign progress"
-_VERSION = 1
+_VERSION = 2  # 2: every record carries a check
+_CHECK = b',"check":"'
+_RESTART = "delete the file (the CLI: inject --restart) to start the campaign afresh"
 
 
 def tensors_fingerprint(model: nn.Module | None = None, images: torch.Tensor | None = None) -> str:
@@ -85,7 +95,8 @@ class ChunkRecord:
     evaluations: int
     seconds: float = 0.0
 
-    def to_line(self) -> bytes:
+    def to_line(self, key: bytes = b"") -> bytes:
+        """The JSON line of this record, ending with its ``check`` under the log's ``key``."""
         data = {
             "unit": self.unit,
             "start": self.start,
@@ -95,7 +106,14 @@ class ChunkRecord:
             "evaluations": self.evaluations,
             "seconds": self.seconds,
         }
-        return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return body[:-1] + _CHECK + _check(key, body).encode() + b'"}\n'
+
+    def same_work(self, other: ChunkRecord) -> bool:
+        """Whether both records hold the same faults with the same outcomes."""
+        return (self.unit, self.start, self.stop) == (other.unit, other.start, other.stop) and (
+            np.array_equal(self.counts, other.counts)
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChunkRecord:
@@ -112,6 +130,19 @@ class ChunkRecord:
         )
 
 
+def _check(key: bytes, body: bytes) -> str:
+    return hashlib.sha256(key + b"|" + body).hexdigest()[:16]
+
+
+def _verify(key: bytes, line: bytes) -> bool:
+    """Whether ``line`` ends with the check of the rest of it under ``key``."""
+    at = line.rfind(_CHECK)
+    if at < 0 or not line.endswith(b'"}'):
+        return False
+    body = line[:at] + b"}"
+    return line[at + len(_CHECK) : -2].decode(errors="replace") == _check(key, body)
+
+
 class ProgressLog:
     """An append-only progress file for one campaign (see the module docstring).
 
@@ -120,27 +151,57 @@ class ProgressLog:
         header: what identifies the campaign (arguments and fingerprints, JSON values).
 
     Raises:
-        ValueError: the file belongs to another campaign, or is not a progress file.
+        ValueError: the file belongs to another campaign, is not a progress file, or holds a
+            record that fails its check or contradicts another record.
+        FolderInUse: another process has a progress log open in the same folder.
     """
 
     def __init__(self, path: str | Path, header: Mapping[str, Any]) -> None:
         self.path = Path(path)
         self.header = {"format": _FORMAT, "version": _VERSION, **header}
+        header_line = json.dumps(self.header, sort_keys=True).encode()
+        self._key = hashlib.sha256(header_line).hexdigest().encode()
         self.records: list[ChunkRecord] = []
-        lines = self._read_complete_lines()
-        if lines:
-            self._check_header(lines[0])
-            for number, line in enumerate(lines[1:], start=2):
-                try:
-                    self.records.append(ChunkRecord.from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise ValueError(
-                        f"progress file {self.path} is corrupt at line {number} ({exc}); "
-                        "delete it to start the campaign afresh"
-                    ) from exc
-        self._file = self.path.open("ab")
+        self.duplicates = 0
+        """Repeated identical records found on opening (ignored)."""
+        self._lock = FolderLock(self.path.parent, "progress_dir").acquire()
+        try:
+            lines = self._read_complete_lines()
+            if lines:
+                self._check_header(lines[0])
+                self._load(lines[1:])
+            self._file = self.path.open("ab")
+        except BaseException:
+            self._lock.release()
+            raise
         if not lines:
-            self._write(json.dumps(self.header, sort_keys=True).encode() + b"\n")
+            self._write(header_line + b"\n")
+
+    def _load(self, lines: list[bytes]) -> None:
+        seen: dict[tuple[str, int], tuple[ChunkRecord, int]] = {}
+        for number, line in enumerate(lines, start=2):
+            where = f"progress file {self.path}, line {number}"
+            if not _verify(self._key, line):
+                raise ValueError(
+                    f"{where} fails its integrity check (edited by hand, damaged, or copied "
+                    f"from another campaign); {_RESTART}"
+                )
+            try:
+                rec = ChunkRecord.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{where} is corrupt ({exc}); {_RESTART}") from exc
+            first = seen.get((rec.unit, rec.start))
+            if first is not None and first[0].same_work(rec):
+                self.duplicates += 1  # the same chunk written twice: count it once
+                continue
+            if first is not None:
+                raise ValueError(
+                    f"{where} repeats the faults {rec.unit}[{rec.start}:{rec.stop}] of line "
+                    f"{first[1]} with other outcomes; {_RESTART}"
+                )
+            seen[(rec.unit, rec.start)] = (rec, number)
+            self.records.append(rec)
+        _refuse_overlaps(seen, self.path)
 
     def _read_complete_lines(self) -> list[bytes]:
         if not self.path.exists():
@@ -162,6 +223,11 @@ class ProgressLog:
             raise ValueError(
                 f"{self.path} is not a campaign progress file; choose another progress_dir"
             )
+        if found.get("version") != _VERSION:
+            raise ValueError(
+                f"progress file {self.path} was written by another version of this package "
+                f"(progress format {found.get('version')}, this one reads {_VERSION}); {_RESTART}"
+            )
         expected = json.loads(json.dumps(self.header, sort_keys=True))
         if found != expected:
             differ = sorted(
@@ -180,10 +246,12 @@ class ProgressLog:
     def append(self, record: ChunkRecord) -> None:
         """Append one finished chunk durably (written and fsync-ed before returning)."""
         self.records.append(record)
-        self._write(record.to_line())
+        self._write(record.to_line(self._key))
 
     def close(self) -> None:
+        """Close the file and release the folder's lock."""
         self._file.close()
+        self._lock.release()
 
     def __enter__(self) -> ProgressLog:
         return self
@@ -195,3 +263,18 @@ class ProgressLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _refuse_overlaps(seen: Mapping[tuple[str, int], tuple[ChunkRecord, int]], path: Path) -> None:
+    """Raise when two records of one unit cover some of the same faults."""
+    by_unit: dict[str, list[tuple[ChunkRecord, int]]] = {}
+    for rec, number in seen.values():
+        by_unit.setdefault(rec.unit, []).append((rec, number))
+    for unit, recs in by_unit.items():
+        recs.sort(key=lambda item: item[0].start)
+        for (a, na), (b, nb) in zip(recs, recs[1:], strict=False):
+            if b.start < a.stop:
+                raise ValueError(
+                    f"progress file {path}, lines {na} and {nb} overlap ({unit}[{a.start}:"
+                    f"{a.stop}] and [{b.start}:{b.stop}]); {_RESTART}"
+                )

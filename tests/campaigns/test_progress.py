@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import seeded_images, tiny_vgg
 
+from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
 from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, Pilot, StatisticalCampaign
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -102,7 +104,7 @@ def test_statistical_resume_with_pilot(tmp_path: Path) -> None:
     engine = SimulationEngine(tiny_vgg(), seeded_images(3))
     full = StatisticalCampaign(engine, faults_per_chunk=16).run(**kwargs)
     StatisticalCampaign(engine, faults_per_chunk=16).run(**kwargs, progress_dir=tmp_path)
-    (path,) = tmp_path.iterdir()
+    (path,) = tmp_path.glob("*.progress.jsonl")
     lines = path.read_bytes().split(b"\n")
     assert any(b'"pilot-L3"' in line for line in lines) and any(b'"L3"' in line for line in lines)
     for keep in (3, 10):  # stop inside the pilot, then inside the main sample
@@ -155,5 +157,92 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path: Path) -> None:
     ProgressLog(path, {"seed": 0}).close()
     with path.open("a") as f:
         f.write("garbage\n" + json.dumps({"unit": "L0"}) + "\n")
-    with pytest.raises(ValueError, match="corrupt at line 2"):
+    with pytest.raises(ValueError, match="line 2 fails its integrity check"):
         ProgressLog(path, {"seed": 0})
+
+
+def _record(unit: str = "L0", start: int = 0, stop: int = 1, critical: int = 1) -> ChunkRecord:
+    counts = np.zeros((stop - start, 4), dtype=np.int64)
+    counts[:, 2] = critical
+    return ChunkRecord(unit, start, stop, counts, 1, 4)
+
+
+def test_a_count_edited_by_hand_is_refused_with_the_line(tmp_path: Path) -> None:
+    _campaign().run(**RUN, progress_dir=tmp_path)
+    path = tmp_path / "exhaustive-weights.progress.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    line = json.loads(lines[20])
+    edited = lines[20].replace(
+        b'"counts":[' + str(line["counts"][0]).encode(),
+        b'"counts":[' + str(line["counts"][0] + 1).encode(),
+    )
+    assert edited != lines[20]
+    path.write_bytes(b"\n".join([*lines[:20], edited, *lines[21:]]))
+    with pytest.raises(ValueError, match=r"line 21 fails its integrity check.*--restart"):
+        _campaign().run(**RUN, progress_dir=tmp_path)
+
+
+def test_a_record_from_another_campaign_is_refused(tmp_path: Path) -> None:
+    with ProgressLog(tmp_path / "a.jsonl", {"seed": 0}) as log:
+        log.append(_record())
+    with ProgressLog(tmp_path / "b.jsonl", {"seed": 1}) as log:
+        log.append(_record(start=1, stop=2))
+    foreign = (tmp_path / "a.jsonl").read_bytes().split(b"\n")[1]
+    with (tmp_path / "b.jsonl").open("ab") as f:
+        f.write(foreign + b"\n")
+    with pytest.raises(ValueError, match="line 3 fails its integrity check"):
+        ProgressLog(tmp_path / "b.jsonl", {"seed": 1})
+
+
+def test_a_duplicated_record_is_counted_once(tmp_path: Path, reference) -> None:
+    _campaign().run(**RUN, progress_dir=tmp_path)
+    path = tmp_path / "exhaustive-weights.progress.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join([*lines[:30], lines[30], *lines[30:]]))
+    resumed = _campaign().run(**RUN, progress_dir=tmp_path)
+    assert resumed.cost.faults == reference.cost.faults == 40 * 32
+    assert _clean(resumed) == _clean(reference)
+    assert ProgressLog(path, json.loads(lines[0])).duplicates == 1
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [(_record(stop=2, critical=2), "repeats the faults L0\\[0:2\\] of line 2 with other outcomes"),
+     (_record(start=1, stop=3), r"lines 2 and 3 overlap \(L0\[0:2\] and \[1:3\]\)")],
+    ids=["same-range-other-counts", "overlapping-range"],
+)  # fmt: skip
+def test_contradicting_records_are_refused(tmp_path: Path, second, message) -> None:
+    path = tmp_path / "log.jsonl"
+    with ProgressLog(path, {"seed": 0}) as log:
+        log.append(_record(stop=2))
+        log.append(second)
+    with pytest.raises(ValueError, match=message):
+        ProgressLog(path, {"seed": 0})
+
+
+HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pytorchfi_deepvigor._lock import FolderLock
+lock = FolderLock({folder!r}).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_log_on_a_locked_folder_names_the_holder(tmp_path: Path) -> None:
+    root = str(Path(__file__).parents[2])
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD.format(root=root, folder=str(tmp_path))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        with pytest.raises(FolderInUse, match=rf"progress_dir .* in use by process {child.pid} "):
+            ProgressLog(tmp_path / "log.jsonl", {"seed": 0})
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # the OS drops the lock with the process
+        child.wait()
+    ProgressLog(tmp_path / "log.jsonl", {"seed": 0}).close()
+    with FolderLock(tmp_path), pytest.raises(FolderInUse, match="in use by process"):
+        ProgressLog(tmp_path / "log.jsonl", {"seed": 0})
