@@ -61,6 +61,7 @@ __all__ = [
     "Cost",
     "LayerResult",
     "OutcomeCounts",
+    "RankCost",
     "VulnerabilityResult",
     "compare",
     "mvf",
@@ -94,6 +95,23 @@ class Cost:
         if not isinstance(other, Cost):
             return NotImplemented
         return Cost(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Cost)))
+
+
+@dataclass(frozen=True)
+class RankCost:
+    """One process of a distributed run (see :mod:`pytorchfi_deepvigor.distributed`): its rank,
+    device and host, the work items it computed and what they cost.
+
+    Example:
+        >>> RankCost(rank=1, device="cuda:1", items=3, cost=Cost(faults=96)).cost.faults
+        96
+    """
+
+    rank: int
+    device: str
+    host: str = ""
+    items: int = 0
+    cost: Cost = field(default_factory=Cost)
 
 
 @dataclass(frozen=True)
@@ -274,7 +292,9 @@ class VulnerabilityResult:
     """A model's vulnerability from one analysis or FI campaign.
 
     Build it with :meth:`from_layers`, which fills the MVFs. ``mvf_total`` is paper Eq. 15,
-    given when activations and weights were analysed for the same layers.
+    given when activations and weights were analysed for the same layers. ``ranks`` holds one
+    :class:`RankCost` per process of a distributed run (its length is the world size; empty for
+    one process).
 
     Example:
         >>> VulnerabilityResult.from_layers("exhaustive", [], n_images=0).mvf_total is None
@@ -295,8 +315,10 @@ class VulnerabilityResult:
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=now_iso)
     versions: Mapping[str, str] = field(default_factory=package_versions)
+    ranks: tuple[RankCost, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ranks", tuple(self.ranks))
         if self.method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {self.method!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -366,8 +388,9 @@ class VulnerabilityResult:
         return {x.layer_num: x.lvf for x in self.layers if x.target == target}
 
     def without_timings(self) -> VulnerabilityResult:
-        """A copy with every wall time set to 0 and no creation time: what two runs of the same
-        study with the same seed must agree on exactly (e.g. a resumed and an uninterrupted one).
+        """A copy with every wall time set to 0, no creation time and no per-rank record: what
+        two runs of the same study with the same seed must agree on exactly (e.g. a resumed and
+        an uninterrupted one, or one sharded over processes and a one-process one).
 
         Example:
             >>> a = VulnerabilityResult.from_layers("deepvigor", [], n_images=1, cost=Cost(wall_time_s=2.0))
@@ -381,7 +404,9 @@ class VulnerabilityResult:
             else replace(layer, cost=replace(layer.cost, wall_time_s=0.0))
             for layer in self.layers
         )
-        return replace(self, created="", cost=replace(self.cost, wall_time_s=0.0), layers=layers)
+        return replace(
+            self, created="", cost=replace(self.cost, wall_time_s=0.0), layers=layers, ranks=()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready plain dict (see the module docstring for the schema)."""
@@ -406,6 +431,10 @@ class VulnerabilityResult:
             if name in values:
                 values[name] = decode(values[name])
         values["unsupported"] = tuple(data.get("unsupported", ()))
+        values["ranks"] = tuple(
+            RankCost(**{**r, "cost": Cost(**decode(r.get("cost", {})))})
+            for r in data.get("ranks") or ()
+        )
         return cls(**values)
 
     @classmethod
