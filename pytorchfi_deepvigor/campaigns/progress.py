@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -149,6 +149,8 @@ class ProgressLog:
     Args:
         path: the JSON-lines file; created with its header when absent or empty.
         header: what identifies the campaign (arguments and fingerprints, JSON values).
+        readonly: only read the records (no lock, no writing, a torn last line left alone):
+            how a distributed run reads the files of the other ranks.
 
     Raises:
         ValueError: the file belongs to another campaign, is not a progress file, or holds a
@@ -156,7 +158,9 @@ class ProgressLog:
         FolderInUse: another process has a progress log open in the same folder.
     """
 
-    def __init__(self, path: str | Path, header: Mapping[str, Any]) -> None:
+    def __init__(
+        self, path: str | Path, header: Mapping[str, Any], *, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.header = {"format": _FORMAT, "version": _VERSION, **header}
         header_line = json.dumps(self.header, sort_keys=True).encode()
@@ -164,7 +168,15 @@ class ProgressLog:
         self.records: list[ChunkRecord] = []
         self.duplicates = 0
         """Repeated identical records found on opening (ignored)."""
-        self._lock = FolderLock(self.path.parent, "progress_dir").acquire()
+        self._lock = FolderLock(self.path.parent, "progress_dir")
+        self._file: BinaryIO | None = None
+        if readonly:  # another rank's file (distributed runs): read its complete lines only
+            lines = self._read_complete_lines(repair=False)
+            if lines:
+                self._check_header(lines[0])
+                self._load(lines[1:])
+            return
+        self._lock.acquire()
         try:
             lines = self._read_complete_lines()
             if lines:
@@ -203,13 +215,14 @@ class ProgressLog:
             self.records.append(rec)
         _refuse_overlaps(seen, self.path)
 
-    def _read_complete_lines(self) -> list[bytes]:
+    def _read_complete_lines(self, repair: bool = True) -> list[bytes]:
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if repair:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             return []
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):  # a torn last line from a killed run
+        if repair and len(complete) != len(data):  # a torn last line from a killed run
             with self.path.open("r+b") as f:
                 f.truncate(len(complete))
         return [line for line in complete.split(b"\n") if line]
@@ -239,18 +252,21 @@ class ProgressLog:
             )
 
     def _write(self, data: bytes) -> None:
+        if self._file is None:
+            raise ValueError(f"progress file {self.path} was opened read-only")
         self._file.write(data)
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def append(self, record: ChunkRecord) -> None:
         """Append one finished chunk durably (written and fsync-ed before returning)."""
-        self.records.append(record)
         self._write(record.to_line(self._key))
+        self.records.append(record)
 
     def close(self) -> None:
         """Close the file and release the folder's lock."""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._lock.release()
 
     def __enter__(self) -> ProgressLog:
