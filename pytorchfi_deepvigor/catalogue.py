@@ -56,6 +56,7 @@ class LayerInfo:
     padding: tuple[int, int] | str = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     has_bias: bool = False
+    channel_last: bool = False
 
     @property
     def out_channels(self) -> int:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import enum
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class _Segment:
 
     module: Callable[..., torch.Tensor]
     live: list[int]  # which of the cut's live values it reads
+    roots: list[int]  # which of the cut's shape roots it reads
     golden_in: torch.Tensor | None  # golden value of the checkpoint it starts from (I, ...)
     # (None: no check before it; the first segment starts from the perturbed layer output)
     flops: float  # convolution / linear FLOPs per image
@@ -129,10 +131,64 @@ class _Cut:
     """Cached golden values and the suffix program for one layer."""
 
     layer_input: torch.Tensor
-    layer_output: torch.Tensor
-    live_ins: list[torch.Tensor]
+    layer_output: torch.Tensor  # in neuron layout: channel first (see LayerInfo.channel_last)
+    live_ins: list[torch.Tensor]  # per-image values (I, ...), indexed by image
+    root_ins: list[torch.Tensor]  # one image of each shape root (1, ...), expanded per call
     suffix: Callable[..., torch.Tensor] | None  # None: hook path
     segments: list[_Segment]
+
+
+# --------------------------------------------------------------- per-image-ness of values
+DATA, SHAPE, CONST = "data", "shape", "const"
+"""What a traced value depends on: the images' values (``DATA``: cached per image, indexed by
+image), only their shape (``SHAPE``: a batch size, ``torch.zeros(n, ...)``; recomputed in the
+suffix from stand-ins of the suffix's own batch size), or nothing per image (``CONST``:
+parameters, buffers and what is computed from them; recomputed in the suffix from the model's
+own tensors, never cached per image)."""
+
+_SHAPE_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "layout"})
+_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "type", "get_device"})
+
+
+def _is_shape_access(n: torch.fx.Node) -> bool:
+    """Whether ``n`` reads only metadata (shape, dtype, device) of its first argument."""
+    if n.op == "call_function" and n.target is getattr:
+        return len(n.args) >= 2 and n.args[1] in _SHAPE_ATTRS
+    return n.op == "call_method" and n.target in _SHAPE_METHODS
+
+
+def _dependence(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
+    """``DATA``, ``SHAPE`` or ``CONST`` for every node of ``gm`` (see :data:`DATA`)."""
+    out: dict[torch.fx.Node, str] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            out[n] = DATA
+        elif n.op == "get_attr":
+            out[n] = CONST
+        else:
+            kinds = {out[a] for a in n.all_input_nodes}
+            if _is_shape_access(n):
+                first = n.args[0]
+                head = out.get(first, CONST) if isinstance(first, torch.fx.Node) else CONST
+                kinds.discard(head)
+                kinds.add(SHAPE if head in (DATA, SHAPE) else CONST)
+            out[n] = DATA if DATA in kinds else SHAPE if SHAPE in kinds else CONST
+    return out
+
+
+def _mutates(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
+    """Whether ``n`` changes one of its arguments in place (``ReLU(inplace=True)``, ``x.relu_()``).
+
+    Such a node has an effect even when nothing reads its result, so the prefix keeps it.
+    """
+    if n.kwargs.get("inplace") is True:
+        return True
+    if n.op == "call_module":
+        return getattr(gm.get_submodule(str(n.target)), "inplace", False) is True
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    if n.op in ("call_method", "call_function") and isinstance(name, str):
+        return name.endswith("_") and not name.endswith("__") and not name.startswith("_")
+    return False
 
 
 def _descendants(node: torch.fx.Node) -> set[torch.fx.Node]:
@@ -151,16 +207,26 @@ class _SegmentPlan:
     module: torch.fx.GraphModule
     start: torch.fx.Node  # the checkpoint it starts from (the cut for the first segment)
     live: list[int]
+    roots: list[int]
     flops: float
 
 
 @dataclass
 class _Plan:
-    """Where the traced graph is cut for one layer."""
+    """Where the traced graph is cut for one layer.
+
+    ``live``: the per-image (``DATA``) values computed before the cut that the suffix reads
+    (skip connections), with ``read_at`` the first node after the cut that reads each (its golden
+    value is the one it has there: an in-place op before that point has already run).
+    ``roots``: the per-image values whose *shape* the suffix reads (a batch size taken before the
+    cut); the suffix gets stand-ins of its own batch size for them.
+    """
 
     layer_in: torch.fx.Node
     cut: torch.fx.Node
     live: list[torch.fx.Node]
+    read_at: list[torch.fx.Node]
+    roots: list[torch.fx.Node]
     suffix: torch.fx.GraphModule
     segments: list[_SegmentPlan]
 
@@ -192,18 +258,26 @@ def _plan(
     flops: dict[str, float],
     fused: dict[str, nn.Module] | None = None,
     split: bool = True,
+    dependence: dict[torch.fx.Node, str] | None = None,
 ) -> _Plan:
     """Cut ``gm`` at the call of ``layer_name``.
 
-    The suffix takes ``(layer_output, *live)`` and returns the model output; ``live`` are the
-    values computed before the cut that the suffix still reads (skip connections). The segments
-    split the same nodes at the checkpoint (see :func:`_checkpoint`), when there is one: the
-    first takes ``(layer_output, *its live values)`` and returns the checkpoint's value, the
-    second takes ``(checkpoint value, *its live values)`` and returns the model output
-    (``split=False``: one segment, the whole suffix). ``flops`` gives the FLOPs per image of each
-    catalogued layer by name; ``fused`` the BatchNorm-folded convolutions the segments use (see
-    :func:`_fold_batchnorms`). ``suffix`` always runs the model's own modules.
+    The suffix takes ``(layer_output, *live, *roots)`` and returns the model output; ``live`` are
+    the per-image values computed before the cut that the suffix still reads (skip connections),
+    ``roots`` stand-ins for the values whose shape it reads. Values that do not depend on the
+    images (parameters, buffers, what is computed from them) are recomputed inside the suffix
+    from the model's own tensors. The segments split the same nodes at the checkpoint (see
+    :func:`_checkpoint`), when there is one: the first takes ``(layer_output, *its live values,
+    *its roots)`` and returns the checkpoint's value, the second takes ``(checkpoint value, ...)``
+    and returns the model output (``split=False``: one segment, the whole suffix). ``flops``
+    gives the FLOPs per image of each catalogued layer by name; ``fused`` the BatchNorm-folded
+    convolutions the segments use (see :func:`_fold_batchnorms`). ``suffix`` always runs the
+    model's own modules.
+
+    Raises:
+        ValueError: when the layer cannot be cut (called several times, input not a traced value).
     """
+    dependence = dependence if dependence is not None else _dependence(gm)
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer_name]
     if len(nodes) != 1:
         raise ValueError(f"layer {layer_name!r} appears {len(nodes)} times in the traced graph")
@@ -211,14 +285,24 @@ def _plan(
     layer_in = cut.args[0]
     if not isinstance(layer_in, torch.fx.Node):
         raise ValueError(f"cannot find the input of layer {layer_name!r} in the traced graph")
+    if dependence[cut] != DATA:
+        raise ValueError(f"layer {layer_name!r} does not depend on the images")
     desc = _descendants(cut)
-    live: list[torch.fx.Node] = []
-    for n in gm.graph.nodes:
-        if n in desc:
-            for a in n.all_input_nodes:
-                if a not in desc and a is not cut and a not in live:
-                    live.append(a)
     order = [cut] + [n for n in gm.graph.nodes if n in desc]
+    live: list[torch.fx.Node] = []
+    read_at: list[torch.fx.Node] = []
+    roots: list[torch.fx.Node] = []
+    recomputed = _recomputed(order[1:], desc | {cut}, dependence)
+    for n in order[1:] + [r for r in gm.graph.nodes if r in recomputed]:
+        for a in n.all_input_nodes:
+            if a in desc or a is cut or a in recomputed:
+                continue
+            if n in recomputed:  # a per-image value whose shape a recomputed value reads
+                if a not in roots:
+                    roots.append(a)
+            elif a not in live:
+                live.append(a)
+                read_at.append(n)
     checkpoint = _checkpoint(order, flops) if split else None
     checkpoints = [cut] if checkpoint is None else [cut, checkpoint]
     segments = []
@@ -226,11 +310,27 @@ def _plan(
     ends = checkpoints[1:] + [order[-1]]
     for start, end in zip(checkpoints, ends, strict=True):
         body = order[pos[start] + 1 : pos[end] + 1]
-        module, used = _subgraph(gm, start, body, live, fused)
+        module, used, used_roots = _subgraph(gm, start, body, live, roots, dependence, fused)
         seg_flops = sum(flops.get(str(n.target), 0.0) for n in body if n.op == "call_module")
-        segments.append(_SegmentPlan(module, start, used, seg_flops))
-    suffix, _ = _subgraph(gm, cut, order[1:], live)
-    return _Plan(layer_in, cut, live, suffix, segments)
+        segments.append(_SegmentPlan(module, start, used, used_roots, seg_flops))
+    suffix, _, _ = _subgraph(gm, cut, order[1:], live, roots, dependence)
+    return _Plan(layer_in, cut, live, read_at, roots, suffix, segments)
+
+
+def _recomputed(
+    body: list[torch.fx.Node], inside: set[torch.fx.Node], dependence: dict[torch.fx.Node, str]
+) -> set[torch.fx.Node]:
+    """The non-per-image values (``CONST``, ``SHAPE``) that ``body`` reads from outside, and
+    everything non-per-image they are computed from: a suffix computes them itself."""
+    out: set[torch.fx.Node] = set()
+    stack = [a for n in body for a in n.all_input_nodes if a not in inside]
+    while stack:
+        a = stack.pop()
+        if a in out or a in inside or dependence[a] == DATA:
+            continue
+        out.add(a)
+        stack.extend(a.all_input_nodes)
+    return out
 
 
 def _subgraph(
@@ -238,34 +338,38 @@ def _subgraph(
     start: torch.fx.Node,
     body: list[torch.fx.Node],
     live: list[torch.fx.Node],
+    roots: list[torch.fx.Node],
+    dependence: dict[torch.fx.Node, str],
     fused: dict[str, nn.Module] | None = None,
-) -> tuple[torch.fx.GraphModule, list[int]]:
-    """A module ``(start value, *live values it reads) -> value of body[-1]``.
+) -> tuple[torch.fx.GraphModule, list[int], list[int]]:
+    """A module ``(start value, *live values it reads, *roots it reads) -> value of body[-1]``.
 
     ``body[-1]`` may be the graph's output node (then the module returns the model output).
-    A convolution of the body named in ``fused`` (by node name) whose BatchNorm is in the body
-    too is replaced by the fused module, and the BatchNorm dropped.
-    Returns the module and the indices into ``live`` of the values it reads, in order.
+    The non-per-image values the body reads are recomputed first (parameters through
+    ``get_attr``, batch sizes from the roots' stand-ins). A convolution of the body named in
+    ``fused`` (by node name) whose BatchNorm is in the body too is replaced by the fused module,
+    and the BatchNorm dropped. Returns the module and the indices into ``live`` and ``roots`` of
+    the values it reads, in order.
     """
-    inside = set(body)
-    used = sorted(
-        {
-            live.index(a)
-            for n in body
-            for a in n.all_input_nodes
-            if a not in inside and a is not start
-        }
-    )
+    inside = set(body) | {start}
+    pre = _recomputed(body, inside, dependence)
+    pre_nodes = [n for n in gm.graph.nodes if n in pre]
+    reads = {a for n in body + pre_nodes for a in n.all_input_nodes if a not in inside and a not in pre}
+    used = sorted(live.index(a) for a in reads if a in live)
+    used_roots = sorted(roots.index(a) for a in reads if a not in live)
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {start: graph.placeholder("start")}
     for i in used:
         env[live[i]] = graph.placeholder(f"live_{i}")
+    for i in used_roots:
+        env[roots[i]] = graph.placeholder(f"root_{i}")
     fused = fused or {}
     modules: dict[str, object] = {}
-    for n in body:
+    inside = set(body)
+    for n in pre_nodes + body:
         if n in env:  # a BatchNorm folded into its convolution
             continue
-        if n.name in fused and next(iter(n.users)) in inside:
+        if n.name in fused and n in inside and next(iter(n.users)) in inside:
             target = f"fused_{n.name}"
             modules[target] = fused[n.name]
             env[n] = graph.call_module(target, (env[n.args[0]],))  # type: ignore[index]
@@ -276,7 +380,7 @@ def _subgraph(
             modules[str(n.target)] = _fetch(gm, str(n.target))
     if body[-1].op != "output":
         graph.output(env[body[-1]])
-    return torch.fx.GraphModule(modules, graph), used
+    return torch.fx.GraphModule(modules, graph), used, used_roots
 
 
 def _fetch(root: nn.Module, target: str) -> object:
@@ -321,26 +425,57 @@ def _fold_batchnorms(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
     return out
 
 
-def _prefix(gm: torch.fx.GraphModule, wanted: list[torch.fx.Node]) -> torch.fx.GraphModule:
-    """A module returning the golden values of the ``wanted`` nodes (one pass, dead code dropped).
+def _prefix(
+    gm: torch.fx.GraphModule, wanted: list[tuple[torch.fx.Node, torch.fx.Node | None, str]]
+) -> torch.fx.GraphModule:
+    """A module returning the golden values of the ``wanted`` entries in one pass.
 
-    Each wanted value is cloned right where it is computed: a later in-place op of the model
-    (``ReLU(inplace=True)`` after a convolution, ``x += y``) would otherwise overwrite it.
+    Each entry is ``(node, at, how)``: ``how`` is ``"value"`` (a clone of the value) or
+    ``"first"`` (a clone of the first image only, for a shape root); ``at`` is the node before
+    which the value is taken (``None``: right where it is computed). Values are cloned: a later
+    in-place op of the model (``ReLU(inplace=True)`` after a convolution) would otherwise
+    overwrite them; a layer's input is taken right before the layer runs, after any in-place op
+    that changed it (``relu_(y)`` with the result discarded, ``y += z``). Nodes that nothing
+    wanted depends on are dropped, except the in-place ops that run before the last wanted value.
     """
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    last = max(pos[n if at is None else at] for n, at, _ in wanted)
+    keep: set[torch.fx.Node] = set()
+    stack = [n for n, _, _ in wanted]
+    stack += [n for n in nodes[:last] if n.op not in ("output",) and _mutates(gm, n)]
+    while stack:
+        n = stack.pop()
+        if n not in keep:
+            keep.add(n)
+            stack.extend(n.all_input_nodes)
+    before: dict[torch.fx.Node, list[int]] = {}
+    after: dict[torch.fx.Node, list[int]] = {}
+    for k, (n, at, _) in enumerate(wanted):
+        (after.setdefault(n, []) if at is None else before.setdefault(at, [])).append(k)
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
-    kept: dict[torch.fx.Node, torch.fx.Node] = {}
-    wanted_set = set(wanted)
-    for n in gm.graph.nodes:
-        if n.op != "output":
+    kept: dict[int, torch.fx.Node] = {}
+
+    def take(k: int) -> None:
+        n, _, how = wanted[k]
+        src = env[n] if how == "value" else graph.call_function(operator.getitem, (env[n], slice(0, 1)))
+        kept[k] = graph.call_method("clone", (src,))
+
+    for n in nodes[: last + 1]:
+        for k in before.get(n, []):
+            take(k)
+        if n in keep:
             env[n] = graph.node_copy(n, lambda a: env[a])
-            if n in wanted_set:
-                kept[n] = graph.call_method("clone", (env[n],))
-    graph.output(tuple(kept[n] for n in wanted))
-    prefix = torch.fx.GraphModule(gm, graph)
-    prefix.graph.eliminate_dead_code()
-    prefix.recompile()
-    return prefix
+            for k in after.get(n, []):
+                take(k)
+    graph.output(tuple(kept[k] for k in range(len(wanted))))
+    return torch.fx.GraphModule(gm, graph)
+
+
+def _stand_in(first: torch.Tensor, n: int) -> torch.Tensor:
+    """A tensor of ``n`` images shaped like a shape root (its values are never read)."""
+    return first[:1].expand(n, *first.shape[1:])
 
 
 def _differs(x: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
@@ -423,6 +558,9 @@ class SimulationEngine:
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}
         self._graph: torch.fx.GraphModule | None = None
+        self._dependence: dict[torch.fx.Node, str] | None = None
+        # layers the traced graph cannot be cut at, with the reason: they run on the hook path
+        self.hook_layers: dict[int, str] = {}
         if use_fx:
             try:
                 with eval_mode(model):
@@ -550,63 +688,128 @@ class SimulationEngine:
 
         Each layer is otherwise prepared on first use by its own partial forward; preparing the
         layers a study will touch together saves those forwards at the cost of holding their
-        inputs and outputs in memory at once.
+        inputs and outputs in memory at once. A layer the traced graph cannot be cut at (see
+        :func:`_plan`) runs on the hook path; :attr:`hook_layers` lists them.
         """
         nums = range(len(self.catalogue)) if layer_nums is None else layer_nums
         todo = [self.layer(n) for n in dict.fromkeys(nums) if n not in self._cuts]
         if not todo:
             return
         with self._frozen():
+            hooked = todo
             if self._graph is not None:
-                plans = [
-                    _plan(self._graph, info.name, self._layer_flops, self._fused, self.early_exit)
-                    for info in todo
-                ]
-                wanted = list(
-                    dict.fromkeys(
-                        n
-                        for p in plans
-                        for n in (p.layer_in, p.cut, *p.live, *(s.start for s in p.segments[1:]))
-                    )
+                planned, hooked = self._plans(todo)
+                if planned:
+                    self._prepare_fx(planned)
+            if hooked:
+                self._prepare_hooks(hooked)
+
+    def _plans(self, todo: list[LayerInfo]) -> tuple[list[tuple[LayerInfo, _Plan]], list[LayerInfo]]:
+        assert self._graph is not None
+        if self._dependence is None:
+            self._dependence = _dependence(self._graph)
+        planned, hooked = [], []
+        for info in todo:
+            if info.layer_num in self.hook_layers:
+                hooked.append(info)
+                continue
+            try:
+                plan = _plan(
+                    self._graph,
+                    info.name,
+                    self._layer_flops,
+                    self._fused,
+                    self.early_exit,
+                    self._dependence,
                 )
-                prefix = _prefix(self._graph, wanted)
-                parts: list[list[torch.Tensor]] = [[] for _ in wanted]
-                for a, b in self._chunks(self.num_images):
-                    for store, t in zip(parts, prefix(self._layout(self.images[a:b])), strict=True):
-                        store.append(t)
-                value = {n: self._layout(torch.cat(p)) for n, p in zip(wanted, parts, strict=True)}
-                for info, p in zip(todo, plans, strict=True):
-                    segments = [
-                        _Segment(s.module, s.live, None if k == 0 else value[s.start], s.flops)
-                        for k, s in enumerate(p.segments)
-                    ]
-                    self._cuts[info.layer_num] = _Cut(
-                        value[p.layer_in],
-                        value[p.cut],
-                        [value[n] for n in p.live],
-                        p.suffix,
-                        segments,
+            except ValueError as exc:
+                logger.info("layer %s runs on the hook path: %s", info.name, exc)
+                self.hook_layers[info.layer_num] = str(exc)
+                hooked.append(info)
+                continue
+            planned.append((info, plan))
+        return planned, hooked
+
+    def _prepare_fx(self, planned: list[tuple[LayerInfo, _Plan]]) -> None:
+        """One prefix pass caching what every planned layer's suffix needs."""
+        assert self._graph is not None
+        wanted: dict[tuple[torch.fx.Node, torch.fx.Node | None, str], int] = {}
+
+        def want(n: torch.fx.Node, at: torch.fx.Node | None = None, how: str = "value") -> int:
+            return wanted.setdefault((n, at, how), len(wanted))
+
+        keys = []
+        for _, p in planned:
+            keys.append(
+                (
+                    want(p.layer_in, p.cut),  # what the layer received
+                    want(p.cut),
+                    [want(n, at) for n, at in zip(p.live, p.read_at, strict=True)],
+                    [want(n, None, "first") for n in p.roots],
+                    [want(s.start) for s in p.segments[1:]],
+                )
+            )
+        entries = list(wanted)
+        prefix = _prefix(self._graph, entries)
+        parts: list[list[object]] = [[] for _ in entries]
+        for a, b in self._chunks(self.num_images):
+            for k, t in enumerate(prefix(self._layout(self.images[a:b]))):
+                if not isinstance(t, torch.Tensor) or t.dim() == 0 or (
+                    entries[k][2] == "value" and t.shape[0] != b - a
+                ):
+                    raise RuntimeError(
+                        f"the traced value {entries[k][0].name!r} is not a per-image tensor "
+                        f"(got {type(t).__name__}); construct the engine with use_fx=False"
                     )
-                return
-            grabbed: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
-                info.layer_num: ([], []) for info in todo
-            }
+                if entries[k][2] == "value" or not parts[k]:
+                    parts[k].append(t)
+        value = [self._layout(torch.cat(p)) if len(p) > 1 else self._layout(p[0]) for p in parts]  # type: ignore[arg-type]
+        for (info, p), (k_in, k_out, k_live, k_roots, k_segs) in zip(planned, keys, strict=True):
+            segments = [
+                _Segment(s.module, s.live, s.roots, None if j == 0 else value[k_segs[j - 1]], s.flops)
+                for j, s in enumerate(p.segments)
+            ]
+            self._cuts[info.layer_num] = _Cut(
+                value[k_in],
+                self._neuron_layout(info, value[k_out]),
+                [value[k] for k in k_live],
+                [value[k] for k in k_roots],
+                p.suffix,
+                segments,
+            )
 
-            def grab(num: int) -> Callable[..., None]:
-                def hook(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
-                    # copies: an in-place op after the layer would overwrite them
-                    grabbed[num][0].append(i[0].clone())
-                    grabbed[num][1].append(o.clone())
+    def _prepare_hooks(self, todo: list[LayerInfo]) -> None:
+        grabbed: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
+            info.layer_num: ([], []) for info in todo
+        }
 
-                return hook
+        def grab(num: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+                # copies: an in-place op after the layer would overwrite them
+                grabbed[num][0].append(i[0].clone())
+                grabbed[num][1].append(o.clone())
 
-            with ExitStack() as stack:
-                for info in todo:
-                    stack.enter_context(info.module.register_forward_hook(grab(info.layer_num)))
-                for a, b in self._chunks(self.num_images):
-                    self.model(self.images[a:b])
-            for num, (ins, outs) in grabbed.items():
-                self._cuts[num] = _Cut(torch.cat(ins), torch.cat(outs), [], None, [])
+            return hook
+
+        with ExitStack() as stack:
+            for info in todo:
+                stack.enter_context(info.module.register_forward_hook(grab(info.layer_num)))
+            for a, b in self._chunks(self.num_images):
+                self.model(self.images[a:b])
+        for info in todo:
+            ins, outs = grabbed[info.layer_num]
+            out = self._neuron_layout(info, torch.cat(outs))
+            self._cuts[info.layer_num] = _Cut(torch.cat(ins), out, [], [], None, [])
+
+    @staticmethod
+    def _neuron_layout(info: LayerInfo, out: torch.Tensor) -> torch.Tensor:
+        """A layer's output ``(I, *module_output_shape)`` in neuron layout ``(I, *output_shape)``."""
+        return out.movedim(-1, 1) if info.channel_last else out
+
+    @staticmethod
+    def _module_layout(info: LayerInfo, out: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`_neuron_layout`: what the model's next op reads."""
+        return out.movedim(1, -1) if info.channel_last else out
 
     # ---------------------------------------------------------------------------- running
     def _check_idx(self, image_idx: torch.Tensor) -> torch.Tensor:
@@ -646,16 +849,21 @@ class SimulationEngine:
         n = int(image_idx.shape[0])
         self.stats.batched_forwards += 1
         self.stats.image_evaluations += n
+        info = self.catalogue[layer_num]
+        layer_output = self._module_layout(info, layer_output)
         if cut.suffix is not None:
             self.stats.suffix_flops += n * self.suffix_flops_per_image(layer_num)
-            return cut.suffix(layer_output, *[t[image_idx] for t in cut.live_ins])
+            return cut.suffix(
+                layer_output,
+                *[t[image_idx] for t in cut.live_ins],
+                *[_stand_in(r, n) for r in cut.root_ins],
+            )
         self.stats.suffix_flops += n * sum(self._layer_flops.values())
-        module = self.catalogue[layer_num].module
-        with module.register_forward_hook(lambda _m, _i, _o: layer_output):
+        with info.module.register_forward_hook(lambda _m, _i, _o: layer_output):
             return self.model(self.images[image_idx])
 
     def _forward_segments(
-        self, cut: _Cut, image_idx: torch.Tensor, layer_output: torch.Tensor
+        self, info: LayerInfo, cut: _Cut, image_idx: torch.Tensor, layer_output: torch.Tensor
     ) -> torch.Tensor:
         """The suffix, segment by segment, dropping the elements masked at each checkpoint.
 
@@ -666,7 +874,7 @@ class SimulationEngine:
         self.stats.image_evaluations += int(image_idx.shape[0])
         logits = self.golden_logits[image_idx]
         rows = torch.arange(image_idx.shape[0], device=image_idx.device)
-        x, idx = layer_output, image_idx
+        x, idx = self._module_layout(info, layer_output), image_idx
         for seg in cut.segments:
             if seg.golden_in is not None:
                 differs = _differs(x, seg.golden_in[idx])
@@ -674,7 +882,12 @@ class SimulationEngine:
                     x, idx, rows = x[differs], idx[differs], rows[differs]
                     if rows.shape[0] == 0:
                         break
-            x = seg.module(x, *[cut.live_ins[i][idx] for i in seg.live])
+            n = int(idx.shape[0])
+            x = seg.module(
+                x,
+                *[cut.live_ins[i][idx] for i in seg.live],
+                *[_stand_in(cut.root_ins[i], n) for i in seg.roots],
+            )
             self.stats.suffix_flops += seg.flops * int(rows.shape[0])
         else:
             logits[rows] = x.float()
@@ -701,7 +914,7 @@ class SimulationEngine:
                 out = cut.layer_output[idx]  # advanced indexing copies: no clone needed
                 perturbation.apply(out, a, b)
                 if cut.segments:
-                    outs.append(self._forward_segments(cut, idx, out))
+                    outs.append(self._forward_segments(info, cut, idx, out))
                 else:
                     outs.append(self._forward(layer_num, cut, idx, out).float())
         if not outs:
