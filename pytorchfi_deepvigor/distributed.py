@@ -40,6 +40,7 @@ __all__ = [
     "World",
     "all_gather",
     "barrier",
+    "connect",
     "detect",
     "loads",
     "merge_rank_costs",
@@ -140,6 +141,12 @@ def _group(world: World) -> Any:
         backend = str(dist.get_backend()).lower()
         _GROUP[key] = None if "gloo" in backend else dist.new_group(backend="gloo")
     return _GROUP[key]
+
+
+def connect(world: World) -> None:
+    """Join the job's process group now (initialising it from the torchrun variables if needed),
+    so a missing rendezvous fails before any work."""
+    _group(world)
 
 
 def barrier(world: World) -> None:

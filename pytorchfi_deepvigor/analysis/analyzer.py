@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from pytorchfi_deepvigor import distributed
+from pytorchfi_deepvigor.analysis import _sharded
 from pytorchfi_deepvigor.analysis.activations import analyze_activations
 from pytorchfi_deepvigor.analysis.probing import output_gradient
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
@@ -29,7 +31,7 @@ from pytorchfi_deepvigor.analysis.weights import analyze_weights
 from pytorchfi_deepvigor.catalogue import unsupported_layers
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import GRIDS, candidate_grid
-from pytorchfi_deepvigor.results import Cost, LayerResult, VulnerabilityResult
+from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost, VulnerabilityResult
 
 __all__ = ["DeepVigorAnalyzer", "ANALYSIS_TARGETS"]
 
@@ -149,22 +151,28 @@ class DeepVigorAnalyzer:
         kinds = ("activations", "weights") if target == "both" else (target,)
 
         start_stats, start_time = self.engine.stats.snapshot(), time.perf_counter()
-        self.engine.prepare(nums)  # every layer's golden values in one pass of the network
+        # work items (layer, targets); under torchrun this rank's cost-balanced share of them
+        world = distributed.detect()
+        items = _sharded.plan(nums, kinds, skip_zero_gradient=skip_zero_gradient)
+        mine = _sharded.mine(self.engine, items, sites, world)
+        # every layer's golden values in one pass of the network
+        self.engine.prepare(list(dict.fromkeys(num for num, _ in mine)))
         results: list[LayerResult] = []
         backwards = faults = 0
-        todo: Iterable[int] = nums
+        todo: Iterable[_sharded.Item] = mine
         if progress:
             from tqdm.auto import tqdm
 
-            todo = tqdm(nums, desc="DeepVigor+ layers", unit="layer")
-        for num in todo:
+            where = "" if world is None else f" ({world.describe()}, {len(mine)}/{len(items)})"
+            todo = tqdm(mine, desc=f"DeepVigor+ layer targets{where}", unit="item")
+        for num, item_kinds in todo:
             info = self.engine.catalogue[num]
             grad, n_back = None, 0
             layer_stats, layer_time = self.engine.stats.snapshot(), time.perf_counter()
             if skip_zero_gradient:
                 grad, n_back = output_gradient(self.engine, num)
                 backwards += n_back
-            for kind in kinds:
+            for kind in item_kinds:
                 if kind == "activations":
                     layer, n_faults = analyze_activations(
                         self.engine, info, sites[num], grid, grad=grad, keep_edm=keep_edm
@@ -199,6 +207,11 @@ class DeepVigorAnalyzer:
             faults=faults,
             wall_time_s=time.perf_counter() - start_time,
         )
+        ranks: tuple[RankCost, ...] = ()
+        if world is not None:  # every rank's items, merged in the one-process order
+            results, cost, ranks = _sharded.gather(
+                world, self.engine, items, results, len(mine), cost, start_time
+            )
         options = {
             "target": target,
             "layers": nums,
@@ -209,7 +222,7 @@ class DeepVigorAnalyzer:
             "skip_zero_gradient": skip_zero_gradient,
             "first_probe": 1.0,
         }
-        return VulnerabilityResult.from_layers(
+        result = VulnerabilityResult.from_layers(
             "deepvigor",
             results,
             options=options,
@@ -219,3 +232,4 @@ class DeepVigorAnalyzer:
             model_name=self.model_name,
             unsupported=unsupported_layers(self.engine.model),
         )
+        return dataclasses.replace(result, ranks=ranks) if ranks else result

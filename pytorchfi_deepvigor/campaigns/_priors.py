@@ -10,7 +10,6 @@ import torch
 
 from pytorchfi_deepvigor.campaigns import _run
 from pytorchfi_deepvigor.campaigns.faults import BITS, FaultEvaluator, FaultPopulation, layer_weight
-from pytorchfi_deepvigor.campaigns.progress import ProgressLog
 from pytorchfi_deepvigor.functional.sfi import weight_bit_prior
 
 __all__ = ["Pilot", "PriorSpec", "check_prior", "resolve_priors"]
@@ -80,7 +79,7 @@ def resolve_priors(
     rng: np.random.Generator,
     *,
     chunks: Mapping[int, int],
-    log: ProgressLog | None = None,
+    log: _run.RankedLog | None = None,
 ) -> tuple[list[np.ndarray], _run.Executed]:
     """One 32-vector of priors per population, and the pilot's work (empty without a pilot).
 

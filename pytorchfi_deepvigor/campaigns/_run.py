@@ -4,6 +4,14 @@ A campaign is a list of :class:`WorkUnit` (one layer's population and the fault 
 it). :func:`execute` evaluates them in chunks through the one per-fault evaluation
 (:class:`~pytorchfi_deepvigor.campaigns.faults.FaultEvaluator`), records each chunk in the
 progress log when there is one, and skips what the log already holds.
+
+Under torchrun (:mod:`pytorchfi_deepvigor.distributed`) the chunks not yet done are the work
+items: each rank evaluates its cost-balanced share (cost: faults x the FLOPs of the layer and of
+every catalogued layer after it), and the ranks exchange their chunks' counts at the end of
+:func:`execute`, so every rank returns the whole campaign. Each rank writes its own progress file,
+``progress_dir/rank<r>/<name>.progress.jsonl`` (one process: ``progress_dir/<name>...``), and
+every run reads all of them: progress is per chunk, not per rank, so a rerun with any number of
+processes resumes from what any earlier run saved.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor.campaigns.faults import (
     FAULT_MODELS,
     FaultEvaluator,
@@ -26,12 +35,13 @@ from pytorchfi_deepvigor.campaigns.faults import (
 )
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog, tensors_fingerprint
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.results import Cost, OutcomeCounts
+from pytorchfi_deepvigor.results import Cost, OutcomeCounts, RankCost
 
 __all__ = [
     "RESULT_TARGET",
     "WorkUnit",
     "Executed",
+    "RankedLog",
     "check_engine",
     "check_fault_model",
     "check_layers",
@@ -109,6 +119,8 @@ class Executed:
     forwards: int = 0
     evaluations: int = 0
     work: dict[str, Cost] = field(default_factory=dict)
+    ranks: tuple[RankCost, ...] = ()
+    """Under torchrun: what each rank computed in this run (empty in one process)."""
 
     def add(self, rec: ChunkRecord) -> None:
         self.forwards += rec.forwards
@@ -128,12 +140,33 @@ def chunk_sizes(
     return {n: faults_per_chunk or chunk_size(engine, engine.layer(n)) for n in layers}
 
 
+class RankedLog:
+    """This process's progress log, plus the records of the files other ranks (of this run or
+    an earlier one, with any number of processes) wrote for the same campaign, read once."""
+
+    def __init__(self, own: ProgressLog, others: list[ProgressLog]) -> None:
+        self.own = own
+        self.others = others
+        self._read = [rec for log in others for rec in log.records]
+
+    @property
+    def records(self) -> list[ChunkRecord]:
+        """The other files' records, then this file's (a chunk may appear in several)."""
+        return self._read + self.own.records
+
+    def append(self, record: ChunkRecord) -> None:
+        self.own.append(record)
+
+    def close(self) -> None:
+        self.own.close()
+
+
 def open_log(
     progress_dir: str | Path | None,
     name: str,
     engine: SimulationEngine,
     arguments: Mapping[str, Any],
-) -> ProgressLog | None:
+) -> RankedLog | None:
     """The campaign's progress log under ``progress_dir`` (``None`` without a directory)."""
     if progress_dir is None:
         return None
@@ -146,21 +179,26 @@ def open_log(
         "model_fingerprint": tensors_fingerprint(model=engine.model),
         "images_fingerprint": tensors_fingerprint(images=engine.images),
     }
-    return ProgressLog(Path(progress_dir) / f"{name}.progress.jsonl", header)
+    root, file = Path(progress_dir), f"{name}.progress.jsonl"
+    world = distributed.detect()
+    path = root / file if world is None else root / f"rank{world.rank}" / file
+    own = ProgressLog(path, header)
+    try:
+        others = [
+            ProgressLog(p, header, readonly=True)
+            for p in sorted([root / file, *root.glob(f"rank*/{file}")])
+            if p.is_file() and p != path
+        ]
+    except BaseException:
+        own.close()
+        raise
+    return RankedLog(own, others)
 
 
-def execute(
-    evaluator: FaultEvaluator,
-    units: Sequence[WorkUnit],
-    *,
-    chunks: Mapping[int, int],
-    log: ProgressLog | None,
-    progress: bool,
-) -> Executed:
-    """Evaluate every unit's faults in chunks (``chunks``: faults per chunk by layer number),
-    resuming from ``log``."""
-    result = Executed({u.key: np.full((len(u.ids), 4), -1, dtype=np.int64) for u in units})
+def _resume(result: Executed, units: Sequence[WorkUnit], log: RankedLog | None) -> None:
+    """Fill ``result`` from the records of ``log`` (each chunk once, whichever file holds it)."""
     sizes = {u.key: len(u.ids) for u in units}
+    seen: dict[tuple[str, int, int], ChunkRecord] = {}
     for rec in log.records if log else ():
         if rec.unit not in sizes:
             continue  # another phase of the same campaign (e.g. its pilot)
@@ -169,34 +207,101 @@ def execute(
                 f"progress record {rec.unit}[{rec.start}:{rec.stop}] does not fit this campaign; "
                 "delete the progress file to start afresh"
             )
+        key = (rec.unit, rec.start, rec.stop)
+        if key in seen:  # two ranks' files hold the same chunk
+            if not seen[key].same_work(rec):
+                raise ValueError(
+                    f"two progress files hold {rec.unit}[{rec.start}:{rec.stop}] with different "
+                    "outcomes; delete the progress folder to start afresh"
+                )
+            continue
+        seen[key] = rec
         result.counts[rec.unit][rec.start : rec.stop] = rec.counts
         result.add(rec)
+
+
+def _chunk_plan(
+    evaluator: FaultEvaluator,
+    units: Sequence[WorkUnit],
+    result: Executed,
+    chunks: Mapping[int, int],
+) -> tuple[list[tuple[WorkUnit, int, int]], list[float]]:
+    """The chunks still to evaluate, and each one's estimated cost (see the module docstring)."""
     engine = evaluator.engine
-    todo = sum(int((c[:, 0] < 0).sum()) for c in result.counts.values())
-    with tqdm(total=todo, disable=not progress, unit="fault", desc="FI") as bar:
-        for unit in units:
+    todo, costs = [], []
+    for unit in units:
+        counts = result.counts[unit.key]
+        info = unit.population.layer
+        per_fault = engine.suffix_flops_per_image(info.layer_num) + 2.0 * (
+            info.neurons_per_image * info.fan_in
+        )
+        size = chunks[info.layer_num]
+        for start in range(0, len(unit.ids), size):
+            stop = min(start + size, len(unit.ids))
+            if not (counts[start:stop, 0] >= 0).all():
+                todo.append((unit, start, stop))
+                costs.append(float(stop - start) * per_fault)
+    return todo, costs
+
+
+def execute(
+    evaluator: FaultEvaluator,
+    units: Sequence[WorkUnit],
+    *,
+    chunks: Mapping[int, int],
+    log: RankedLog | None,
+    progress: bool,
+) -> Executed:
+    """Evaluate every unit's faults in chunks (``chunks``: faults per chunk by layer number),
+    resuming from ``log``; under torchrun this rank's share, then every rank's (module docstring)."""
+    result = Executed({u.key: np.full((len(u.ids), 4), -1, dtype=np.int64) for u in units})
+    _resume(result, units, log)
+    world = distributed.detect()
+    if world is not None:
+        distributed.barrier(world)  # every rank has read the progress files before any writes
+    todo, costs = _chunk_plan(evaluator, units, result, chunks)
+    if world is not None:
+        todo = [todo[i] for i in distributed.share(costs, size=world.size, rank=world.rank)]
+    engine = evaluator.engine
+    mine: list[ChunkRecord] = []
+    began_all = time.perf_counter()
+    desc = "FI" if world is None else f"FI ({world.describe()})"
+    total = sum(stop - start for _, start, stop in todo)
+    with tqdm(total=total, disable=not progress, unit="fault", desc=desc) as bar:
+        for unit, start, stop in todo:
             counts = result.counts[unit.key]
-            size = chunks[unit.population.layer.layer_num]
-            for start in range(0, len(unit.ids), size):
-                stop = min(start + size, len(unit.ids))
-                if (counts[start:stop, 0] >= 0).all():
-                    continue
-                before, began = engine.stats.snapshot(), time.perf_counter()
-                counts[start:stop] = evaluator.counts(unit.population, unit.ids[start:stop])
-                work = engine.stats - before
-                rec = ChunkRecord(
-                    unit.key,
-                    start,
-                    stop,
-                    counts[start:stop],
-                    work.batched_forwards,
-                    work.image_evaluations,
-                    time.perf_counter() - began,
-                )
-                result.add(rec)
-                if log is not None:
-                    log.append(rec)
-                bar.update(stop - start)
+            before, began = engine.stats.snapshot(), time.perf_counter()
+            counts[start:stop] = evaluator.counts(unit.population, unit.ids[start:stop])
+            work = engine.stats - before
+            rec = ChunkRecord(
+                unit.key,
+                start,
+                stop,
+                counts[start:stop],
+                work.batched_forwards,
+                work.image_evaluations,
+                time.perf_counter() - began,
+            )
+            result.add(rec)
+            mine.append(rec)
+            if log is not None:
+                log.append(rec)
+            bar.update(stop - start)
+    if world is not None:
+        spent = Cost(
+            batched_forwards=sum(r.forwards for r in mine),
+            image_evaluations=sum(r.evaluations for r in mine),
+            faults=sum(r.stop - r.start for r in mine),
+            wall_time_s=time.perf_counter() - began_all,
+        )
+        record = distributed.rank_cost(world, engine.device, spent, len(mine))
+        parts = distributed.all_gather((record, mine), world)
+        for rank, (_, recs) in enumerate(parts):
+            if rank != world.rank:
+                for rec in recs:
+                    result.counts[rec.unit][rec.start : rec.stop] = rec.counts
+                    result.add(rec)
+        result.ranks = tuple(r for r, _ in parts)
     return result
 
 

@@ -161,7 +161,7 @@ class ExhaustiveCampaign:
             faults=sum(len(u.ids) for u in units),
             wall_time_s=time.perf_counter() - started,
         )
-        return VulnerabilityResult.from_layers(
+        result = VulnerabilityResult.from_layers(
             "exhaustive",
             results,
             options=options,
@@ -170,6 +170,7 @@ class ExhaustiveCampaign:
             n_images=self.engine.num_images,
             model_name=type(self.engine.model).__name__,
         )
+        return dataclasses.replace(result, ranks=done.ranks) if done.ranks else result
 
 
 def _channels(

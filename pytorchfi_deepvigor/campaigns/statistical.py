@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor.campaigns import _run, _sampling
 from pytorchfi_deepvigor.campaigns._priors import Pilot, PriorSpec, check_prior, resolve_priors
 from pytorchfi_deepvigor.campaigns._sampling import SamplingPlan, Stratum
@@ -196,7 +197,7 @@ class StatisticalCampaign:
             faults=plan.faults + sum(len(c) for c in pilot.counts.values()),
             wall_time_s=time.perf_counter() - started,
         )
-        return VulnerabilityResult.from_layers(
+        result = VulnerabilityResult.from_layers(
             f"sfi-{variant}",  # type: ignore[arg-type]
             layers_out,
             options=options,
@@ -205,6 +206,8 @@ class StatisticalCampaign:
             n_images=self.engine.num_images,
             model_name=type(self.engine.model).__name__,
         )
+        ranks = distributed.merge_rank_costs(pilot.ranks, done.ranks)
+        return dataclasses.replace(result, ranks=ranks) if ranks else result
 
 
 @dataclass(frozen=True)
