@@ -4,8 +4,13 @@ The candidate vulnerability values (CVVs) are positive magnitudes ``c_1 < ... < 
 (powers of two) used with both signs:
 
 * ``"paper"``: ``2^-10 .. 2^10`` (21 values, the paper's Eq. 11);
-* ``"extended"`` (default): the paper grid plus ``2^12, 2^16, 2^24, 2^32, 2^64, 2^100, 2^127``,
-  so a target that is not vulnerable at any magnitude can be recognised as such.
+* ``"extended"``: the paper grid plus ``2^12, 2^16, 2^24, 2^32, 2^64, 2^100, 2^127``, so a
+  target that is not vulnerable at any magnitude can be recognised as such;
+* ``"fine"`` (default): four candidates per octave, ``(1 + q/4) * 2^e`` for ``e`` in
+  ``-24 .. 127`` and ``q`` in ``0..3``, then ``+Inf``: the same resolution over the whole range
+  where bit-flip errors occur (no jumps like ``2^32 -> 2^64``), and the outermost finite bin
+  ``[1.75 * 2^127, Inf)`` is probed like the others, so only NaN and +-Inf (what FI sees as a
+  DUE) are assumed critical.
 
 An EDM of one target on one image is a histogram of the additive output errors that all
 single bit flips of the target's fault sites produce, over the ``2K + 1`` bins cut by the edges
@@ -14,7 +19,7 @@ single bit flips of the target's fault sites produce, over the ``2K + 1`` bins c
 * bin ``0`` (``e < -c_K``, ``-Inf`` included) and bin ``2K`` (``e >= c_K``, ``+Inf`` included;
   NaN errors are counted here, as ``+Inf``) are **always critical**: for the paper grid this is
   the paper's "beyond 2^10 is critical", for the extended grid it only concerns
-  ``|e| >= 2^127`` and infinities;
+  ``|e| >= 2^127`` and infinities, for the fine grid (``c_K = Inf``) only NaN and +-Inf;
 * bin ``K`` (``[-c_1, c_1)``) is **never critical**: below the grid's resolution (the paper's
   masked errors);
 * the positive bin ``[c_k, c_{k+1})`` (bin ``K + k``) is critical iff the candidate ``+c_k`` is,
@@ -29,9 +34,9 @@ one error per (weight, bit) (``aggregate="position"``, the paper) or only the po
 of largest magnitude (``aggregate="fault"``).
 
 Counting is vectorised: :func:`~pytorchfi_deepvigor.bits.flip_all_bits` gives every flip of
-every site at once; as every edge is a power of two, an error's bin follows from its float32
-exponent bits (sign, biased exponent, and whether it is an exact power of two), so one integer
-key per error and one ``bincount`` count them all (the same result as
+every site at once; as every edge is a power of two (or, for the fine grid, a power of two times
+``1.25``, ``1.5`` or ``1.75``), an error's bin follows from its float32 sign, exponent and (fine
+grid) two leading mantissa bits, so one integer key per error and one ``bincount`` count them all (the same result as
 ``torch.bucketize(errors, edges, right=True)``, several times faster); there is no Python loop
 over sites or bits.
 
@@ -53,7 +58,11 @@ from pytorchfi_deepvigor.bits import flip_all_bits
 
 __all__ = [
     "GRIDS",
+    "FINE_RANGE",
+    "SEARCHES",
     "candidate_grid",
+    "grid_summary",
+    "key_shift",
     "bin_edges",
     "bin_index",
     "histogram",
@@ -66,23 +75,52 @@ GRIDS: dict[str, tuple[int, ...]] = {
     "paper": tuple(range(-10, 11)),
     "extended": (*range(-10, 11), 12, 16, 24, 32, 64, 100, 127),
 }
-"""Exponents of the candidate grids: ``c_k = 2 ** exponent``."""
+"""Exponents of the power-of-two candidate grids: ``c_k = 2 ** exponent``."""
+
+FINE_RANGE = (-24, 127)
+"""Octaves ``e`` of the fine grid: candidates ``(1 + q/4) * 2^e``, ``q = 0..3``, then ``+Inf``."""
+
+SEARCHES = ("fine", "extended", "paper")
+"""The candidate grids by name, the default first."""
 
 _CHUNK_ELEMENTS = 1 << 20  # errors per chunk: small enough to stay in cache
 
 
-def candidate_grid(search: str = "extended") -> Tensor:
-    """Positive candidate magnitudes ``c_1 < ... < c_K`` (float64, exact powers of two).
+def candidate_grid(search: str = "fine") -> Tensor:
+    """Positive candidate magnitudes ``c_1 < ... < c_K`` (float64, exact in float32).
 
     Args:
-        search: ``"extended"`` (default) or ``"paper"``.
+        search: ``"fine"`` (default), ``"extended"`` or ``"paper"``.
 
     Raises:
         ValueError: for an unknown grid name.
     """
+    if search == "fine":
+        lo, hi = FINE_RANGE
+        values = [(1.0 + q / 4.0) * 2.0**e for e in range(lo, hi + 1) for q in range(4)]
+        return torch.tensor([*values, float("inf")], dtype=torch.float64)
     if search not in GRIDS:
-        raise ValueError(f"expected search in {sorted(GRIDS)}, got {search!r}")
+        raise ValueError(f"expected search in {list(SEARCHES)}, got {search!r}")
     return torch.tensor([2.0**e for e in GRIDS[search]], dtype=torch.float64)
+
+
+def grid_summary(search: str) -> dict[str, object]:
+    """What a result records of a grid: its name, size and ends (``"inf"`` for ``+Inf``)."""
+    grid = candidate_grid(search)
+    last = float(grid[-1])
+    return {
+        "grid": search,
+        "grid_size": grid.numel(),
+        "grid_min": float(grid[0]),
+        "grid_max": "inf" if last == float("inf") else last,
+    }
+
+
+def key_shift(grid: Tensor) -> int:
+    """Right shift of the float32 bits that keys the grid's bins: 23 (octaves) or 21 (quarters)."""
+    finite = grid[torch.isfinite(grid)].to(torch.float32)
+    low = finite.view(torch.int32) & ((1 << 23) - 1)
+    return 23 if not bool(low.any()) else 21
 
 
 def _check_grid(grid: Tensor) -> None:
@@ -90,12 +128,18 @@ def _check_grid(grid: Tensor) -> None:
         raise ValueError(f"expected a 1-D grid of at least 2 magnitudes, got {tuple(grid.shape)}")
     if not bool((grid > 0).all()) or not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("expected a grid of strictly increasing positive magnitudes")
-    exps = torch.log2(grid.double())
+    finite = grid[:-1] if float(grid[-1]) == float("inf") else grid  # only the last may be +Inf
+    if not bool(torch.isfinite(finite).all()):
+        raise ValueError("expected finite grid magnitudes (only the last may be +Inf)")
+    mant, exps = torch.frexp(finite.double())  # finite = mant * 2^exps, mant in [0.5, 1)
+    quarters = mant * 8.0  # 4, 5, 6 or 7 for (1 + q/4) * 2^e
     if (
-        not bool((exps == exps.round()).all())
-        or not -126 <= float(exps[0]) <= float(exps[-1]) <= 127
+        not bool((quarters == quarters.round()).all())
+        or not -126 <= int(exps[0]) - 1 <= int(exps[-1]) - 1 <= 127
     ):
-        raise ValueError("expected grid magnitudes that are powers of two in [2^-126, 2^127]")
+        raise ValueError(
+            "expected grid magnitudes (1 + q/4) * 2^e with q in 0..3 and e in [-126, 127]"
+        )
 
 
 def bin_edges(grid: Tensor) -> Tensor:
@@ -104,62 +148,75 @@ def bin_edges(grid: Tensor) -> Tensor:
     return torch.cat([-grid.flip(0), grid]).to(torch.float32)
 
 
-_KEYS = 512  # (sign, exponent) keys, see _raw_keys
+def _raw_keys(values: Tensor, shift: int = 23) -> Tensor:
+    """Sign-and-magnitude key in ``[-H, H)`` (``H = 2^(31 - shift)``) of every float32 value.
 
-
-def _raw_keys(values: Tensor) -> Tensor:
-    """Sign-and-exponent key in ``[-256, 256)`` of every float32 value, from its bits alone.
-
-    A non-negative value gets its biased exponent ``E`` (``|v|`` in ``[2^(E-127), 2^(E-126))``,
-    255 for Inf/NaN). A negative value gets ``-ceil(|bits| / 2^23)``, i.e. ``-(E' + 1)`` with
-    ``|v|`` in ``(2^(E'-127), 2^(E'-126)]``: an exact power of two falls in the bin above it, as
-    the bins ``[edge, next edge)`` require; ``-0.0`` gets 0 (like ``+0.0``), a negative NaN -256.
-    Computed as ``((bits ^ (s & 0x7FFFFFFF)) - s) >> 23`` with ``s`` the sign mask (no overflow),
-    **in place**: ``values`` (a contiguous float32 temporary) is overwritten by the keys.
+    With ``shift = 23`` a non-negative value gets its biased exponent ``E`` (``|v|`` in
+    ``[2^(E-127), 2^(E-126))``, 255 for Inf/NaN); with ``shift = 21`` the exponent and the two
+    leading mantissa bits, i.e. the quarter ``[(1 + q/4) 2^e, (1 + (q+1)/4) 2^e)``. A negative
+    value gets ``-ceil(|bits| / 2^shift)``: an exact edge falls in the bin above it, as the bins
+    ``[edge, next edge)`` require; ``-0.0`` gets 0 (like ``+0.0``), a negative NaN ``-H``.
+    Computed as ``((bits ^ (s & 0x7FFFFFFF)) - s) >> shift`` with ``s`` the sign mask (no
+    overflow), **in place**: ``values`` (a contiguous float32 temporary) is overwritten.
     """
     bits = values.view(torch.int32)
     sign = bits >> 31  # -1 for a set sign bit, else 0
-    bits.bitwise_xor_(sign & 0x7FFFFFFF).sub_(sign).bitwise_right_shift_(23)
+    bits.bitwise_xor_(sign & 0x7FFFFFFF).sub_(sign).bitwise_right_shift_(shift)
     return bits
 
 
-def _key_table(grid: Tensor) -> Tensor:
-    """Bin of every key ``+ 256`` (long ``(512,)``) for the grid's edges."""
+def _key_table(grid: Tensor, shift: int) -> Tensor:
+    """Bin of every key ``+ H`` (long ``(2H,)``) for the grid's edges."""
     k = grid.numel()
-    exps = torch.arange(256, dtype=torch.float64)
-    below = (grid.view(1, -1) <= torch.exp2(exps - 127).view(-1, 1)).sum(dim=1)  # c_k <= 2^(E-127)
-    neg, pos = k - below, k + below  # indexed by E' and by E
-    neg[0], pos[0] = k, k  # zero and subnormals: below c_1
-    neg[255], pos[255] = 2 * k, 2 * k  # a negative NaN (-Inf has E' = 254); +Inf and NaN
-    return torch.cat([neg.flip(0), pos]).long()  # key -(E' + 1) sits at 255 - E'
+    half = 1 << (31 - shift)
+    per_octave = 1 << (23 - shift)
+    key = torch.arange(half, dtype=torch.float64)
+    exp, quarter = torch.div(key, per_octave, rounding_mode="floor"), key % per_octave
+    lower = torch.exp2(exp - 127) * (1 + quarter / per_octave)  # the key's smallest magnitude
+    below = (grid.view(1, -1) <= lower.view(-1, 1)).sum(dim=1)  # c_k <= lower edge
+    neg, pos = k - below, k + below  # indexed by the negative and positive keys
+    neg[:per_octave], pos[:per_octave] = k, k  # zero and subnormals: below c_1
+    top = half - per_octave  # the first key of E = 255: +Inf and NaN
+    pos[top:] = 2 * k
+    neg[top:] = 2 * k  # negative NaN (-Inf has the key of the largest finite magnitude + 1)
+    neg[top - 1] = 0  # -Inf, and -FLT_MAX's quarter: below -c_K (bin 0)
+    table = torch.cat([neg.flip(0), pos]).long()  # key -(m + 1) sits at H - 1 - m
+    return table
 
 
-def _count(keys: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
+def _count(keys: Tensor, grid: Tensor, valid: Tensor | None = None, shift: int = 23) -> Tensor:
     """Bin counts ``(..., 2K + 1)`` of raw keys ``(..., N)`` over the last dimension."""
     nbins = 2 * grid.numel() + 1
+    half = 1 << (31 - shift)
+    n_keys = 2 * half
     if valid is not None:
-        keys = torch.where(valid, keys, _KEYS - 256)  # an overflow key, dropped below
+        keys = torch.where(valid, keys, half)  # an overflow key, dropped below
     lead = keys.shape[:-1]
     flat = keys.reshape(-1, keys.shape[-1])
     n_rows = flat.shape[0]
-    offset = torch.arange(n_rows, device=flat.device) * (_KEYS + 1) + 256
-    if n_rows * (_KEYS + 1) < 2**31:
+    offset = torch.arange(n_rows, device=flat.device) * (n_keys + 1) + half
+    if n_rows * (n_keys + 1) < 2**31:
         offset = offset.to(torch.int32)
     else:
         flat = flat.long()
     flat = flat.add_(offset.unsqueeze(1)) if flat.is_contiguous() else flat + offset.unsqueeze(1)
-    per_key = torch.bincount(flat.view(-1), minlength=n_rows * (_KEYS + 1))
-    per_key = per_key.view(n_rows, _KEYS + 1)[:, :_KEYS]
+    per_key = torch.bincount(flat.view(-1), minlength=n_rows * (n_keys + 1))
+    per_key = per_key.view(n_rows, n_keys + 1)[:, :n_keys]
     counts = torch.zeros(n_rows, nbins, dtype=torch.int64, device=flat.device)
-    counts.index_add_(1, _key_table(grid).to(flat.device), per_key)
+    counts.index_add_(1, _key_table(grid, shift).to(flat.device), per_key)
     return counts.reshape(*lead, nbins)
+
+
+def _keys_of(errors: Tensor, shift: int) -> Tensor:
+    return _raw_keys(errors.to(torch.float32, copy=True).contiguous(), shift)
 
 
 def bin_index(errors: Tensor, grid: Tensor) -> Tensor:
     """Bin (0..2K) of every error; NaN goes to the top bin ``2K`` (counted as ``+Inf``)."""
     _check_grid(grid)
-    table = _key_table(grid).to(errors.device)
-    return table[(_raw_keys(errors.to(torch.float32, copy=True).contiguous()) + 256).long()]
+    shift = key_shift(grid)
+    table = _key_table(grid, shift).to(errors.device)
+    return table[(_keys_of(errors, shift) + (1 << (31 - shift))).long()]
 
 
 def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -178,7 +235,8 @@ def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tens
         int64 tensor ``(..., 2K + 1)``.
     """
     _check_grid(grid)
-    return _count(_raw_keys(errors.to(torch.float32, copy=True).contiguous()), grid, valid)
+    shift = key_shift(grid)
+    return _count(_keys_of(errors, shift), grid, valid, shift)
 
 
 def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -198,6 +256,7 @@ def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None)
             f"expected x (I, T, J) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
         )
     _check_grid(grid)
+    shift = key_shift(grid)
     n_img, n_tgt, n_ops = x.shape
     mask = None if valid is None else valid.to(x.device).view(n_tgt, 1, n_ops, 1)
     xt = x.transpose(0, 1)  # (T, I, J)
@@ -207,7 +266,8 @@ def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None)
         xs = xt[a : a + step]
         err = flip_all_bits(xs).sub_(xs.unsqueeze(-1)).mul_(w[a : a + step, None, :, None])
         m = None if mask is None else mask[a : a + step].expand_as(err)
-        out.append(_count(_raw_keys(err).flatten(2), grid, None if m is None else m.flatten(2)))
+        keys = _raw_keys(err, shift).flatten(2)
+        out.append(_count(keys, grid, None if m is None else m.flatten(2), shift))
     return torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
 
 
@@ -249,17 +309,18 @@ def weight_edm(
             f"expected x (I, T, J, P) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
         )
     _check_grid(grid)
+    shift = key_shift(grid)
     n_img, n_tgt, n_w, n_pos = x.shape
     eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
     xt = x.transpose(0, 1)  # (T, I, J, P)
     vt = None if valid is None else valid.to(x.device).unsqueeze(1)  # (T, 1, J, P)
     if aggregate == "fault":
         xm = _largest(xt, vt)  # (T, I, J)
-        keys = _raw_keys(eps.unsqueeze(1) * xm.unsqueeze(-1))  # (T, I, J, 32)
+        keys = _raw_keys(eps.unsqueeze(1) * xm.unsqueeze(-1), shift)  # (T, I, J, 32)
         if vt is None:
-            return _count(keys.flatten(2), grid)
+            return _count(keys.flatten(2), grid, shift=shift)
         m = vt.any(dim=-1, keepdim=True).expand_as(keys)  # a weight that meets only padding
-        return _count(keys.flatten(2), grid, m.flatten(2))
+        return _count(keys.flatten(2), grid, m.flatten(2), shift)
     if vt is not None:  # padding: no error counted (removed from the counts below)
         xt = xt.masked_fill(~vt, 0.0)
     out = []
@@ -269,7 +330,8 @@ def weight_edm(
         rows = []
         for a in range(0, n_img, step_i):
             err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]
-            rows.append(_count(_raw_keys(err).flatten(1), grid))  # err: (i, J, 32, P)
+            keys = _raw_keys(err, shift).flatten(1)  # err: (i, J, 32, P)
+            rows.append(_count(keys, grid, shift=shift))
         out.append(torch.cat(rows))
     if not out:
         return torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)

@@ -15,6 +15,17 @@ Adding ``1`` to ``S`` when it is not in the VVSS does not change the VF: no erro
 between ``1`` and the next member, so ``F(1) = F(next member)``. A row with an empty ``S`` needs
 no probe at all (its mass is decided by the EDM alone).
 
+Criticality is not always monotone in the error's magnitude: after a normalisation over
+channels (GroupNorm, LayerNorm) a huge error saturates, and the class flips for errors between
+``2^8`` and ``2^64`` but no longer beyond. :func:`checked_search` detects and handles that: after
+the bisection it probes the largest member of every row whose bisection found a critical
+candidate below it (the largest non-empty bin, one more oracle call for all such rows); where
+that probe is not critical the monotone assumption failed, and every member above the bisection's
+answer is probed (one call). A layer (one call of :func:`checked_search`) where any row failed
+also has its rows without a critical candidate scanned, as a critical band may lie between the
+bisection's probes. It returns the criticality of every candidate, not only the smallest
+critical one, so the VF counts exactly the bins found critical.
+
 Every bisection round is **one** oracle call carrying all unfinished rows, so the caller can
 turn it into one batched forward of many (target, image, candidate) elements; finished rows
 are not evaluated again. :func:`full_scan` probes every member and is the reference the tests
@@ -36,7 +47,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Oracle", "SearchResult", "bisect_search", "full_scan", "margin_loss"]
+__all__ = [
+    "Oracle",
+    "SearchResult",
+    "CheckedSearch",
+    "bisect_search",
+    "checked_search",
+    "full_scan",
+    "margin_loss",
+    "runner_up_margin",
+]
 
 Oracle = Callable[[Tensor, Tensor], Tensor]
 """``oracle(rows, grid_idx) -> critical``: long ``(P,)``, long ``(P,)`` -> bool ``(P,)``."""
@@ -125,6 +145,72 @@ def bisect_search(members: Tensor, oracle: Oracle, first: int | None = None) -> 
     return SearchResult(index=index, probes=probes, rounds=rounds)
 
 
+@dataclass(frozen=True)
+class CheckedSearch:
+    """Outcome of :func:`checked_search`.
+
+    Attributes:
+        index: long ``(R,)``: the bisection's smallest critical candidate (``K`` if none).
+        critical: bool ``(R, K)``: whether the bin of candidate ``g`` is critical. Exact for the
+            probed members; for rows that passed the check, every candidate from ``index`` on.
+        probes: long ``(R,)``: candidates evaluated per row (bisection, check and scans).
+        rounds: oracle calls made.
+        non_monotone: bool ``(R,)``: rows whose largest member contradicted the bisection.
+        scanned: bool ``(R,)``: rows whose members were all probed.
+    """
+
+    index: Tensor
+    critical: Tensor
+    probes: Tensor
+    rounds: int
+    non_monotone: Tensor
+    scanned: Tensor
+
+
+def checked_search(members: Tensor, oracle: Oracle, first: int | None = None) -> CheckedSearch:
+    """:func:`bisect_search`, then a check of the largest member and scans where it fails.
+
+    Args:
+        members: bool ``(R, K)``: the candidates of each row.
+        oracle: evaluates a batch of (row, grid index) pairs.
+        first: the first probe (see :func:`bisect_search`).
+
+    Returns:
+        :class:`CheckedSearch`.
+    """
+    n_rows, k = _check(members, first)
+    res = bisect_search(members, oracle, first)
+    ar = torch.arange(k, device=members.device)
+    critical = ar.view(1, -1) >= res.index.view(-1, 1)
+    probes, rounds = res.probes.clone(), res.rounds
+    largest = torch.where(members, ar, -1).amax(dim=1) if k else torch.full((n_rows,), -1)
+    check = (largest > res.index) & (res.index < k)
+    non_monotone = torch.zeros(n_rows, dtype=torch.bool, device=members.device)
+    rows = check.nonzero().squeeze(1)
+    if rows.numel():
+        crit = _ask(oracle, rows, largest[rows])
+        probes[rows] += 1
+        rounds += 1
+        non_monotone[rows] = ~crit
+    scan = non_monotone.clone()
+    if bool(non_monotone.any()):
+        scan |= res.index >= k  # a critical band may hide between the bisection's probes
+    found = res.index < k
+    above = ar.view(1, -1) > torch.where(found, res.index, -1).view(-1, 1)
+    want = members & scan.view(-1, 1) & above
+    want[rows, largest[rows]] = False  # probed by the check
+    if bool(scan.any()):
+        critical[scan] = False
+        hit = scan & found
+        critical[hit, res.index[hit]] = True
+    rows_s, g_s = want.nonzero(as_tuple=True)
+    if rows_s.numel():
+        critical[rows_s, g_s] = _ask(oracle, rows_s, g_s)
+        probes += want.sum(dim=1)
+        rounds += 1
+    return CheckedSearch(res.index, critical, probes, rounds, non_monotone, scan)
+
+
 def full_scan(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:
     """Reference search: probe every candidate of every row (one oracle call), take the smallest.
 
@@ -142,6 +228,21 @@ def full_scan(members: Tensor, oracle: Oracle, first: int | None = None) -> Sear
     ar = torch.arange(k, device=members.device)
     index = torch.where(crit, ar, k).amin(dim=1) if k else torch.zeros(n_rows, dtype=torch.long)
     return SearchResult(index=index, probes=cand.sum(dim=1), rounds=int(rows.numel() > 0))
+
+
+def runner_up_margin(logits: Tensor, golden_top1: Tensor) -> Tensor:
+    """Per image, the golden class's logit minus the largest other logit: the class flips at 0.
+
+    Args:
+        logits: ``(B, classes)``.
+        golden_top1: long ``(B,)``.
+
+    Returns:
+        ``(B,)``.
+    """
+    top = logits.gather(1, golden_top1.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, golden_top1.view(-1, 1), float("-inf"))
+    return top - others.amax(dim=1)
 
 
 def margin_loss(logits: Tensor, golden_top1: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "non_critical_mass",
+    "critical_bins_mass",
     "vulnerability_factor",
     "vv_values",
     "layer_vf",
@@ -70,6 +71,39 @@ def non_critical_mass(counts: Tensor, plus_idx: Tensor, minus_idx: Tensor) -> Te
     below = torch.gather(cum, -1, hi) - torch.gather(cum, -1, lo)
     total = cum[..., -1:]
     return (below / total.clamp_min(1)).squeeze(-1)
+
+
+def critical_bins_mass(counts: Tensor, plus_crit: Tensor, minus_crit: Tensor) -> Tensor:
+    """Fraction of each EDM's errors in bins that are not critical, bin by bin.
+
+    The general form of :func:`non_critical_mass` for a criticality that need not be monotone
+    in the magnitude: ``plus_crit[..., g]`` says whether the bin ``[c_g, c_{g+1})`` is critical,
+    ``minus_crit[..., g]`` the bin ``[-c_{g+1}, -c_g)``; the middle bin is never critical, the
+    outer bins (beyond ``+-c_K``, NaN) always are. With ``plus_crit[g] = g >= delta_plus``
+    (likewise for minus) it equals :func:`non_critical_mass`.
+
+    Args:
+        counts: EDM counts ``(..., 2K + 1)``.
+        plus_crit: bool ``(..., K)``.
+        minus_crit: bool ``(..., K)``.
+
+    Returns:
+        float64 ``m`` of shape ``counts.shape[:-1]`` (0 where an EDM is empty).
+    """
+    nbins = counts.shape[-1]
+    k = nbins // 2
+    if nbins % 2 != 1 or plus_crit.shape[-1] != k or minus_crit.shape[-1] != k:
+        raise ValueError(
+            f"expected counts with 2K + 1 bins and (K,) criticalities, got {nbins} bins, "
+            f"{tuple(plus_crit.shape)} and {tuple(minus_crit.shape)}"
+        )
+    outer = torch.ones_like(plus_crit[..., :1])
+    crit = torch.cat(
+        [outer, minus_crit[..., : k - 1].flip(-1), ~outer, plus_crit[..., : k - 1], outer], -1
+    )
+    c = counts.to(torch.float64)
+    total = c.sum(-1)
+    return (c * (~crit)).sum(-1) / total.clamp_min(1)
 
 
 def vulnerability_factor(mass: Tensor) -> Tensor:

@@ -162,7 +162,9 @@ def test_edm_shape_errors() -> None:
         weight_edm(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), grid, aggregate="max")
     with pytest.raises(ValueError, match="strictly increasing positive"):
         bin_edges(torch.tensor([1.0, 0.5]))
-    with pytest.raises(ValueError, match="powers of two"):
-        histogram(torch.zeros(1, 2), torch.tensor([1.0, 3.0]))
+    with pytest.raises(ValueError, match=r"\(1 \+ q/4\) \* 2\^e"):
+        histogram(torch.zeros(1, 2), torch.tensor([1.0, 1.1]))  # 3.0 = 1.5 * 2 is a fine edge
+    with pytest.raises(ValueError, match="strictly increasing|only the last may be"):
+        histogram(torch.zeros(1, 2), torch.tensor([1.0, float("inf"), 2.0]))
     with pytest.raises(ValueError, match="expected counts with 43 bins"):
         search_members(torch.zeros(1, 5), grid)

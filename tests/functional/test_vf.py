@@ -41,7 +41,7 @@ def test_vf_helpers() -> None:
     assert vulnerability_factor(torch.tensor([[1.0, 0.5], [0.0, 0.0]])).tolist() == [0.25, 1.0]
     assert layer_vf([0.1, 0.3]) == pytest.approx(0.2)
     assert model_vf(torch.tensor([0.2, 0.4])) == pytest.approx(0.3)
-    assert vv_values(torch.tensor([0, 28]), candidate_grid(), -1).tolist() == [
+    assert vv_values(torch.tensor([0, 28]), candidate_grid("extended"), -1).tolist() == [
         -(2.0**-10),
         -math.inf,
     ]
