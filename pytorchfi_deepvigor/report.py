@@ -16,7 +16,9 @@ Files written by :func:`write_report` into one folder:
 - ``lvf.png`` (LVF per layer and target) and ``mvf.png`` (MVF of activations, weights, total).
 
 :func:`write_comparison` writes ``comparison.json`` (:data:`COMPARISON_FORMAT`, version
-:data:`COMPARISON_SCHEMA_VERSION`: the two results' identities, MAE / max error / Spearman per
+:data:`COMPARISON_SCHEMA_VERSION`: the two results' identities with the (layer, target) pairs
+compared, the differences :func:`~pytorchfi_deepvigor.results.compare` warned about, MAE / max
+error / Spearman per
 target and overall, and every channel pair), ``pairs.csv`` and ``cvf_scatter.png``.
 
 Example:
@@ -33,12 +35,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytorchfi_deepvigor import _report_plots
-from pytorchfi_deepvigor.results import Comparison, VulnerabilityResult, compare
+from pytorchfi_deepvigor.results import (
+    Compared,
+    Comparison,
+    ComparisonWarning,
+    VulnerabilityResult,
+    compare,
+)
 
 __all__ = [
     "CHANNEL_COLUMNS",
@@ -286,21 +295,26 @@ def write_report(result: VulnerabilityResult, out_dir: str | Path) -> dict[str, 
 
 def _comparisons(a: VulnerabilityResult, b: VulnerabilityResult) -> dict[str, Comparison]:
     """Comparison per target present in both, plus ``"all"`` when there are several."""
+    overall = compare(a, b)  # raises what makes them incomparable, warns once on differences
     out = {}
-    for target in _ORDER:
-        try:
-            out[target] = compare(a, b, target=target)
-        except ValueError:
-            continue
-    if not out:
-        compare(a, b)  # raises the message that names what each result holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ComparisonWarning)
+        for target in _ORDER:
+            try:
+                out[target] = compare(a, b, target=target)
+            except ValueError:
+                continue
     if len(out) > 1:
-        out["all"] = compare(a, b)
+        out["all"] = overall
     return out
 
 
 def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else ("NaN" if math.isnan(value) else str(value))
+
+
+def _compared(side: Compared | None) -> list[list[Any]]:
+    return [] if side is None else [list(pair) for pair in side.layers]
 
 
 def comparison_to_dict(a: VulnerabilityResult, b: VulnerabilityResult) -> dict[str, Any]:
@@ -311,8 +325,9 @@ def comparison_to_dict(a: VulnerabilityResult, b: VulnerabilityResult) -> dict[s
     return {
         "format": COMPARISON_FORMAT,
         "schema_version": COMPARISON_SCHEMA_VERSION,
-        "a": {k: getattr(a, k) for k in ident},
-        "b": {k: getattr(b, k) for k in ident},
+        "a": {**{k: getattr(a, k) for k in ident}, "layers": _compared(overall.a)},
+        "b": {**{k: getattr(b, k) for k in ident}, "layers": _compared(overall.b)},
+        "warnings": list(overall.warnings),
         "targets": {
             t: {
                 "mae": _json_float(c.mae),

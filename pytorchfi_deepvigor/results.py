@@ -17,7 +17,10 @@ JSON schema (``schema_version`` 1), produced by ``to_dict``/``to_json`` and read
 - a numpy array is ``{"dtype": "float64", "shape": [targets, images], "data": [...]}`` with
   ``data`` flattened in C order;
 - options must be JSON values (str, int, finite float, bool, None, lists, str-keyed objects);
-- a file with a newer ``schema_version`` is refused with a ``ValueError``.
+- a file with a newer ``schema_version`` is refused with a ``ValueError``;
+- ``from_dict``/``from_json`` accept only what ``to_dict`` can write: a field of the wrong type,
+  a VF outside [0, 1] (or NaN), lists of unequal lengths, an array of another dtype than bool,
+  int or float, an unknown or a missing required field raise ``ValueError`` naming the field.
 
 Example:
     >>> layer = LayerResult(layer_num=0, name="conv1", kind="Conv2d", target="weights",
@@ -40,6 +43,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from pytorchfi_deepvigor._results_check import VF_SLACK, check_layer, check_result
 from pytorchfi_deepvigor._results_codec import (
     check_options,
     decode,
@@ -49,7 +53,13 @@ from pytorchfi_deepvigor._results_codec import (
     same,
     thaw,
 )
-from pytorchfi_deepvigor._results_compare import ChannelPair, Comparison, compare
+from pytorchfi_deepvigor._results_compare import (
+    ChannelPair,
+    Compared,
+    Comparison,
+    ComparisonWarning,
+    compare,
+)
 from pytorchfi_deepvigor.functional.vf import total_mvf
 
 __all__ = [
@@ -57,7 +67,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "TARGETS",
     "ChannelPair",
+    "Compared",
     "Comparison",
+    "ComparisonWarning",
     "Cost",
     "LayerResult",
     "OutcomeCounts",
@@ -178,7 +190,7 @@ def _array(value: Any, dtype: Any = None) -> np.ndarray | None:
 class LayerResult:
     """Vulnerability of one layer for one fault target.
 
-    ``channels`` and ``cvf`` are aligned; so are ``neurons`` ((c, h, w), h = w = 0 for Linear)
+    VFs (``cvf``, ``nvf``, ``lvf``) are fractions in [0, 1]. ``channels`` and ``cvf`` are aligned; so are ``neurons`` ((c, h, w), h = w = 0 for Linear)
     and ``nvf``. For the weights target, ``neurons`` holds the output positions drawn to feed
     each channel's EDM (sampled analysis). ``vv_minus``/``vv_plus`` are ``[targets, images]``
     with targets in the order of ``neurons`` (activations) or ``channels`` (weights). FI
@@ -228,6 +240,10 @@ class LayerResult:
             raise ValueError("expected neurons as (channel, row, col) triples")
         if self.nvf is not None and (self.neurons is None or len(self.nvf) != len(self.neurons)):
             raise ValueError("expected one nvf per neuron (nvf given without aligned neurons)")
+        for name, values in (("cvf", self.cvf), ("nvf", self.nvf or ()), ("lvf", (self.lvf,))):
+            bad = next((v for v in values if not -VF_SLACK <= v <= 1.0 + VF_SLACK), None)
+            if bad is not None:
+                raise ValueError(f"expected every {name} in [0, 1], got {bad}")
         set_(self, "vv_minus", _array(self.vv_minus, np.float64))
         set_(self, "vv_plus", _array(self.vv_plus, np.float64))
         set_(self, "edm", _array(self.edm))
@@ -254,7 +270,16 @@ class LayerResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerResult:
-        """Rebuild a layer result from :meth:`to_dict`'s output."""
+        """Rebuild a layer result from :meth:`to_dict`'s output.
+
+        Raises:
+            ValueError: naming the field that ``to_dict`` cannot have written.
+        """
+        check_layer(data, "", TARGETS, [f.name for f in fields(cls)])
+        return cls._decode(data)
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> LayerResult:
         values = {f.name: decode(data[f.name]) for f in fields(cls) if f.name in data}
         values.update({k: data[k] for k in ("name", "kind", "target") if k in data})
         if values.get("counts") is not None:
@@ -423,9 +448,22 @@ class VulnerabilityResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VulnerabilityResult:
-        """Rebuild a result from :meth:`to_dict`'s output."""
+        """Rebuild a result from :meth:`to_dict`'s output.
+
+        Raises:
+            ValueError: naming the field that ``to_dict`` cannot have written (wrong type,
+                out of range, unequal lengths, missing ``schema_version``, ...).
+        """
+        check_result(
+            data,
+            schema_version=SCHEMA_VERSION,
+            methods=METHODS,
+            targets=TARGETS,
+            fields=[f.name for f in fields(cls)],
+            layer_fields=[f.name for f in fields(LayerResult)],
+        )
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        values["layers"] = tuple(LayerResult.from_dict(x) for x in data.get("layers", ()))
+        values["layers"] = tuple(LayerResult._decode(x) for x in data["layers"])
         values["cost"] = Cost(**decode(data.get("cost", {})))
         for name in ("mvf_activations", "mvf_weights", "mvf_total"):
             if name in values:
@@ -439,8 +477,24 @@ class VulnerabilityResult:
 
     @classmethod
     def from_json(cls, source: str | Path) -> VulnerabilityResult:
-        """Load from a JSON string or a path to a JSON file."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
+        """Load from a JSON string or a path to a JSON file.
+
+        Raises:
+            ValueError: the text is not complete JSON, or holds what :meth:`to_json` cannot
+                have written (the message names the file and the field).
+            OSError: the file cannot be read.
+        """
+        text, where = str(source), "result JSON"
+        if isinstance(source, Path) or not text.lstrip().startswith(("{", "[")):
+            where = f"result file {source}"
             text = Path(source).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(
+                f"{where} is not valid JSON ({exc}; truncated or not a result.json?)"
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None

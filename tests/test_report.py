@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -154,3 +155,11 @@ def test_plots_handle_a_single_target_and_nan_free_values(sfi, tmp_path):
     assert report.plot_lvf(sfi, tmp_path / "a" / "lvf.png").read_bytes()[:8] == PNG
     assert report.plot_mvf(sfi, tmp_path / "mvf.png").read_bytes()[:8] == PNG
     assert not math.isnan(sfi.mvf_weights)
+
+
+def test_comparison_file_records_the_layers_compared_and_warns_once(analysis, sfi, recwarn):
+    other = dataclasses.replace(sfi, model_name="other-model", n_images=analysis.n_images + 1)
+    data = report.comparison_to_dict(dataclasses.replace(analysis, model_name="m"), other)
+    assert data["a"]["layers"] == data["b"]["layers"] == [[0, "weights"], [2, "weights"]]
+    assert len(data["warnings"]) == 2 and "different models" in data["warnings"][0]
+    assert len(recwarn) == 2  # once per difference, not once per target

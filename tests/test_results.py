@@ -14,6 +14,7 @@ from scipy import stats
 
 from pytorchfi_deepvigor.results import (
     SCHEMA_VERSION,
+    ComparisonWarning,
     Cost,
     LayerResult,
     OutcomeCounts,
@@ -48,10 +49,10 @@ def rich_result() -> VulnerabilityResult:
         0,
         "activations",
         channels=(1, 3),
-        cvf=(math.nan, 0.25),
-        lvf=math.inf,
+        cvf=(1.0, 0.25),
+        lvf=0.625,
         neurons=((1, 0, 2), (3, 1, 1)),
-        nvf=(math.nan, 0.25),
+        nvf=(1.0, 0.25),
         vv_minus=vv_minus,
         vv_plus=np.array([[np.inf, 4.0], [np.nan, 1.0]], dtype=np.float32),
         edm=np.arange(24, dtype=np.int64).reshape(2, 3, 4),
@@ -146,7 +147,7 @@ def test_layer_lookup_and_lvf() -> None:
     result = rich_result()
     assert result.layer(0, "weights").counts == OutcomeCounts(10, 3, 2, 1)
     assert result.lvf("weights") == {0: pytest.approx(0.3)}
-    assert math.isinf(result.lvf("activations")[0])
+    assert result.lvf("activations")[0] == 0.625
     with pytest.raises(KeyError, match=r"no layer 5 with target 'weights'; present: \[\(0,"):
         result.layer(5, "weights")
     with pytest.raises(ValueError, match="expected target in"):
@@ -180,7 +181,9 @@ def test_json_round_trip_keeps_everything(tmp_path: Path) -> None:
     result = rich_result()
     text = result.to_json(tmp_path / "result.json")
     data = json.loads(text, parse_constant=_reject_constant)  # strict JSON: no NaN tokens
-    assert data["schema_version"] == SCHEMA_VERSION and data["layers"][0]["lvf"] == "Infinity"
+    assert (
+        data["schema_version"] == SCHEMA_VERSION and data["layers"][0]["cvf_spread"] == "-Infinity"
+    )
     assert data["layers"][0]["vv_plus"]["data"][2] == "NaN"
     for loaded in (
         VulnerabilityResult.from_json(text),
@@ -193,7 +196,7 @@ def test_json_round_trip_keeps_everything(tmp_path: Path) -> None:
         assert act.vv_plus is not None and act.vv_plus.dtype == np.float64
         assert act.edm is not None and act.edm.dtype == np.int64 and act.edm.shape == (2, 3, 4)
         assert np.array_equal(act.edm, np.arange(24).reshape(2, 3, 4))
-        assert math.isnan(act.cvf[0]) and act.cvf_spread == -math.inf
+        assert act.cvf[0] == 1.0 and act.cvf_spread == -math.inf
         assert loaded.options["nested"]["k"] == (1, 2) and loaded.seed == 7
         assert set(loaded.versions) == {"torch", "pytorchfi", "pytorchfi-deepvigor"}
         assert loaded.unsupported == ("features.3 (Conv3d)",)
@@ -295,3 +298,97 @@ def test_layer_cost_round_trip_old_files_and_timings() -> None:
     assert clean.cost.wall_time_s == 0.0 and clean.created == ""
     assert clean.layers[1].cost == replace(result.layers[1].cost, wall_time_s=0.0)
     assert clean.layers[0].cost is None and clean.layers[0] == result.layers[0]
+
+
+def _edit(path: tuple[object, ...], value: object) -> dict:
+    """rich_result()'s dict with one value replaced (``...`` deletes the key)."""
+    data = rich_result().to_dict()
+    node = data
+    for key in path[:-1]:
+        node = node[key]  # type: ignore[index]
+    if value is ...:
+        del node[path[-1]]  # type: ignore[arg-type]
+    else:
+        node[path[-1]] = value  # type: ignore[index]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("layers", 0, "lvf"), 5.0, r"layers\[0\]\.lvf: expected a VF in \[0, 1\], got 5\.0"),
+        (("layers", 0, "cvf", 0), "NaN", r"layers\[0\]\.cvf\[0\]: expected a VF in \[0, 1\], got 'NaN'"),
+        (("layers", 1, "cvf", 2), -0.1, r"layers\[1\]\.cvf\[2\]: expected a VF in \[0, 1\], got -0\.1"),
+        (("layers", 0, "layer_num"), "zero", r"layers\[0\]\.layer_num: expected an int >= 0, got 'zero'"),
+        (("mvf_weights",), "x", "mvf_weights: expected a number, got 'x'"),
+        (("schema_version",), ..., r"missing fields \['schema_version'\]"),
+        (("schema_version",), "1", "schema_version: expected an int >= 1, got '1'"),
+        (("layers", 0, "edm", "dtype"), "|O", r"layers\[0\]\.edm\.dtype: expected a bool, int or float"),
+        (("layers", 0, "edm", "data"), [1, 2], r"layers\[0\]\.edm\.data: expected 24 values for shape"),
+        (("layers", 0, "cvf"), [0.5], r"layers\[0\]\.cvf: expected one VF per channel \(2\), got 1"),
+        (("layers", 1, "counts", "due"), -1, r"layers\[1\]\.counts\.due: expected an int >= 0"),
+        (("layers", 1, "target"), "bias", r"layers\[1\]\.target: expected one of"),
+        (("colour",), "red", r"unknown fields \['colour'\]"),
+        (("method",), 3, "method: expected one of"),
+    ],
+    ids=["lvf-5", "cvf-nan", "cvf-negative", "layer-num-str", "mvf-str", "no-schema",
+         "schema-str", "object-dtype", "array-length", "cvf-length", "negative-count",
+         "target", "unknown-field", "method"],
+)  # fmt: skip
+def test_from_dict_refuses_what_to_dict_cannot_write(path, value, match) -> None:
+    data = _edit(path, value)
+    with pytest.raises(ValueError, match=match):
+        VulnerabilityResult.from_dict(data)
+    with pytest.raises(ValueError, match="result JSON: " + match):
+        VulnerabilityResult.from_json(json.dumps(data))
+
+
+def test_constructor_refuses_vfs_outside_zero_one() -> None:
+    with pytest.raises(ValueError, match=r"expected every cvf in \[0, 1\], got nan"):
+        make_layer(cvf=(math.nan, 0.2, 0.3))
+    with pytest.raises(ValueError, match=r"expected every lvf in \[0, 1\], got 5.0"):
+        make_layer(lvf=5.0)
+
+
+def test_from_json_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    text = rich_result().to_json()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=rf"result file {path} is not valid JSON .*truncated"):
+        VulnerabilityResult.from_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object .*got a list"):
+        VulnerabilityResult.from_json(path)
+    path.write_text(json.dumps({"format": "pytorchfi-deepvigor comparison", "schema_version": 1}))
+    with pytest.raises(ValueError, match=r"this is a comparison \(comparison.json"):
+        VulnerabilityResult.from_json(str(path))
+
+
+@pytest.mark.parametrize("bad", [{}, None, "result.json"], ids=["dict", "none", "str"])
+def test_compare_names_the_argument_that_is_not_a_result(bad) -> None:
+    analysis, _ = _pair_results()
+    with pytest.raises(
+        TypeError, match=f"expected b as a VulnerabilityResult .*got {type(bad).__name__}"
+    ):
+        compare(analysis, bad)
+    with pytest.raises(TypeError, match="expected a as a VulnerabilityResult"):
+        compare(bad, analysis)
+
+
+def test_compare_records_what_it_compared_and_warns_on_differences() -> None:
+    analysis, fi = _pair_results()
+    c = compare(analysis, fi, target="weights")
+    assert c.a is not None and c.b is not None and c.warnings == ()
+    assert c.a.layers == ((0, "weights"), (1, "weights")) and c.b.layers == ((0, "weights"),)
+    assert c.a.method == "deepvigor" and c.b.method == "exhaustive"
+    other = replace(fi, model_name="resnet18", n_images=50)
+    with pytest.warns(ComparisonWarning) as caught:
+        c = compare(replace(analysis, model_name="vgg11", n_images=100), other)
+    assert len(caught) == 2 and len(c.warnings) == 2
+    assert "different models: 'vgg11' and 'resnet18'" in c.warnings[0]
+    assert "different image counts: 100 and 50" in c.warnings[1]
+    moved = VulnerabilityResult.from_layers(
+        "exhaustive", [make_layer(0, channels=(0,), cvf=(0.5,), name="fc", kind="Linear")]
+    )
+    with pytest.raises(ValueError, match="layer 0 is layer0 .* but fc .*different models"):
+        compare(analysis, moved)
