@@ -19,6 +19,8 @@ import torch
 
 from pytorchfi_deepvigor import report
 from pytorchfi_deepvigor._cli_load import default_width, load_setup, train_zoo_model
+from pytorchfi_deepvigor._guard import check_output_dir
+from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
 from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign
@@ -71,15 +73,37 @@ def _run_analysis(args: argparse.Namespace) -> VulnerabilityResult:
     return _with_run_info(result, setup.info, args)
 
 
+def _claim_out(out: str | None) -> FolderLock:
+    """``--out`` checked (a folder that can be created and written) and locked, before any work.
+
+    Raises:
+        ValueError: ``--out`` is empty, a file, or cannot be created or written.
+        FolderInUse: another run holds the folder (the message names it).
+    """
+    folder = check_output_dir(out, "--out")
+    try:
+        return FolderLock(folder, "--out").acquire()
+    except FolderInUse:
+        raise
+    except OSError as exc:
+        raise ValueError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+
+
 def analyze(args: argparse.Namespace) -> int:
     """``analyze``: DeepVigor+ on the model and images the options name."""
-    _finish(_run_analysis(args), args.out)
+    with _claim_out(args.out):
+        _finish(_run_analysis(args), args.out)
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     """``demo``: ``analyze`` with the demo's defaults, timed, ending with the total MVF."""
     start = time.perf_counter()
+    with _claim_out(args.out):
+        return _demo(args, start)
+
+
+def _demo(args: argparse.Namespace, start: float) -> int:
     name = args.model or "vgg11"
     print(
         f"DeepVigor+ demo: {name} (width {default_width(name, args.width):g}) trained on "
@@ -169,6 +193,11 @@ def _merge(results: list[VulnerabilityResult], label: str) -> VulnerabilityResul
 def inject(args: argparse.Namespace) -> int:
     """``inject``: an FI campaign, resumable from ``OUT/progress`` after Ctrl-C or a crash."""
     _check_inject(args)
+    with _claim_out(args.out):
+        return _inject(args)
+
+
+def _inject(args: argparse.Namespace) -> int:
     setup = load_setup(args)
     progress_dir = Path(args.out) / "progress"
     if args.restart:
@@ -187,11 +216,24 @@ def inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_result(path: str, which: str) -> VulnerabilityResult:
+    """A result file, or a ``ValueError`` naming which file is bad and why, in one line."""
+    try:
+        return VulnerabilityResult.from_json(Path(path))
+    except OSError as exc:
+        raise ValueError(f"cannot read {which} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"result file {Path(path)}").removeprefix(":").strip()
+        raise ValueError(f"{which} {path} is not a usable result.json: {reason}") from None
+
+
 def compare(args: argparse.Namespace) -> int:
     """``compare A B``: channel-by-channel agreement of two result files."""
-    a, b = VulnerabilityResult.from_json(Path(args.a)), VulnerabilityResult.from_json(Path(args.b))
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    a, b = _load_result(args.a, "A (the first file)"), _load_result(args.b, "B (the second file)")
     print(report.format_comparison(a, b))
-    if args.out:
+    if args.out is not None:
         files = report.write_comparison(a, b, args.out)
         print(f"wrote {', '.join(str(p) for p in files.values())}")
     return 0
@@ -199,6 +241,8 @@ def compare(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     """``train``: a zoo model on the digits (from the cache when there), and its accuracy."""
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     name = args.model or "vgg11"
     width = default_width(name, args.width)
     model, record, fresh = train_zoo_model(name, width, args)
@@ -209,7 +253,7 @@ def train(args: argparse.Namespace) -> int:
         f"{count_parameters(model):,} parameters; {how})"
     )
     print(f"checkpoint: {record.cache_path}")
-    if args.out:
+    if args.out is not None:
         path = Path(args.out) / "training.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record.to_dict(), indent=1) + "\n", encoding="utf-8")

@@ -7,13 +7,15 @@ restored afterwards, also when the call raises.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "check_float32_model", "check_images"]
+__all__ = ["eval_mode", "check_float32_model", "check_images", "check_output_dir"]
 
 
 @contextmanager
@@ -67,3 +69,35 @@ def check_images(images: object) -> torch.Tensor:
     if not bool(torch.isfinite(images).all()):
         raise ValueError("the images contain NaN or Inf values: clean the input data first")
     return images
+
+
+def check_output_dir(path: object, what: str = "out_dir") -> Path:
+    """An output folder that exists or can be created, checked before any work is done.
+
+    The folder is created (with its parents) when missing, so a path that cannot be created
+    fails here rather than after the work.
+
+    Raises:
+        TypeError: ``path`` is not a str or Path.
+        ValueError: ``path`` is empty, names a file, or cannot be created.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     check_output_dir(Path(d) / "run", "--out").is_dir()
+        True
+    """
+    if not isinstance(path, str | Path):
+        raise TypeError(f"expected {what} as a str or Path, got {type(path).__name__}")
+    if not str(path).strip():
+        raise ValueError(f"expected {what} as a folder name, got an empty string")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder: choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} is not writable: choose another {what}")
+    return folder

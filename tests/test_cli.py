@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from pytorchfi_deepvigor import _cli_commands as commands
 from pytorchfi_deepvigor.campaigns import faults
 from pytorchfi_deepvigor.cli import main
-from pytorchfi_deepvigor.results import VulnerabilityResult
+from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -239,3 +240,87 @@ def test_invalid_values_exit_1_with_one_error_line(cache, more, message, tmp_pat
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def _good_result(path: Path) -> Path:
+    layer = LayerResult(layer_num=0, name="fc", kind="Linear", target="weights", n_neurons=10,
+                        n_weights=40, channels=(0, 1), cvf=(0.25, 0.5), lvf=0.375)  # fmt: skip
+    VulnerabilityResult.from_layers("exhaustive", [layer], n_images=4).to_json(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (lambda text: text[: len(text) // 2], "is not valid JSON"),
+        (lambda text: json.dumps({"format": "pytorchfi-deepvigor comparison", "schema_version": 1}),
+         "this is a comparison (comparison.json, from 'compare --out'), not a result"),
+        (lambda text: "[1, 2]", "expected a JSON object (a result), got a list"),
+        (lambda text: text.replace('"schema_version": 1', '"schema_version": "1"'),
+         "schema_version: expected an int >= 1, got '1'"),
+    ],
+    ids=["truncated", "comparison-json", "list", "string-schema-version"],
+)  # fmt: skip
+def test_compare_names_the_bad_file_and_why_in_one_line(content, reason, tmp_path, capsys):
+    good = _good_result(tmp_path / "good.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(content(good.read_text()))
+    assert main(["compare", str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: B (the second file) {bad} is not a usable" in err
+    assert reason in err
+    assert main(["compare", str(bad), str(good)]) == 1
+    assert f"error: A (the first file) {bad}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading a model fail the test: errors must come before any work."""
+
+    def load_setup(args):
+        raise AssertionError("the command started working before checking its options")
+
+    monkeypatch.setattr(commands, "load_setup", load_setup)
+    monkeypatch.setattr(commands, "train_zoo_model", load_setup)
+
+
+@pytest.mark.parametrize("command", ["analyze", "inject", "demo", "train", "compare"])
+@pytest.mark.parametrize(
+    "out, message",
+    [("afile", "--out {path} is a file, not a folder"),
+     ("afile/sub", "cannot create --out {path}: Not a directory"),
+     ("", "expected --out as a folder name, got an empty string")],
+    ids=["file", "below-a-file", "empty"],
+)  # fmt: skip
+def test_output_folder_is_checked_before_any_work(command, out, message, tmp_path, no_work, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    path = str(tmp_path / out) if out else out
+    argv = [command, "--out", path, "--no-progress"]
+    if command == "compare":
+        argv[1:1] = ["a.json", "b.json"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {message.format(path=path)}" in err, err
+
+
+def test_a_second_run_on_the_same_out_names_the_holder(tmp_path, no_work, capsys):
+    hold = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from pytorchfi_deepvigor._lock import FolderLock
+lock = FolderLock({str(tmp_path)!r}).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        for command in ("inject", "analyze"):
+            assert main([command, "--out", str(tmp_path), "--no-progress"]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert f"error: --out {tmp_path} is in use by process {child.pid} on " in err
+            assert "wait for that run to finish, stop it, or choose another --out" in err
+    finally:
+        child.kill()
+        child.wait()
