@@ -2,19 +2,33 @@
 
 PyTorchFI 0.6.0 walks ``model.children()`` depth first and numbers the leaf modules of the
 injectable types in that order; ``layer_num`` here means the same thing. Injectable layers are
-``nn.Conv2d`` (any stride, padding, dilation, groups) and ``nn.Linear`` applied to (N, F) inputs.
-Leaf modules that carry weights but are of another type (Conv1d, Conv3d, ...) are listed by
-:func:`unsupported_layers` so reports can name them instead of silently skipping them.
+``nn.Conv2d`` (any stride, padding, dilation, groups) and ``nn.Linear`` on ``(N, F)`` inputs or on
+N-D inputs ``(N, *positions, F)`` (tokens ``(N, T, F)``, channels-last maps ``(N, H, W, C)``).
+
+Neurons are described channel first, whatever the module's layout: ``output_shape`` is ``(C, H,
+W)`` for a Conv2d, ``(F,)`` for a Linear on ``(N, F)``, and ``(F, *positions)`` for a Linear on
+N-D inputs (``channel_last`` is then ``True``; the module itself writes ``module_output_shape``
+``(*positions, F)``). A neuron is an output feature at one token/position, the weight target
+("channel") an output feature, and a flat position ``p`` indexes ``positions`` row-major, so
+``neurons_per_channel`` is ``T`` (or ``H * W``). The engine's layer outputs and perturbations
+use this neuron layout.
+
+Modules that carry weights but cannot be analysed (Conv1d, Conv3d, LSTM, MultiheadAttention's
+packed projections, a ``F.conv2d``/``F.linear`` on a bare parameter, ...) are listed with the
+reason by :func:`unsupported_layers` so reports can name them instead of silently skipping them.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
 
@@ -34,9 +48,12 @@ class LayerInfo:
         module: the module itself (not compared, not printed).
         weight_shape: shape of ``module.weight``.
         input_shape: per-image shape of what the layer reads.
-        output_shape: per-image shape of what the layer writes, ``(C, H, W)`` or ``(F,)``.
+        output_shape: per-image shape of the layer's neurons, channel first: ``(C, H, W)``,
+            ``(F,)``, or ``(F, *positions)`` for a Linear on N-D inputs.
         groups, stride, padding, dilation: convolution parameters (Linear: 1, (1, 1), (0, 0), (1, 1)).
         has_bias: whether the layer adds a bias.
+        channel_last: the module writes its channels last (a Linear on N-D inputs): its real
+            output is ``module_output_shape`` ``(*positions, F)``.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
@@ -65,8 +82,16 @@ class LayerInfo:
 
     @property
     def neurons_per_channel(self) -> int:
-        """Output positions per channel: H * W for Conv2d, 1 for Linear."""
+        """Output positions per channel: H * W for Conv2d, 1 for Linear on (N, F), T (or H * W)
+        for Linear on N-D inputs."""
         return math.prod(self.output_shape[1:])
+
+    @property
+    def module_output_shape(self) -> tuple[int, ...]:
+        """Per-image shape of what the module itself writes (channels last when ``channel_last``)."""
+        if self.channel_last:
+            return (*self.output_shape[1:], self.output_shape[0])
+        return self.output_shape
 
     @property
     def neurons_per_image(self) -> int:
@@ -84,7 +109,8 @@ class LayerInfo:
         return math.prod(self.weight_shape[1:])
 
     def as_row(self) -> dict[str, object]:
-        """A flat dict for tables: number, name, type, shapes, neurons, weights, groups."""
+        """A flat dict for tables: number, name, type, shapes (neuron layout), neurons, weights,
+        groups."""
         return {
             "layer": self.layer_num,
             "name": self.name,
@@ -105,16 +131,124 @@ def _injectable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def unsupported_layers(model: nn.Module) -> list[str]:
-    """Names and types of leaf modules that hold a weight but cannot be analysed."""
+_MAC_FUNCTIONS = {
+    F.conv1d: "F.conv1d",
+    F.conv2d: "F.conv2d",
+    F.conv3d: "F.conv3d",
+    F.conv_transpose1d: "F.conv_transpose1d",
+    F.conv_transpose2d: "F.conv_transpose2d",
+    F.conv_transpose3d: "F.conv_transpose3d",
+    F.linear: "F.linear",
+    F.bilinear: "F.bilinear",
+    torch.matmul: "torch.matmul",
+    torch.mm: "torch.mm",
+    torch.bmm: "torch.bmm",
+    torch.addmm: "torch.addmm",
+    torch.baddbmm: "torch.baddbmm",
+    torch.einsum: "torch.einsum",
+    torch.Tensor.matmul: "Tensor.matmul",
+    torch.Tensor.__matmul__: "@",
+    F.multi_head_attention_forward: "F.multi_head_attention_forward",
+}
+_MODULE_REASONS: dict[type[nn.Module], str] = {
+    nn.MultiheadAttention: "packed in_proj_weight and out_proj applied by "
+    "F.multi_head_attention_forward, not by Linear modules",
+    nn.LSTM: "recurrent weights",
+    nn.GRU: "recurrent weights",
+    nn.RNN: "recurrent weights",
+}
+_FUNCTIONAL_USES: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+"""Per model, the parameters its last profiled forward (:func:`build_catalogue`) fed to a
+convolution or matrix product outside a catalogued layer."""
+
+
+class _ParameterUses(TorchFunctionMode):
+    """Records the parameters passed to convolutions and matrix products."""
+
+    def __init__(self, params: dict[int, str]) -> None:
+        super().__init__()
+        self.params = params
+        self.used: dict[str, str] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        name = _MAC_FUNCTIONS.get(func)
+        if name is not None:
+            for a in (*args, *kwargs.values()):
+                for t in a if isinstance(a, (list, tuple)) else (a,):
+                    if isinstance(t, torch.Tensor) and id(t) in self.params:
+                        self.used.setdefault(self.params[id(t)], name)
+        return func(*args, **kwargs)
+
+
+def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """Weight-carrying parts of ``model`` that cannot be analysed, each as ``"name (Type: why)"``.
+
+    Listed: leaf modules of other types holding a weight of two or more dimensions (Conv1d,
+    Conv3d, LSTM, ...), ``nn.MultiheadAttention`` (its packed projections), and parameters that
+    the forward feeds to a convolution or matrix product outside a catalogued layer (``F.conv2d(x,
+    self.w)``, ``F.linear(x, self.w)``): those are found by running ``example_input`` (default:
+    what the last :func:`build_catalogue` of this model saw).
+    """
     out = []
+    covered: set[str] = set()
     for name, m in model.named_modules():
+        reason = next((r for t, r in _MODULE_REASONS.items() if isinstance(m, t)), None)
+        if reason is not None:
+            out.append(f"{name} ({type(m).__name__}: {reason})")
+            covered.add(name)
+            continue
         if list(m.children()) or isinstance(m, SUPPORTED_LAYERS):
             continue
-        weight = getattr(m, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
-            out.append(f"{name} ({type(m).__name__})")
+        if any(p.dim() >= 2 for p in m.parameters(recurse=False)) or (
+            isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+        ):
+            out.append(f"{name} ({type(m).__name__}: only Conv2d and Linear are analysed)")
+            covered.add(name)
+    uses = _functional_uses(model, example_input) if example_input is not None else None
+    for param, func in (uses if uses is not None else _FUNCTIONAL_USES.get(model, [])):
+        owner = param.rpartition(".")[0]
+        if any(owner == c or owner.startswith(c + ".") for c in covered):
+            continue
+        out.append(f"{param} (parameter: used by {func} outside a Conv2d/Linear module)")
     return out
+
+
+def _functional_uses(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """Parameters fed to a convolution or matrix product outside a catalogued module's forward."""
+    return _profile(model, example_input)[1]
+
+
+def _profile(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]], list[tuple[str, str]], list[str]]:
+    """One eval-mode forward of the first input: per injectable layer its (input, output) shapes
+    per call, the parameters used by convolutions/matrix products outside called layers, and the
+    call order of the injectable layers."""
+    layers = _injectable(model)
+    seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {n: [] for n, _ in layers}
+    order: list[str] = []
+    handles = []
+
+    def make_hook(name: str):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen[name].append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
+            order.append(name)
+
+        return hook
+
+    mode = _ParameterUses({id(p): n for n, p in model.named_parameters()})
+    try:
+        for name, m in layers:
+            handles.append(m.register_forward_hook(make_hook(name)))
+        with eval_mode(model), torch.no_grad(), mode:
+            model(example_input[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    called = {n for n in seen if seen[n]}
+    uses = [(p, f) for p, f in mode.used.items() if p.rpartition(".")[0] not in called]
+    return seen, uses, order
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -138,34 +272,16 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
 
     Raises:
         ValueError: if the model has no injectable layer, or a layer is called more than once
-            per forward (weight sharing), or a Linear layer sees a non-2-D input.
+            per forward (weight sharing), or a Linear layer sees more than two position dims.
     """
     layers = _injectable(model)
     if not layers:
         raise ValueError(
             "the model has no injectable layer (nn.Conv2d or nn.Linear); "
-            f"unsupported layers: {unsupported_layers(model) or 'none'}"
+            f"unsupported layers: {unsupported_layers(model, example_input) or 'none'}"
         )
-    seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {n: [] for n, _ in layers}
-    order: list[str] = []
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            seen[name].append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
-            order.append(name)
-
-        return hook
-
-    try:
-        for name, m in layers:
-            handles.append(m.register_forward_hook(make_hook(name)))
-        with eval_mode(model), torch.no_grad():
-            model(example_input[:1])
-    finally:
-        for h in handles:
-            h.remove()
-
+    seen, uses, order = _profile(model, example_input)
+    _FUNCTIONAL_USES[model] = uses
     if [n for n in order if n in seen] != [n for n, _ in layers if seen[n]]:
         warnings.warn(
             "the execution order of the injectable layers differs from their registration order; "
@@ -173,8 +289,11 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
             stacklevel=2,
         )
     catalogue: list[LayerInfo] = []
+    packed = [n for n, m in model.named_modules() if isinstance(m, tuple(_MODULE_REASONS))]
     for name, m in layers:
         calls = seen[name]
+        if not calls and any(name.startswith(p + ".") for p in packed):
+            continue  # e.g. MultiheadAttention.out_proj: listed by unsupported_layers
         if not calls:
             warnings.warn(
                 f"layer {name!r} is never called in forward; it is not catalogued", stacklevel=2
@@ -207,10 +326,11 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 has_bias=m.bias is not None,
             )
         else:
-            if len(out_shape) != 1:
+            positions = out_shape[:-1]
+            if len(positions) > 2:
                 raise ValueError(
-                    f"Linear {name!r} sees inputs of shape {in_shape} per image; only (N, F) "
-                    "inputs are supported (flatten before the Linear layer)"
+                    f"Linear {name!r} sees inputs of shape {in_shape} per image; only (N, F), "
+                    "(N, T, F) and (N, H, W, C) inputs are supported (at most two position dims)"
                 )
             info = LayerInfo(
                 layer_num=len(catalogue),
@@ -219,8 +339,9 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 module=m,
                 weight_shape=tuple(_weight(m).shape),
                 input_shape=in_shape,
-                output_shape=out_shape,
+                output_shape=(out_shape[-1], *positions),
                 has_bias=m.bias is not None,
+                channel_last=bool(positions),
             )
         catalogue.append(info)
     return catalogue

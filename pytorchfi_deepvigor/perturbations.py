@@ -3,8 +3,11 @@
 A perturbation describes, for each element ``b`` of a simulation batch, how the golden output of
 the analysed layer is changed before the rest of the network runs. The engine takes the golden
 layer output of image ``image_idx[b]``, applies element ``b`` of the perturbation, and runs the
-network suffix. For a Linear layer (output ``(F,)`` per image) ``channel`` is the feature index and
-``row``/``col`` are ignored.
+network suffix. Indices follow the catalogue's neuron layout (channel first): for a Conv2d
+``(channel, row, col)``; for a Linear on ``(N, F)`` inputs ``channel`` is the feature index and
+``row``/``col`` are ignored (pass zeros); for a Linear on ``(N, T, F)`` inputs (neurons ``(F, T)``)
+``row`` is the token and ``col`` is 0; on ``(N, H, W, C)`` maps (neurons ``(C, H, W)``) ``row``,
+``col`` are the position. A channel map ``value[b, *positions]`` has the neuron layout's shape.
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ class _Neuron(Perturbation):
 
     def check(self, output_shape: tuple[int, ...]) -> None:
         super().check(output_shape)
-        if len(output_shape) == 3 and len(self):
-            for name, idx, size in (
-                ("row", self.row, output_shape[1]),
-                ("col", self.col, output_shape[2]),
-            ):
+        if len(output_shape) > 3:
+            raise ValueError(f"neuron perturbations need at most 2 position dims, got {output_shape}")
+        if len(output_shape) >= 2 and len(self):
+            sizes = (*output_shape[1:], 1)[:2]  # (T,): col must be 0
+            for name, idx, size in (("row", self.row, sizes[0]), ("col", self.col, sizes[1])):
                 if int(idx.min()) < 0 or int(idx.max()) >= size:
                     raise ValueError(f"perturbation {name} out of range [0, {size})")
 
@@ -86,6 +89,8 @@ class _Neuron(Perturbation):
         c = self.channel[start:stop]
         if out.dim() == 2:
             return (b, c)
+        if out.dim() == 3:
+            return (b, c, self.row[start:stop])
         return (b, c, self.row[start:stop], self.col[start:stop])
 
     def to(self, device: torch.device) -> Perturbation:

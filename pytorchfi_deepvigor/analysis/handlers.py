@@ -4,6 +4,11 @@ A :class:`LayerHandler` tells the analysers, for one ``nn.Module`` type, how to 
 operands of output neurons (operand fault model) and of filters (weight fault model), and how a
 flat output position maps to the ``(row, col)`` the engine's perturbations take. Layers whose type
 has no handler are reported in the result's ``unsupported`` field, never silently skipped.
+
+Positions are flat indices over the catalogue's ``output_shape[1:]`` (row-major). For a Linear on
+N-D inputs (tokens ``(N, T, F)``, channels-last maps ``(N, H, W, C)``) a target is an output
+feature at one token/position and the shapes are the same as a convolution's: ``(I, T, J)``
+operands per neuron, ``(I, T, J, P)`` per weight target, ``J = in_features``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Sites, per target:
 * ``"weights"``: flat indices into the layer's weight tensor (bias faults are not modelled);
 * ``"operands"``: (neuron, operand) pairs, neuron = ``channel * H * W + row * W + col`` and
   operand = the flat index into one filter ``(in_channel_of_group, kh, kw)``; operands that read
-  zero padding are not fault sites;
+  zero padding are not fault sites (a Linear on N-D inputs: neuron = ``feature * P + position``,
+  operand = the input feature);
 * ``"stored"``: flat indices into one image's output tensor of the layer.
 
 :class:`FaultEvaluator` turns a batch of fault ids into one engine call over every image of the
@@ -223,6 +224,11 @@ class FaultEvaluator:
             self._padded[info.layer_num] = x
         return self._padded[info.layer_num]
 
+    def _tokens(self, info: LayerInfo) -> torch.Tensor:
+        """A Linear layer's N-D input ``(I, *positions, F_in)`` as ``(I, P, F_in)``."""
+        x = self.engine.layer_input(info.layer_num)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
     def perturbation(
         self, population: FaultPopulation, ids: np.ndarray
     ) -> tuple[torch.Tensor, Perturbation]:
@@ -255,9 +261,12 @@ class FaultEvaluator:
         w = weight[sites]
         dw = faulty_values(w, bit, value) - w
         k, j = sites // info.fan_in, sites % info.fan_in
-        if info.kind == "Linear":
+        if info.kind == "Linear" and not info.channel_last:
             x = self.engine.layer_input(info.layer_num)[:, j].T  # [F, I]
             delta = dw[:, None] * x
+        elif info.kind == "Linear":  # N-D input: the weight meets feature j at every position
+            x = self._tokens(info)[:, :, j].permute(2, 0, 1)  # [F, I, P]
+            delta = (dw[:, None, None] * x).reshape(len(k), x.shape[1], *info.output_shape[1:])
         else:
             # the operand of position (0, 0); position (r, c) reads stride * (r, c) further
             _, _, _, ci, prow, pcol = _operand_coords(info, k * info.neurons_per_channel, j)
@@ -273,9 +282,14 @@ class FaultEvaluator:
         self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
     ) -> Perturbation:
         neuron, j = sites[:, 0], sites[:, 1]
-        if info.kind == "Linear":
+        if info.kind == "Linear" and not info.channel_last:
             channel, row, col = neuron, torch.zeros_like(neuron), torch.zeros_like(neuron)
             x = self.engine.layer_input(info.layer_num)[:, j]  # [I, F]
+        elif info.kind == "Linear":  # neuron = feature * P + position
+            channel, pos = neuron // info.neurons_per_channel, neuron % info.neurons_per_channel
+            width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+            row, col = pos // width, pos % width
+            x = self._tokens(info)[:, pos, j]  # [I, F]
         else:
             channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
             x = self._padded_input(info)[:, ci, prow, pcol]
@@ -290,7 +304,7 @@ class FaultEvaluator:
         x = out.reshape(out.shape[0], -1)[:, sites]  # [I, F]
         per_channel = info.neurons_per_channel
         channel, pos = sites // per_channel, sites % per_channel
-        width = info.output_shape[2] if info.kind == "Conv2d" else 1
+        width = info.output_shape[2] if len(info.output_shape) == 3 else 1
         faulty = faulty_values(x, bit[None, :], value[None, :])
         return self._neuron(NeuronSet, channel, pos // width, pos % width, faulty)
 

@@ -1,5 +1,9 @@
 """Receptive fields: the operands each output neuron of a Conv2d or Linear layer multiplies.
 
+A Linear layer may see N-D inputs ``(I, *positions, F_in)`` (tokens ``(I, T, F_in)``,
+channels-last maps ``(I, H, W, C)``): its neuron ``(feature, position)`` multiplies the input
+features at that position; positions are flat, row-major.
+
 Pure tensor code (no hooks): given a layer's golden input and its parameters, return the
 operands that meet each weight. Conv2d supports any stride, dilation, groups (depthwise
 included), non-square kernels and maps, and padding given as numbers, ``"same"`` (asymmetric
@@ -181,16 +185,44 @@ def conv_operands(
     return _gather(x, conv, channels, positions)
 
 
+def _tokens(x: Tensor, linear: nn.Linear) -> Tensor:
+    """A Linear layer's input ``(I, *positions, F_in)`` as ``(I, P, F_in)``, positions row-major."""
+    if x.dim() < 2 or x.shape[-1] != linear.in_features:
+        raise ValueError(
+            f"expected Linear input (I, ..., {linear.in_features}), got shape {tuple(x.shape)}"
+        )
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
 def linear_operands(
     x: Tensor, linear: nn.Linear, channels: Tensor, positions: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Operands, weights and validity of Linear output features ``channels`` (positions unused).
+    """Operands, weights and validity of Linear output neurons ``(channels[t], positions[t])``.
+
+    Args:
+        x: the layer's golden input, ``(I, F_in)`` or N-D ``(I, *positions, F_in)`` (tokens,
+            channels-last maps).
+        linear: the layer.
+        channels: long ``(T,)`` output features.
+        positions: long ``(T,)`` flat token/position indices (row-major over ``positions``);
+            ``None`` (or zeros) for ``(I, F_in)`` inputs.
 
     Returns:
         ``(ops, w, valid)``: float32 ``(I, T, F_in)``, ``(T, F_in)`` and bool ``(T, F_in)``.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2); x = torch.randn(4, 5, 3)  # 5 tokens
+        >>> ops, w, _ = linear_operands(x, lin, torch.tensor([1, 0]), torch.tensor([4, 2]))
+        >>> bool(torch.equal(ops[:, 0], x[:, 4])), tuple(ops.shape)
+        (True, (4, 2, 3))
     """
     w = linear.weight.detach()[channels.long()]
-    ops = x.unsqueeze(1).expand(-1, channels.numel(), -1)
+    if x.dim() == 2:
+        ops = x.unsqueeze(1).expand(-1, channels.numel(), -1)
+    else:
+        tokens = _tokens(x, linear)
+        pos = torch.zeros_like(channels) if positions is None else positions
+        ops = tokens[:, pos.long().to(x.device)]
     return ops, w, torch.ones_like(w, dtype=torch.bool)
 
 
@@ -224,11 +256,23 @@ def conv_weight_operands(
 def linear_weight_operands(
     x: Tensor, linear: nn.Linear, channels: Tensor, positions: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Operands of the weights of Linear output features ``channels`` (one position).
+    """Operands the weights of Linear output features ``channels`` meet at the given positions.
+
+    Args:
+        x: the layer's golden input, ``(I, F_in)`` (one position) or ``(I, *positions, F_in)``.
+        linear: the layer.
+        channels: long ``(T,)`` output features.
+        positions: long ``(T, P)`` flat token/position indices per target, or ``None`` for all.
 
     Returns:
-        ``(ops, w, valid)``: float32 ``(I, T, F_in, 1)``, ``(T, F_in)`` and bool ``(T, F_in, 1)``.
+        ``(ops, w, valid)``: float32 ``(I, T, F_in, P)``, ``(T, F_in)`` and bool ``(T, F_in, P)``
+        (``P = 1`` for ``(I, F_in)`` inputs).
     """
     w = linear.weight.detach()[channels.long()]
-    ops = x[:, None, :, None].expand(-1, channels.numel(), -1, 1)
-    return ops, w, torch.ones(*w.shape, 1, dtype=torch.bool, device=w.device)
+    tokens = x.unsqueeze(1) if x.dim() == 2 else _tokens(x, linear)  # (I, P, F_in)
+    if positions is None or x.dim() == 2:
+        ops = tokens.transpose(1, 2)[:, None].expand(-1, channels.numel(), -1, -1)
+    else:
+        ops = tokens[:, positions.long().to(x.device)].transpose(2, 3)  # (I, T, F_in, P)
+    valid = torch.ones(*w.shape, ops.shape[-1], dtype=torch.bool, device=w.device)
+    return ops, w, valid
