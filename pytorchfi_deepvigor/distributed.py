@@ -133,7 +133,11 @@ def _group(world: World) -> Any:
                 )
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(
-            backend=backend, rank=world.rank, world_size=world.size, timeout=_TIMEOUT
+            backend=backend,
+            rank=world.rank,
+            world_size=world.size,
+            timeout=_TIMEOUT,
+            store=_attempt_store(world),
         )
         logger.info("%s: initialised torch.distributed (%s)", world.describe(), backend)
     key = "group"
@@ -141,6 +145,27 @@ def _group(world: World) -> Any:
         backend = str(dist.get_backend()).lower()
         _GROUP[key] = None if "gloo" in backend else dist.new_group(backend="gloo")
     return _GROUP[key]
+
+
+def _attempt_store(world: World) -> Any:
+    """torchrun's agent store, under a prefix of this restart attempt (``None`` without torchrun).
+
+    torchrun (2.14) keeps one store across ``--max-restarts`` attempts: without the prefix, the
+    ranks of a restarted attempt read the addresses the killed attempt left there and fail to
+    connect ("Gloo connectFullMesh failed ... Connection refused").
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # env:// rendezvous: rank 0 hosts a fresh store
+    dist = torch.distributed
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        _env_int("MASTER_PORT"),
+        world.size,
+        is_master=False,
+        timeout=_TIMEOUT,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"pytorchfi-deepvigor/attempt_{attempt}/", store)
 
 
 def connect(world: World) -> None:
