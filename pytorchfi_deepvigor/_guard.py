@@ -1,21 +1,45 @@
-"""Context managers that keep the user's model as it was.
+"""Checks at the package's boundary, one per argument, and the context that keeps the model as it was.
 
 Every public entry point of the package runs the user's model through :func:`eval_mode`, so
 BatchNorm and Dropout behave as at inference time and the train/eval flag of every submodule is
 restored afterwards, also when the call raises.
+
+The argument checks are shared by the engine, the analyser, the campaigns and the CLI, so one
+argument gets one validation and one message everywhere: :func:`check_layers`,
+:func:`check_positive_int`, :func:`check_device`, :func:`check_images`,
+:func:`check_float32_model`, :func:`check_model_output` (a classifier's logits ``(N, classes)``,
+checked on two images before any work) and :func:`check_output_dir`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "check_float32_model", "check_images", "check_output_dir"]
+__all__ = [
+    "check_device",
+    "check_float32_model",
+    "check_images",
+    "check_layers",
+    "check_model_output",
+    "check_output_dir",
+    "check_positive_int",
+    "eval_mode",
+]
+
+
+class _Catalogued(Protocol):
+    """What :func:`check_layers` needs of an engine: its catalogue and a checked lookup."""
+
+    catalogue: Any
+
+    def layer(self, layer_num: int) -> Any: ...
 
 
 @contextmanager
@@ -101,3 +125,165 @@ def check_output_dir(path: object, what: str = "out_dir") -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} is not writable: choose another {what}")
     return folder
+
+
+def check_positive_int(value: object, name: str) -> int | None:
+    """``None``, or an int >= 1 (not a bool).
+
+    Example:
+        >>> check_positive_int(3, "max_batch"), check_positive_int(None, "max_batch")
+        (3, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected {name} >= 1, an int (or None), got {value!r}")
+    return int(value)
+
+
+def check_layers(layers: object, engine: _Catalogued) -> list[int]:
+    """Catalogue layer numbers, each in range and given once, sorted (all layers for ``None``).
+
+    Raises:
+        TypeError: ``layers`` is not an iterable of ints (a single int, a string, ...).
+        ValueError: ``layers`` is empty, repeats a number, or holds one out of range.
+    """
+    if layers is None:
+        return list(range(len(engine.catalogue)))
+    if isinstance(layers, int | str | bytes) or not isinstance(layers, Iterable):
+        raise TypeError(
+            f"expected layers as a list of layer numbers, e.g. [0, 2], or None for every "
+            f"layer; got {layers!r}"
+        )
+    nums = list(layers)
+    if not nums:
+        raise ValueError(
+            "expected at least one layer number in layers, got an empty sequence "
+            "(None means every layer)"
+        )
+    for num in nums:
+        engine.layer(num)  # type and range, with the catalogue's size in the message
+    repeated = sorted({n for n in nums if nums.count(n) > 1})
+    if repeated:
+        raise ValueError(f"expected distinct layer numbers, got {nums} (repeated: {repeated})")
+    return sorted(int(n) for n in nums)
+
+
+def check_device(device: object) -> torch.device | None:
+    """``None``, or a torch device that exists on this machine (checked before any work).
+
+    Raises:
+        TypeError: ``device`` is not a str or torch.device.
+        ValueError: the name does not parse, is the ``meta`` device, or names a GPU that
+            this machine (or this torch build) does not have.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"expected device as a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"expected a device like 'cpu', 'cuda' or 'cuda:1', got {device!r}"
+        ) from None
+    fix = "use device='cpu' (the CLI: --device cpu)"
+    if dev.type == "meta":
+        raise ValueError(f"the meta device holds no values to simulate faults on; {fix}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r} is not available here: torch.cuda.is_available() is "
+                f"False (no GPU, or a CPU-only torch build); {fix}"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device {str(device)!r} does not exist: this machine has {count} GPU(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device 'mps' is not available here; {fix}")
+    return dev
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+_LOGITS = "logits (N, classes), one row per image"
+
+
+def check_model_output(model: nn.Module, images: torch.Tensor) -> None:
+    """Run the model on two of the images and check it returns a classifier's logits.
+
+    The package compares the top-1 class of each image's logits with and without a fault, so
+    the model must return one float tensor ``(N, classes)`` with ``classes >= 2``. Anything else
+    (a tuple, a dict, ``(N,)``, per-pixel ``(N, C, H, W)``) or a forward that fails on the
+    images raises ``ValueError`` saying what the model returned and how to adapt it, before
+    any work is done.
+
+    Example:
+        >>> check_model_output(nn.Sequential(nn.Flatten(), nn.Linear(4, 1)), torch.zeros(2, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: the model returns one logit per image (shape (2, 1)); ...
+    """
+    batch = images[:2]
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(batch)
+    except Exception as exc:  # the user's forward: any error means these images do not fit
+        raise ValueError(
+            f"the model cannot run on the images (shape {tuple(images.shape)}, one batch of "
+            f"{len(batch)} tried): {_first_line(exc)}; give images of the rank, channel count "
+            "and size the model expects"
+        ) from exc
+    if isinstance(out, tuple | list) or isinstance(out, dict):
+        parts = (
+            ", ".join(f"{k!r}: {_describe(v)}" for k, v in out.items())
+            if isinstance(out, dict)
+            else ", ".join(_describe(v) for v in out)
+        )
+        pick = "['logits']" if isinstance(out, dict) else "[0]"
+        raise ValueError(
+            f"the model returns a {type(out).__name__} ({parts}), not one tensor of {_LOGITS}: "
+            f"wrap it in a module whose forward returns the logits, e.g. "
+            f"`return model(x){pick}`"
+        )
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"the model returns a {type(out).__name__}; expected a tensor of {_LOGITS}"
+        )
+    shape = tuple(out.shape)
+    if not out.is_floating_point():
+        raise ValueError(f"the model returns {out.dtype} values; expected float {_LOGITS}")
+    if out.dim() >= 3:
+        raise ValueError(
+            f"the model returns shape {shape} for {len(batch)} images: per-pixel or per-position "
+            f"outputs (e.g. segmentation) are not supported; faults are judged by the top-1 "
+            f"class of {_LOGITS}. To study such a model, wrap it to return per-image logits "
+            f"(e.g. `return model(x).mean(dim=(2, 3))`); a fault is then critical when it "
+            f"changes that class"
+        )
+    if out.dim() != 2 or shape[0] != len(batch):
+        raise ValueError(
+            f"the model returns shape {shape} for {len(batch)} images; expected {_LOGITS}"
+        )
+    if shape[1] < 2:
+        raise ValueError(
+            f"the model returns one logit per image (shape {shape}); the top-1 class needs "
+            f"{_LOGITS} with classes >= 2: for a binary classifier wrap it to return "
+            f"`torch.cat([torch.zeros_like(z), z], dim=1)` with `z = model(x)`"
+        )

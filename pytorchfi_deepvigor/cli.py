@@ -58,6 +58,9 @@ def parse_layers(text: str) -> list[int] | None:
             lo, hi = int(first), int(last or first)
             if lo < 0 or hi < lo:
                 raise ValueError(part)
+            repeated = numbers.intersection(range(lo, hi + 1))
+            if repeated:  # the one check of layers: the API refuses repeats too
+                raise argparse.ArgumentTypeError(f"layer {min(repeated)} is given twice in {text!r}")
             numbers.update(range(lo, hi + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(

@@ -45,7 +45,14 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ._guard import check_float32_model, check_images, eval_mode
+from ._guard import (
+    check_device,
+    check_float32_model,
+    check_images,
+    check_model_output,
+    check_positive_int,
+    eval_mode,
+)
 from .catalogue import LayerInfo, build_catalogue
 from .perturbations import Perturbation
 
@@ -542,8 +549,9 @@ class SimulationEngine:
     ) -> None:
         check_float32_model(model)
         check_images(images)
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"expected max_batch >= 1, got {max_batch}")
+        max_batch = check_positive_int(max_batch, "max_batch")
+        memory_bytes = check_positive_int(memory_bytes, "memory_bytes")
+        device = check_device(device)
         param = next(iter(model.parameters()), None)
         model_device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device) if device is not None else model_device
@@ -554,6 +562,7 @@ class SimulationEngine:
             channels_last = self.device.type == "cpu"
         self.channels_last = bool(channels_last) and images.dim() == 4
         self.images = images.to(self.device)
+        check_model_output(model, self.images)  # logits (N, classes), before any work
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pytorchfi_deepvigor import distributed
+from pytorchfi_deepvigor._guard import check_layers
 from pytorchfi_deepvigor.analysis import _sharded
 from pytorchfi_deepvigor.analysis.activations import analyze_activations
 from pytorchfi_deepvigor.analysis.probing import output_gradient
@@ -88,16 +89,7 @@ class DeepVigorAnalyzer:
         self.model_name = model_name
 
     def _layers(self, layers: Iterable[int] | None) -> list[int]:
-        if layers is None:
-            return [info.layer_num for info in self.engine.catalogue]
-        if isinstance(layers, int):
-            raise TypeError("expected layers as a list of layer numbers, e.g. [0, 2], or None")
-        nums = list(layers)
-        for num in nums:
-            self.engine.layer(num)  # validates type and range
-        if len(set(nums)) != len(nums):
-            raise ValueError(f"expected distinct layer numbers, got {nums}")
-        return sorted(nums)
+        return check_layers(layers, self.engine)  # the one check of layers, as in the campaigns
 
     def analyze(
         self,

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pytorchfi_deepvigor import distributed
+from pytorchfi_deepvigor._guard import check_layers as _check_layers
 from pytorchfi_deepvigor.campaigns.faults import (
     FAULT_MODELS,
     FaultEvaluator,
@@ -86,16 +87,8 @@ def check_seed(seed: object) -> int:
 
 
 def check_layers(engine: SimulationEngine, layers: Sequence[int] | None) -> list[int]:
-    """Catalogue layer numbers, sorted and unique (all layers when ``None``)."""
-    if layers is None:
-        return list(range(len(engine.catalogue)))
-    if isinstance(layers, int | str) or not isinstance(layers, Sequence):
-        raise TypeError(f"expected layers as a sequence of layer numbers, got {layers!r}")
-    if not layers:
-        raise ValueError("expected at least one layer number in layers, got an empty sequence")
-    for num in layers:
-        engine.layer(num)
-    return sorted(set(int(n) for n in layers))
+    """Catalogue layer numbers, sorted, each given once (all layers when ``None``)."""
+    return _check_layers(layers, engine)  # the one check of layers, as in the analyser
 
 
 @dataclass(frozen=True, eq=False)

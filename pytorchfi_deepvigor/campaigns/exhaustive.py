@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytorchfi_deepvigor._guard import check_positive_int
 from pytorchfi_deepvigor.campaigns import _run
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
@@ -58,13 +59,7 @@ class ExhaustiveCampaign:
 
     def __init__(self, engine: SimulationEngine, *, faults_per_chunk: int | None = None) -> None:
         self.engine = _run.check_engine(engine)
-        if faults_per_chunk is not None and (
-            isinstance(faults_per_chunk, bool)
-            or not isinstance(faults_per_chunk, int)
-            or faults_per_chunk < 1
-        ):
-            raise ValueError(f"expected faults_per_chunk >= 1, got {faults_per_chunk!r}")
-        self.faults_per_chunk = faults_per_chunk
+        self.faults_per_chunk = check_positive_int(faults_per_chunk, "faults_per_chunk")
         self._evaluator = FaultEvaluator(engine)
 
     def run(

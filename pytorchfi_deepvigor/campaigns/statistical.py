@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pytorchfi_deepvigor import distributed
+from pytorchfi_deepvigor._guard import check_positive_int
 from pytorchfi_deepvigor.campaigns import _run, _sampling
 from pytorchfi_deepvigor.campaigns._priors import Pilot, PriorSpec, check_prior, resolve_priors
 from pytorchfi_deepvigor.campaigns._sampling import SamplingPlan, Stratum
@@ -66,13 +67,7 @@ class StatisticalCampaign:
 
     def __init__(self, engine: SimulationEngine, *, faults_per_chunk: int | None = None) -> None:
         self.engine = _run.check_engine(engine)
-        if faults_per_chunk is not None and (
-            isinstance(faults_per_chunk, bool)
-            or not isinstance(faults_per_chunk, int)
-            or faults_per_chunk < 1
-        ):
-            raise ValueError(f"expected faults_per_chunk >= 1, got {faults_per_chunk!r}")
-        self.faults_per_chunk = faults_per_chunk
+        self.faults_per_chunk = check_positive_int(faults_per_chunk, "faults_per_chunk")
         self._evaluator = FaultEvaluator(engine)
 
     # ---------------------------------------------------------------------- planning

@@ -103,7 +103,7 @@ def test_batched_faults_match_in_place_injection(name: str, target: str) -> None
 
 
 def test_operand_sites_exclude_padding() -> None:
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1))
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(75, 2))  # logits
     info = SimulationEngine(net, seeded_images(1, size=5).repeat(1, 2, 1, 1)).layer(0)
     corner, centre, edge = 0, 2 * 5 + 2, 5 * 5 + 2  # (c0, 0, 0), (c0, 2, 2), (c1, 0, 2)
     counts = [len(operand_sites(info, np.array([n]))) for n in (corner, centre, edge)]
