@@ -28,6 +28,8 @@ import torch
 
 from pytorchfi_deepvigor import _cli_commands as commands
 from pytorchfi_deepvigor._cli_load import DATASETS
+from pytorchfi_deepvigor.analysis.weights import AGGREGATES
+from pytorchfi_deepvigor.functional.edm import SEARCHES
 from pytorchfi_deepvigor.zoo.models import list_models
 
 __all__ = ["build_parser", "main", "parse_layers", "parse_sampling"]
@@ -211,12 +213,18 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
     )
     group.add_argument(
         "--search",
-        choices=("paper", "extended"),
-        default="extended",
-        help="candidate grid: paper (+-2^-10..2^10) or extended (default)",
+        choices=SEARCHES,
+        default=SEARCHES[0],
+        help="VV search: fine (default: 4 candidates per octave, every finite bin probed, "
+        "non-monotone criticality scanned), extended, or paper (+-2^-10..2^10)",
     )
-    group.add_argument("--aggregate", choices=("position", "fault"), default="position",
-                       help="weight EDMs per output position (paper, default) or per fault")  # fmt: skip
+    group.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default=AGGREGATES[0],
+        help="weight fault model: equivalent (default: first-order channel-wide equivalent), "
+        "position (the paper) or fault (largest positional error)",
+    )
 
 
 def _add_inject_options(parser: argparse.ArgumentParser) -> None:

@@ -40,8 +40,9 @@ def analyze_activations(
     grid: Tensor,
     *,
     grad: Tensor | None = None,
+    checked: bool | None = None,
     keep_edm: bool = False,
-    group_rows: int = 16384,
+    group_rows: int | None = None,
 ) -> tuple[LayerResult, int]:
     """Activations analysis of one layer.
 
@@ -51,8 +52,11 @@ def analyze_activations(
         sites: the channels and positions to analyse.
         grid: candidate magnitudes.
         grad: the margin-loss gradient w.r.t. the layer output (zero-gradient skip), or ``None``.
+        checked: check the monotone assumption of the search (default: for grids ending at
+            ``+Inf``, i.e. the fine grid).
         keep_edm: keep the EDMs ``(neurons, images, 2K + 1)`` in the result.
-        group_rows: (neuron, image) pairs searched together.
+        group_rows: (neuron, image) pairs searched together (default: 16384, fewer for a fine grid,
+            about 4 million EDM cells per group).
 
     Returns:
         ``(layer_result, faults)`` with ``faults`` the number of single faults the EDMs cover.
@@ -60,6 +64,10 @@ def analyze_activations(
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
+    if checked is None:
+        checked = bool(torch.isinf(grid[-1]))
+    if group_rows is None:
+        group_rows = min(16384, max(256, (1 << 22) // (2 * grid.numel() + 1)))
     pos_per_ch = sites.position_matrix()
     chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
     pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
@@ -82,7 +90,13 @@ def analyze_activations(
             return NeuronAdd(ch[t], r[t], c[t], value)
 
         out = search_group(
-            engine, info.layer_num, counts, grid, make, None if skip is None else skip[a : a + step]
+            engine,
+            info.layer_num,
+            counts,
+            grid,
+            make,
+            None if skip is None else skip[a : a + step],
+            checked=checked,
         )
         plus.append(out.plus)
         minus.append(out.minus)

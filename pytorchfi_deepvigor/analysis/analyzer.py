@@ -26,12 +26,12 @@ from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_layers
 from pytorchfi_deepvigor.analysis import _sharded
 from pytorchfi_deepvigor.analysis.activations import analyze_activations
-from pytorchfi_deepvigor.analysis.probing import output_gradient
+from pytorchfi_deepvigor.analysis.probing import margin_gradient, output_gradient
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
-from pytorchfi_deepvigor.analysis.weights import analyze_weights
+from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
 from pytorchfi_deepvigor.catalogue import unsupported_layers
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import GRIDS, candidate_grid
+from pytorchfi_deepvigor.functional.edm import SEARCHES, candidate_grid, grid_summary
 from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost, VulnerabilityResult
 
 __all__ = ["DeepVigorAnalyzer", "ANALYSIS_TARGETS"]
@@ -96,8 +96,8 @@ class DeepVigorAnalyzer:
         target: str = "both",
         layers: Iterable[int] | None = None,
         sampling: float | None = None,
-        search: str = "extended",
-        aggregate: str = "position",
+        search: str = "fine",
+        aggregate: str = "equivalent",
         seed: int = 0,
         skip_zero_gradient: bool = False,
         keep_edm: bool = False,
@@ -109,8 +109,15 @@ class DeepVigorAnalyzer:
             target: ``"activations"``, ``"weights"`` or ``"both"``.
             layers: layer numbers (PyTorchFI's numbering) to analyse; ``None`` for all.
             sampling: channel ratio in ``(0, 1]`` for a stratified sample, ``None`` for complete.
-            search: candidate grid, ``"extended"`` (default) or ``"paper"``.
-            aggregate: weight EDMs per ``"position"`` (paper) or per ``"fault"``.
+            search: the VV search: ``"fine"`` (default: four candidates per octave over the
+                whole float range, every finite bin probed, non-monotone criticality detected
+                and scanned), ``"extended"`` (the paper grid plus a few large powers of two) or
+                ``"paper"`` (``2^-10 .. 2^10``, errors beyond assumed critical: the paper).
+            aggregate: how a weight fault's pattern becomes channel-wide errors:
+                ``"equivalent"`` (default: the first-order equivalent error, one backward per
+                layer), ``"position"`` (the paper: one error per position) or ``"fault"``
+                (the largest positional error). ``search="paper", aggregate="position"`` is
+                the paper's method.
             seed: seed of the site draw (recorded in the result).
             skip_zero_gradient: skip targets whose margin-loss gradient is zero on every image.
             keep_edm: keep every target's EDMs in the result (memory: targets x images x 2K+1).
@@ -124,10 +131,10 @@ class DeepVigorAnalyzer:
         """
         if target not in ANALYSIS_TARGETS:
             raise ValueError(f"expected target in {ANALYSIS_TARGETS}, got {target!r}")
-        if search not in GRIDS:
-            raise ValueError(f"expected search in {sorted(GRIDS)}, got {search!r}")
-        if aggregate not in ("position", "fault"):
-            raise ValueError(f"expected aggregate 'position' or 'fault', got {aggregate!r}")
+        if search not in SEARCHES:
+            raise ValueError(f"expected search in {list(SEARCHES)}, got {search!r}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"expected aggregate in {list(AGGREGATES)}, got {aggregate!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
         check_ratio(sampling)
@@ -170,6 +177,11 @@ class DeepVigorAnalyzer:
                         self.engine, info, sites[num], grid, grad=grad, keep_edm=keep_edm
                     )
                 else:
+                    margin = None
+                    if aggregate == "equivalent":
+                        margin, n_more = margin_gradient(self.engine, num)
+                        n_back += n_more
+                        backwards += n_more
                     layer, n_faults = analyze_weights(
                         self.engine,
                         info,
@@ -177,6 +189,7 @@ class DeepVigorAnalyzer:
                         grid,
                         aggregate=aggregate,
                         grad=grad,
+                        margin_grad=margin,
                         keep_edm=keep_edm,
                     )
                 spent = self.engine.stats - layer_stats
@@ -209,7 +222,7 @@ class DeepVigorAnalyzer:
             "layers": nums,
             "sampling": sampling,
             "search": search,
-            "grid_exponents": list(GRIDS[search]),
+            **grid_summary(search),
             "aggregate": aggregate,
             "skip_zero_gradient": skip_zero_gradient,
             "first_probe": 1.0,

@@ -23,11 +23,26 @@ from torch import Tensor
 
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import search_members
-from pytorchfi_deepvigor.functional.search import bisect_search, margin_loss
-from pytorchfi_deepvigor.functional.vf import non_critical_mass, vulnerability_factor
+from pytorchfi_deepvigor.functional.search import (
+    bisect_search,
+    checked_search,
+    margin_loss,
+    runner_up_margin,
+)
+from pytorchfi_deepvigor.functional.vf import (
+    critical_bins_mass,
+    non_critical_mass,
+    vulnerability_factor,
+)
 from pytorchfi_deepvigor.perturbations import Perturbation
 
-__all__ = ["GroupOutcome", "search_group", "output_gradient", "first_probe_index"]
+__all__ = [
+    "GroupOutcome",
+    "search_group",
+    "output_gradient",
+    "margin_gradient",
+    "first_probe_index",
+]
 
 MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
 """``(target index (P,), candidate value (P,)) -> perturbation`` of ``P`` batch elements."""
@@ -43,6 +58,9 @@ class GroupOutcome:
         mass: float64 ``(T, I)`` non-critical mass per image.
         vf: float64 ``(T,)`` NVF or CVF.
         probes: long ``(T,)`` candidates evaluated per target (all images and signs).
+        non_monotone: (target, image, sign) searches whose largest member contradicted the
+            monotone bisection (``checked`` searches only; 0 otherwise).
+        scanned: searches whose members were all probed.
     """
 
     plus: Tensor
@@ -50,6 +68,8 @@ class GroupOutcome:
     mass: Tensor
     vf: Tensor
     probes: Tensor
+    non_monotone: int = 0
+    scanned: int = 0
 
 
 def first_probe_index(grid: Tensor) -> int | None:
@@ -65,6 +85,7 @@ def search_group(
     grid: Tensor,
     make: MakePerturbation,
     skip: Tensor | None = None,
+    checked: bool = False,
 ) -> GroupOutcome:
     """Search the VVs of ``T`` targets on every image of the engine, both signs at once.
 
@@ -75,6 +96,9 @@ def search_group(
         grid: the ``K`` candidate magnitudes.
         make: builds the perturbation adding a signed candidate to a target.
         skip: optional bool ``(T,)``: targets not to search (zero gradient).
+        checked: check the monotone assumption and scan where it fails
+            (:func:`~pytorchfi_deepvigor.functional.search.checked_search`); the VF then counts
+            exactly the bins found critical.
 
     Returns:
         :class:`GroupOutcome`.
@@ -97,16 +121,40 @@ def search_group(
         pert = make(targets[rows], sign * values[g])
         return engine.critical(layer_num, images[rows], pert).cpu()
 
-    res = bisect_search(members, oracle, first=first_probe_index(grid))
-    plus = res.index[:half].view(n_tgt, n_img)
-    minus = res.index[half:].view(n_tgt, n_img)
-    mass = non_critical_mass(counts, plus, minus)
-    probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
-    return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
+    first = first_probe_index(grid)
+    if not checked:
+        res = bisect_search(members, oracle, first=first)
+        plus = res.index[:half].view(n_tgt, n_img)
+        minus = res.index[half:].view(n_tgt, n_img)
+        mass = non_critical_mass(counts, plus, minus)
+        probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
+        return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
+    out = checked_search(members, oracle, first=first)
+    plus = out.index[:half].view(n_tgt, n_img)
+    minus = out.index[half:].view(n_tgt, n_img)
+    crit = out.critical.view(2, n_tgt, n_img, k)
+    mass = critical_bins_mass(counts, crit[0], crit[1])
+    probes = out.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
+    return GroupOutcome(
+        plus,
+        minus,
+        mass,
+        vulnerability_factor(mass),
+        probes,
+        int(out.non_monotone.sum()),
+        int(out.scanned.sum()),
+    )
 
 
-def output_gradient(engine: SimulationEngine, layer_num: int) -> tuple[Tensor, int]:
-    """Gradient of the summed margin loss w.r.t. the layer's golden output, and the backwards run.
+def output_gradient(
+    engine: SimulationEngine, layer_num: int, loss: Callable[[Tensor, Tensor], Tensor] = margin_loss
+) -> tuple[Tensor, int]:
+    """Gradient of a summed per-image loss w.r.t. the layer's golden output, and the backwards run.
+
+    Args:
+        engine: the simulation engine.
+        layer_num: the layer.
+        loss: ``(logits, golden_top1) -> (B,)``; the paper's margin loss by default.
 
     Returns:
         ``(grad, backwards)``: ``grad`` has the layer output's shape ``(I, ...)``.
@@ -119,8 +167,18 @@ def output_gradient(engine: SimulationEngine, layer_num: int) -> tuple[Tensor, i
         idx = torch.arange(start, stop)
         with torch.enable_grad():
             logits = engine.suffix(layer_num, idx, piece)
-            loss = margin_loss(logits, engine.golden_top1[start:stop]).sum()
-            (grad,) = torch.autograd.grad(loss, piece)
+            total = loss(logits, engine.golden_top1[start:stop]).sum()
+            (grad,) = torch.autograd.grad(total, piece)
         grads.append(grad.detach())
         backwards += 1
     return torch.cat(grads), backwards
+
+
+def margin_gradient(engine: SimulationEngine, layer_num: int) -> tuple[Tensor, int]:
+    """Gradient of each image's runner-up margin w.r.t. the layer's golden output.
+
+    The margin ``z_golden - max_{j != golden} z_j`` is what a fault must drive below zero; its
+    gradient weighs the layer's output positions in the weights analysis's first-order
+    equivalent error (:mod:`pytorchfi_deepvigor.analysis.weights`).
+    """
+    return output_gradient(engine, layer_num, runner_up_margin)

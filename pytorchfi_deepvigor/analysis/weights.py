@@ -1,12 +1,37 @@
 """The weights analysis of one layer (weight fault model, one target per output channel).
 
-For each analysed channel ``k``: its EDM on every image (errors ``(flip_b(w[k, j]) - w[k, j]) *
-x[i, j, p]`` over the weights of filter ``k``, their 32 bits and the analysed output positions
-``p``: all of them in a complete analysis, the drawn ones in a sampled analysis; with
-``aggregate="fault"`` only the positional error of largest magnitude per weight and bit), the VV
-search by adding signed candidates to every position of channel ``k``
+For each analysed channel ``k``: its EDM on every image, the VV search by adding signed
+candidates to every position of channel ``k``
 (:class:`~pytorchfi_deepvigor.perturbations.ChannelAdd`), the non-critical masses and the CVF.
 The LVF is the mean CVF of the analysed channels.
+
+What a weight fault does, and how each ``aggregate`` maps it onto the channel's VVs. Flipping
+bit ``b`` of weight ``j`` of filter ``k`` changes it by ``d = flip_b(w) - w`` and adds the
+*pattern* ``d * X_j`` to channel ``k`` of image ``i``: ``X_j[p]`` is the operand the weight
+meets at output position ``p`` (its input map at the kernel offset). The VVs are measured for a
+*constant* error over the channel, so each fault needs one channel-wide equivalent ``e``:
+
+* ``"equivalent"`` (the default): the first-order equivalent. Let ``M`` be the image's
+  runner-up margin (golden logit minus the largest other; the class flips when ``M < 0``) and
+  ``G[p] = dM / d out[k, p]`` its gradient at the layer's output. The pattern moves ``M`` by
+  ``d * sum_p G[p] X_j[p]`` to first order, a constant ``e`` by ``e * sum_p G[p]``; equal
+  moves give ``e = d * (sum_p G[p] X_j[p]) / (sum_p G[p])``, a gradient-weighted mean of the
+  weight's operands (one backward per layer gives every ``G``; it is exact for a Linear layer,
+  where the channel has one position). Where ``sum_p G[p]`` vanishes (a channel the margin does
+  not see to first order, or whose gradients cancel: ``|sum G| <= 1e-6 sum |G|``) the plain
+  mean of the operands is used. One error per (weight, bit, image); a sampled analysis uses the
+  same model (the drawn positions are not needed: the gradient covers every position).
+  Approximated: the margin is treated as linear in the pattern's direction, which it is not
+  across a ReLU's kink or a normalisation; measured against exhaustive FI in
+  ``validation/REPORT.md``. Filters with at most
+  :data:`~pytorchfi_deepvigor.analysis.rays.RAY_FAN_IN` weights (first layers, depthwise
+  convolutions), where the approximation is worst (operands of mixed signs, as normalised images
+  are), are instead searched along each weight's own pattern
+  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the bisection, no VVs of the channel
+  (``vv_minus``/``vv_plus`` are ``None`` for such a layer).
+* ``"position"`` (the paper): one error ``d * X_j[p]`` per (weight, bit, analysed position),
+  each judged as if it were channel-wide.
+* ``"fault"``: one error per (weight, bit): the positional error of largest magnitude.
 """
 
 from __future__ import annotations
@@ -16,18 +41,55 @@ from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.activations import cvf_spread
 from pytorchfi_deepvigor.analysis.handlers import handler_for
-from pytorchfi_deepvigor.analysis.probing import search_group
+from pytorchfi_deepvigor.analysis.probing import margin_gradient, search_group
+from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN, ray_search
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
+from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import weight_edm
+from pytorchfi_deepvigor.functional.edm import histogram, weight_edm
 from pytorchfi_deepvigor.functional.vf import vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 from pytorchfi_deepvigor.results import LayerResult
 
-__all__ = ["analyze_weights"]
+__all__ = ["analyze_weights", "AGGREGATES", "equivalent_errors"]
+
+AGGREGATES = ("equivalent", "position", "fault")
+"""How a weight fault's pattern becomes channel-wide errors, the default first."""
 
 _GATHER_ELEMENTS = 1 << 24  # operands gathered at once (64 MiB of float32)
+_VANISHING = 1e-6  # |sum G| <= this * sum |G|: no first-order equivalent, use the plain mean
+
+
+def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor) -> Tensor:
+    """First-order channel-wide equivalent errors of every single bit flip of the filters.
+
+    Args:
+        ops: the operands each weight meets at every output position, ``(I, T, J, P)``.
+        w: the filters ``(T, J)``.
+        valid: bool ``(T, J, P)``: ``False`` at zero padding.
+        grad: the margin's gradient at the ``T`` channels' positions, ``(I, T, P)``.
+
+    Returns:
+        float32 ``(T, I, J * 32)``: ``d * sum_p G X_j / sum_p G`` per (weight, bit), or the
+        plain mean of the real operands where ``sum_p G`` vanishes.
+    """
+    g = grad.to(ops.dtype)
+    weighted = torch.einsum("itjp,itp->itj", ops, g)
+    total = g.sum(dim=-1, keepdim=True)  # (I, T, 1)
+    scale = g.abs().sum(dim=-1, keepdim=True)
+    n_real = valid.sum(dim=-1).clamp_min(1).to(ops.dtype)  # (T, J)
+    mean = ops.sum(dim=-1) / n_real
+    seen = total.abs() > _VANISHING * scale
+    ratio = torch.where(seen, weighted / torch.where(seen, total, 1.0), mean)  # (I, T, J)
+    eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
+    err = eps.unsqueeze(0) * ratio.unsqueeze(-1)  # (I, T, J, 32)
+    return err.transpose(0, 1).flatten(2)
+
+
+def _channel_view(t: Tensor, info: LayerInfo) -> Tensor:
+    """A layer-output-shaped tensor as ``(I, C_out, positions)``."""
+    return t.reshape(t.shape[0], info.out_channels, -1)
 
 
 def _edms(
@@ -37,10 +99,15 @@ def _edms(
     positions: Tensor | None,
     grid: Tensor,
     aggregate: str,
+    margin_grad: Tensor | None = None,
 ) -> Tensor:
     """EDMs ``(T, I, 2K + 1)`` of a group of channels, gathered in memory-bounded pieces."""
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
+    if aggregate == "equivalent":
+        if margin_grad is None:
+            raise ValueError("aggregate='equivalent' needs the margin gradient of the layer")
+        positions = None  # the gradient covers every position
     n_pos = positions.shape[1] if positions is not None else info.neurons_per_channel
     per_target = engine.num_images * info.fan_in * n_pos
     step = max(1, _GATHER_ELEMENTS // max(1, per_target))
@@ -49,7 +116,12 @@ def _edms(
         ch = channels[a : a + step].to(x_in.device)
         ps = None if positions is None else positions[a : a + step].to(x_in.device)
         ops, w, valid = handler.weight_operands(x_in, info.module, ch, ps)
-        out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate).cpu())
+        if aggregate == "equivalent":
+            assert margin_grad is not None
+            g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)].to(ops.device)
+            out.append(histogram(equivalent_errors(ops, w, valid, g), grid).cpu())
+        else:
+            out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate).cpu())
     return torch.cat(out)
 
 
@@ -59,10 +131,12 @@ def analyze_weights(
     sites: LayerSites,
     grid: Tensor,
     *,
-    aggregate: str = "position",
+    aggregate: str = "equivalent",
     grad: Tensor | None = None,
+    margin_grad: Tensor | None = None,
+    checked: bool | None = None,
     keep_edm: bool = False,
-    group_rows: int = 16384,
+    group_rows: int | None = None,
 ) -> tuple[LayerResult, int]:
     """Weights analysis of one layer.
 
@@ -71,15 +145,30 @@ def analyze_weights(
         info: the layer's catalogue entry.
         sites: the channels (and, sampled, the positions feeding their EDMs).
         grid: candidate magnitudes.
-        aggregate: ``"position"`` or ``"fault"`` (see :func:`~pytorchfi_deepvigor.functional.edm.weight_edm`).
+        aggregate: ``"equivalent"``, ``"position"`` or ``"fault"`` (see the module docstring).
         grad: the margin-loss gradient w.r.t. the layer output (zero-gradient skip), or ``None``.
+        margin_grad: the runner-up margin's gradient w.r.t. the layer output
+            (:func:`~pytorchfi_deepvigor.analysis.probing.margin_gradient`); required by
+            ``"equivalent"``, computed here when omitted.
+        checked: check the monotone assumption of the search (default: for grids ending at
+            ``+Inf``, i.e. the fine grid).
         keep_edm: keep the EDMs ``(channels, images, 2K + 1)`` in the result.
-        group_rows: (channel, image) pairs searched together.
+        group_rows: (channel, image) pairs searched together (default: 16384, fewer for a fine grid,
+            about 4 million EDM cells per group).
 
     Returns:
         ``(layer_result, faults)`` with ``faults`` the number of single weight faults covered.
     """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
+    rays = aggregate == "equivalent" and info.fan_in <= RAY_FAN_IN
+    if aggregate == "equivalent" and margin_grad is None and not rays:
+        margin_grad = margin_gradient(engine, info.layer_num)[0]
+    if checked is None:
+        checked = bool(torch.isinf(grid[-1]))
+    if group_rows is None:
+        group_rows = min(16384, max(256, (1 << 22) // (2 * grid.numel() + 1)))
     channels = torch.from_numpy(sites.channels)
     positions = None if sites.positions is None else torch.from_numpy(sites.positions)
     skip = None
@@ -88,16 +177,24 @@ def analyze_weights(
         skip = (per_channel == 0).all(dim=0).cpu()
     step = max(1, group_rows // n_img)
     plus, minus, cvf, edms = [], [], [], []
-    for a in range(0, channels.numel(), step):
+    if rays:
+        cvf.append(ray_search(engine, info, channels).critical.mean(dim=1))
+    for a in range(0, 0 if rays else channels.numel(), step):
         ch = channels[a : a + step]
         ps = None if positions is None else positions[a : a + step]
-        counts = _edms(engine, info, ch, ps, grid, aggregate)
+        counts = _edms(engine, info, ch, ps, grid, aggregate, margin_grad)
 
         def make(t: Tensor, value: Tensor, ch: Tensor = ch) -> ChannelAdd:
             return ChannelAdd(ch[t], value)
 
         out = search_group(
-            engine, info.layer_num, counts, grid, make, None if skip is None else skip[a : a + step]
+            engine,
+            info.layer_num,
+            counts,
+            grid,
+            make,
+            None if skip is None else skip[a : a + step],
+            checked=checked,
         )
         plus.append(out.plus)
         minus.append(out.minus)
@@ -124,9 +221,9 @@ def analyze_weights(
         cvf=tuple(cvf_all.tolist()),
         lvf=float(cvf_all.mean()),
         neurons=neurons,
-        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
-        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
-        edm=torch.cat(edms).numpy() if keep_edm else None,
+        vv_minus=None if rays else vv_values(torch.cat(minus), grid, -1).numpy(),
+        vv_plus=None if rays else vv_values(torch.cat(plus), grid, 1).numpy(),
+        edm=torch.cat(edms).numpy() if keep_edm and not rays else None,
         cvf_spread=cvf_spread(cvf_all),
     )
     return result, len(sites.channels) * (info.n_weights // info.out_channels) * 32

@@ -12,6 +12,7 @@ from tiny_models import TINY_MODELS, seeded_images
 from torch import nn
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
+from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.vf import total_mvf
 from pytorchfi_deepvigor.results import VulnerabilityResult
@@ -32,10 +33,14 @@ def test_sampled_both_targets_on_tiny_models(name: str) -> None:
         per = max(1, int(math.log2(info.neurons_per_channel)))
         assert len(act.channels) == len(wts.channels) == n_ch
         assert len(act.neurons) == n_ch * per and act.vv_plus.shape == (n_ch * per, 6)
-        assert wts.vv_minus.shape == (n_ch, 6) and len(wts.neurons) == n_ch * per
+        if info.fan_in <= RAY_FAN_IN:  # searched weight by weight: no channel VVs
+            assert wts.vv_minus is None and wts.vv_plus is None
+        else:
+            assert wts.vv_minus.shape == (n_ch, 6) and (wts.vv_minus < 0).all()
+        assert len(wts.neurons) == n_ch * per
         for vf in (*act.nvf, *act.cvf, *wts.cvf):
             assert 0.0 <= vf <= 1.0
-        assert (act.vv_plus > 0).all() and (wts.vv_minus < 0).all()
+        assert (act.vv_plus > 0).all()
         assert act.lvf == pytest.approx(np.mean(act.nvf))
     layers = sorted({x.layer_num for x in result.layers})
     expected = total_mvf(
@@ -68,7 +73,9 @@ def test_complete_analysis_counts_real_operands_only() -> None:
         conv_zoo_net(),
         torch.randn(3, 1, 8, 6, generator=torch.Generator().manual_seed(0)),
     )
-    result = DeepVigorAnalyzer(net, images).analyze(keep_edm=True)
+    result = DeepVigorAnalyzer(net, images).analyze(
+        keep_edm=True, search="extended", aggregate="position"
+    )
     dw = result.layer(1, "activations")  # depthwise 3x3, padding 1: a corner sees 4 real operands
     assert dw.edm.shape == (4 * 4 * 3, 3, 2 * 28 + 1)
     corner = dw.neurons.index((0, 0, 0))
@@ -103,8 +110,9 @@ def dead_channel_net() -> nn.Module:
 
 def test_zero_gradient_skip() -> None:
     net, images = dead_channel_net(), seeded_images(5, size=6)
-    plain = DeepVigorAnalyzer(net, images).analyze(layers=[0])
-    skip = DeepVigorAnalyzer(net, images).analyze(layers=[0], skip_zero_gradient=True)
+    kw = {"layers": [0], "aggregate": "position"}  # the VVs of every channel, no margin gradient
+    plain = DeepVigorAnalyzer(net, images).analyze(**kw)
+    skip = DeepVigorAnalyzer(net, images).analyze(**kw, skip_zero_gradient=True)
     assert skip.cost.backwards >= 1 and plain.cost.backwards == 0
     assert skip.cost.image_evaluations < plain.cost.image_evaluations
     for target in ("weights", "activations"):
@@ -145,8 +153,8 @@ def test_results_are_seeded() -> None:
     ("kwargs", "error", "match"),
     [
         ({"target": "neurons"}, ValueError, "expected target in"),
-        ({"search": "fine"}, ValueError, "expected search in"),
-        ({"aggregate": "max"}, ValueError, "expected aggregate 'position' or 'fault'"),
+        ({"search": "octave"}, ValueError, "expected search in"),
+        ({"aggregate": "max"}, ValueError, "expected aggregate in"),
         ({"seed": -1}, ValueError, "expected seed as a non-negative int"),
         ({"sampling": 2.0}, ValueError, r"sampling ratio in \(0, 1\]"),
         ({"layers": [9]}, ValueError, "layer_num 9 out of range"),

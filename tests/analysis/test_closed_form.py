@@ -109,7 +109,9 @@ def test_weights_and_activations_vvs_on_a_pooled_conv(search: str) -> None:
     margins = (images.mean(dim=(1, 2, 3)) * 0.5).double().numpy()
     grid = candidate_grid(search)
     net = pooled_conv_net(relu=False)
-    result = DeepVigorAnalyzer(net, images).analyze(search=search, keep_edm=True)
+    result = DeepVigorAnalyzer(net, images).analyze(
+        search=search, aggregate="position", keep_edm=True
+    )
 
     weights = result.layer(0, "weights")  # ChannelAdd shifts channel 1's mean by delta
     members = search_set(weights.edm[1], grid, +1)
@@ -139,8 +141,12 @@ def test_extended_grid_finds_targets_never_vulnerable() -> None:
     """
     images = pooled_images() * 3000 / 60
     net = pooled_conv_net(relu=True)
-    ext = DeepVigorAnalyzer(net, images).analyze(target="weights", search="extended")
-    paper = DeepVigorAnalyzer(net, images).analyze(target="weights", search="paper")
+    ext = DeepVigorAnalyzer(net, images).analyze(
+        target="weights", search="extended", aggregate="position"
+    )
+    paper = DeepVigorAnalyzer(net, images).analyze(
+        target="weights", search="paper", aggregate="position"
+    )
     assert np.isneginf(ext.layer(0, "weights").vv_minus[1]).all()
     assert ext.layer(0, "weights").cvf[1] < paper.layer(0, "weights").cvf[1] - 0.01
 
