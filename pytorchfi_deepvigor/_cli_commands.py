@@ -6,6 +6,7 @@ the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 
-from pytorchfi_deepvigor import report
+from pytorchfi_deepvigor import distributed, report
 from pytorchfi_deepvigor._cli_load import default_width, load_setup, train_zoo_model
-from pytorchfi_deepvigor._guard import check_output_dir
+from pytorchfi_deepvigor._guard import check_device, check_output_dir
 from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
@@ -50,6 +51,9 @@ def _with_run_info(result: VulnerabilityResult, info: dict[str, Any], args: Any)
 
 
 def _finish(result: VulnerabilityResult, out: str) -> None:
+    world = distributed.detect()
+    if world is not None and not world.main:
+        return  # under torchrun every rank holds the merged result; rank 0 writes it
     files = report.write_report(result, out)
     print(report.format_table(result))
     print(report.format_summary(result))
@@ -73,14 +77,22 @@ def _run_analysis(args: argparse.Namespace) -> VulnerabilityResult:
     return _with_run_info(result, setup.info, args)
 
 
-def _claim_out(out: str | None) -> FolderLock:
-    """``--out`` checked (a folder that can be created and written) and locked, before any work.
+def _claim_out(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """``--out`` checked (a folder that can be created and written) and locked, and ``--device``
+    checked, before any work.
 
     Raises:
-        ValueError: ``--out`` is empty, a file, or cannot be created or written.
+        ValueError: ``--out`` is empty, a file, or cannot be created or written; ``--device``
+            does not exist here.
         FolderInUse: another run holds the folder (the message names it).
     """
+    out = args.out
     folder = check_output_dir(out, "--out")
+    if args.device is not None:
+        check_device(args.device)
+    world = distributed.detect()
+    if world is not None and not world.main:  # torchrun: rank 0 holds --out for the job
+        return contextlib.nullcontext()
     try:
         return FolderLock(folder, "--out").acquire()
     except FolderInUse:
@@ -91,7 +103,7 @@ def _claim_out(out: str | None) -> FolderLock:
 
 def analyze(args: argparse.Namespace) -> int:
     """``analyze``: DeepVigor+ on the model and images the options name."""
-    with _claim_out(args.out):
+    with _claim_out(args):
         _finish(_run_analysis(args), args.out)
     return 0
 
@@ -99,7 +111,7 @@ def analyze(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """``demo``: ``analyze`` with the demo's defaults, timed, ending with the total MVF."""
     start = time.perf_counter()
-    with _claim_out(args.out):
+    with _claim_out(args):
         return _demo(args, start)
 
 
@@ -179,7 +191,7 @@ def _merge(results: list[VulnerabilityResult], label: str) -> VulnerabilityResul
     cost = Cost()
     for r in results:
         cost = cost + r.cost
-    return VulnerabilityResult.from_layers(
+    merged = VulnerabilityResult.from_layers(
         first.method,
         [layer for r in results for layer in r.layers],
         options={"campaigns": [dict(r.options) for r in results]},
@@ -188,21 +200,28 @@ def _merge(results: list[VulnerabilityResult], label: str) -> VulnerabilityResul
         n_images=first.n_images,
         model_name=label,
     )
+    return dataclasses.replace(
+        merged, ranks=distributed.merge_rank_costs(*(r.ranks for r in results))
+    )
 
 
 def inject(args: argparse.Namespace) -> int:
     """``inject``: an FI campaign, resumable from ``OUT/progress`` after Ctrl-C or a crash."""
     _check_inject(args)
-    with _claim_out(args.out):
+    with _claim_out(args):
         return _inject(args)
 
 
 def _inject(args: argparse.Namespace) -> int:
     setup = load_setup(args)
     progress_dir = Path(args.out) / "progress"
-    if args.restart:
-        for path in progress_dir.glob("*.progress.jsonl"):
-            path.unlink()
+    world = distributed.detect()
+    if args.restart and (world is None or world.main):
+        for pattern in ("*.progress.jsonl", "rank*/*.progress.jsonl"):  # rank*: torchrun's
+            for path in progress_dir.glob(pattern):
+                path.unlink()
+    if world is not None:
+        distributed.barrier(world)  # no rank opens its progress before rank 0 cleared it
     targets = ["weights", "activations"] if args.target == "both" else [args.target]
     try:
         engine = SimulationEngine(setup.model, setup.images.images, device=args.device)

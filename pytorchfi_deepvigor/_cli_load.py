@@ -7,15 +7,17 @@ Private helper of :mod:`pytorchfi_deepvigor.cli`; it reads the parsed arguments 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from pytorchfi_deepvigor.zoo.cache import resolve_cache_dir
-from pytorchfi_deepvigor.zoo.checkpoint import load_checkpoint
+from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
+from pytorchfi_deepvigor.zoo.checkpoint import ALLOW_PICKLE_HINT, NAME_HINT, load_checkpoint
 from pytorchfi_deepvigor.zoo.datasets import (
     ImageSet,
     load_cifar10,
@@ -107,25 +109,55 @@ def train_zoo_model(
         )
     config = _training_config(name, width, args, in_channels, input_size)
     path = resolve_cache_dir(args.cache_dir) / "zoo" / config.file_name()
-    fresh = args.retrain or not path.exists()
-    if fresh:
+    damage = None if args.retrain else _cache_damage(path, config)
+    fresh = args.retrain or not path.exists() or damage is not None
+    if damage is not None:
+        print(f"the cached {name} is damaged ({damage}); training it again", file=sys.stderr)
+    elif fresh:
         print(
             f"training {name} (width {width:g}, {config.epochs} epochs) on the digits; "
             f"cached in {path.parent} for the next runs",
             file=sys.stderr,
         )
-    model, record = get_trained_model(
-        name,
-        width=width,
-        seed=args.train_seed,
-        epochs=args.epochs,
-        in_channels=in_channels,
-        input_size=input_size,
-        cache_dir=args.cache_dir,
-        retrain=args.retrain,
-        progress=args.progress,
-    )
+    with warnings.catch_warnings():  # the damage is told above, in one line
+        warnings.filterwarnings("ignore", "rebuilding damaged zoo cache file", RuntimeWarning)
+        model, record = get_trained_model(
+            name,
+            width=width,
+            seed=args.train_seed,
+            epochs=args.epochs,
+            in_channels=in_channels,
+            input_size=input_size,
+            cache_dir=args.cache_dir,
+            retrain=args.retrain,
+            progress=args.progress,
+        )
     return model, record, fresh
+
+
+def _cache_damage(path: Any, config: TrainingConfig) -> str | None:
+    """Why the cache file of ``config`` cannot be used (``None``: absent or whole)."""
+    if not path.exists():
+        return None
+    try:
+        read_cache_file(path, dataclasses.asdict(config))
+    except DamagedCacheFile as damage:
+        return str(damage)
+    return None
+
+
+_CLI_WORDS = {
+    ALLOW_PICKLE_HINT: "give --allow-pickle",
+    NAME_HINT: "give --model NAME (see the 'zoo' command)",
+}
+
+
+def _cli_words(error: Exception) -> Exception:
+    """The library's error with its hints in terms of the CLI's options."""
+    text = str(error)
+    for words, option in _CLI_WORDS.items():
+        text = text.replace(words, option)
+    return type(error)(text)
 
 
 def _check_trainable(name: str, dataset: str) -> None:
@@ -160,15 +192,18 @@ def load_setup(args: argparse.Namespace) -> Setup:
         "in_channels": in_channels,
     }
     if args.checkpoint is not None:
-        model = load_checkpoint(
-            args.checkpoint,
-            args.model,
-            width=width,
-            in_channels=in_channels,
-            input_size=input_size,
-            num_classes=num_classes,
-            allow_pickle=args.allow_pickle,
-        )
+        try:
+            model = load_checkpoint(
+                args.checkpoint,
+                args.model,
+                width=width,
+                in_channels=in_channels,
+                input_size=input_size,
+                num_classes=num_classes,
+                allow_pickle=args.allow_pickle,
+            )
+        except (ValueError, TypeError) as error:
+            raise _cli_words(error) from None
         label = f"{name} ({args.checkpoint})"
         info.update(checkpoint=str(args.checkpoint), width=width)
     elif args.random_weights:

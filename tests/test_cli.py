@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pytorchfi_deepvigor import _cli_commands as commands
 from pytorchfi_deepvigor.campaigns import faults
 from pytorchfi_deepvigor.cli import main
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult
+from pytorchfi_deepvigor.zoo.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -324,3 +327,55 @@ time.sleep(60)
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["analyze", "inject"])
+def test_device_cuda_without_a_gpu_is_a_user_error(command, tmp_path, no_work, capsys):
+    assert main([command, "--device", "cuda", "--out", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "report it" not in err
+    assert "error: device 'cuda' is not available here" in err and "--device cpu" in err
+
+
+def _checkpoints(folder: Path) -> dict[str, Path]:
+    model = build_model("vgg11", width=0.0625, in_channels=1)
+    files = {"text": folder / "notes.pt", "module": folder / "whole.pt", "state": folder / "sd.pt"}
+    files["text"].write_text("these are not weights\n")
+    torch.save(model, files["module"])
+    torch.save(model.state_dict(), files["state"])
+    return files
+
+
+@pytest.mark.parametrize(
+    "kind, more, message",
+    [
+        ("text", ["--model", "vgg11"], "notes.pt is not a torch checkpoint: it is not a torch.save file"),
+        ("module", ["--model", "vgg11"], "holds pickled Python objects (for example a whole "
+                                         "nn.Module); give --allow-pickle if you trust the file"),
+        ("state", [], "give --model NAME (see the 'zoo' command); only zoo cache files record"),
+    ],
+    ids=["text-file", "pickled-module", "no-model"],
+)  # fmt: skip
+def test_checkpoint_errors_name_cli_options(kind, more, message, tmp_path, capsys):
+    path = _checkpoints(tmp_path)[kind]
+    argv = ["analyze", "--checkpoint", str(path), *more, "--width", "0.0625", "--images", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert "allow_pickle" not in err and "list_models()" not in err
+
+
+def test_a_damaged_cache_file_is_told_in_one_line_and_retrained(cache, tmp_path, capsys):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (path,) = (copy / "zoo").glob("vgg11-w0.0625-*.pt")
+    path.write_bytes(b"\x00garbage" * 100)
+    assert main(["train", *TINY[:4], "--no-progress", "--cache-dir", str(copy)]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1, err
+    assert err.startswith("the cached vgg11 is damaged (") and "training it again" in err
+    assert "it is not a torch.save file" in err
+    assert "trained in" in out and "loaded from the cache" not in out
+    assert main(["train", *TINY[:4], "--no-progress", "--cache-dir", str(copy)]) == 0
+    assert "loaded from the cache" in capsys.readouterr().out

@@ -29,6 +29,8 @@ __all__ = [
     "state_dict_digest",
     "atomic_torch_save",
     "read_cache_file",
+    "short_error",
+    "torch_file_problem",
 ]
 
 CACHE_ENV_VAR = "PYTORCHFI_DEEPVIGOR_CACHE"
@@ -106,6 +108,35 @@ def atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def torch_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a file cannot be a ``torch.save`` file, from its first bytes (``None``: it may be one).
+
+    ``torch.save`` writes a zip archive (the legacy format: a pickle), so anything else (a text
+    file, random bytes) is told apart before ``torch.load`` answers with a long message.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(suffix=".pt") as f:
+        ...     _ = f.write(b"hello"); f.flush()
+        ...     torch_file_problem(f.name)
+        'it is not a torch.save file (neither a zip archive nor a pickle)'
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    return "it is not a torch.save file (neither a zip archive nor a pickle)"
+
+
+def short_error(error: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_cache_file(path: Path, expected_config: Mapping[str, Any]) -> dict[str, Any]:
     """Load a zoo checkpoint written by the cache and check it is whole and the right one.
 
@@ -120,10 +151,13 @@ def read_cache_file(path: Path, expected_config: Mapping[str, Any]) -> dict[str,
         DamagedCacheFile: If the file does not load, has another format or configuration,
             or its weights do not match their digest.
     """
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise DamagedCacheFile(f"{path} does not load: {problem}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated or foreign file
-        raise DamagedCacheFile(f"{path} does not load: {error}") from error
+        raise DamagedCacheFile(f"{path} does not load: {short_error(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DamagedCacheFile(f"{path} is not a {CHECKPOINT_FORMAT} file")
     if payload.get("config") != dict(expected_config):

@@ -18,10 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytorchfi_deepvigor.zoo.cache import CHECKPOINT_FORMAT
+from pytorchfi_deepvigor.zoo.cache import CHECKPOINT_FORMAT, short_error, torch_file_problem
 from pytorchfi_deepvigor.zoo.models import build_model
 
-__all__ = ["load_checkpoint", "extract_state_dict"]
+__all__ = ["ALLOW_PICKLE_HINT", "NAME_HINT", "load_checkpoint", "extract_state_dict"]
+
+ALLOW_PICKLE_HINT = "pass allow_pickle=True"
+"""How a message asks for ``allow_pickle`` (the CLI says ``--allow-pickle`` instead)."""
+NAME_HINT = "name the architecture (see list_models())"
+"""How a message asks for ``name`` (the CLI says ``--model`` instead)."""
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _LISTED = 10  # keys listed per kind in an error message
@@ -33,21 +38,31 @@ def _read(path: Path, allow_pickle: bool) -> Any:
             f"{path} does not exist; expected a file written by torch.save holding a "
             "state_dict (or a dict with one) or a whole nn.Module"
         )
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"{path} is not a torch checkpoint: {problem}; expected a file written by "
+            "torch.save holding a state_dict (or a dict with one) or a whole nn.Module"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not allow_pickle:
             raise ValueError(
                 f"{path} does not load with torch.load(weights_only=True): it holds pickled "
-                "Python objects (for example a whole nn.Module) or is not a torch file; pass "
-                "allow_pickle=True if you trust the file"
+                f"Python objects (for example a whole nn.Module); {ALLOW_PICKLE_HINT} if you "
+                "trust the file"
             ) from error
     except Exception as error:  # a truncated zip, a foreign format: torch raises many types
-        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint: {short_error(error)}"
+        ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint: {short_error(error)}"
+        ) from error
 
 
 def extract_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
@@ -167,8 +182,7 @@ def load_checkpoint(
         width, in_channels = config["width"], config["in_channels"]
         input_size, num_classes = config["input_size"], 10
     if name is None:
-        raise ValueError("name the architecture (see list_models()); only zoo cache files "
-                         "record their own")  # fmt: skip
+        raise ValueError(f"{NAME_HINT}; only zoo cache files record their own")
     model = build_model(
         name, width=width, in_channels=in_channels, input_size=input_size, num_classes=num_classes
     )

@@ -59,9 +59,14 @@ def test_whole_module_file_needs_allow_pickle(tmp_path: Path, source: torch.nn.M
 def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"no torch file")
-    with pytest.raises(ValueError, match="garbage.pt does not load with torch.load"):
-        load_checkpoint(path, "vgg11")
-    with pytest.raises(ValueError, match="garbage.pt is not a readable torch checkpoint"):
+    for allow_pickle in (False, True):  # a text file: no allow_pickle hint, it would not help
+        with pytest.raises(ValueError, match="garbage.pt is not a torch checkpoint: it is not a "
+                           "torch.save file") as caught:  # fmt: skip
+            load_checkpoint(path, "vgg11", allow_pickle=allow_pickle)
+        assert "allow_pickle" not in str(caught.value)
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:200])  # a truncated zip
+    with pytest.raises(ValueError, match=r"garbage.pt is not a readable torch checkpoint: \w+"):
         load_checkpoint(path, "vgg11", allow_pickle=True)
 
 
