@@ -20,7 +20,7 @@ import torch
 
 from pytorchfi_deepvigor import distributed, report
 from pytorchfi_deepvigor._cli_load import default_width, load_setup, train_zoo_model
-from pytorchfi_deepvigor._guard import check_device, check_output_dir
+from pytorchfi_deepvigor._guard import DEVICE_HINT, check_device, check_output_dir
 from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
@@ -88,8 +88,10 @@ def _claim_out(args: argparse.Namespace) -> contextlib.AbstractContextManager[ob
     """
     out = args.out
     folder = check_output_dir(out, "--out")
-    if args.device is not None:
+    try:
         check_device(args.device)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(DEVICE_HINT, "use --device cpu")) from None
     world = distributed.detect()
     if world is not None and not world.main:  # torchrun: rank 0 holds --out for the job
         return contextlib.nullcontext()
@@ -242,8 +244,10 @@ def _load_result(path: str, which: str) -> VulnerabilityResult:
     except OSError as exc:
         raise ValueError(f"cannot read {which} {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        reason = str(exc).removeprefix(f"result file {Path(path)}").removeprefix(":").strip()
-        raise ValueError(f"{which} {path} is not a usable result.json: {reason}") from None
+        reason = str(exc).removeprefix(f"result file {Path(path)}")
+        if reason.startswith(":"):  # a field: say it is a result.json that cannot be used
+            reason = f" is not a usable result.json{reason}"
+        raise ValueError(f"{which} {path}{reason}") from None
 
 
 def compare(args: argparse.Namespace) -> int:

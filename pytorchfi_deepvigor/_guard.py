@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DEVICE_HINT",
     "check_device",
     "check_float32_model",
     "check_images",
@@ -169,6 +170,10 @@ def check_layers(layers: object, engine: _Catalogued) -> list[int]:
     return sorted(int(n) for n in nums)
 
 
+DEVICE_HINT = "use device='cpu' (the CLI: --device cpu)"
+"""How a device error says what to do (the CLI says ``--device cpu``)."""
+
+
 def check_device(device: object) -> torch.device | None:
     """``None``, or a torch device that exists on this machine (checked before any work).
 
@@ -191,7 +196,7 @@ def check_device(device: object) -> torch.device | None:
         raise ValueError(
             f"expected a device like 'cpu', 'cuda' or 'cuda:1', got {device!r}"
         ) from None
-    fix = "use device='cpu' (the CLI: --device cpu)"
+    fix = DEVICE_HINT
     if dev.type == "meta":
         raise ValueError(f"the meta device holds no values to simulate faults on; {fix}")
     if dev.type == "cuda":
