@@ -82,3 +82,11 @@ def test_reference_rejects_an_unknown_target() -> None:
 def test_reference_doctest() -> None:
     failed, _ = doctest.testmod(_load("_bench_reference"), optionflags=doctest.ELLIPSIS)
     assert failed == 0
+
+
+def test_bench_flags_a_rate_above_the_measured_peak() -> None:
+    bench = _load("bench")
+    peak = bench.Peak(rates=[50e9, 60e9], cpu_rates=[55e9, 61e9], shape=(32, 64, 32, 32))
+    assert peak.frac(30e9) == "0.50 of peak"
+    assert peak.frac(70e9).endswith("ABOVE THE MEASURED PEAK")  # 1.17x: a defect, not a result
+    assert "fractions of 60.0 GFLOP/s" in peak.describe()

@@ -23,6 +23,14 @@ at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv
 5. ``scaling``: sampled analysis time vs width (4 widths of ResNet-18) and depth (ResNet-18 vs
    ResNet-34); plot ``bench_scaling.png``.
 
+Rates: conv/linear FLOPs counted by torch's own ``FlopCounterMode`` on the suffix that runs (not
+estimated from the catalogue, which also counts a residual block's downsample branch whose output
+the suffix reads from the golden cache), over wall-clock seconds, each also given as a fraction of
+the machine's measured peak: a large convolution (64 -> 64 channels, 3x3, 32x32, channels-last,
+best of 5) timed at the start and at the end of the same run. A rate above 1.1x that peak is
+flagged in its row and makes the script exit with status 1: such a figure means the FLOPs, the
+timing or the thread count is wrong (the header records the threads torch, OpenMP and MKL use).
+
 ``--device cuda`` runs everything on the GPU (a note row when CUDA is unavailable);
 ``--paper-size`` adds a full-width CIFAR ResNet-18 (random seeded weights, 3x32x32 digits),
 10 % sampled total MVF. Run: ``make bench`` (about 7 minutes on an idle 2-core CPU, one thread; more under load);
@@ -46,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_reference import reference_analysis  # noqa: E402
@@ -70,6 +79,7 @@ COLUMNS = ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
 TARGETS = {"throughput/analysis": 0.5, "sfi/wall": 15.0, "reference": 5.0}
 PAPER_SIZE_TARGET_S = 180.0  # on one H100 (the paper: 12.7 minutes on an A100)
 BENCHMARKS = ("throughput", "sfi", "channel", "reference", "scaling")
+ABOVE_PEAK = 1.1  # a rate above this fraction of the measured peak is a defect
 Row = dict[str, Any]
 
 
@@ -163,23 +173,90 @@ def row(bench: str, config: str, ours: float | None, base: float | None, notes: 
     )
 
 
+# ------------------------------------------------------------------------------------- peak
+@dataclass
+class Peak:
+    """The machine's measured conv rate (FLOP/s, wall clock), the best of its measurements."""
+
+    rates: list[float]
+    cpu_rates: list[float]
+    shape: tuple[int, ...]
+
+    @property
+    def best(self) -> float:
+        return max(self.rates)
+
+    def frac(self, rate: float) -> str:
+        """``rate`` as a fraction of the peak, flagged when impossible."""
+        f = rate / self.best
+        return f"{f:.2f} of peak" + (" ABOVE THE MEASURED PEAK" if f > ABOVE_PEAK else "")
+
+    def rate(self, rate: float) -> str:
+        return f"{rate / 1e9:.2f} GFLOP/s ({self.frac(rate)})"
+
+    def describe(self) -> str:
+        return (f"measured peak: a 64->64-channel 3x3 conv on {'x'.join(map(str, self.shape))} "
+                f"(channels-last), best of 5, at the start and the end of this run: "
+                f"{', '.join(f'{r / 1e9:.1f}' for r in self.rates)} GFLOP/s wall clock "
+                f"({', '.join(f'{r / 1e9:.1f}' for r in self.cpu_rates)} per CPU-second); "
+                f"rates below are fractions of {self.best / 1e9:.1f} GFLOP/s")  # fmt: skip
+
+
+def measure_peak(s: Settings, peak: Peak | None = None) -> Peak:
+    """Time a large convolution (best of 5) and add it to ``peak``."""
+    shape = (32, 64, 32, 32) if s.device.type == "cpu" else (256, 64, 56, 56)
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(s.device)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(s.device)
+    conv, x = (
+        conv.to(memory_format=torch.channels_last),
+        x.contiguous(memory_format=torch.channels_last),
+    )
+    flops = 2.0 * shape[0] * 64 * shape[2] * shape[3] * 64 * 9
+    with torch.no_grad():
+        conv(x)
+        best = min((timed(s.device, conv, x)[1] for _ in range(5)), key=lambda t: t.wall)
+    peak = peak or Peak([], [], shape)
+    peak.rates.append(flops / best.wall)
+    peak.cpu_rates.append(flops / max(best.cpu, 1e-9))
+    return peak
+
+
+def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """Conv/linear/matmul FLOPs of one call, as torch's ``FlopCounterMode`` counts them."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return float(counter.get_total_flops())
+
+
+def threads() -> str:
+    """The threads torch, OpenMP and MKL will use, from ``torch.__config__.parallel_info()``."""
+    info = torch.__config__.parallel_info()
+    found = {k: line.split(":")[-1].strip() for line in info.splitlines()
+             for k in ("omp_get_max_threads", "mkl_get_max_threads") if k in line}  # fmt: skip
+    return (
+        f"{torch.get_num_threads()} torch thread(s), OpenMP "
+        f"{found.get('omp_get_max_threads', '-')}, MKL {found.get('mkl_get_max_threads', '-')}"
+    )
+
+
 # ------------------------------------------------------------------------------ 1. throughput
 def _each(fn: Callable[..., Any], layer_num: int, pieces: list[tuple[Tensor, ...]]) -> list[Any]:
     return [fn(layer_num, *piece) for piece in pieces]
 
 
-def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
-    """Per-layer rows and torch's FLOP/s per layer (at batch ``s.batch``).
+def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str, peak: Peak):
+    """Per-layer rows, torch's FLOP/s per layer (at batch ``s.batch``), the plain ``model(x)``
+    rate and, per layer, counted / catalogue-estimated suffix FLOPs.
 
     Early exit is off here: every element runs the whole suffix, so both sides do the same FLOPs.
     """
     eng = SimulationEngine(model, images, device=s.device, early_exit=False)
     eng.prepare()
     gen = torch.Generator().manual_seed(s.seed)
-    rows, rates = [], {}
+    rows, rates, counted = [], {}, {}
     for info in eng.catalogue:
-        flops = eng.suffix_flops_per_image(info.layer_num) * s.batch
-        if flops == 0:
+        estimate = eng.suffix_flops_per_image(info.layer_num) * s.batch
+        if estimate == 0:
             continue
         shape = (*info.output_shape, 1, 1)[:3]
         pick = [torch.randint(0, n, (s.batch,), generator=gen) for n in (eng.num_images, *shape)]
@@ -187,6 +264,8 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
         idx = pick[0].to(s.device)
         out = eng.layer_output(info.layer_num)[idx]
         pert.to(s.device).apply(out, 0, s.batch)
+        flops = counted_flops(eng.suffix, info.layer_num, idx, out)
+        counted[info.layer_num] = flops / estimate
         ours, base, chunked = math.inf, math.inf, math.inf
         for _ in range(3):  # interleaved, best of 3: machine noise hits both alike
             ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1].wall)
@@ -197,10 +276,11 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
                 t = timed(s.device, _each, eng.suffix, info.layer_num, pieces)
                 chunked = min(chunked, t[1].wall)
         rates[info.layer_num] = flops / base
-        notes = (f"{s.batch} evals: ours {s.batch / ours:.0f} img-eval/s, {flops / ours / 1e9:.2f} "
-                 f"GFLOP/s; torch {flops / base / 1e9:.2f} GFLOP/s in one forward, "
-                 f"{flops / chunked / 1e9:.2f} GFLOP/s as engine.suffix() per chunk of {eng.max_batch} "
-                 f"(ours / that {chunked / ours:.2f})")  # fmt: skip
+        g = lambda t, f=flops: peak.rate(f / t)  # noqa: E731
+        notes = (f"{s.batch} evals, {flops / s.batch / 1e6:.3g} MFLOP each (counted; the catalogue "
+                 f"estimate x{estimate / flops:.3f}): ours {s.batch / ours:.0f} img-eval/s, "
+                 f"{g(ours)}; torch {g(base)} in one forward, {g(chunked)} as engine.suffix() "
+                 f"per chunk of {eng.max_batch} (ours / that {chunked / ours:.2f})")  # fmt: skip
         rows.append(
             row(
                 "throughput",
@@ -211,13 +291,10 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str):
             )
         )
     x = images[torch.arange(s.batch) % eng.num_images]
-    full = (
-        eng.suffix_flops_per_image(0)
-        + 2 * eng.catalogue[0].neurons_per_image * eng.catalogue[0].fan_in
-    )
+    full = counted_flops(model, x)
     with torch.no_grad():
         t_full = min(timed(s.device, model, x)[1].wall for _ in range(3))
-    return rows, rates, full * s.batch / t_full
+    return rows, rates, full / t_full, counted
 
 
 # ------------------------------------------------------------------- sampled analysis (shared)
@@ -255,14 +332,18 @@ def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
     return Analysis(res, spent.wall, spent.cpu, acc[0], flops, full)
 
 
-def throughput_summary(label: str, an: Analysis, rates: dict[int, float], full_rate: float) -> Row:
-    base = sum(f / rates[n] for n, f in an.run_flops.items() if n in rates)
-    total = sum(an.run_flops.values())
+def throughput_summary(label: str, an: Analysis, rates: dict[int, float], full_rate: float,
+                       counted: dict[int, float], peak: Peak) -> Row:  # fmt: skip
+    # executed suffix FLOPs (early exits excluded), catalogue estimates scaled to torch's count
+    flops = {n: f * counted.get(n, 1.0) for n, f in an.run_flops.items()}
+    base = sum(f / rates[n] for n, f in flops.items() if n in rates)
+    total = sum(flops.values())
     evals = an.result.cost.image_evaluations
+    g = peak.rate
     notes = (f"{evals} evals in {an.run_s:.1f} s inside engine.run ({an.run_s / an.seconds:.0%} of "
-             f"the analysis): {evals / an.run_s:.0f} img-eval/s, {total / an.run_s / 1e9:.2f} "
-             f"GFLOP/s; torch's rate on the same layers {total / base / 1e9:.2f} GFLOP/s; "
-             f"plain model(x) {full_rate / 1e9:.2f} GFLOP/s")  # fmt: skip
+             f"the analysis): {evals / an.run_s:.0f} img-eval/s, {g(total / an.run_s)} of executed "
+             f"conv/linear work; torch's rate on the same layers {g(total / base)}; "
+             f"plain model(x) {g(full_rate)}")  # fmt: skip
     return row("throughput/analysis", label, an.run_s, base, notes)
 
 
@@ -473,7 +554,7 @@ def machine(s: Settings) -> str:
     dev = (torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else
            f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores")  # fmt: skip
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"Device: {dev}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); load "
+    return (f"Device: {dev}; torch {torch.__version__}, {threads()}; load "
             f"average at start {load:.1f}; seed {s.seed}; {s.n_images} images"
             f"{'; QUICK smoke run: untrained tiny models' if s.quick else ''}.")  # fmt: skip
 
@@ -503,13 +584,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     s = settings(args)
     meta = machine(s)
+    peak = measure_peak(s)
     rows: list[Row] = []
     if only:
         model, images, label = load(s, *s.main)
         an = analyse(s, model, images)
     if "throughput" in only:
-        per_layer, rates, full_rate = bench_throughput(s, model, images, label)
-        rows += [*per_layer, throughput_summary(label, an, rates, full_rate)]
+        per_layer, rates, full_rate, counted = bench_throughput(s, model, images, label, peak)
+        rows += [*per_layer, throughput_summary(label, an, rates, full_rate, counted, peak)]
     if "sfi" in only:
         rows += bench_sfi(s, model, images, label, an)
     if "channel" in only:
@@ -520,7 +602,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_scaling(s, an, args.out)
     if args.paper_size:
         rows.append(bench_paper_size(s))
-    write(args.out, rows, meta)
+    measure_peak(s, peak)
+    write(args.out, rows, f"{meta}\n\n{peak.describe()}.")
+    above = [r["config"] for r in rows if "ABOVE THE MEASURED PEAK" in r["notes"]]
+    if above:
+        print(f"rates above {ABOVE_PEAK}x the measured peak (a defect: FLOPs, timing or threads "
+              f"are wrong) in: {', '.join(above)}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
