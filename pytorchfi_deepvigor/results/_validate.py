@@ -2,8 +2,8 @@
 
 :func:`check_result` and :func:`check_layer` accept exactly what ``to_dict`` can write (see the
 schema in ``results``' module docstring) and raise ``ValueError`` naming the field, e.g.
-``layers[0].lvf: expected a VF in [0, 1], got 5.0``. Private: ``results`` calls them from its
-``from_dict``.
+``layers[0].lvf: expected a VF in [0, 1], got 5.0``. Private: the result types call them from
+their ``from_dict``.
 """
 
 from __future__ import annotations

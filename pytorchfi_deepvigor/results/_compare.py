@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
 
-if TYPE_CHECKING:
-    from pytorchfi_deepvigor.results import VulnerabilityResult
+from pytorchfi_deepvigor.results._types import VulnerabilityResult
 
 __all__ = ["ChannelPair", "Compared", "Comparison", "ComparisonWarning", "compare"]
 
@@ -124,8 +123,6 @@ def compare(
         ValueError: for an unknown target, when no channel is present in both results, or when
             a layer number names different layers in the two (results of different models).
     """
-    from pytorchfi_deepvigor.results import VulnerabilityResult  # results imports this module
-
     for name, value in (("a", a), ("b", b)):
         if not isinstance(value, VulnerabilityResult):
             raise TypeError(

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorchfi_deepvigor import _report_plots
+from pytorchfi_deepvigor.report import _plots
 from pytorchfi_deepvigor.results import (
     Compared,
     Comparison,
@@ -79,9 +79,9 @@ CHANNEL_COLUMNS = ("layer", "name", "target", "channel", "cvf")
 COMPARISON_FORMAT = "pytorchfi-deepvigor comparison"
 COMPARISON_SCHEMA_VERSION = 1
 
-plot_lvf = _report_plots.plot_lvf
-plot_mvf = _report_plots.plot_mvf
-plot_cvf_scatter = _report_plots.plot_cvf_scatter
+plot_lvf = _plots.plot_lvf
+plot_mvf = _plots.plot_mvf
+plot_cvf_scatter = _plots.plot_cvf_scatter
 
 _SHORT = {"activations": "act", "weights": "weights", "stored": "stored"}
 _ORDER = ("activations", "weights", "stored")

@@ -1,6 +1,7 @@
 """JSON encoding, freezing and NaN-aware equality for :mod:`pytorchfi_deepvigor.results`.
 
-See the schema in ``results``' module docstring. Private: the public names live in ``results``.
+See the schema in ``pytorchfi_deepvigor.results``' docstring. Private: the public names live
+there.
 """
 
 from __future__ import annotations
