@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytorchfi_deepvigor import _cli_commands as commands
 from pytorchfi_deepvigor.campaigns import faults
+from pytorchfi_deepvigor.cli import _commands as commands
 from pytorchfi_deepvigor.cli import main
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult
 from pytorchfi_deepvigor.zoo.models import build_model

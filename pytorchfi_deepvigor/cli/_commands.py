@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from pytorchfi_deepvigor import distributed, report
-from pytorchfi_deepvigor._cli_load import default_width, load_setup, train_zoo_model
 from pytorchfi_deepvigor._guard import DEVICE_HINT, check_device, check_output_dir
 from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
 from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign
 from pytorchfi_deepvigor.catalogue import build_catalogue
+from pytorchfi_deepvigor.cli._load import default_width, load_setup, train_zoo_model
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir

@@ -26,9 +26,9 @@ from typing import NoReturn
 
 import torch
 
-from pytorchfi_deepvigor import _cli_commands as commands
-from pytorchfi_deepvigor._cli_load import DATASETS
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES
+from pytorchfi_deepvigor.cli import _commands as commands
+from pytorchfi_deepvigor.cli._load import DATASETS
 from pytorchfi_deepvigor.functional.edm import SEARCHES
 from pytorchfi_deepvigor.zoo.models import list_models
 
@@ -62,7 +62,9 @@ def parse_layers(text: str) -> list[int] | None:
                 raise ValueError(part)
             repeated = numbers.intersection(range(lo, hi + 1))
             if repeated:  # the one check of layers: the API refuses repeats too
-                raise argparse.ArgumentTypeError(f"layer {min(repeated)} is given twice in {text!r}")
+                raise argparse.ArgumentTypeError(
+                    f"layer {min(repeated)} is given twice in {text!r}"
+                )
             numbers.update(range(lo, hi + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(
