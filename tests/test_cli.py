@@ -306,16 +306,20 @@ def test_output_folder_is_checked_before_any_work(command, out, message, tmp_pat
     assert err.count("\n") == 1 and f"error: {message.format(path=path)}" in err, err
 
 
-def test_a_second_run_on_the_same_out_names_the_holder(tmp_path, no_work, capsys):
-    hold = f"""
-import sys, time
-sys.path.insert(0, {str(ROOT)!r})
-from pytorchfi_deepvigor._lock import FolderLock
-lock = FolderLock({str(tmp_path)!r}).acquire()
+HOLD = """
+import importlib.util, time
+spec = importlib.util.spec_from_file_location("lock", {root!r} + "/pytorchfi_deepvigor/_lock.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # the lock module alone (stdlib only): no torch import
+lock = module.FolderLock({folder!r}).acquire()
 print("held", flush=True)
 time.sleep(60)
 """
-    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+
+
+def test_a_second_run_on_the_same_out_names_the_holder(tmp_path, no_work, capsys):
+    script = HOLD.format(root=str(ROOT), folder=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "held\n"
         for command in ("inject", "analyze"):

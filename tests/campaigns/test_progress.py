@@ -221,10 +221,11 @@ def test_contradicting_records_are_refused(tmp_path: Path, second, message) -> N
 
 
 HOLD = """
-import sys, time
-sys.path.insert(0, {root!r})
-from pytorchfi_deepvigor._lock import FolderLock
-lock = FolderLock({folder!r}).acquire()
+import importlib.util, time
+spec = importlib.util.spec_from_file_location("lock", {root!r} + "/pytorchfi_deepvigor/_lock.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # the lock module alone (stdlib only): no torch import
+lock = module.FolderLock({folder!r}).acquire()
 print("held", flush=True)
 time.sleep(60)
 """
