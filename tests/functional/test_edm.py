@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pytorchfi_deepvigor.functional.edm import (
+    key_shift,
     bin_edges,
     bin_index,
     candidate_grid,
@@ -19,7 +20,7 @@ from pytorchfi_deepvigor.functional.edm import (
     weight_edm,
 )
 
-GRIDS = ["paper", "extended"]
+GRIDS = ["paper", "extended", "fine"]
 
 
 def py_flip(value: float, bit: int) -> np.float32:
@@ -168,3 +169,18 @@ def test_edm_shape_errors() -> None:
         histogram(torch.zeros(1, 2), torch.tensor([1.0, float("inf"), 2.0]))
     with pytest.raises(ValueError, match="expected counts with 43 bins"):
         search_members(torch.zeros(1, 5), grid)
+
+
+def test_fine_grid_keeps_only_non_finite_errors_outside_its_finite_bins() -> None:
+    grid = candidate_grid("fine")
+    assert float(grid[-1]) == math.inf and key_shift(grid) == 21
+    assert float(grid[0]) == 2.0**-24 and len(grid) == 4 * (127 + 24 + 1) + 1
+    k = grid.numel()
+    big = torch.tensor([3.0e38, -3.0e38, math.inf, -math.inf, math.nan, 1.25, 1.2499999])
+    bins = bin_index(big, grid).tolist()
+    assert bins[0] == 2 * k - 1  # [1.75 * 2^127, Inf): an inner bin, probed
+    assert bins[2] == bins[4] == 2 * k  # only +Inf and NaN in the outer bins
+    assert bins[1] == bins[3] == 1  # -Inf: [-Inf, -1.75 * 2^127), an inner bin
+    assert bins[5] == bins[6] + 1  # 1.25 is an edge: 4 bins per octave
+    plus, _ = search_members(histogram(big.view(1, -1), grid), grid)
+    assert bool(plus[0, k - 2])  # the outermost finite bin's candidate is a member

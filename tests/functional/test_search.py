@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from pytorchfi_deepvigor.functional.search import bisect_search, full_scan, margin_loss
+from pytorchfi_deepvigor.functional.search import (
+    bisect_search,
+    checked_search,
+    full_scan,
+    margin_loss,
+    runner_up_margin,
+)
 
 K = 28
 ONE = 10  # grid index of 1.0 in both grids
@@ -98,3 +104,52 @@ def test_margin_loss_is_the_sum_of_golden_minus_other_logits() -> None:
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
     loss = margin_loss(logits, torch.tensor([0, 2]))
     assert loss.tolist() == [2.0 + 3.0, 5.0 + 3.0]
+
+
+def band_rows(seed: int, n_rows: int = 600) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows whose candidates are critical in a band ``[lo, hi)``: saturation past ``hi``."""
+    gen = torch.Generator().manual_seed(seed)
+    members = torch.rand(n_rows, K, generator=gen) < 0.4
+    lo = torch.randint(0, K, (n_rows,), generator=gen)
+    hi = lo + torch.randint(1, K, (n_rows,), generator=gen)
+    monotone = torch.rand(n_rows, generator=gen) < 0.5
+    hi[monotone] = 2 * K  # half the rows are monotone
+    return members, lo, hi
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_checked_search_is_exact_on_saturating_bands(seed: int) -> None:
+    members, lo, hi = band_rows(seed)
+    ar = torch.arange(K)
+    truth = (ar >= lo[:, None]) & (ar < hi[:, None])
+    probes: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        probes.append((rows, g))
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    out = checked_search(members, oracle, first=ONE)
+    assert ((out.critical == truth) | ~members).all()  # every member judged right
+    plain = bisect_search(members, oracle, first=ONE)
+    wrong_plain = (((ar >= plain.index[:, None]) != truth) & members).any(1)
+    assert wrong_plain.any()  # the monotone bisection alone gets such rows wrong
+    assert out.non_monotone.any() and not out.non_monotone[hi == 2 * K].any()
+    # a full scan of every row costs more than the check with scans where it fails
+    assert out.probes.sum() < full_scan(members, oracle, first=ONE).probes.sum()
+    assert out.rounds == len(probes) - plain.rounds - 1  # the bisection, one check, one scan
+
+
+def test_checked_search_adds_one_probe_per_row_when_monotone() -> None:
+    members, threshold = random_rows(3)
+    oracle = CountingOracle(threshold)
+    out = checked_search(members, oracle, first=ONE)
+    plain = bisect_search(members, CountingOracle(threshold), first=ONE)
+    assert out.index.equal(plain.index) and not out.non_monotone.any()
+    assert ((out.probes - plain.probes) <= 1).all()
+    ar = torch.arange(K)
+    assert out.critical.equal(ar >= out.index[:, None])
+
+
+def test_runner_up_margin() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, -1.0]])
+    assert runner_up_margin(logits, torch.tensor([0, 1])).tolist() == [0.5, 4.0]

@@ -1,0 +1,140 @@
+"""The weight fault models of the analysis, on cases whose answer is known.
+
+``equivalent_errors`` in closed form (a Linear layer and a 1x1 convolution on uniform maps,
+where the first-order equivalent is exact; the first-order identity in general; the fallback
+where the gradient cancels); then the default analysis against exhaustive FI on tiny models:
+a Linear head (exact equivalent, fine grid with its outermost finite bin probed), a first layer
+fed signed, normalised images (searched ray by ray) and a small CNN, each with the paper's mode
+as the baseline it must beat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
+from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN
+from pytorchfi_deepvigor.analysis.weights import equivalent_errors
+from pytorchfi_deepvigor.bits import flip_all_bits
+from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.results import compare
+
+
+def _flips(w: torch.Tensor) -> torch.Tensor:
+    return flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
+
+
+def test_equivalent_error_is_the_operand_where_the_pattern_is_constant() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n_img, n_t, n_j, n_p = 3, 2, 5, 4
+    x = torch.randn(n_img, n_t, n_j, 1, generator=gen).expand(-1, -1, -1, n_p)  # uniform maps
+    w = torch.randn(n_t, n_j, generator=gen)
+    grad = torch.randn(n_img, n_t, n_p, generator=gen)  # any gradient, mixed signs
+    valid = torch.ones(n_t, n_j, n_p, dtype=torch.bool)
+    got = equivalent_errors(x.contiguous(), w, valid, grad)
+    want = (_flips(w).unsqueeze(1) * x[..., 0].transpose(0, 1).unsqueeze(-1)).flatten(2)
+    finite = torch.isfinite(want)
+    assert torch.allclose(got[finite], want[finite], rtol=1e-5)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    # a Linear layer is the one-position case: exact for every gradient
+    one = equivalent_errors(x[..., :1].contiguous(), w, valid[..., :1], grad[..., :1])
+    assert torch.allclose(one[finite], want[finite], rtol=1e-6)
+
+
+def test_equivalent_error_moves_the_margin_like_the_pattern_to_first_order() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 6, 9, generator=gen)
+    w = torch.randn(3, 6, generator=gen) * 0.1
+    grad = torch.rand(4, 3, 9, generator=gen) + 0.1
+    valid = torch.ones(3, 6, 9, dtype=torch.bool)
+    err = equivalent_errors(x, w, valid, grad).view(3, 4, 6, 32)
+    d = _flips(w)  # (T, J, 32)
+    pattern = torch.einsum("tjb,itjp,itp->tijb", d.double(), x.double(), grad.double())
+    constant = err.double() * grad.double().sum(-1).transpose(0, 1)[..., None, None]
+    ok = torch.isfinite(pattern) & torch.isfinite(constant)
+    assert ok.float().mean() > 0.9
+    assert torch.allclose(constant[ok], pattern[ok], rtol=1e-4)
+
+
+def test_equivalent_error_falls_back_to_the_mean_where_the_gradient_cancels() -> None:
+    x = torch.tensor([[[[1.0, 3.0]]]])  # one image, target, weight; two positions
+    w = torch.tensor([[0.5]])
+    valid = torch.ones(1, 1, 2, dtype=torch.bool)
+    cancel = equivalent_errors(x, w, valid, torch.tensor([[[1.0, -1.0]]]))
+    mean = equivalent_errors(x, w, valid, torch.tensor([[[1.0, 1.0]]]))
+    assert torch.equal(torch.isnan(cancel), torch.isnan(mean))
+    fin = torch.isfinite(mean)
+    assert torch.allclose(cancel[fin], mean[fin])  # sum G = 0: the plain mean 2.0
+    dead = equivalent_errors(x, w, valid, torch.zeros(1, 1, 2))
+    assert torch.allclose(dead[fin], mean[fin])
+
+
+def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30) -> nn.Module:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+def _blobs(n: int, size: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed, normalised images of three classes (a bright row, a column or a dark centre)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    x = torch.randn(n, 1, size, size, generator=gen) * 0.5
+    x[y == 0, :, 2, :] += 2.0
+    x[y == 1, :, :, 2] += 2.0
+    x[y == 2, :, 2:4, 2:4] -= 2.0
+    return (x - x.mean()) / x.std(), y
+
+
+def _errors(net: nn.Module, images: torch.Tensor, layers: list[int], **kw) -> np.ndarray:
+    engine = SimulationEngine(net, images)
+    fi = ExhaustiveCampaign(engine).run("weights", layers=layers)
+    an = DeepVigorAnalyzer(engine).analyze(target="weights", layers=layers, **kw)
+    cmp = compare(an, fi, target="weights")
+    assert cmp.n_channels == sum(engine.layer(n).out_channels for n in layers)
+    return np.array([p.a - p.b for p in cmp.pairs])
+
+
+@pytest.fixture(scope="module")
+def signed_cnn() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 3),
+    )
+    x, y = _blobs(300)
+    net = _fit(net, x, y)
+    images, _ = _blobs(24, seed=1)
+    return net, images
+
+
+def test_first_layer_on_signed_images_is_searched_ray_by_ray_like_fi(signed_cnn) -> None:
+    net, images = signed_cnn
+    assert SimulationEngine(net, images).layer(0).fan_in <= RAY_FAN_IN
+    default = _errors(net, images, [0])
+    paper = _errors(net, images, [0], search="paper", aggregate="position")
+    assert np.abs(default).max() < 1e-9  # every weight fault found critical or not, as FI
+    assert np.abs(paper).mean() > 0.001  # the paper's model is measurably off here
+
+
+def test_linear_head_and_wide_conv_match_fi_better_than_the_paper(signed_cnn) -> None:
+    net, images = signed_cnn
+    head = _errors(net, images, [2])  # Linear: the equivalent error is exact
+    assert np.abs(head).max() < 0.002, head  # what is left is the bins' resolution
+    conv = _errors(net, images, [1])  # 36 weights per filter: the first-order equivalent
+    paper = _errors(net, images, [1, 2], search="paper", aggregate="position")
+    assert np.abs(conv).mean() < 0.005, conv
+    both = np.abs(np.concatenate([conv, head])).mean()
+    assert both < np.abs(paper).mean(), (both, paper)
