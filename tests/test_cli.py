@@ -384,3 +384,14 @@ def test_a_damaged_cache_file_is_told_in_one_line_and_retrained(cache, tmp_path,
     assert "trained in" in out and "loaded from the cache" not in out
     assert main(["train", *TINY[:4], "--no-progress", "--cache-dir", str(copy)]) == 0
     assert "loaded from the cache" in capsys.readouterr().out
+
+
+def test_a_failed_run_leaves_no_folder_it_created(cache, tmp_path, capsys):
+    for command in ("analyze", "inject"):
+        out = tmp_path / command
+        argv = [command, *tiny(cache, "--layers", "42", "--out", str(out))]
+        assert main(argv) == 1
+        assert "layer_num 42 out of range" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["analyze", *tiny(cache, "--layers", "42", "--out", str(tmp_path))]) == 1
+    assert tmp_path.is_dir()  # a folder the user had stays

@@ -11,8 +11,10 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 
 from pytorchfi_deepvigor import distributed, report
 from pytorchfi_deepvigor._guard import DEVICE_HINT, check_device, check_output_dir
-from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
+from pytorchfi_deepvigor._lock import LOCK_NAME, FolderInUse, FolderLock
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
 from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign
@@ -77,30 +79,50 @@ def _run_analysis(args: argparse.Namespace) -> VulnerabilityResult:
     return _with_run_info(result, setup.info, args)
 
 
-def _claim_out(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
-    """``--out`` checked (a folder that can be created and written) and locked, and ``--device``
-    checked, before any work.
+@contextlib.contextmanager
+def _claim_out(args: argparse.Namespace) -> Iterator[None]:
+    """``--device`` checked, ``--out`` checked (a folder that can be created and written) and
+    locked for the block, before any work. A folder this run created is removed again when the
+    command fails before writing anything into it.
 
     Raises:
         ValueError: ``--out`` is empty, a file, or cannot be created or written; ``--device``
             does not exist here.
         FolderInUse: another run holds the folder (the message names it).
     """
-    out = args.out
-    folder = check_output_dir(out, "--out")
     try:
         check_device(args.device)
     except ValueError as exc:
         raise ValueError(str(exc).replace(DEVICE_HINT, "use --device cpu")) from None
+    out = args.out
+    created = isinstance(out, str) and bool(out.strip()) and not Path(out).exists()
+    folder = check_output_dir(out, "--out")
     world = distributed.detect()
     if world is not None and not world.main:  # torchrun: rank 0 holds --out for the job
-        return contextlib.nullcontext()
+        yield
+        return
     try:
-        return FolderLock(folder, "--out").acquire()
+        lock = FolderLock(folder, "--out").acquire()
     except FolderInUse:
         raise
     except OSError as exc:
         raise ValueError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+    try:
+        yield
+    except BaseException:
+        lock.release()
+        if created:
+            _remove_if_only_locks(folder)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_if_only_locks(folder: Path) -> None:
+    """Remove ``folder`` when it holds nothing but lock files (and folders of them)."""
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if all(p.name == LOCK_NAME for p in files):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def analyze(args: argparse.Namespace) -> int:
