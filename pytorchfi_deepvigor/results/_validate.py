@@ -9,7 +9,7 @@ their ``from_dict``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -83,7 +83,9 @@ def _object(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _known(data: Mapping[str, Any], where: str, known: Any, required: tuple[str, ...]) -> None:
+def _known(
+    data: Mapping[str, Any], where: str, known: Collection[str], required: tuple[str, ...]
+) -> None:
     at = f"{where}: " if where else ""
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -139,7 +141,7 @@ def _neuron(value: Any, where: str) -> None:
         _fail(where, "a (channel, row, col) triple", value)
 
 
-def check_layer(data: Any, where: str, targets: tuple[str, ...], fields: Any) -> None:
+def check_layer(data: Any, where: str, targets: tuple[str, ...], fields: Collection[str]) -> None:
     """Validate one layer's JSON object (``where``: its place, e.g. ``layers[2]``)."""
     at = f"{where}." if where else ""
     data = _object(data, where or "layer")
@@ -169,10 +171,16 @@ def check_layer(data: Any, where: str, targets: tuple[str, ...], fields: Any) ->
 
 
 def check_result(
-    data: Any, *, schema_version: int, methods: tuple[str, ...], targets: tuple[str, ...],
-    fields: Any, layer_fields: Any,
-) -> None:  # fmt: skip
-    """Validate a whole result's JSON object before it is decoded."""
+    data: Any,
+    *,
+    schema_version: int,
+    methods: tuple[str, ...],
+    targets: tuple[str, ...],
+    fields: Collection[str],
+    layer_fields: Collection[str],
+) -> None:
+    """Validate a whole result's JSON object before it is decoded (the names it accepts are
+    passed in by the types, which this module does not import)."""
     if not isinstance(data, Mapping):
         names: dict[type, str] = {list: "a list", str: "a string"}
         what = names.get(type(data), type(data).__name__)
