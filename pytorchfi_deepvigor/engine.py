@@ -54,6 +54,7 @@ from ._guard import (
     eval_mode,
 )
 from .catalogue import LayerInfo, build_catalogue
+from .distributed import rank_device
 from .perturbations import Perturbation
 
 __all__ = ["SimulationEngine", "Outcome", "EngineStats", "classify"]
@@ -504,7 +505,8 @@ class SimulationEngine:
         model: any ``nn.Module`` classifier (float32); it is never changed. If ``device`` differs
             from the model's device, the engine works on its own copy.
         images: the analysis batch, float32 ``(I, ...)``.
-        device: where to compute (default: the model's device).
+        device: where to compute (default: the model's device; under torchrun a GPU given without an
+            index, or a model on one, means ``cuda:LOCAL_RANK``).
         max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
         memory_bytes: budget for the activations of one chunk (default 128 MiB on the CPU,
             2 GiB on a GPU).
@@ -554,7 +556,8 @@ class SimulationEngine:
         device = check_device(device)
         param = next(iter(model.parameters()), None)
         model_device = param.device if param is not None else torch.device("cpu")
-        self.device = torch.device(device) if device is not None else model_device
+        # under torchrun a GPU without an index (or a model on one) means cuda:LOCAL_RANK
+        self.device = rank_device(device, model_device)
         if self.device != model_device:
             model = copy.deepcopy(model).to(self.device)
         self.model = model

@@ -126,3 +126,18 @@ def test_world_from_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv(distributed.OPT_OUT, "0")
     assert distributed.detect() is None
+
+
+def test_each_rank_gets_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for name in TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.rank_device("cuda", cuda) == cuda  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.rank_device("cuda", cpu) == torch.device("cuda", 1)  # 3 % 2 GPUs
+    assert distributed.rank_device(None, torch.device("cuda", 0)) == torch.device("cuda", 1)
+    assert distributed.rank_device("cuda:0", cpu) == torch.device("cuda", 0)  # chosen: kept
+    assert distributed.rank_device("cpu", cuda) == cpu
