@@ -330,10 +330,11 @@ def _edit(path: tuple[object, ...], value: object) -> dict:
         (("layers", 1, "target"), "bias", r"layers\[1\]\.target: expected one of"),
         (("colour",), "red", r"unknown fields \['colour'\]"),
         (("method",), 3, "method: expected one of"),
+        (("ranks",), [{"rank": "0", "device": "cpu"}], r"ranks\[0\]\.rank: expected an int"),
     ],
     ids=["lvf-5", "cvf-nan", "cvf-negative", "layer-num-str", "mvf-str", "no-schema",
          "schema-str", "object-dtype", "array-length", "cvf-length", "negative-count",
-         "target", "unknown-field", "method"],
+         "target", "unknown-field", "method", "rank"],
 )  # fmt: skip
 def test_from_dict_refuses_what_to_dict_cannot_write(path, value, match) -> None:
     data = _edit(path, value)

@@ -141,6 +141,16 @@ def _neuron(value: Any, where: str) -> None:
         _fail(where, "a (channel, row, col) triple", value)
 
 
+def _rank(value: Any, where: str) -> None:
+    data = _object(value, where)
+    _known(data, where, ("rank", "device", "host", "items", "cost"), ("rank", "device"))
+    _int(data["rank"], f"{where}.rank")
+    _str(data["device"], f"{where}.device")
+    _optional(data, "host", _str, f"{where}.")
+    _optional(data, "items", _int, f"{where}.")
+    _optional(data, "cost", _cost, f"{where}.")
+
+
 def check_layer(data: Any, where: str, targets: tuple[str, ...], fields: Collection[str]) -> None:
     """Validate one layer's JSON object (``where``: its place, e.g. ``layers[2]``)."""
     at = f"{where}." if where else ""
@@ -212,6 +222,7 @@ def check_result(
     for key in ("model_name", "created"):
         _optional(data, key, _str, "")
     _optional(data, "unsupported", lambda v, w: _list(v, w, _str), "")
+    _optional(data, "ranks", lambda v, w: _list(v, w, _rank), "")
     versions = _object(data.get("versions", {}), "versions")
     for key, value in versions.items():
         _str(value, f"versions[{key!r}]")
