@@ -851,6 +851,8 @@ class SimulationEngine:
             raise ValueError(
                 f"batch mismatch: {layer_output.shape[0]} layer outputs for {image_idx.shape[0]} images"
             )
+        if layer_output.requires_grad:  # the model's in-place ops (ReLU(inplace=True)) may
+            layer_output = layer_output.clone()  # follow the layer: never on a leaf tensor
         with eval_mode(self.model):
             return self._forward(layer_num, cut, image_idx, layer_output)
 

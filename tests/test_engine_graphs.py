@@ -141,3 +141,18 @@ def test_in_place_input_is_what_the_layer_received():
     c2 = next(i for i in eng.catalogue if i.name == "c2")
     assert float(eng.layer_input(c2.layer_num).min()) >= 0.0
     torch.testing.assert_close(eng.layer_input(c2.layer_num), y)
+
+
+@pytest.mark.parametrize("use_fx", [True, False], ids=["fx", "hooks"])
+def test_gradients_through_a_suffix_that_starts_with_an_in_place_relu(use_fx):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 64, 2)
+    ).eval()
+    images = seeded_images(3)
+    eng = SimulationEngine(model, images, use_fx=use_fx)
+    out = eng.layer_output(0).detach().clone().requires_grad_(True)
+    logits = eng.suffix(0, torch.arange(3), out)
+    (grad,) = torch.autograd.grad(logits[:, 0].sum(), out)
+    want = model[3].weight[0].view(3, 8, 8) * (eng.layer_output(0) > 0)
+    torch.testing.assert_close(grad, want.expand(3, -1, -1, -1))
