@@ -206,11 +206,21 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
             out.append(f"{name} ({type(m).__name__}: only Conv2d and Linear are analysed)")
             covered.add(name)
     uses = _functional_uses(model, example_input) if example_input is not None else None
+    modules = dict(model.named_modules())
+    listed: set[str] = set()
     for param, func in (uses if uses is not None else _FUNCTIONAL_USES.get(model, [])):
         owner = param.rpartition(".")[0]
-        if any(owner == c or owner.startswith(c + ".") for c in covered):
+        if any(owner == c or owner.startswith(c + ".") for c in covered) or owner in listed:
             continue
-        out.append(f"{param} (parameter: used by {func} outside a Conv2d/Linear module)")
+        m = modules.get(owner)
+        if isinstance(m, SUPPORTED_LAYERS):  # its parameters applied by another function
+            listed.add(owner)
+            out.append(
+                f"{owner} ({type(m).__name__}: its weight is applied by {func} inside another "
+                "function, the module itself is never called)"
+            )
+        else:
+            out.append(f"{param} (parameter: used by {func} outside a Conv2d/Linear module)")
     return out
 
 
