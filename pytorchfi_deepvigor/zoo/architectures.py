@@ -1,10 +1,14 @@
-"""CIFAR-form VGG, ResNet and MobileNetV2 with a width multiplier.
+"""CIFAR-form VGG, ResNet and MobileNetV2, a small ViT and a small ConvNeXt, with a width multiplier.
 
 The CIFAR forms follow the layouts commonly used for 32x32 inputs (a 3x3 stride-1 stem, no
 initial max-pool): VGG with batch normalisation, ResNet with basic blocks, MobileNetV2 with
 inverted residual blocks whose middle convolution is depthwise. Every module is created once
 and used once (no shared ``ReLU``), so a forward hook on any module fires exactly once per
 forward, and the forward code is plain tensor code that ``torch.fx`` traces.
+
+The transformers carry LayerNorm and GELU instead of BatchNorm and ReLU; their Linear layers
+see ``(N, T, D)`` tokens (ViT) or ``(N, H, W, C)`` channels-last maps (ConvNeXt's pointwise
+layers), and ConvNeXt multiplies by a layer-scale parameter after the analysed layer.
 
 Module names follow torchvision: ``features``/``avgpool``/``classifier`` for VGG and
 MobileNetV2, ``conv1``/``bn1``/``layer1``...``layer4``/``avgpool``/``fc`` for ResNet, with
@@ -25,6 +29,11 @@ __all__ = [
     "ResNet",
     "InvertedResidual",
     "MobileNetV2",
+    "ViT",
+    "EncoderBlock",
+    "ConvNeXt",
+    "ConvNeXtBlock",
+    "LayerNorm2d",
     "scale_channels",
 ]
 
@@ -260,3 +269,172 @@ class MobileNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------- transformers
+class _Attention(nn.Module):
+    """Multi-head self-attention with its projections as plain ``nn.Linear`` modules (``qkv``
+    and ``proj``, as timm's ViT has them), so each is an analysable layer on ``(N, T, D)``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embedding dim {dim} is not a multiple of {heads} heads")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (N, heads, T, d_head)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))`` with GELU."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer: patch embedding, class token, learnt position embedding,
+    pre-norm encoder blocks, LayerNorm and a linear head on the class token.
+
+    The embedding dim is ``scale_channels(192, width)`` (ViT-Tiny's 192 at width 1) rounded up
+    to a multiple of 16 (one head per 16 dims).
+
+    Args:
+        width: Width multiplier of the embedding dim.
+        depth: Encoder blocks.
+        patch_size: Side of the square patches (the input side must be a multiple of it).
+        input_size: Side of the square input (fixes the number of tokens).
+        mlp_ratio: Hidden features of the MLP per embedding dim.
+        in_channels: Channels of the input images.
+        num_classes: Number of output classes.
+
+    Example:
+        >>> model = ViT(width=1 / 4, depth=2, in_channels=1, input_size=16)
+        >>> model(torch.zeros(2, 1, 16, 16)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        *,
+        width: float = 1.0,
+        depth: int = 4,
+        patch_size: int = 4,
+        input_size: int = 32,
+        mlp_ratio: int = 2,
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not a multiple of patch {patch_size}")
+        dim = -(-scale_channels(192, width) // 16) * 16
+        tokens = (input_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(
+            *[EncoderBlock(dim, dim // 16, mlp_ratio) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an ``(N, C, H, W)`` map (ConvNeXt's downsampling norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block: 7x7 depthwise conv, then channels-last LayerNorm, pointwise Linear to 4x,
+    GELU, pointwise Linear back, layer scale, and the residual."""
+
+    def __init__(self, dim: int, layer_scale: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """A small ConvNeXt for 32x32 inputs: a 2x2 stride-2 stem, four stages of
+    :class:`ConvNeXtBlock` separated by LayerNorm + 2x2 stride-2 convolutions, global average
+    pooling, LayerNorm and a linear head. Stage widths ``(96, 192, 384, 768) * width``.
+
+    The layer scale starts at ``layer_scale`` (ConvNeXt's 1e-6 suits its long AdamW schedule;
+    the zoo's short SGD recipe trains with 1.0).
+
+    Args:
+        width: Width multiplier of every stage.
+        depths: Blocks per stage.
+        layer_scale: Initial value of every block's layer scale.
+        in_channels: Channels of the input images.
+        num_classes: Number of output classes.
+
+    Example:
+        >>> model = ConvNeXt(width=1 / 16, depths=(1, 1, 1, 1), in_channels=1)
+        >>> model(torch.zeros(2, 1, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        *,
+        width: float = 1.0,
+        depths: Sequence[int] = (1, 1, 3, 1),
+        layer_scale: float = 1.0,
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        dims = [scale_channels(c, width) for c in (96, 192, 384, 768)][: len(depths)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, dims[0], 2, stride=2), LayerNorm2d(dims[0]))
+        stages: list[nn.Module] = []
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            layers: list[nn.Module] = []
+            if i:
+                layers += [LayerNorm2d(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, stride=2)]
+            layers += [ConvNeXtBlock(dim, layer_scale) for _ in range(depth)]
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.head(self.norm(x.mean(dim=(2, 3))))

@@ -30,6 +30,8 @@ DEFAULT_EPOCHS: dict[str, int] = {
     "resnet18": 15,
     "resnet34": 15,
     "mobilenetv2": 20,
+    "vit": 30,
+    "convnext": 20,
 }
 RECIPE_VERSION = 1  # bump when the training loop changes, so old cache files are not reused
 

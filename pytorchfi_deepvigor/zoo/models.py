@@ -1,6 +1,9 @@
 """The model registry: CIFAR-form zoo models and torchvision's ImageNet models by name.
 
-Zoo names: ``vgg11``, ``vgg16``, ``resnet18``, ``resnet34``, ``mobilenetv2``. torchvision's
+Zoo names: ``vgg11``, ``vgg16``, ``resnet18``, ``resnet34``, ``mobilenetv2``, and two transformer
+families: ``vit`` (a 4-block ViT on 4x4 patches, LayerNorm + GELU, see
+:class:`~pytorchfi_deepvigor.zoo.architectures.ViT`) and ``convnext`` (ConvNeXt blocks, depths
+1-1-3-1, see :class:`~pytorchfi_deepvigor.zoo.architectures.ConvNeXt`). torchvision's
 classification models are built as ``"torchvision:<name>"`` (e.g. ``"torchvision:resnet50"``)
 with random weights: no weights are ever downloaded.
 
@@ -18,7 +21,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pytorchfi_deepvigor.zoo.architectures import VGG, VGG_LAYOUTS, MobileNetV2, ResNet
+from pytorchfi_deepvigor.zoo.architectures import VGG, VGG_LAYOUTS, ConvNeXt, MobileNetV2, ResNet, ViT
 
 __all__ = [
     "TORCHVISION_PREFIX",
@@ -32,12 +35,14 @@ __all__ = [
 
 TORCHVISION_PREFIX = "torchvision:"
 
-_BUILDERS: dict[str, Callable[[float, int, int], nn.Module]] = {
-    "vgg11": lambda w, c, k: VGG(VGG_LAYOUTS["vgg11"], width=w, in_channels=c, num_classes=k),
-    "vgg16": lambda w, c, k: VGG(VGG_LAYOUTS["vgg16"], width=w, in_channels=c, num_classes=k),
-    "resnet18": lambda w, c, k: ResNet((2, 2, 2, 2), width=w, in_channels=c, num_classes=k),
-    "resnet34": lambda w, c, k: ResNet((3, 4, 6, 3), width=w, in_channels=c, num_classes=k),
-    "mobilenetv2": lambda w, c, k: MobileNetV2(width=w, in_channels=c, num_classes=k),
+_BUILDERS: dict[str, Callable[[float, int, int, int], nn.Module]] = {
+    "vgg11": lambda w, c, k, s: VGG(VGG_LAYOUTS["vgg11"], width=w, in_channels=c, num_classes=k),
+    "vgg16": lambda w, c, k, s: VGG(VGG_LAYOUTS["vgg16"], width=w, in_channels=c, num_classes=k),
+    "resnet18": lambda w, c, k, s: ResNet((2, 2, 2, 2), width=w, in_channels=c, num_classes=k),
+    "resnet34": lambda w, c, k, s: ResNet((3, 4, 6, 3), width=w, in_channels=c, num_classes=k),
+    "mobilenetv2": lambda w, c, k, s: MobileNetV2(width=w, in_channels=c, num_classes=k),
+    "vit": lambda w, c, k, s: ViT(width=w, depth=4, input_size=s, in_channels=c, num_classes=k),
+    "convnext": lambda w, c, k, s: ConvNeXt(width=w, depths=(1, 1, 3, 1), in_channels=c, num_classes=k),
 }
 
 #: Width multiplier of each zoo model by default (VGG-11 at 1/8: 8..64 channels).
@@ -47,6 +52,8 @@ DEFAULT_WIDTHS: dict[str, float] = {
     "resnet18": 1 / 8,
     "resnet34": 1 / 8,
     "mobilenetv2": 1 / 4,
+    "vit": 1 / 4,
+    "convnext": 1 / 8,
 }
 #: Former name of :data:`DEFAULT_WIDTHS` (kept for existing scripts).
 VALIDATION_WIDTHS = DEFAULT_WIDTHS
@@ -58,6 +65,8 @@ INPUT_SIZE_MULTIPLE: dict[str, int] = {
     "resnet18": 8,
     "resnet34": 8,
     "mobilenetv2": 8,
+    "vit": 4,
+    "convnext": 16,
 }
 
 
@@ -73,7 +82,7 @@ def list_models(*, include_torchvision: bool = False) -> list[str]:
 
     Example:
         >>> list_models()
-        ['mobilenetv2', 'resnet18', 'resnet34', 'vgg11', 'vgg16']
+        ['convnext', 'mobilenetv2', 'resnet18', 'resnet34', 'vgg11', 'vgg16', 'vit']
     """
     names = sorted(_BUILDERS)
     if include_torchvision:
@@ -109,7 +118,8 @@ def build_model(
             convolution replaced by one with these input channels.
         input_size: Side of the square input; default 32 (zoo) or 224 (torchvision). Zoo
             models check it is a multiple of :data:`INPUT_SIZE_MULTIPLE` (VGG: 32; ResNet and
-            MobileNetV2: 8, so 16 works); the layers do not depend on it.
+            MobileNetV2: 8, so 16 works; ViT: 4; ConvNeXt: 16); the layers do not depend on
+            it, except ViT's position embedding (one per 4x4 patch).
         num_classes: Output classes; default 10 (zoo) or 1000 (torchvision).
 
     Returns:
@@ -140,7 +150,7 @@ def build_model(
     if input_size % multiple:
         raise ValueError(f"{name} needs input_size a multiple of {multiple}, got {input_size}")
     num_classes = _check_positive_int("num_classes", 10 if num_classes is None else num_classes)
-    return _BUILDERS[name](float(width), in_channels, num_classes)
+    return _BUILDERS[name](float(width), in_channels, num_classes, input_size)
 
 
 def _build_torchvision(

@@ -1,4 +1,5 @@
-"""The registry: every zoo model builds, runs on digits, traces with torch.fx, has BatchNorm."""
+"""The registry: every zoo model builds, runs on digits, traces with torch.fx, has BatchNorm
+(CNNs) or LayerNorm (transformers)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from pytorchfi_deepvigor.zoo import (
     list_models,
 )
 
-ZOO = ["vgg11", "vgg16", "resnet18", "resnet34", "mobilenetv2"]
+CNNS = ["vgg11", "vgg16", "resnet18", "resnet34", "mobilenetv2"]
+TRANSFORMERS = ["vit", "convnext"]
+ZOO = CNNS + TRANSFORMERS
 TINY = {name: 1 / 16 for name in ZOO}
 
 
 def test_list_models_names_the_zoo_and_optionally_torchvision() -> None:
     assert list_models() == sorted(ZOO)
     with_tv = list_models(include_torchvision=True)
-    assert with_tv[:5] == sorted(ZOO)
+    assert with_tv[: len(ZOO)] == sorted(ZOO)
     assert "torchvision:resnet18" in with_tv and "torchvision:mobilenet_v2" in with_tv
 
 
@@ -42,7 +45,8 @@ def test_builds_runs_on_digits_and_traces(name: str) -> None:
         traced = fx.symbolic_trace(model)
         assert torch.equal(traced(images), logits)
     assert logits.shape == (4, 10)
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    norm = nn.BatchNorm2d if name in CNNS else nn.LayerNorm
+    assert any(isinstance(m, norm) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -126,3 +130,18 @@ def test_torchvision_model_by_name_with_new_stem_and_classes() -> None:
     assert model.conv1.in_channels == 1 and model.conv1.out_channels == 64
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 10)
+
+
+def test_transformers_have_token_and_channels_last_linears_the_catalogue_accepts() -> None:
+    from pytorchfi_deepvigor.catalogue import build_catalogue, unsupported_layers
+
+    x = torch.zeros(1, 1, 32, 32)
+    vit = build_model("vit", width=1 / 4, in_channels=1).eval()
+    cat = {i.name: i for i in build_catalogue(vit, x)}
+    assert cat["blocks.0.attn.qkv"].output_shape == (3 * 48, 65)  # 64 patches + class token
+    assert cat["blocks.3.fc2"].module_output_shape == (65, 48) and len(cat) == 1 + 4 * 4 + 1
+    convnext = build_model("convnext", width=1 / 8, in_channels=1).eval()
+    cat = {i.name: i for i in build_catalogue(convnext, x)}
+    assert cat["stages.0.0.pwconv1"].output_shape == (48, 16, 16)
+    assert cat["stages.0.0.dwconv"].groups == 12
+    assert unsupported_layers(vit) == [] and unsupported_layers(convnext) == []
