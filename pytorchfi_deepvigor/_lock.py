@@ -1,7 +1,7 @@
 """An OS-level lock on a folder, so two runs never write the same output or progress at once.
 
 :class:`FolderLock` takes an exclusive ``fcntl.flock`` on ``<folder>/.pytorchfi-deepvigor.lock``
-and writes who holds it (process id, host, command, start time) into that file. The operating
+(or another name ending so, to lock one file's work within the folder) and writes who holds it (process id, host, command, start time) into that file. The operating
 system drops the lock when the holder exits, also after ``kill -9``: a lock file left behind is
 never stale, and the next run simply takes it. A second run that finds the lock held raises
 :class:`FolderInUse` naming the holder.
@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no locking
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock"]
+__all__ = ["LOCK_NAME", "FolderInUse", "FolderLock", "is_lock_file"]
 
 LOCK_NAME = ".pytorchfi-deepvigor.lock"
 
@@ -47,16 +47,31 @@ class FolderLock:
     Args:
         folder: the folder to lock.
         what: how the folder is named in the error, e.g. ``"--out"`` or ``"progress_dir"``.
+        name: the lock file's name; another name locks something else in the same folder (a
+            progress log locks its own file, so two campaigns may share a ``progress_dir``).
+            It must end with :data:`LOCK_NAME`.
+        label: what the error says is in use (default: ``what`` and the folder).
     """
 
-    def __init__(self, folder: str | Path, what: str = "folder") -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        what: str = "folder",
+        *,
+        name: str = LOCK_NAME,
+        label: str | None = None,
+    ) -> None:
+        if not name.endswith(LOCK_NAME):
+            raise ValueError(f"expected a lock file name ending with {LOCK_NAME}, got {name!r}")
         self.folder = Path(folder)
         self.what = what
+        self.name = name
+        self.label = label or f"{what} {self.folder}"
         self._fd: int | None = None
 
     @property
     def path(self) -> Path:
-        return self.folder / LOCK_NAME
+        return self.folder / self.name
 
     def acquire(self) -> FolderLock:
         """Take the lock, or raise :class:`FolderInUse` naming the process that holds it."""
@@ -70,7 +85,7 @@ class FolderLock:
             holder = _describe(os.read(fd, 4096))
             os.close(fd)
             raise FolderInUse(
-                f"{self.what} {self.folder} is in use by {holder}: wait for that run to finish, "
+                f"{self.label} is in use by {holder}: wait for that run to finish, "
                 f"stop it, or choose another {self.what}"
             ) from None
         os.ftruncate(fd, 0)
@@ -103,6 +118,16 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def is_lock_file(path: str | Path) -> bool:
+    """Whether ``path`` names a lock file of this module.
+
+    Example:
+        >>> is_lock_file("out/.pytorchfi-deepvigor.lock"), is_lock_file("out/result.json")
+        (True, False)
+    """
+    return Path(path).name.endswith(LOCK_NAME)
 
 
 def _describe(data: bytes) -> str:

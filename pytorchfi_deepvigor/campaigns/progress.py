@@ -12,9 +12,10 @@ it is dropped on reopening.
 Reopening a file whose header differs (other arguments, model or images) raises ``ValueError``
 naming what differs: progress is never mixed across campaigns. Records are keyed by their work
 item (unit and fault range): a repeated identical record is ignored, never counted twice; two
-different records for overlapping faults are refused. While a log is open, its folder is locked
-(:class:`~pytorchfi_deepvigor._lock.FolderLock`): a second campaign on the same ``progress_dir``
-is refused with the process that holds it.
+different records for overlapping faults are refused. While a log is open, its file is locked
+(:class:`~pytorchfi_deepvigor._lock.FolderLock`, a lock file beside it): a second run of the same
+campaign on the same ``progress_dir`` is refused with the process that holds it (other campaigns
+may share the folder).
 
 Example:
     >>> import tempfile
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorchfi_deepvigor._lock import FolderLock
+from pytorchfi_deepvigor._lock import LOCK_NAME, FolderLock
 
 __all__ = ["ChunkRecord", "ProgressLog", "tensors_fingerprint"]
 
@@ -155,7 +156,7 @@ class ProgressLog:
     Raises:
         ValueError: the file belongs to another campaign, is not a progress file, or holds a
             record that fails its check or contradicts another record.
-        FolderInUse: another process has a progress log open in the same folder.
+        FolderInUse: another process has this progress file open.
     """
 
     def __init__(
@@ -168,7 +169,12 @@ class ProgressLog:
         self.records: list[ChunkRecord] = []
         self.duplicates = 0
         """Repeated identical records found on opening (ignored)."""
-        self._lock = FolderLock(self.path.parent, "progress_dir")
+        self._lock = FolderLock(
+            self.path.parent,
+            "progress_dir",
+            name=f".{self.path.name}{LOCK_NAME}",
+            label=f"progress file {self.path}",
+        )
         self._file: BinaryIO | None = None
         if readonly:  # another rank's file (distributed runs): read its complete lines only
             lines = self._read_complete_lines(repair=False)

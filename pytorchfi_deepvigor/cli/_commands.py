@@ -22,7 +22,7 @@ import torch
 
 from pytorchfi_deepvigor import distributed, report
 from pytorchfi_deepvigor._guard import DEVICE_HINT, check_device, check_output_dir
-from pytorchfi_deepvigor._lock import LOCK_NAME, FolderInUse, FolderLock
+from pytorchfi_deepvigor._lock import FolderInUse, FolderLock, is_lock_file
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
 from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign
@@ -121,7 +121,7 @@ def _claim_out(args: argparse.Namespace) -> Iterator[None]:
 def _remove_if_only_locks(folder: Path) -> None:
     """Remove ``folder`` when it holds nothing but lock files (and folders of them)."""
     files = [p for p in folder.rglob("*") if not p.is_dir()]
-    if all(p.name == LOCK_NAME for p in files):
+    if all(is_lock_file(p) for p in files):
         shutil.rmtree(folder, ignore_errors=True)
 
 

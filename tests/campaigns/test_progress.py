@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_models import seeded_images, tiny_vgg
 
-from pytorchfi_deepvigor._lock import FolderInUse, FolderLock
+from pytorchfi_deepvigor._lock import FolderInUse
 from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, Pilot, StatisticalCampaign
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -225,7 +225,7 @@ import importlib.util, time
 spec = importlib.util.spec_from_file_location("lock", {root!r} + "/pytorchfi_deepvigor/_lock.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)  # the lock module alone (stdlib only): no torch import
-lock = module.FolderLock({folder!r}).acquire()
+lock = module.FolderLock({folder!r}, name=".log.jsonl" + module.LOCK_NAME).acquire()
 print("held", flush=True)
 time.sleep(60)
 """
@@ -239,11 +239,16 @@ def test_a_second_log_on_a_locked_folder_names_the_holder(tmp_path: Path) -> Non
     )  # fmt: skip
     try:
         assert child.stdout is not None and child.stdout.readline() == "held\n"
-        with pytest.raises(FolderInUse, match=rf"progress_dir .* in use by process {child.pid} "):
+        with pytest.raises(
+            FolderInUse, match=rf"progress file {tmp_path}/log.jsonl is in use by process "
+            rf"{child.pid} .*choose another progress_dir"
+        ):  # fmt: skip
             ProgressLog(tmp_path / "log.jsonl", {"seed": 0})
+        ProgressLog(tmp_path / "other.jsonl", {"seed": 0}).close()  # another campaign: free
     finally:
         os.kill(child.pid, signal.SIGKILL)  # the OS drops the lock with the process
         child.wait()
-    ProgressLog(tmp_path / "log.jsonl", {"seed": 0}).close()
-    with FolderLock(tmp_path), pytest.raises(FolderInUse, match="in use by process"):
-        ProgressLog(tmp_path / "log.jsonl", {"seed": 0})
+    with ProgressLog(tmp_path / "log.jsonl", {"seed": 0}):
+        with pytest.raises(FolderInUse, match="in use by process"):
+            ProgressLog(tmp_path / "log.jsonl", {"seed": 0})
+        ProgressLog(tmp_path / "other.jsonl", {"seed": 0}).close()
