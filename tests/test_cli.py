@@ -246,11 +246,20 @@ def test_invalid_values_exit_1_with_one_error_line(cache, more, message, tmp_pat
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
-def _good_result(path: Path) -> Path:
+def _good_result(path: Path, n_images: int = 4) -> Path:
     layer = LayerResult(layer_num=0, name="fc", kind="Linear", target="weights", n_neurons=10,
                         n_weights=40, channels=(0, 1), cvf=(0.25, 0.5), lvf=0.375)  # fmt: skip
-    VulnerabilityResult.from_layers("exhaustive", [layer], n_images=4).to_json(path)
+    VulnerabilityResult.from_layers("exhaustive", [layer], n_images=n_images).to_json(path)
     return path
+
+
+def test_compare_warns_once_about_different_image_counts(tmp_path, capsys):
+    a, b = _good_result(tmp_path / "a.json"), _good_result(tmp_path / "b.json", n_images=8)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    err = capsys.readouterr().err
+    assert err == "warning: comparing results over different image counts: 4 and 8\n"
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["warnings"] == [err.strip().removeprefix("warning: ")]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign
 from pytorchfi_deepvigor.catalogue import build_catalogue
 from pytorchfi_deepvigor.cli._load import default_width, load_setup, train_zoo_model
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
+from pytorchfi_deepvigor.results import ComparisonWarning, Cost, VulnerabilityResult
+from pytorchfi_deepvigor.results import compare as compare_results
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
 from pytorchfi_deepvigor.zoo.models import (
     DEFAULT_WIDTHS,
@@ -277,10 +279,13 @@ def compare(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_dir(args.out, "--out")
     a, b = _load_result(args.a, "A (the first file)"), _load_result(args.b, "B (the second file)")
-    print(report.format_comparison(a, b))
-    if args.out is not None:
-        files = report.write_comparison(a, b, args.out)
-        print(f"wrote {', '.join(str(p) for p in files.values())}")
+    compare_results(a, b)  # warns once about what differs (models, image counts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ComparisonWarning)  # not again for each rendering
+        print(report.format_comparison(a, b))
+        if args.out is not None:
+            files = report.write_comparison(a, b, args.out)
+            print(f"wrote {', '.join(str(p) for p in files.values())}")
     return 0
 
 
