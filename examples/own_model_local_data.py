@@ -87,7 +87,7 @@ before = {k: v.clone() for k, v in model.state_dict().items()}
 # ## The layers, numbered as PyTorchFI numbers them
 
 # %%
-fi = DeepVigorFI(model, len(data), input_shape=[3, size, size])
+fi = DeepVigorFI(model, len(data), [3, size, size], [torch.nn.Conv2d, torch.nn.Linear])
 table = fi.layer_table()
 print(report.format_rows(["layer", "name", "type", "weights"],
                          [[r["layer"], r["name"], r["type"], r["weights"]] for r in table], left=3))  # fmt: skip

@@ -97,7 +97,7 @@ logging.disable(logging.NOTSET)
 
 # %%
 start = time.perf_counter()
-fi = DeepVigorFI(model, len(images), shape)  # was: core.fault_injection(model, ...)
+fi = DeepVigorFI(model, len(images), shape, [nn.Conv2d, nn.Linear])  # was: core.fault_injection
 cvf_dropin, _ = campaign(fi, model, images, layer, args.channel)
 t_dropin = time.perf_counter() - start
 

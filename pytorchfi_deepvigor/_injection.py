@@ -2,13 +2,14 @@
 
 Kept apart from the class so that the class reads as PyTorchFI's API and this module as what
 happens to the tensors: a forward pre-hook that starts every forward of a corrupted model afresh,
-a forward hook that sets declared output values, and an in-place weight write whose original
-bits are restored exactly.
+a forward hook that sets declared output values, the profile of every leaf call behind
+``layer_types=["all"]``, and an in-place weight write whose original bits are restored exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,13 +17,16 @@ import torch
 from torch import nn
 
 from . import bits as _bits
-from ._injector_checks import NeuronFaults
+from ._guard import eval_mode
+from ._injector_checks import NeuronFaults, module_output_shape
 from .catalogue import LayerInfo
 
 __all__ = [
+    "CallCounter",
     "faulty_weight_value",
     "forward_start_hook",
     "layer_weight",
+    "profile_leaves",
     "set_value_hook",
     "written_in_place",
 ]
@@ -66,36 +70,111 @@ def forward_start_hook(
 
 
 def set_value_hook(
-    info: LayerInfo, faults: NeuronFaults, on_layer: Callable[[int], None]
+    layer_of: Callable[[torch.Tensor], LayerInfo | None],
+    faults: NeuronFaults,
+    on_layer: Callable[[int], None],
 ) -> Callable[..., Any]:
-    """The forward hook of layer ``info``: PyTorchFI's ``value=`` faults or its ``function=``.
+    """The forward hook of one layer: PyTorchFI's ``value=`` faults or its ``function=``.
 
-    ``on_layer(n)`` is told the layer number before a custom function runs (so that
-    ``get_current_layer()`` is right whatever the execution order) and ``n + 1`` after the
-    built-in value model.
+    ``layer_of(output)`` names the layer this call is (a fixed layer, or the next entry of a
+    :class:`CallCounter`), or ``None`` for a call that is not a fault site. ``on_layer(n)`` is
+    told the layer number before a custom function runs (so that ``get_current_layer()`` is right
+    whatever the execution order) and ``n + 1`` after the built-in value model.
     """
-    mine = faults.at_layer(info.layer_num)
-    rank = len(info.output_shape)
 
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
+        info = layer_of(output)
+        if info is None:
+            return None
         on_layer(info.layer_num)
         if faults.function is not None:
             return faults.function(module, inputs, output)
-        if tuple(output.shape[1:]) != info.output_shape:
+        shape = module_output_shape(info)
+        if tuple(output.shape[1:]) != shape:
             raise ValueError(
                 f"layer {info.layer_num} ({info.name}) outputs {tuple(output.shape[1:])} per "
-                f"image, but {info.output_shape} was profiled: the input shape changed"
+                f"image, but {shape} was profiled: the input shape changed"
             )
         on_layer(info.layer_num + 1)
+        mine = faults.at_layer(info.layer_num)
         if not mine or faults.value is None:
             return None
         output = output.clone()
+        rank = len(shape)
         for i in mine:
             site = (faults.batch[i], faults.dim1[i], faults.dim2[i], faults.dim3[i])[: rank + 1]
             output[site] = faults.value[i]
         return output
 
     return hook
+
+
+class CallCounter:
+    """Numbers the leaf-module calls of one forward in execution order (``layer_types=["all"]``).
+
+    :meth:`reset` starts a forward; :meth:`layer_of` returns the profiled entry of the next call
+    of the leaf ``name`` and checks that the forward still calls the leaves in profiled order.
+    """
+
+    def __init__(self, catalogue: Sequence[LayerInfo]) -> None:
+        self._catalogue = list(catalogue)
+        self._next = 0
+
+    def reset(self) -> None:
+        self._next = 0
+
+    def layer_of(self, name: str) -> Callable[[Any], LayerInfo | None]:
+        def lookup(output: Any) -> LayerInfo | None:
+            if not isinstance(output, torch.Tensor):
+                return None  # not profiled either: not a fault site
+            n, self._next = self._next, self._next + 1
+            if n >= len(self._catalogue) or self._catalogue[n].name != name:
+                profiled = self._catalogue[n].name if n < len(self._catalogue) else "nothing"
+                raise ValueError(
+                    f"call {n} of this forward is leaf {name!r}, but the profiling forward called "
+                    f"{profiled!r} there: the model's control flow depends on its input"
+                )
+            return self._catalogue[n]
+
+        return lookup
+
+
+def profile_leaves(model: nn.Module, probe: torch.Tensor) -> list[LayerInfo]:
+    """Every call of a leaf module in one forward of ``probe``, in execution order.
+
+    This is PyTorchFI's ``layer_types=["all"]`` numbering: layer ``n`` is the ``n``-th leaf call
+    whose output is a tensor (a module called twice has two numbers). The model runs in eval
+    mode without grad and is left exactly as it was.
+    """
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    calls: list[LayerInfo] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            first = inputs[0] if inputs else None
+            weight = getattr(module, "weight", None)
+            calls.append(
+                LayerInfo(
+                    layer_num=len(calls),
+                    name=name,
+                    kind=type(module).__name__,
+                    module=module,
+                    weight_shape=tuple(weight.shape) if isinstance(weight, torch.Tensor) else (),
+                    input_shape=tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else (),
+                    output_shape=tuple(output.shape[1:]),
+                )
+            )
+
+        return hook
+
+    with contextlib.ExitStack() as stack:
+        for name, module in leaves:
+            stack.enter_context(module.register_forward_hook(record(name)))
+        with eval_mode(model), torch.no_grad():
+            model(probe)
+    return calls
 
 
 def faulty_weight_value(

@@ -18,16 +18,21 @@ from torch import nn
 from .catalogue import SUPPORTED_LAYERS, LayerInfo
 
 __all__ = [
+    "ALL_LAYERS",
     "NeuronFaults",
     "check_layer_types",
     "check_neuron_faults",
     "check_weight_faults",
     "check_weight_index",
     "layer_info",
+    "module_output_shape",
     "normalise",
 ]
 
 _DIM_NAMES = ("dim1 (channel)", "dim2 (row)", "dim3 (column)")
+
+#: PyTorchFI's ``layer_types`` entry for "every leaf module".
+ALL_LAYERS = "all"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,18 @@ def normalise(arg: object, name: str) -> list[Any]:
     raise TypeError(f"{name} must be a list (one entry per fault), got {type(arg).__name__}")
 
 
+def module_output_shape(info: LayerInfo) -> tuple[int, ...]:
+    """Per-image shape of what the layer's module writes: PyTorchFI indexes neurons in it."""
+    return tuple(getattr(info, "module_output_shape", info.output_shape))
+
+
+def _first_values(values: list[Any], n: int) -> list[Any]:
+    """PyTorchFI uses the first ``n`` values for ``n`` fault locations; fewer is an error."""
+    if len(values) < n:
+        raise ValueError(f"got {len(values)} values for {n} fault locations: give one per fault")
+    return values[:n]
+
+
 def layer_info(catalogue: Sequence[LayerInfo], layer_num: object) -> LayerInfo:
     """The catalogue entry of ``layer_num``; ``ValueError`` names the valid range."""
     n = _as_int(layer_num, "layer_num")
@@ -83,24 +100,26 @@ def layer_info(catalogue: Sequence[LayerInfo], layer_num: object) -> LayerInfo:
     return catalogue[n]
 
 
-def check_layer_types(layer_types: object) -> tuple[type[nn.Module], ...]:
-    """Validate PyTorchFI's ``layer_types`` (default: Conv2d and Linear)."""
+def check_layer_types(layer_types: object) -> tuple[type[nn.Module], ...] | None:
+    """Validate PyTorchFI's ``layer_types``: the injectable types, or ``None`` for ``["all"]``.
+
+    The default is ``[nn.Conv2d]``, as in PyTorchFI 0.6.0. A list holding ``"all"`` means every
+    leaf module (as in 0.6.0); otherwise every entry must subclass ``nn.Conv2d`` or ``nn.Linear``.
+    """
     if layer_types is None:
-        return SUPPORTED_LAYERS
+        return (nn.Conv2d,)
     if not isinstance(layer_types, (list, tuple)) or not layer_types:
         raise ValueError(
             f"expected layer_types as a non-empty list of layer types, got {layer_types!r}"
         )
-    if "all" in layer_types:
-        raise ValueError(
-            "layer_types=['all'] is not supported: only nn.Conv2d and nn.Linear layers are "
-            "injectable; pass layer_types=[nn.Conv2d, nn.Linear] (the default)"
-        )
+    if any(isinstance(t, str) and t == ALL_LAYERS for t in layer_types):
+        return None
     for t in layer_types:
         if not (isinstance(t, type) and issubclass(t, SUPPORTED_LAYERS)):
             name = t.__name__ if isinstance(t, type) else repr(t)
             raise ValueError(
-                f"unsupported layer type {name}: only nn.Conv2d and nn.Linear are injectable"
+                f"unsupported layer type {name}: pass subclasses of nn.Conv2d and nn.Linear, "
+                "or layer_types=['all'] to inject into every leaf module"
             )
     return tuple(layer_types)
 
@@ -129,7 +148,7 @@ def check_neuron_faults(
     d1, d2, d3 = (normalise(d, f"dim{k + 1}") for k, d in enumerate(dims))
     n = len(layers)
     d2, d3 = d2 or [None] * n, d3 or [None] * n
-    values = None if value is None else normalise(value, "value")
+    values = None if value is None else _first_values(normalise(value, "value"), n)
     lengths = {
         "layer_num": n,
         "batch": len(batches),
@@ -137,26 +156,32 @@ def check_neuron_faults(
         "dim2": len(d2),
         "dim3": len(d3),
     }
-    if values is not None:
-        lengths["value"] = len(values)
-        if n == 0:
-            raise ValueError(
-                "declare_neuron_fi got value=[...] but no fault location (layer_num=[])"
-            )
+    if values is not None and n == 0:
+        raise ValueError("declare_neuron_fi got value=[...] but no fault location (layer_num=[])")
     if len(set(lengths.values())) > 1:
         raise ValueError(f"fault lists must have one entry per fault, got lengths {lengths}")
     for i in range(n):
         info = layer_info(catalogue, layers[i])
-        where = f"of layer {info.layer_num} ({info.name}, output {info.output_shape}) in fault {i}"
+        shape = module_output_shape(info)
+        where = f"of layer {info.layer_num} ({info.name}, output {shape}) in fault {i}"
         batches[i] = _check_range(
             batches[i], batch_size, "batch", f"(batch_size {batch_size}) in fault {i}"
         )
-        coords = [d1, d2, d3][: len(info.output_shape)]
-        for k, (col, size) in enumerate(zip(coords, info.output_shape, strict=True)):
+        rank = len(shape)
+        if not 1 <= rank <= 3:
+            raise ValueError(
+                f"layer {info.layer_num} ({info.name}, {info.kind}) outputs {shape} "
+                "per image: neuron faults need 1 to 3 dimensions per image (N, C[, H[, W]])"
+            )
+        for k, (col, size) in enumerate(zip([d1, d2, d3][:rank], shape, strict=True)):
             col[i] = _check_range(col[i], size, _DIM_NAMES[k], where)
-        if len(info.output_shape) == 1 and (d2[i] is not None or d3[i] is not None):
+        ignored = [
+            name for name, col in (("dim2", d2), ("dim3", d3))[rank - 1 :] if col[i] is not None
+        ]
+        if ignored:
             warnings.warn(
-                f"fault {i}: dim2/dim3 ignored, layer {info.layer_num} ({info.kind}) has 1-D outputs",
+                f"fault {i}: {'/'.join(ignored)} ignored, layer {info.layer_num} ({info.kind}) "
+                f"has {rank}-D outputs per image",
                 stacklevel=3,
             )
     return NeuronFaults(
@@ -173,6 +198,8 @@ def check_neuron_faults(
 def check_weight_index(info: LayerInfo, index: object) -> tuple[int, ...]:
     """A full weight index of ``info``'s weight from a tuple or a flat int index."""
     shape = info.weight_shape
+    if not shape:
+        raise ValueError(f"layer {info.layer_num} ({info.name}, {info.kind}) has no weight")
     where = f"of layer {info.layer_num} ({info.name}, weight {shape})"
     if isinstance(index, (int, torch.Tensor)) and not isinstance(index, bool):
         flat = _check_range(index, math.prod(shape), "flat weight", where)
@@ -209,9 +236,8 @@ def check_weight_faults(
     d1, d2, d3 = (normalise(d, f"dim{i + 1}") for i, d in enumerate(dims))
     n = len(layers)
     d2, d3 = d2 or [None] * n, d3 or [None] * n
-    values = [None] * n if value is None else normalise(value, "value")
+    values = [None] * n if value is None else _first_values(normalise(value, "value"), n)
     lengths = {"layer_num": n, "k": len(ks), "dim1": len(d1), "dim2": len(d2), "dim3": len(d3)}
-    lengths["value"] = len(values)
     if n == 0:
         raise ValueError("declare_weight_fi got no fault location (layer_num=[])")
     if len(set(lengths.values())) > 1:

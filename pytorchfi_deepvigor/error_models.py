@@ -15,6 +15,12 @@ The two neuron models read the declared sites from the injector (``corrupt_layer
 ``corrupt_batch``, ``corrupt_dim1..3``) and act on the layer ``get_current_layer()`` names.
 ``DeepVigorFI`` sets that counter before each hook; with plain PyTorchFI the models advance it
 themselves and wrap it around after the last layer, so they work there too.
+
+PyTorchFI's own error models run on ``DeepVigorFI`` as well: the functions of
+``pytorchfi.neuron_error_models`` and ``pytorchfi.weight_error_models`` take it as their ``pfi``
+unchanged. ``single_bit_flip_func`` is a class that PyTorchFI derives from its own injector, so
+:class:`SingleBitFlipFI` (also importable as ``single_bit_flip_func``) is that class on
+``DeepVigorFI``: same methods, same draws from ``random``, same faults.
 """
 
 from __future__ import annotations
@@ -27,8 +33,17 @@ import torch
 from torch import nn
 
 from . import bits as _bits
+from ._pytorchfi_compat import SingleBitFlipBase
+from .injector import DeepVigorFI
 
-__all__ = ["ActivationBitFlip", "OperandBitFlip", "WeightBitFlip", "operand_site"]
+__all__ = [
+    "ActivationBitFlip",
+    "OperandBitFlip",
+    "SingleBitFlipFI",
+    "WeightBitFlip",
+    "operand_site",
+    "single_bit_flip_func",
+]
 
 
 def _check_bit(bit: object) -> int:
@@ -103,9 +118,8 @@ class ActivationBitFlip:
         bit: the bit (LSB = 0), or one bit per declared fault.
 
     Example:
-        >>> from pytorchfi_deepvigor.injector import DeepVigorFI
         >>> net = nn.Sequential(nn.Linear(2, 2))
-        >>> fi = DeepVigorFI(net, 1, input_shape=[2])
+        >>> fi = DeepVigorFI(net, 1, input_shape=[2], layer_types=[nn.Linear])
         >>> bad = fi.declare_neuron_fi(layer_num=[0], batch=[0], dim1=[1], function=ActivationBitFlip(fi, 31))
         >>> bool(torch.equal(bad(torch.ones(1, 2))[0, 1], -net(torch.ones(1, 2))[0, 1]))
         True
@@ -242,3 +256,58 @@ class OperandBitFlip:
             delta = (_bits.flip_bit(golden, bits[i]) - golden) * weight[(k, *op)]
             output[(b, *neuron)] += delta.to(output.dtype)
         return output
+
+
+class SingleBitFlipFI(DeepVigorFI, SingleBitFlipBase):
+    """PyTorchFI's ``single_bit_flip_func`` with ``DeepVigorFI`` as its injector.
+
+    PyTorchFI 0.6.0 derives ``pytorchfi.neuron_error_models.single_bit_flip_func`` (a bit flip of
+    an 8-bit quantised copy of one activation, ``bits=8``) from its own injector class, so
+    swapping the import of the injector does not reach it. This class keeps every method of
+    PyTorchFI's (``set_conv_max``, ``single_bit_flip_signed_across_batch``, ...) and takes its
+    constructor arguments; the injector underneath is ``DeepVigorFI``. Use it with PyTorchFI's
+    ``random_neuron_single_bit_inj`` / ``random_neuron_single_bit_inj_batched``: for the same
+    ``random`` seed they draw the same sites and bits as on plain PyTorchFI.
+
+    Only PyTorchFI's ``logging.basicConfig`` call in its constructor is left out; its hooks still
+    log through the root logger. The layer ranges (``set_conv_max``) need one entry per layer
+    of ``layer_types`` (default ``[nn.Conv2d]``, as in PyTorchFI).
+
+    Example:
+        >>> from pytorchfi.neuron_error_models import random_neuron_single_bit_inj
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1))
+        >>> pfi = SingleBitFlipFI(net, 1, input_shape=[1, 5, 5], bits=8)
+        >>> pfi.bits, pfi.get_total_layers()
+        (8, 2)
+        >>> corrupted = random_neuron_single_bit_inj(pfi, layer_ranges=[4.0, 4.0])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        input_shape: Sequence[int] | None = None,
+        layer_types: Sequence[type[nn.Module] | str] | None = None,
+        use_cuda: bool | None = None,
+        *,
+        bits: int = 8,
+        example_input: torch.Tensor | None = None,
+    ) -> None:
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 64:
+            raise ValueError(f"expected bits as an int in [1, 64], got {bits!r}")
+        DeepVigorFI.__init__(
+            self,
+            model,
+            batch_size,
+            input_shape,
+            layer_types,
+            use_cuda,
+            bits=bits,
+            example_input=example_input,
+        )
+        self.bits = bits  # what PyTorchFI's constructor sets, without its logging.basicConfig
+        self.LayerRanges: list[float] = []
+
+
+#: PyTorchFI's name, for ``from pytorchfi_deepvigor.error_models import single_bit_flip_func``.
+single_bit_flip_func = SingleBitFlipFI

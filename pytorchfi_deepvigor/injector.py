@@ -7,9 +7,14 @@ arguments with the same meaning and return a corrupted deep copy of the model. W
 wrong is fixed here:
 
 * profiling runs once through :func:`~pytorchfi_deepvigor.catalogue.build_catalogue` (zero
-  input, eval mode, no grad, modes restored); ``logging.basicConfig`` is never called;
-* layer numbers are the catalogue's (leaf ``Conv2d``/``Linear`` in traversal order) for
-  neurons and weights alike; both types are injectable by default;
+  input, eval mode, no grad, modes restored); ``logging.basicConfig`` is never called; the
+  global torch RNG advances as 0.6.0's constructor advances it (one ``torch.randn`` of the
+  profiling shape), so a seeded script draws the same numbers after the swap;
+* the arguments mean what they mean in 0.6.0, defaults included (``layer_types=[nn.Conv2d]``;
+  ``["all"]`` numbers every leaf-module call in execution order, for neuron *and* weight faults;
+  a ``value`` list longer than the fault locations uses its first values);
+* with Conv2d/Linear layer types, layer numbers are the catalogue's (leaf layers of the chosen
+  types in traversal order) for neurons and weights alike;
 * a corrupted model from ``declare_neuron_fi`` runs any number of forwards (its layer counter is
   reset by a forward pre-hook on the root), and keeps its faults when later models are declared:
   each corrupted copy carries its own frozen fault list. :meth:`DeepVigorFI.fi_reset` removes the
@@ -20,6 +25,13 @@ wrong is fixed here:
 
 ``print_pytorchfi_layer_summary`` returns the summary string and does not print it (library code
 never prints); print the returned string where 0.6.0's console output is wanted.
+
+PyTorchFI's own error models (``pytorchfi.neuron_error_models``, ``pytorchfi.weight_error_models``)
+take a ``DeepVigorFI`` as their ``pfi`` and draw the same faults for the same seed; for
+``single_bit_flip_func``, whose base class PyTorchFI hard-codes, use
+:class:`pytorchfi_deepvigor.error_models.SingleBitFlipFI`. PyTorchFI master's names
+(``FaultInjection``, ``declare_*_fault_injection``, ``batch_size``, ``get_tensor_dim``,
+``corrupt_dim``, ...) are answered too.
 """
 
 from __future__ import annotations
@@ -35,9 +47,11 @@ from torch import nn
 
 from ._guard import check_images
 from ._injection import (
+    CallCounter,
     faulty_weight_value,
     forward_start_hook,
     layer_weight,
+    profile_leaves,
     set_value_hook,
     written_in_place,
 )
@@ -48,6 +62,7 @@ from ._injector_checks import (
     check_weight_faults,
     check_weight_index,
     layer_info,
+    module_output_shape,
 )
 from ._pytorchfi_compat import PyTorchFIBase
 from .catalogue import LayerInfo, build_catalogue
@@ -55,7 +70,7 @@ from .catalogue import LayerInfo, build_catalogue
 if TYPE_CHECKING:
     from .engine import SimulationEngine
 
-__all__ = ["DeepVigorFI", "WeightFault"]
+__all__ = ["DeepVigorFI", "FaultInjection", "WeightFault", "fault_injection"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +98,14 @@ class DeepVigorFI(PyTorchFIBase):
         batch_size: the batch size the corrupted models will run (fault ``batch`` indices must be
             below it), as in PyTorchFI.
         input_shape: per-image input shape ``[C, H, W]`` (PyTorchFI's default ``[3, 224, 224]``).
-        layer_types: injectable types, subclasses of ``nn.Conv2d`` / ``nn.Linear``
-            (default both). Layer numbers count the chosen types only, as in PyTorchFI.
-            ``["all"]`` is rejected: only Conv2d and Linear layers are injectable here.
+        layer_types: injectable types, subclasses of ``nn.Conv2d`` / ``nn.Linear`` (default
+            ``[nn.Conv2d]``, as in PyTorchFI). Layer numbers count the chosen types only, as in
+            PyTorchFI. ``["all"]``: every call of a leaf module whose output is a tensor, in
+            execution order, as PyTorchFI numbers neurons with it; weight faults then target the
+            leaf's weight (PyTorchFI 0.6.0 cannot inject weights with ``"all"``).
         use_cuda: profile on CUDA (default: where the model's parameters are).
+        bits: accepted and unused, as PyTorchFI's injector accepts it: its subclass
+            ``single_bit_flip_func`` passes its ``bits=`` through to the base class.
         example_input: optional batch to profile with instead of zeros (only its first image is
             used).
 
@@ -97,9 +116,11 @@ class DeepVigorFI(PyTorchFIBase):
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
-        >>> fi = DeepVigorFI(net, 1, input_shape=[1, 4, 4])
+        >>> fi = DeepVigorFI(net, 1, input_shape=[1, 4, 4], layer_types=[nn.Conv2d, nn.Linear])
         >>> fi.get_total_layers(), fi.get_layer_shape(0)
         (2, [1, 2, 2, 2])
+        >>> DeepVigorFI(net, 1, [1, 4, 4], ["all"]).get_layer_type(1)  # every leaf call
+        <class 'torch.nn.modules.flatten.Flatten'>
         >>> with fi.weight_fault(1, (0, 0), bit=30) as fault:
         ...     logits = net(torch.ones(1, 1, 4, 4))
         >>> fault.index, net[2].weight[0, 0].item() == fault.golden
@@ -114,6 +135,7 @@ class DeepVigorFI(PyTorchFIBase):
         layer_types: Sequence[type[nn.Module] | str] | None = None,
         use_cuda: bool | None = None,
         *,
+        bits: int | None = None,
         example_input: torch.Tensor | None = None,
     ) -> None:
         # PyTorchFIBase.__init__ is deliberately not called: it runs logging.basicConfig and
@@ -146,16 +168,20 @@ class DeepVigorFI(PyTorchFIBase):
         probe = (
             example_input[:1] if example_input is not None else torch.zeros(1, *shape, dtype=dtype)
         )
+        # PyTorchFI 0.6.0 profiles with torch.randn(1, *input_shape): draw (and drop) the same
+        # numbers, so that a seeded script draws the same random numbers after the swap.
+        torch.randn(1, *shape, dtype=dtype, device=device)
 
         self.original_model = model
         self.use_cuda = device.type == "cuda"
         self._input_shape = shape
         self._batch_size = batch_size
-        self._inj_layer_types = list(types)
+        self._inj_layer_types = _as_given(layer_types)
+        self._all_leaves = types is None
         self._catalogue, self._renumbered = self._profile(model, probe.to(device), types)
-        self.output_size = [[1, *info.output_shape] for info in self._catalogue]
+        self.output_size = [[1, *module_output_shape(i)] for i in self._catalogue]
         self.layers_type = [type(info.module) for info in self._catalogue]
-        self.layers_dim = [1 + len(info.output_shape) for info in self._catalogue]
+        self.layers_dim = [len(size) for size in self.output_size]
         self.weights_size = [torch.Size(info.weight_shape) for info in self._catalogue]
         self.corrupted_model: nn.Module | None = None
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -163,15 +189,20 @@ class DeepVigorFI(PyTorchFIBase):
 
     @staticmethod
     def _profile(
-        model: nn.Module, probe: torch.Tensor, types: tuple[type[nn.Module], ...]
+        model: nn.Module, probe: torch.Tensor, types: tuple[type[nn.Module], ...] | None
     ) -> tuple[list[LayerInfo], bool]:
         try:
-            full = build_catalogue(model, probe)
+            full = build_catalogue(model, probe) if types is not None else []
+            leaves = profile_leaves(model, probe) if types is None else []
         except RuntimeError as exc:
             raise ValueError(
                 f"the profiling forward on an input of shape {tuple(probe.shape)} failed ({exc}); "
                 "pass input_shape=[C, H, W] matching the model"
             ) from exc
+        if types is None:
+            if not leaves:
+                raise ValueError("nothing injectable: no leaf module of the model returns a tensor")
+            return leaves, True
         chosen = [info for info in full if isinstance(info.module, types)]
         if not chosen:
             names = ", ".join(t.__name__ for t in types)
@@ -196,7 +227,11 @@ class DeepVigorFI(PyTorchFIBase):
 
     def layer_table(self) -> list[dict[str, object]]:
         """Rows for printing: layer, name, type, weight and output shapes, neurons, weights, groups."""
-        return [info.as_row() for info in self._catalogue]
+        rows = [info.as_row() for info in self._catalogue]
+        for row, info in zip(rows, self._catalogue, strict=True):
+            if not info.weight_shape:  # a leaf without a weight (layer_types=["all"])
+                row["weights"] = 0
+        return rows
 
     def get_layer_shape(self, layer_num: int) -> list[int]:
         """Output shape of a layer as PyTorchFI gives it: ``[1, C, H, W]`` or ``[1, F]``."""
@@ -211,46 +246,56 @@ class DeepVigorFI(PyTorchFIBase):
         return self.layers_dim[self.layer(layer_num).layer_num]
 
     def get_weights_size(self, layer_num: int) -> torch.Size:
-        """Shape of the layer's weight."""
-        return self.weights_size[self.layer(layer_num).layer_num]
+        """Shape of the layer's weight (``ValueError`` for a layer without one, with ``"all"``)."""
+        info = self.layer(layer_num)
+        if not info.weight_shape:
+            raise ValueError(f"layer {info.layer_num} ({info.name}, {info.kind}) has no weight")
+        return self.weights_size[info.layer_num]
 
     def get_weights_dim(self, layer_num: int) -> int:
         """Rank of the layer's weight."""
         return len(self.get_weights_size(layer_num))
 
+    def get_tensor_dim(self, layer: int, dim: int) -> int:
+        """Size of dimension ``dim`` of ``get_layer_shape(layer)`` (PyTorchFI master's name)."""
+        shape = self.get_layer_shape(layer)
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < len(shape):
+            raise ValueError(
+                f"dim {dim!r} out of range [0, {len(shape)}) of layer {layer}, {shape}"
+            )
+        return shape[dim]
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size given to the constructor (PyTorchFI master's name for ``_batch_size``)."""
+        return self._batch_size
+
     def print_pytorchfi_layer_summary(self) -> str:
-        """PyTorchFI's layer summary, returned (not printed), with the layer names added."""
-        rule = "-" * 94
-        lines = [
-            "=" * 30 + " PYTORCHFI INIT SUMMARY " + "=" * 40,
-            "",
-            "Layer types allowing injections:",
-        ]
-        lines += [rule] + [f"   - {t.__name__}" for t in self._inj_layer_types] + [""]
-        lines += ["Model Info:", rule]
-        lines.append(
-            "   - Shape of input into the model: (" + " ".join(map(str, self._input_shape)) + " )"
+        """PyTorchFI 0.6.0's layer summary, character for character, returned and not printed.
+
+        A layer without a weight (``layer_types=["all"]``) shows ``-`` as its weight shape,
+        where 0.6.0 raises ``IndexError``. The layer names are in :meth:`layer_table`.
+        """
+        rule = "-" * 82 + "\n"
+        row = "{:>5}  {:>15}  {:>10} {:>20} {:>20}\n"
+        text = "=" * 28 + " PYTORCHFI INIT SUMMARY " + "=" * 30 + "\n\n"
+        text += "Layer types allowing injections:\n" + rule
+        text += "".join(f"{'- ':>5}{getattr(t, '__name__', t)}\n" for t in self._inj_layer_types)
+        text += "\nModel Info:\n" + rule
+        text += "   - Shape of input into the model: (" + "".join(
+            f"{d} " for d in self._input_shape
         )
-        lines += [f"   - Batch Size: {self._batch_size}", f"   - CUDA Enabled: {self.use_cuda}", ""]
-        lines += ["Layer Info:", rule]
-        row = "{:>7}  {:<24} {:>8} {:>10} {:>20} {:>18}"
-        lines += [
-            row.format("Layer #", "Name", "Type", "Dimensions", "Weight Shape", "Output Shape"),
-            rule,
-        ]
+        text += f")\n   - Batch Size: {self._batch_size}\n   - CUDA Enabled: {self.use_cuda}\n\n"
+        text += "Layer Info:\n" + rule
+        text += row.format("Layer #", "Layer type", "Dimensions", "Weight Shape", "Output Shape")
+        text += rule
         for info in self._catalogue:
             n = info.layer_num
-            lines.append(
-                row.format(
-                    n,
-                    info.name,
-                    info.kind,
-                    self.layers_dim[n],
-                    str(list(info.weight_shape)),
-                    str(self.output_size[n]),
-                )
+            weight = str(list(info.weight_shape)) if info.weight_shape else "-"
+            text += row.format(
+                n, info.kind, str(self.layers_dim[n]), weight, str(self.output_size[n])
             )
-        return "\n".join(lines + ["=" * 94, ""])
+        return text + "=" * 82 + "\n"
 
     def engine(
         self,
@@ -270,7 +315,7 @@ class DeepVigorFI(PyTorchFIBase):
         if self._renumbered:
             raise ValueError(
                 "this injector's layer_types renumber the layers, but the engine numbers every "
-                "Conv2d and Linear layer: build DeepVigorFI with the default layer_types"
+                "Conv2d and Linear layer: build DeepVigorFI with layer_types=[nn.Conv2d, nn.Linear]"
             )
         return SimulationEngine(self.model, images, device=device, max_batch=max_batch)
 
@@ -284,6 +329,7 @@ class DeepVigorFI(PyTorchFIBase):
         self.corrupt_dim1 = list(faults.dim1)
         self.corrupt_dim2 = list(faults.dim2)
         self.corrupt_dim3 = list(faults.dim3)
+        self.corrupt_dim = [self.corrupt_dim1, self.corrupt_dim2, self.corrupt_dim3]  # master's
         self.corrupt_value = list(faults.value or [])
 
     def _at_layer(self, layer_num: int) -> None:
@@ -303,10 +349,11 @@ class DeepVigorFI(PyTorchFIBase):
         """A deep copy of the model whose layer outputs carry the declared faults.
 
         Fault ``i`` sets output ``[batch[i], dim1[i], dim2[i], dim3[i]]`` of layer
-        ``layer_num[i]`` (``[batch[i], dim1[i]]`` for Linear) to ``value[i]``; with
-        ``function=f``, ``f(module, input, output)`` runs as the forward hook of every layer,
-        with ``self.get_current_layer()`` set to that layer's number. The copy runs any number
-        of forwards; it keeps its faults when other models are declared, until :meth:`fi_reset`.
+        ``layer_num[i]`` (``[batch[i], dim1[i]]`` for Linear) to ``value[i]`` (a longer ``value``
+        list: its first entries, as in PyTorchFI); with ``function=f``,
+        ``f(module, input, output)`` runs as the forward hook of every layer, with
+        ``self.get_current_layer()`` set to that layer's number. The copy runs any number of
+        forwards; it keeps its faults when other models are declared, until :meth:`fi_reset`.
 
         Raises:
             ValueError: neither or both of ``value``/``function``, lists of different lengths, or
@@ -324,13 +371,21 @@ class DeepVigorFI(PyTorchFIBase):
         self.handles = [h for h in self.handles if h.hooks_dict_ref() is not None]
         self._set_state(faults)
         corrupted = copy.deepcopy(self.original_model)
-        start = forward_start_hook(
-            lambda: self._set_state(faults), max(faults.batch, default=-1) + 1
-        )
+        counter = CallCounter(self._catalogue)
+
+        def on_start() -> None:
+            self._set_state(faults)
+            counter.reset()
+
+        start = forward_start_hook(on_start, max(faults.batch, default=-1) + 1)
         handles = [corrupted.register_forward_pre_hook(start)]
-        for info in self._catalogue:
-            hook = set_value_hook(info, faults, self._at_layer)
-            handles.append(corrupted.get_submodule(info.name).register_forward_hook(hook))
+        if self._all_leaves:  # every leaf, also one the profiling forward did not call
+            sites = [(n, counter.layer_of(n)) for n, m in corrupted.named_modules() if _leaf(m)]
+        else:
+            sites = [(info.name, _fixed(info)) for info in self._catalogue]
+        for name, layer_of in sites:
+            hook = set_value_hook(layer_of, faults, self._at_layer)
+            handles.append(corrupted.get_submodule(name).register_forward_hook(hook))
         self.handles.extend(handles)
         self.corrupted_model = corrupted
         return corrupted
@@ -371,11 +426,21 @@ class DeepVigorFI(PyTorchFIBase):
         self.corrupted_model = corrupted
         return corrupted
 
-    declare_neuron_fault_injection = declare_neuron_fi  # PyTorchFI master's names
+    # PyTorchFI master's names (see _pytorchfi_compat.MASTER_METHOD_ALIASES)
+    declare_neuron_fault_injection = declare_neuron_fi
     declare_weight_fault_injection = declare_weight_fi
 
-    def check_bounds(self, b: Any, l: Any, dim1: Any, dim2: Any, dim3: Any) -> None:
-        """PyTorchFI's bounds check, raising ``ValueError`` with the bad index and its range."""
+    def check_bounds(self, b: Any, l: Any, dim1: Any, *dims: Any) -> None:
+        """PyTorchFI's bounds check, raising ``ValueError`` with the bad index and its range.
+
+        Takes 0.6.0's ``(b, l, dim1, dim2, dim3)`` and master's ``(batch, layer, dim)`` with
+        ``dim = [dim1, dim2, dim3]``.
+        """
+        if not dims:
+            dim1, *dims = dim1
+        if len(dims) != 2:
+            raise TypeError("check_bounds takes (b, l, dim1, dim2, dim3) or (batch, layer, dim)")
+        dim2, dim3 = dims
         check_neuron_faults(
             self._catalogue,
             self._batch_size,
@@ -393,6 +458,12 @@ class DeepVigorFI(PyTorchFIBase):
             [f.batch[index]], [f.layer[index]], [f.dim1[index]], [f.dim2[index]], [f.dim3[index]]
         )
 
+    assert_injection_bounds = assert_inj_bounds  # master's name
+
+    def update_layer(self, value: int = 1) -> None:
+        """Advance ``current_layer`` by ``value`` (master's name for ``updateLayer``)."""
+        self.current_layer += value
+
     def _fi_state_reset(self) -> None:
         """0.6.0's internal reset, kept for subclasses that call it: same as :meth:`fi_reset`."""
         self.fi_reset()
@@ -404,6 +475,8 @@ class DeepVigorFI(PyTorchFIBase):
         self.handles = []
         self._set_state(NeuronFaults.empty())
         self.corrupted_model = None
+
+    reset_fault_injection = fi_reset  # master's name
 
     # ------------------------------------------------------------------ in-place weight faults
     @contextmanager
@@ -441,3 +514,23 @@ class DeepVigorFI(PyTorchFIBase):
         )
         with written_in_place(layer_weight(info.module), idx, faulty):
             yield WeightFault(info.layer_num, idx, float(golden), float(faulty))
+
+
+def _fixed(info: LayerInfo) -> Callable[[Any], LayerInfo]:
+    return lambda _output: info
+
+
+def _leaf(module: nn.Module) -> bool:
+    return not list(module.children())
+
+
+def _as_given(layer_types: Sequence[type[nn.Module] | str] | None) -> list[Any] | tuple[Any, ...]:
+    """``layer_types`` as ``get_inj_layer_types()`` returns it: a copy of what was passed."""
+    if layer_types is None:
+        return [nn.Conv2d]
+    return tuple(layer_types) if isinstance(layer_types, tuple) else list(layer_types)
+
+
+#: PyTorchFI master's class name and 0.6.0's, for a script that imports either from here.
+FaultInjection = DeepVigorFI
+fault_injection = DeepVigorFI

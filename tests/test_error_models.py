@@ -231,7 +231,7 @@ def test_operand_flip_adds_its_delta_to_one_neuron_only(conv_kwargs):
 def test_operand_flip_on_linear_layers():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 3)).eval()
-    fi = DeepVigorFI(net, 1, [5])
+    fi = DeepVigorFI(net, 1, [5], [nn.Linear])
     x = torch.randn(1, 5)
     bad = fi.declare_neuron_fi(
         layer_num=[0, 0],

@@ -21,6 +21,7 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.injector import DeepVigorFI
 
 SHAPE = [2, 6, 6]
+BOTH = [nn.Conv2d, nn.Linear]
 
 
 def vgg_like() -> nn.Module:
@@ -43,7 +44,7 @@ def net() -> nn.Module:
 
 @pytest.fixture
 def fi(net: nn.Module) -> DeepVigorFI:
-    return DeepVigorFI(net, 2, SHAPE)
+    return DeepVigorFI(net, 2, SHAPE, BOTH)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -67,15 +68,17 @@ def test_is_pytorchfi_injector_with_catalogue_numbering(fi, net):
     assert fi.get_layer_type(3) is nn.Linear and fi.get_inj_layer_types() == [nn.Conv2d, nn.Linear]
 
 
-def test_layer_table_and_summary(fi, capsys):
+def test_layer_table_and_summary(fi, net, capsys):
     rows = fi.layer_table()
-    assert rows[1] == {
+    assert {k: rows[1][k] for k in ("layer", "name", "type", "weight_shape", "output_shape")} == {
         "layer": 1, "name": "0.2", "type": "Conv2d", "weight_shape": [6, 2, 3, 3],
-        "output_shape": [6, 2, 2], "neurons": 24, "weights": 108, "groups": 2,
+        "output_shape": [6, 2, 2],
     }  # fmt: skip
+    assert (rows[1]["neurons"], rows[1]["weights"], rows[1]["groups"]) == (24, 108, 2)
     summary = fi.print_pytorchfi_layer_summary()
-    assert "PYTORCHFI INIT SUMMARY" in summary and "[6, 2, 3, 3]" in summary and "1.3" in summary
     assert capsys.readouterr().out == ""  # returned, never printed
+    expected = core.fault_injection(net, 2, SHAPE, BOTH).print_pytorchfi_layer_summary()
+    assert summary == expected and "[6, 2, 3, 3]" in summary  # 0.6.0's text exactly
 
 
 def test_master_names_are_aliases():
@@ -156,11 +159,12 @@ CONSTRUCTOR_ERRORS = {
     "batch 0": (lambda: DeepVigorFI(vgg_like(), 0, SHAPE), ValueError, "batch_size"),
     "input shape": (lambda: DeepVigorFI(vgg_like(), 1, [2, 0, 6]), ValueError, "input_shape"),
     "profiling fails": (lambda: DeepVigorFI(vgg_like(), 1), ValueError, "pass input_shape"),
-    "all": (lambda: DeepVigorFI(vgg_like(), 1, SHAPE, ["all"]), ValueError, r"\['all'\]"),
+    "other string": (lambda: DeepVigorFI(vgg_like(), 1, SHAPE, ["conv"]), ValueError, r"unsupported layer type 'conv'.*\['all'\]"),
+    "empty types": (lambda: DeepVigorFI(vgg_like(), 1, SHAPE, []), ValueError, "non-empty list"),
     "relu": (lambda: DeepVigorFI(vgg_like(), 1, SHAPE, [nn.ReLU]), ValueError, "unsupported layer type ReLU"),
+    "unknown keyword": (lambda: DeepVigorFI(vgg_like(), 1, SHAPE, use_gpu=False), TypeError, "use_gpu"),
     "no parameters": (lambda: DeepVigorFI(nn.ReLU(), 1, SHAPE), ValueError, "no injectable layer"),
-    "no conv": (lambda: DeepVigorFI(nn.Sequential(nn.Flatten(), nn.Linear(72, 2)), 1, SHAPE, [nn.Conv2d]), ValueError, "nothing injectable"),
-    "5-D output": (lambda: DeepVigorFI(nn.Linear(3, 2), 1, [2, 2, 2, 3]), ValueError, r"only \(N, F\)"),
+    "no conv": (lambda: DeepVigorFI(nn.Sequential(nn.Flatten(), nn.Linear(72, 2)), 1, SHAPE), ValueError, "nothing injectable"),
     "NaN example": (lambda: DeepVigorFI(vgg_like(), 1, example_input=torch.full((1, *SHAPE), math.nan)), ValueError, "NaN"),
     "float64 example": (lambda: DeepVigorFI(vgg_like(), 1, example_input=torch.ones(1, *SHAPE, dtype=torch.float64)), TypeError, "float32"),
     "example vs shape": (lambda: DeepVigorFI(vgg_like(), 1, [2, 7, 7], example_input=images(1)), ValueError, "example_input"),
@@ -277,6 +281,7 @@ NEURON_ERRORS = {
     "missing dim": (_declare(dim2=None), TypeError, r"dim2 \(row\) must be an int"),
     "float index": (_declare(dim1=[0.5]), TypeError, "must be an int"),
     "lengths": (_declare(batch=[0, 1]), ValueError, "one entry per fault"),
+    "too few values": (_declare(value=[]), ValueError, "got 0 values for 1 fault locations"),
     "neither": (_declare(value=None), ValueError, "exactly one of value"),
     "both": (_declare(function=print), ValueError, "exactly one of value"),
     "no site": (_declare(layer_num=[], batch=[], dim1=[], dim2=[], dim3=[], value=[]), ValueError, "no fault location"),
@@ -372,7 +377,7 @@ def test_weight_fault_restores_on_exception_and_when_nested(fi, net):
 def test_weight_fault_in_half_precision():
     torch.manual_seed(0)
     half = nn.Sequential(nn.Linear(3, 2)).half()
-    fi = DeepVigorFI(half, 1, [3])
+    fi = DeepVigorFI(half, 1, [3], [nn.Linear])
     value = half[0].weight[1, 2].clone()
     with fi.weight_fault(0, (1, 2), bit=15) as fault:
         assert half[0].weight[1, 2].item() == -value.item() == fault.faulty
@@ -414,7 +419,8 @@ def test_bit_fault_on_float64_model_is_a_type_error():
 WEIGHT_DECLARE_ERRORS = {
     "linear dim2": ({"layer_num": [3], "k": [0], "dim1": [0], "dim2": [1], "value": [1.0]}, ValueError, "needs 2 entries"),
     "conv missing dim": ({"layer_num": [0], "k": [0], "dim1": [0], "value": [1.0]}, TypeError, "dim2 must be an int"),
-    "lengths": ({"layer_num": [3, 3], "k": [0], "dim1": [0], "value": [1.0]}, ValueError, "one entry per fault"),
+    "lengths": ({"layer_num": [3, 3], "k": [0], "dim1": [0], "value": [1.0, 1.0]}, ValueError, "one entry per fault"),
+    "too few values": ({"layer_num": [3, 3], "k": [0, 1], "dim1": [0, 0], "value": [1.0]}, ValueError, "got 1 values for 2 fault locations"),
     "none": ({"layer_num": [3], "k": [0], "dim1": [0]}, ValueError, "exactly one of value"),
     "empty": ({"layer_num": [], "value": []}, ValueError, "no fault location"),
 }  # fmt: skip
@@ -441,3 +447,213 @@ def test_benchmark_quick_smoke_run(tmp_path, monkeypatch):
     assert len(rows) == 2 * 2 and all(r["logits_bit_identical"] == "True" for r in rows)
     assert all(r["inplace_mismatches"] == r["engine_mismatches"] == "" for r in rows)
     assert "speed-up per fault" in (tmp_path / "bench_injector.md").read_text()
+
+
+# ----------------------------------------------------------------- PyTorchFI 0.6.0's meaning
+def test_default_layer_types_are_pytorchfis(net):
+    fi, plain = DeepVigorFI(net, 2, SHAPE), core.fault_injection(net, 2, SHAPE)
+    assert fi.get_inj_layer_types() == plain.get_inj_layer_types() == [nn.Conv2d]
+    assert fi.get_total_layers() == plain.get_total_layers() == 2
+    assert fi.get_output_size() == plain.get_output_size()
+    assert DeepVigorFI(net, 2, SHAPE, (nn.Linear,)).get_inj_layer_types() == (nn.Linear,)
+
+
+def test_constructor_advances_torch_rng_as_pytorchfi_does(net):
+    torch.manual_seed(7)
+    core.fault_injection(net, 2, SHAPE)
+    after_plain = torch.rand(3)
+    torch.manual_seed(7)
+    DeepVigorFI(net, 2, SHAPE)
+    assert torch.equal(torch.rand(3), after_plain)  # a seeded script draws the same numbers
+
+
+def _run_once(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def test_value_list_longer_than_locations_uses_the_first_values(net):
+    x = images()
+    site = {"layer_num": [1], "batch": [1], "dim1": [3], "dim2": [0], "dim3": [1]}
+    plain = core.fault_injection(net, 2, SHAPE, BOTH)
+    fi = DeepVigorFI(net, 2, SHAPE, BOTH)
+    expected = _run_once(plain.declare_neuron_fi(**site, value=[7.5, 99.0]), x)
+    got = _run_once(fi.declare_neuron_fi(**site, value=[7.5, 99.0]), x)
+    assert torch.equal(got, expected) and fi.corrupt_value == [7.5]
+    weight = {"layer_num": [3], "k": [1], "dim1": [2], "dim2": [None], "dim3": [None]}
+    expected = _run_once(plain.declare_weight_fi(**weight, value=[-4.0, 1e9]), x)
+    assert torch.equal(_run_once(fi.declare_weight_fi(**weight, value=[-4.0, 1e9]), x), expected)
+
+
+class Funnel(nn.Module):
+    """Leaves of several kinds, one module (``act``) called twice per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.bn(self.pool(self.act(self.conv(x))))))
+
+
+def funnel() -> nn.Module:
+    torch.manual_seed(3)
+    return Funnel().eval()
+
+
+def test_all_layers_number_every_leaf_call_as_pytorchfi_does():
+    net = funnel()
+    plain = core.fault_injection(net, 2, SHAPE, ["all"])
+    fi = DeepVigorFI(net, 2, SHAPE, ["all"])
+    assert fi.get_total_layers() == plain.get_total_layers() == 7
+    assert fi.get_output_size() == plain.get_output_size()
+    assert [fi.get_layer_type(n) for n in range(7)] == plain.layers_type
+    assert [fi.get_layer_dim(n) for n in range(7)] == plain.layers_dim
+    assert [i.name for i in fi.catalogue] == [
+        "conv",
+        "act",
+        "pool",
+        "bn",
+        "act",
+        "head.0",
+        "head.1",
+    ]
+    assert fi.get_inj_layer_types() == ["all"]
+    rows = fi.layer_table()
+    assert [r["weights"] for r in rows] == [72, 0, 0, 4, 0, 0, 180]
+
+
+ALL_SITES = {
+    "conv": ([0], [3], [1]),
+    "relu, first call": ([1], [2], [3]),
+    "maxpool": ([2], [1], [1]),
+    "relu, second call": ([4], [0], [2]),
+    "flatten": ([5], [20], None),
+    "logits": ([6], [4], None),
+    "three at once": ([0, 4, 6], [0, 3, 1], [2, 1, None]),
+}
+
+
+@pytest.mark.parametrize("case", ALL_SITES.values(), ids=ALL_SITES.keys())
+def test_all_layers_neuron_faults_match_pytorchfi_bit_for_bit(case):
+    layers, channels, rows = case
+    net, x = funnel(), images()
+    rows = rows or [None] * len(layers)
+    site = {
+        "layer_num": layers, "batch": [1] * len(layers), "dim1": channels, "dim2": rows,
+        "dim3": [None if r is None else 1 for r in rows], "value": [1e3 + n for n in layers],
+    }  # fmt: skip
+    expected = _run_once(core.fault_injection(net, 2, SHAPE, ["all"]).declare_neuron_fi(**site), x)
+    bad = DeepVigorFI(net, 2, SHAPE, ["all"]).declare_neuron_fi(**site)
+    assert not torch.equal(expected, _run_once(net, x))
+    assert all(torch.equal(_run_once(bad, x), expected) for _ in range(2))  # any number of forwards
+
+
+def test_all_layers_custom_function_sees_each_call():
+    net = funnel()
+    fi = DeepVigorFI(net, 1, SHAPE, ["all"])
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append((fi.get_current_layer(), type(module).__name__))
+
+    fi.declare_neuron_fi(layer_num=[], batch=[], dim1=[], function=record)(images(1))
+    assert seen == [(n, t.__name__) for n, t in enumerate(fi.layers_type)]
+
+
+def test_all_layers_weight_faults_target_the_leafs_weight():
+    net, x = funnel(), images()
+    fi = DeepVigorFI(net, 2, SHAPE, ["all"])
+    assert fi.get_weights_size(6) == torch.Size([5, 36]) and fi.get_weights_size(3) == (4,)
+    bad = fi.declare_weight_fi(layer_num=[0, 6], k=[1, 2], dim1=[0, 7], dim2=[2, None],
+                               dim3=[1, None], value=[50.0, -50.0])  # fmt: skip
+    typed = DeepVigorFI(net, 2, SHAPE, BOTH).declare_weight_fi(
+        layer_num=[0, 1], k=[1, 2], dim1=[0, 7], dim2=[2, None], dim3=[1, None], value=[50.0, -50.0]
+    )
+    assert torch.equal(_run_once(bad, x), _run_once(typed, x))
+    with fi.weight_fault(3, (2,), value=0.0) as fault:  # BatchNorm's weight, in place
+        assert net.bn.weight[2].item() == 0.0 and fault.index == (2,)
+    with pytest.raises(ValueError, match=r"layer 1 \(act, ReLU\) has no weight"):
+        fi.declare_weight_fi(layer_num=[1], k=[0], dim1=[0], value=[1.0])
+    with pytest.raises(ValueError, match="has no weight"):
+        fi.get_weights_size(2)
+
+
+def test_all_layers_errors():
+    net = funnel()
+    fi = DeepVigorFI(net, 1, SHAPE, ["all"])
+    with pytest.raises(ValueError, match=r"layer_num 7 out of range \[0, 7\)"):
+        fi.declare_neuron_fi(layer_num=[7], batch=[0], dim1=[0], value=[1.0])
+    with pytest.raises(ValueError, match="renumber the layers"):
+        fi.engine(images())
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.ReLU(), nn.Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) if x.sum() >= 0 else self.b(x)
+
+    fi = DeepVigorFI(Branchy(), 1, [3], ["all"])
+    bad = fi.declare_neuron_fi(layer_num=[0], batch=[0], dim1=[0], value=[1.0])
+    with pytest.raises(ValueError, match="control flow depends on its input"):
+        bad(-torch.ones(1, 3))
+    five_d = DeepVigorFI(nn.Sequential(nn.Linear(3, 2)), 1, [2, 2, 2, 3], ["all"])
+    with pytest.raises(ValueError, match="neuron faults need 1 to 3 dimensions"):
+        five_d.declare_neuron_fi(layer_num=[0], batch=[0], dim1=[0], dim2=[0], dim3=[0], value=[1])
+
+
+def test_bits_keyword_is_accepted_for_pytorchfis_subclasses(net):
+    fi = DeepVigorFI(net, 2, SHAPE, bits=8, use_cuda=False)
+    assert fi.get_total_layers() == 2 and not hasattr(fi, "bits")
+
+
+# ------------------------------------------------------------------ PyTorchFI master's names
+def test_master_names(fi):
+    from pytorchfi_deepvigor._pytorchfi_compat import MASTER_METHOD_ALIASES
+    from pytorchfi_deepvigor.injector import FaultInjection, fault_injection
+
+    assert FaultInjection is fault_injection is DeepVigorFI
+    for master, release in MASTER_METHOD_ALIASES.items():
+        assert callable(getattr(fi, master)) and callable(getattr(fi, release)), master
+    assert fi.batch_size == fi.get_total_batches() == 2
+    assert [fi.get_tensor_dim(1, d) for d in range(4)] == [1, 6, 2, 2]
+    with pytest.raises(ValueError, match=r"dim 4 out of range \[0, 4\)"):
+        fi.get_tensor_dim(1, 4)
+    fi.declare_neuron_fault_injection(
+        layer_num=[1, 3], batch=[0, 1], dim1=[5, 2], dim2=[1, None], dim3=[0, None], value=[1, 2]
+    )
+    assert fi.corrupt_dim == [[5, 2], [1, None], [0, None]]
+    fi.assert_injection_bounds(1)
+    fi.update_layer(2)
+    assert fi.get_current_layer() == 2
+    with pytest.raises(ValueError, match=r"batch index 3 out of range"):
+        fi.check_bounds([3], [1], [[0], [0], [0]])  # master's (batch, layer, dim)
+    fi.reset_fault_injection()
+    assert fi.corrupt_layer == [] and fi.get_corrupted_model() is None
+
+
+def test_all_layers_leave_the_model_unchanged():
+    from guarantees import assert_model_unchanged
+
+    net = funnel().train()
+
+    def use() -> None:
+        fi = DeepVigorFI(net, 2, SHAPE, ["all"])
+        site = {
+            "layer_num": [1, 4],
+            "batch": [0, 1],
+            "dim1": [1, 2],
+            "dim2": [0, 1],
+            "dim3": [2, 0],
+        }
+        fi.declare_neuron_fi(**site, value=[3.0, 4.0])(images())
+        fi.declare_weight_fi(layer_num=[0], k=[0], dim1=[0], dim2=[0], dim3=[0], value=[2.0])
+        fi.fi_reset()
+
+    assert_model_unchanged(net, use)

@@ -156,6 +156,7 @@ def _neuron_model(fi, **kwargs):
 SUCCEEDING = {
     "constructor": lambda fi, net: DeepVigorFI(net, 2, SHAPE),
     "constructor conv only": lambda fi, net: DeepVigorFI(net, 2, SHAPE, [nn.Conv2d]),
+    "constructor all": lambda fi, net: DeepVigorFI(net, 2, SHAPE, ["all"]),
     "constructor example_input": lambda fi, net: DeepVigorFI(net, 2, example_input=images()),
     "queries": lambda fi, net: (
         fi.get_total_layers(),
@@ -202,13 +203,19 @@ def test_entry_point_leaves_model_unchanged(call, request):
     net = tiny_net()
     if "weight_fault" in request.node.callspec.id:
         net.eval()  # the block runs the user's model itself: train mode would move BatchNorm
-    fi = DeepVigorFI(net, 2, SHAPE)
+    fi = DeepVigorFI(net, 2, SHAPE, [nn.Conv2d, nn.Linear])
     assert_model_unchanged(net, lambda: call(fi, net))
 
 
 FAILING = {
     "constructor bad shape": (lambda fi, net: DeepVigorFI(net, 2, [3, 6, 6]), ValueError, "profil"),
-    "constructor all": (lambda fi, net: DeepVigorFI(net, 2, SHAPE, ["all"]), ValueError, "all"),
+    "weight of a ReLU (all)": (
+        lambda fi, net: DeepVigorFI(net, 2, SHAPE, ["all"]).declare_weight_fi(
+            layer_num=[2], k=[0], dim1=[0], value=[1.0]
+        ),
+        ValueError,
+        "no weight",
+    ),
     "declare_neuron_fi out of range": (
         lambda fi, net: fi.declare_neuron_fi(layer_num=[0], batch=[0], dim1=[4], value=[1.0]),
         ValueError,
@@ -243,5 +250,5 @@ def test_failing_entry_point_leaves_model_unchanged(case, request):
     net = tiny_net()
     if "weight_fault" in request.node.callspec.id:
         net.eval()
-    fi = DeepVigorFI(net, 2, SHAPE)
+    fi = DeepVigorFI(net, 2, SHAPE, [nn.Conv2d, nn.Linear])
     assert_model_unchanged(net, lambda: call(fi, net), raises=error, match=match)

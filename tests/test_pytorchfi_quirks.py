@@ -85,19 +85,38 @@ def test_only_the_latest_corrupted_model_keeps_its_hooks():
     with torch.no_grad():
         assert torch.equal(first(x), golden)  # 0.6.0: silently fault-free again
 
-    fi = DeepVigorFI(net, 2, SHAPE)
+    fi = DeepVigorFI(net, 2, SHAPE, BOTH)
     first = neuron(fi, 3, dim1=[0], dim2=None, dim3=None, value=[11.0])
     neuron(fi, 3, dim1=[1], dim2=None, dim3=None, value=[22.0])
     assert first(x)[0, 0].item() == 11.0  # ours: each copy keeps its own faults
 
 
 def test_layer_types_all_breaks_weight_injection():
-    net = vgg_like()
+    net, x = vgg_like(), images()
+    site = {"layer_num": [3], "k": [1], "dim1": [2], "dim2": [0], "dim3": [1], "value": [1e3]}
     plain = core.fault_injection(net, 2, SHAPE, ["all"])
-    with pytest.raises(TypeError):
-        plain.declare_weight_fi(layer_num=[0], k=[0], dim1=[0], dim2=[0], dim3=[0], value=[1.0])
-    with pytest.raises(ValueError, match=r"layer_types=\['all'\] is not supported"):
-        DeepVigorFI(net, 2, SHAPE, ["all"])
+    with pytest.raises(TypeError):  # 0.6.0: isinstance(layer, ("all",))
+        plain.declare_weight_fi(**site)
+    with pytest.raises(IndexError):  # 0.6.0: no weight shapes are recorded
+        plain.get_weights_size(0)
+    fi = DeepVigorFI(net, 2, SHAPE, ["all"])  # ours: layer 3 of "all" is the second Conv2d
+    assert fi.get_layer_type(3) is nn.Conv2d and fi.get_weights_size(3) == (6, 4, 3, 3)
+    with torch.no_grad():
+        got = fi.declare_weight_fi(**site)(x)
+        expected = DeepVigorFI(net, 2, SHAPE).declare_weight_fi(**{**site, "layer_num": [1]})(x)
+    assert torch.equal(got, expected)
+    neurons = {
+        "layer_num": [2],
+        "batch": [1],
+        "dim1": [3],
+        "dim2": [4],
+        "dim3": [5],
+        "value": [8.0],
+    }
+    with torch.no_grad():  # neuron faults with "all" work in 0.6.0 and here alike (a ReLU here)
+        assert torch.equal(
+            fi.declare_neuron_fi(**neurons)(x), plain.declare_neuron_fi(**neurons)(x)
+        )
 
 
 def test_constructor_profiles_the_model_as_it_is():
@@ -124,8 +143,10 @@ def test_five_d_outputs_are_silently_not_injected():
     bad = neuron(plain, 0, value=[99.0])
     with torch.no_grad():
         assert torch.equal(bad(x), net(x))  # 0.6.0: declared, bounds-checked, never injected
-    with pytest.raises(ValueError, match=r"only \(N, F\) inputs are supported"):
-        DeepVigorFI(net, 1, [2, 2, 2, 3])
+    fi = DeepVigorFI(net, 1, [2, 2, 2, 3], ["all"])
+    assert fi.get_layer_dim(0) == 5
+    with pytest.raises(ValueError, match="neuron faults need 1 to 3 dimensions per image"):
+        neuron(fi, 0, value=[99.0])
 
 
 def test_logging_basic_config_side_effect(root_logger):
@@ -144,7 +165,7 @@ def test_only_bit_flip_model_is_8_bit_quantised():
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 2))
-    fi = DeepVigorFI(net, 1, [2])
+    fi = DeepVigorFI(net, 1, [2], [nn.Linear])
     bad = fi.declare_neuron_fi(
         layer_num=[0], batch=[0], dim1=[1], function=ActivationBitFlip(fi, 31)
     )
@@ -178,7 +199,8 @@ def test_neuron_and_weight_numbers_disagree_when_execution_order_differs():
 
 def test_default_layer_types():
     assert core.fault_injection(vgg_like(), 1, SHAPE).get_total_layers() == 2  # Conv2d only
-    assert DeepVigorFI(vgg_like(), 1, SHAPE).get_total_layers() == 4  # Conv2d and Linear
+    assert DeepVigorFI(vgg_like(), 1, SHAPE).get_total_layers() == 2  # the same default
+    assert DeepVigorFI(vgg_like(), 1, SHAPE, BOTH).get_total_layers() == 4
 
 
 def test_bounds_checks():
@@ -205,7 +227,7 @@ def test_a_model_that_is_one_layer():
     torch.manual_seed(0)
     net = nn.Linear(3, 2)
     assert core.fault_injection(net, 1, [3], [nn.Linear]).get_total_layers() == 0
-    fi = DeepVigorFI(net, 1, [3])
+    fi = DeepVigorFI(net, 1, [3], [nn.Linear])
     assert fi.get_total_layers() == 1 and fi.catalogue[0].name == ""
     bad = fi.declare_neuron_fi(layer_num=[0], batch=[0], dim1=[1], value=[3.0])
     assert bad(torch.ones(1, 3))[0, 1].item() == 3.0

@@ -120,7 +120,9 @@ def run_batch(
     pfi, setup["plain"] = _timed(
         lambda: core.fault_injection(model, len(images), shape, [nn.Conv2d, nn.Linear])
     )
-    fi, setup["inplace"] = _timed(lambda: DeepVigorFI(model, len(images), shape))
+    fi, setup["inplace"] = _timed(
+        lambda: DeepVigorFI(model, len(images), shape, [nn.Conv2d, nn.Linear])
+    )
     engine, setup["engine"] = _timed(lambda: fi.engine(images, max_batch=chunk))
     evaluator = FaultEvaluator(engine)
     total_flops = (
@@ -287,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.randn(max(batches), *shape, generator=gen)
     rng = np.random.default_rng(args.seed)
-    faults = draw_faults(DeepVigorFI(model, 1, shape), n_faults, 5, rng)
+    faults = draw_faults(DeepVigorFI(model, 1, shape, [nn.Conv2d, nn.Linear]), n_faults, 5, rng)
     root = logging.getLogger()
     handlers = root.handlers[:]  # PyTorchFI 0.6.0 calls logging.basicConfig
     per_fault, summary, layer_lines = [], [], []
@@ -298,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
             setup, shares = run_batch(model, images[:batch], faults, max(batches))
             summary += summarise(batch, setup, faults)
             layer_lines += per_layer(batch, faults, shares)
-            fi = DeepVigorFI(model, 1, shape)
+            fi = DeepVigorFI(model, 1, shape, [nn.Conv2d, nn.Linear])
             for n, f in enumerate(faults):
                 info = fi.layer(f.layer)
                 counts = torch.bincount(f.codes["plain"].long(), minlength=4).tolist()
