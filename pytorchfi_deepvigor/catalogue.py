@@ -157,7 +157,9 @@ _MODULE_REASONS: dict[type[nn.Module], str] = {
     nn.GRU: "recurrent weights",
     nn.RNN: "recurrent weights",
 }
-_FUNCTIONAL_USES: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+_FUNCTIONAL_USES: weakref.WeakKeyDictionary[nn.Module, list[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 """Per model, the parameters its last profiled forward (:func:`build_catalogue`) fed to a
 convolution or matrix product outside a catalogued layer."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.models import convnext, mobilenetv3, resnet, swin_transformer, vision_transformer
+from torchvision.models import convnext, resnet, swin_transformer, vision_transformer
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.catalogue import unsupported_layers
@@ -62,7 +62,13 @@ def _vit():
     )  # fmt: skip
 
 
-MODELS = {"resnet": _resnet, "mobilenet_v3": _mobilenet, "convnext": _convnext, "swin": _swin, "vit": _vit}
+MODELS = {
+    "resnet": _resnet,
+    "mobilenet_v3": _mobilenet,
+    "convnext": _convnext,
+    "swin": _swin,
+    "vit": _vit,
+}
 # what each must show: (Linears on N-D inputs, unsupported entries)
 EXPECTED = {
     "resnet": (0, 0),

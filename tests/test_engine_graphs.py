@@ -101,7 +101,9 @@ def _golden_inputs(model, images):
     """Each catalogued module's input and output as the full forward sees them."""
     seen = {}
     hooks = [
-        m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0].clone(), o.clone())))
+        m.register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, (i[0].clone(), o.clone()))
+        )
         for name, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear))
     ]

@@ -114,7 +114,9 @@ def reference_logits(model: nn.Module, images: torch.Tensor, pop: Any, fault: in
         c, r, q, ci, pr, pc = _conv_operand(info, neuron, j)
         top, bottom, left, right = _pads(info)
         mode = getattr(m, "padding_mode", "zeros")
-        x = F.pad(inputs[0], (left, right, top, bottom), mode="constant" if mode == "zeros" else mode)
+        x = F.pad(
+            inputs[0], (left, right, top, bottom), mode="constant" if mode == "zeros" else mode
+        )
         x = x.clone()
         x[:, ci, pr, pc] = _faulty(x[:, ci, pr, pc], bit)
         y = F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
@@ -156,7 +158,11 @@ def _choose_layers(catalogue: list[Any]) -> list[int]:
 
 
 def _rounding(
-    fast: torch.Tensor, slow: torch.Tensor, got: torch.Tensor, ref: torch.Tensor, golden: torch.Tensor
+    fast: torch.Tensor,
+    slow: torch.Tensor,
+    got: torch.Tensor,
+    ref: torch.Tensor,
+    golden: torch.Tensor,
 ) -> bool:
     """Whether two outcome rows differ only as masked vs non-critical SDC, with logits that agree
     to float rounding: the fault moved the logits by about the masking tolerance (1e-5 of the
@@ -269,7 +275,10 @@ def run_model(name: str) -> dict[str, Any]:
         changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
         why = []
         if unsupported:
-            why.append(f"unsupported: {unsupported[0]}" + (f" (+{len(unsupported) - 1})" if len(unsupported) > 1 else ""))
+            why.append(
+                f"unsupported: {unsupported[0]}"
+                + (f" (+{len(unsupported) - 1})" if len(unsupported) > 1 else "")
+            )
         if mismatches:
             why += notes
         if bad or changed:
@@ -330,7 +339,10 @@ def run(names: Sequence[str], timeout: float, out: Path | None = None) -> list[d
         if proc.is_alive():
             proc.kill()
         rows.append(row)
-        print(f"{name}: {row['status']} {row.get('seconds', '')} s {row.get('why', '')[:120]}", flush=True)
+        print(
+            f"{name}: {row['status']} {row.get('seconds', '')} s {row.get('why', '')[:120]}",
+            flush=True,
+        )
         if out is not None:
             pending = [
                 {"model": n, "status": "not run here", "parameters": _param_count(n),
@@ -355,10 +367,10 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         "",
         f"Written by `validation/coverage.py` (torch {torch.__version__}); random seeded weights, "
         f"10 classes, 2 images of {INPUT_SIZE}x{INPUT_SIZE} (MaxViT 224, Inception-v3 80), one "
-        "thread. Sampled analysis (`target=\"both\"`, `sampling=0.01`) of the listed layers; FI: "
+        'thread. Sampled analysis (`target="both"`, `sampling=0.01`) of the listed layers; FI: '
         f"{SITES_PER_TARGET} sites x {len(FLIP_BITS)} bits per layer and target (weights, "
         "operands, stored), every outcome compared with in-place injection and a full forward. "
-        "\"mismatches\": faults whose outcome on some image differs; \"rounding\": faults "
+        '"mismatches": faults whose outcome on some image differs; "rounding": faults '
         "that differ only as masked vs non-critical SDC with logits equal to float rounding "
         "(the fault moved a logit by about the masking tolerance, 1e-5 of the largest golden "
         "logit; the engine adds the exact delta, the full forward recomputes the dot product).",

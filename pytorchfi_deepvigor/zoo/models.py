@@ -21,7 +21,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pytorchfi_deepvigor.zoo.architectures import VGG, VGG_LAYOUTS, ConvNeXt, MobileNetV2, ResNet, ViT
+from pytorchfi_deepvigor.zoo.architectures import (
+    VGG,
+    VGG_LAYOUTS,
+    ConvNeXt,
+    MobileNetV2,
+    ResNet,
+    ViT,
+)
 
 __all__ = [
     "TORCHVISION_PREFIX",
