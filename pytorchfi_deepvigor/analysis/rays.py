@@ -1,29 +1,36 @@
-"""The weights analysis along each weight's own pattern, for filters with a small fan-in.
+"""The weights analysis along the weights' own patterns, for filters on few input channels.
 
 A weight fault adds the pattern ``d * X_j`` to its channel (``X_j``: the operands weight ``j``
-meets at every output position, ``d = flip_b(w_j) - w_j``). The 32 faults of one weight all lie
-on the *ray* ``t * X_j``: on one image, which of them are critical only depends on where along
-the ray the class starts to flip. So instead of mapping each fault onto a channel-wide constant
-(the first-order equivalent of :mod:`~pytorchfi_deepvigor.analysis.weights`, an approximation
-that fails where the operands have mixed signs or the channel's gradients cancel, as in a first
-layer fed normalised images), search every ray itself: per (channel, weight, image, sign), the
-weight's own faults of that sign sorted by ``|d|`` are the candidates, bisected like the VV
-search (:func:`~pytorchfi_deepvigor.functional.search.checked_search`, so a ray along which
-criticality is not monotone is scanned), each probe adding the exact pattern ``d * X_j``
-(:class:`~pytorchfi_deepvigor.perturbations.ChannelAdd` with a per-position delta). Faults whose
-``d`` is NaN are probed one by one; ``d = 0`` (``-0.0`` for ``0.0``) changes nothing.
+meets at every output position, ``d = flip_b(w_j) - w_j``). All faults whose patterns share a
+direction lie on one *ray* ``t * X``: on one image, which of them are critical only depends on
+where along the ray the class starts to flip. The weights of one input channel meet the same
+input map, shifted by their kernel offsets; ignoring the shift (exact for a 1x1 kernel), a
+filter on ``C`` input channels has ``C`` rays per image. Instead of mapping each fault onto a channel-wide constant (the first-order
+equivalent of :mod:`~pytorchfi_deepvigor.analysis.weights`, which fails where the operands have
+mixed signs or the channel's gradients cancel, as in a first layer fed normalised images: it read
+a first layer 40% low), search every ray itself: per (channel, input channel, image, sign), the
+faults of that input channel's weights with that sign, sorted by ``|d|``, are the candidates,
+bisected like the VV search (:func:`~pytorchfi_deepvigor.functional.search.checked_search`, so a
+ray along which criticality is not monotone is scanned). Each probe is the fault itself: its own
+weight's pattern ``d * X_j`` added exactly
+(:class:`~pytorchfi_deepvigor.perturbations.ChannelAdd` with a per-position delta), so the shift
+only matters for the faults the bisection does not probe. Faults whose
+``d`` is NaN are not on a ray: each is probed with its own weight's pattern. ``d = 0`` (``-0.0``
+for ``0.0``) changes nothing.
 
-Nothing is approximated beyond the monotone bisection between probes: the CVF is the fraction of
-(weight, bit, image) faults found critical, what exhaustive FI measures, at about
-``2 * log2(16) + 2`` probes per weight and image instead of 32. The cost grows with the fan-in,
-so the analyser uses rays only where the fan-in is at most :data:`RAY_FAN_IN` (first layers,
-depthwise convolutions); wider filters use the first-order equivalent.
+Approximated: only the order of the unprobed faults, by ``|d|`` across the weights of one input
+channel (their patterns differ by a shift), and the monotone bisection between probes
+(checked). The CVF is the fraction of (weight, bit, image) faults found
+critical, what exhaustive FI measures, at about ``2 * (log2(16 k) + 1)`` probes per input channel
+and image for a ``k``-weight kernel, instead of ``32 k``. The analyser uses rays where a filter
+reads at most :data:`RAY_IN_CHANNELS` input channels (first layers on images, depthwise
+convolutions), so they cost about what the channel's VV search costs.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.bits import flip_all_bits
@@ -32,11 +39,17 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.search import checked_search
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
-__all__ = ["RAY_FAN_IN", "RayOutcome", "ray_search"]
+__all__ = ["RAY_IN_CHANNELS", "RayOutcome", "ray_search", "uses_rays"]
 
-RAY_FAN_IN = 27
-"""Filters with at most this many weights (a 3x3 kernel on up to 3 input channels, any
-depthwise 3x3) are analysed along each weight's own pattern."""
+RAY_IN_CHANNELS = 3
+"""Conv2d filters that read at most this many input channels (a first layer on grey or RGB
+images, any depthwise convolution) are analysed ray by ray."""
+
+
+def uses_rays(info: LayerInfo) -> bool:
+    """Whether the weights analysis of this layer searches rays (a Conv2d on few input channels)."""
+    module = info.module
+    return isinstance(module, nn.Conv2d) and module.in_channels // module.groups <= RAY_IN_CHANNELS
 
 _ROW_BUDGET = 1 << 14  # (channel, weight, image, sign) searches per group
 
@@ -56,16 +69,20 @@ class RayOutcome:
         self.non_monotone = non_monotone
 
 
-def _rank_bits(d: Tensor) -> tuple[Tensor, Tensor]:
-    """Per weight and sign, the bits ordered by ``|d|`` (long ``(T, J, 2, 32)``) and membership."""
+def _rank(d: Tensor) -> tuple[Tensor, Tensor]:
+    """Per ray and sign, the faults ordered by ``|d|`` and their membership.
+
+    Args:
+        d: ``(T, C, F)``: the weight changes of the ``F`` faults on each of ``C`` rays.
+
+    Returns:
+        ``(order, member)``: long and bool ``(T, C, 2, F)`` (sign 0: ``d > 0``, 1: ``d < 0``).
+    """
     on_ray = ~torch.isnan(d)  # +-Inf are the outermost members of a ray
-    plus = on_ray & (d > 0)
-    minus = on_ray & (d < 0)
     mag = d.abs().nan_to_num(nan=0.0)
     order, member = [], []
-    for side in (plus, minus):
-        key = torch.where(side, mag, torch.inf)
-        o = torch.sort(key, dim=-1, stable=True).indices
+    for side in (on_ray & (d > 0), on_ray & (d < 0)):
+        o = torch.sort(torch.where(side, mag, torch.inf), dim=-1, stable=True).indices
         order.append(o)
         member.append(torch.gather(side, -1, o))
     return torch.stack(order, dim=2), torch.stack(member, dim=2)
@@ -76,57 +93,60 @@ def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> R
 
     Args:
         engine: the simulation engine.
-        info: the layer (a small fan-in: see :data:`RAY_FAN_IN`).
+        info: a Conv2d layer (see :func:`uses_rays`).
         channels: long ``(T,)`` output channels.
 
     Returns:
         :class:`RayOutcome`.
     """
-    handler = handler_for(info.module)
+    module = info.module
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"ray search needs a Conv2d layer, got {type(module).__name__}")
+    kh, kw = module.kernel_size
+    per_ray = kh * kw  # the weights of one input channel
+    handler = handler_for(module)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
-    out_shape = tuple(info.output_shape[1:]) if len(info.output_shape) > 1 else ()
+    out_shape = tuple(info.output_shape[1:])
+    n_rays = info.fan_in // per_ray
     crit_all, probes_all, non_mono = [], [], 0
-    per_channel = info.fan_in * n_img * 2
-    step = max(1, _ROW_BUDGET // per_channel)
+    step = max(1, _ROW_BUDGET // (n_rays * 2 * n_img))
     for a in range(0, channels.numel(), step):
         ch = channels[a : a + step].to(x_in.device)
-        ops, w, _ = handler.weight_operands(x_in, info.module, ch, None)  # (I, T, J, P)
-        n_t, n_j = w.shape
+        ops, w, _ = handler.weight_operands(x_in, module, ch, None)  # (I, T, J, P)
+        n_t = w.shape[0]
         d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-        order, member = _rank_bits(d)  # (T, J, 2, 32)
-        # rows: (t, j, sign, image)
-        members = member.unsqueeze(3).expand(n_t, n_j, 2, n_img, 32).reshape(-1, 32)
-        row_t = torch.arange(n_t).view(-1, 1, 1, 1).expand(n_t, n_j, 2, n_img).reshape(-1)
-        row_j = torch.arange(n_j).view(1, -1, 1, 1).expand(n_t, n_j, 2, n_img).reshape(-1)
-        row_s = torch.arange(2).view(1, 1, -1, 1).expand(n_t, n_j, 2, n_img).reshape(-1)
-        row_i = torch.arange(n_img).view(1, 1, 1, -1).expand(n_t, n_j, 2, n_img).reshape(-1)
+        d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
+        order, member = _rank(d_ray)  # (T, C, 2, F)
+        n_f = per_ray * 32
+        shape = (n_t, n_rays, 2, n_img)
+        members = member.unsqueeze(3).expand(*shape, n_f).reshape(-1, n_f)
+        idx = [torch.arange(n).view([-1 if i == k else 1 for i in range(4)]).expand(shape)
+               for k, n in enumerate(shape)]  # fmt: skip
+        row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-        def probe(t: Tensor, j: Tensor, i: Tensor, bit: Tensor) -> Tensor:
-            dev = ops.device
-            t, j, i, bit = (v.to(dev) for v in (t, j, i, bit))
-            delta = d[t, j, bit].unsqueeze(-1) * ops[i, t, j]  # (P', positions)
-            pert = ChannelAdd(ch[t], delta.reshape(-1, *out_shape))
+        def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> Tensor:
+            delta = value.unsqueeze(-1).to(pattern.device) * pattern
+            pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
             return engine.critical(info.layer_num, i, pert).cpu()
 
         def oracle(rows: Tensor, g: Tensor) -> Tensor:
-            t, j, s = row_t[rows], row_j[rows], row_s[rows]
-            bit = order[t, j, s, g]
-            return probe(t, j, row_i[rows], bit)
+            t, c, i = row_t[rows], row_c[rows], row_i[rows]
+            f = order[t, c, row_s[rows], g]
+            return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
 
         res = checked_search(members, oracle)
         non_mono += int(res.non_monotone.sum())
-        hit = (res.critical & members).view(n_t, n_j, 2, n_img, 32).sum(dim=(1, 2, 4))  # (T, I)
-        probes = res.probes.view(n_t, n_j, 2, n_img).sum(dim=(1, 2, 3))
-        # NaN deltas are not on a ray: probe each (weight, bit, image) once
+        hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
+        probes = res.probes.view(shape).sum(dim=(1, 2, 3))
         nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)
-        if nan_t.numel():
-            reps = nan_t.numel()
+        if nan_t.numel():  # not on a ray: each with its own weight's pattern
             t = nan_t.repeat_interleave(n_img)
-            i = torch.arange(n_img).repeat(reps)
-            crit = probe(t, nan_j.repeat_interleave(n_img), i, nan_b.repeat_interleave(n_img))
+            j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
+            i = torch.arange(n_img).repeat(nan_t.numel())
+            crit = probe(t, i, d[t, j, bit], ops[i, t, j])
             hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
             probes += torch.bincount(t.cpu(), minlength=n_t)
-        crit_all.append(hit.double() / (n_j * 32))
+        crit_all.append(hit.double() / (info.fan_in * 32))
         probes_all.append(probes)
     return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono)

@@ -23,12 +23,13 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
   same model (the drawn positions are not needed: the gradient covers every position).
   Approximated: the margin is treated as linear in the pattern's direction, which it is not
   across a ReLU's kink or a normalisation; measured against exhaustive FI in
-  ``validation/REPORT.md``. Filters with at most
-  :data:`~pytorchfi_deepvigor.analysis.rays.RAY_FAN_IN` weights (first layers, depthwise
-  convolutions), where the approximation is worst (operands of mixed signs, as normalised images
-  are), are instead searched along each weight's own pattern
-  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the bisection, no VVs of the channel
-  (``vv_minus``/``vv_plus`` are ``None`` for such a layer).
+  ``validation/REPORT.md``. Conv2d filters on at most
+  :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS` input channels (first layers,
+  depthwise convolutions), where the approximation is worst (a first layer on images read 40%
+  low), are instead searched along the weights' own patterns
+  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the shift between the weights of one
+  input channel and the bisection; no VVs of the channel (``vv_minus``/``vv_plus`` are
+  ``None`` for such a layer).
 * ``"position"`` (the paper): one error ``d * X_j[p]`` per (weight, bit, analysed position),
   each judged as if it were channel-wide.
 * ``"fault"``: one error per (weight, bit): the positional error of largest magnitude.
@@ -42,7 +43,7 @@ from torch import Tensor
 from pytorchfi_deepvigor.analysis.activations import cvf_spread
 from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.analysis.probing import margin_gradient, search_group
-from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN, ray_search
+from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
@@ -162,7 +163,7 @@ def analyze_weights(
     if aggregate not in AGGREGATES:
         raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
-    rays = aggregate == "equivalent" and info.fan_in <= RAY_FAN_IN
+    rays = aggregate == "equivalent" and uses_rays(info)
     if aggregate == "equivalent" and margin_grad is None and not rays:
         margin_grad = margin_gradient(engine, info.layer_num)[0]
     if checked is None:

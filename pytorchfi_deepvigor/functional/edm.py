@@ -8,10 +8,11 @@ The candidate vulnerability values (CVVs) are positive magnitudes ``c_1 < ... < 
   target that is not vulnerable at any magnitude can be recognised as such;
 * ``"fine"`` (default): four candidates per octave, ``(1 + q/4) * 2^e`` for ``e`` in
   ``-24 .. 127`` and ``q`` in ``0..3``, then ``+Inf``: the same resolution over the whole range
-  where bit-flip errors occur (no jumps like ``2^32 -> 2^64``), and the outermost finite bins
-  ``[1.75 * 2^127, Inf)`` and ``[-Inf, -1.75 * 2^127)`` are probed like the others, so only NaN
-  and ``+Inf`` are assumed critical (what FI sees as a DUE; ``-Inf``, in the last negative bin
-  by the bins' definition, is judged by the probe of ``-1.75 * 2^127``).
+  where bit-flip errors occur (no jumps like ``2^32 -> 2^64``), and the outermost finite bin
+  ``[1.75 * 2^127, Inf)`` is probed like the others, so only NaN and +-Inf are assumed critical
+  (what FI sees as a DUE: a weight of ``-Inf`` in a Linear head makes a logit ``-Inf``). ``-Inf``
+  goes to bin 0 with the finite errors below ``-1.75 * 2^127``, which share its key (the only
+  finite errors the fine grid assumes critical).
 
 An EDM of one target on one image is a histogram of the additive output errors that all
 single bit flips of the target's fault sites produce, over the ``2K + 1`` bins cut by the edges
@@ -179,7 +180,8 @@ def _key_table(grid: Tensor, shift: int) -> Tensor:
     neg[:per_octave], pos[:per_octave] = k, k  # zero and subnormals: below c_1
     top = half - per_octave  # the first key of E = 255: +Inf and NaN
     pos[top:] = 2 * k
-    neg[top:] = 2 * k  # negative NaN; -Inf shares the key of the quarter below 2^128
+    neg[top:] = 2 * k  # negative NaN
+    neg[top - 1] = 0  # -Inf (it shares the key of the magnitudes just below 2^128): critical
     table = torch.cat([neg.flip(0), pos]).long()  # key -(m + 1) sits at H - 1 - m
     return table
 

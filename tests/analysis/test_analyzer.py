@@ -12,7 +12,7 @@ from tiny_models import TINY_MODELS, seeded_images
 from torch import nn
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
-from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN
+from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.vf import total_mvf
 from pytorchfi_deepvigor.results import VulnerabilityResult
@@ -33,7 +33,7 @@ def test_sampled_both_targets_on_tiny_models(name: str) -> None:
         per = max(1, int(math.log2(info.neurons_per_channel)))
         assert len(act.channels) == len(wts.channels) == n_ch
         assert len(act.neurons) == n_ch * per and act.vv_plus.shape == (n_ch * per, 6)
-        if info.fan_in <= RAY_FAN_IN:  # searched weight by weight: no channel VVs
+        if uses_rays(info):  # searched weight by weight: no channel VVs
             assert wts.vv_minus is None and wts.vv_plus is None
         else:
             assert wts.vv_minus.shape == (n_ch, 6) and (wts.vv_minus < 0).all()

@@ -4,7 +4,7 @@
 where the first-order equivalent is exact; the first-order identity in general; the fallback
 where the gradient cancels); then the default analysis against exhaustive FI on tiny models:
 a Linear head (exact equivalent, fine grid with its outermost finite bin probed), a first layer
-fed signed, normalised images (searched ray by ray) and a small CNN, each with the paper's mode
+fed signed, normalised images (searched along its input channel's ray) and a small CNN, each with the paper's mode
 as the baseline it must beat.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
-from pytorchfi_deepvigor.analysis.rays import RAY_FAN_IN
+from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.analysis.weights import equivalent_errors
 from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
@@ -120,13 +120,14 @@ def signed_cnn() -> tuple[nn.Module, torch.Tensor]:
     return net, images
 
 
-def test_first_layer_on_signed_images_is_searched_ray_by_ray_like_fi(signed_cnn) -> None:
+def test_first_layer_on_signed_images_is_searched_ray_by_ray_close_to_fi(signed_cnn) -> None:
     net, images = signed_cnn
-    assert SimulationEngine(net, images).layer(0).fan_in <= RAY_FAN_IN
+    assert uses_rays(SimulationEngine(net, images).layer(0))
     default = _errors(net, images, [0])
     paper = _errors(net, images, [0], search="paper", aggregate="position")
-    assert np.abs(default).max() < 1e-9  # every weight fault found critical or not, as FI
-    assert np.abs(paper).mean() > 0.001  # the paper's model is measurably off here
+    # probed faults are judged exactly; the rest by their order along their input channel's ray
+    assert np.abs(default).max() < 0.003, default
+    assert np.abs(default).mean() < 0.5 * np.abs(paper).mean(), (default, paper)
 
 
 def test_linear_head_and_wide_conv_match_fi_better_than_the_paper(signed_cnn) -> None:

@@ -29,9 +29,12 @@ def py_flip(value: float, bit: int) -> np.float32:
 
 
 def py_bin(err: float, grid: torch.Tensor) -> int:
-    """Bin by definition: the number of edges <= err; NaN is +Inf."""
+    """Bin by definition: the number of edges <= err; NaN is +Inf. A grid ending at +Inf puts
+    -Inf and the errors below -grid[-2] into bin 0 (critical, as a DUE)."""
     if math.isnan(err):
         return 2 * grid.numel()
+    if math.isinf(grid[-1]) and err < -float(grid[-2]):
+        return 0
     return sum(1 for e in bin_edges(grid).tolist() if e <= err)
 
 
@@ -74,6 +77,8 @@ def test_exponent_keys_agree_with_bucketize_on_random_bit_patterns(search: str) 
     expected = torch.bucketize(errors, edges, right=True).masked_fill_(
         errors.isnan(), 2 * grid.numel()
     )
+    if math.isinf(grid[-1]):  # -Inf and its key's finite neighbours: bin 0 (see py_bin)
+        expected.masked_fill_(errors < -float(grid[-2]), 0)
     assert bin_index(errors, grid).equal(expected)
     counts = histogram(errors.view(4, -1), grid)
     assert counts.equal(
@@ -179,8 +184,7 @@ def test_fine_grid_keeps_only_non_finite_errors_outside_its_finite_bins() -> Non
     big = torch.tensor([3.0e38, -3.0e38, math.inf, -math.inf, math.nan, 1.25, 1.2499999])
     bins = bin_index(big, grid).tolist()
     assert bins[0] == 2 * k - 1  # [1.75 * 2^127, Inf): an inner bin, probed
-    assert bins[2] == bins[4] == 2 * k  # only +Inf and NaN in the outer bins
-    assert bins[1] == bins[3] == 1  # -Inf: [-Inf, -1.75 * 2^127), an inner bin
+    assert bins[2] == bins[4] == 2 * k and bins[1] == bins[3] == 0  # +-Inf, NaN: outer bins
     assert bins[5] == bins[6] + 1  # 1.25 is an edge: 4 bins per octave
     plus, _ = search_members(histogram(big.view(1, -1), grid), grid)
     assert bool(plus[0, k - 2])  # the outermost finite bin's candidate is a member
