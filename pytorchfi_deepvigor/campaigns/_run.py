@@ -16,6 +16,7 @@ processes resumes from what any earlier run saved.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,8 @@ __all__ = [
     "open_log",
     "weighted_vf",
 ]
+
+logger = logging.getLogger(__name__)
 
 RESULT_TARGET = {"weights": "weights", "operands": "activations", "stored": "stored"}
 """Campaign target -> the result type's target (operand faults compare with activations)."""
@@ -254,7 +257,15 @@ def execute(
         distributed.barrier(world)  # every rank has read the progress files before any writes
     todo, costs = _chunk_plan(evaluator, units, result, chunks)
     if world is not None:
-        todo = [todo[i] for i in distributed.share(costs, size=world.size, rank=world.rank)]
+        picked = distributed.share(costs, size=world.size, rank=world.rank)
+        logger.info(
+            "%s: %d of %d fault chunks left, %.1f%% of their estimated cost",
+            world.describe(),
+            len(picked),
+            len(todo),
+            100.0 * sum(costs[i] for i in picked) / (sum(costs) or 1.0),
+        )
+        todo = [todo[i] for i in picked]
     engine = evaluator.engine
     mine: list[ChunkRecord] = []
     began_all = time.perf_counter()
