@@ -143,17 +143,21 @@ def demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, start: float) -> int:
     name = args.model or "vgg11"
-    print(
-        f"DeepVigor+ demo: {name} (width {default_width(name, args.width):g}) trained on "
-        f"scikit-learn's digits, {args.images} analysis images, target {args.target}, "
-        f"sampling {'complete' if args.sampling is None else f'{args.sampling:g}'}"
-    )
+    world = distributed.detect()
+    main = world is None or world.main  # under torchrun rank 0 speaks for the job
+    if main:
+        print(
+            f"DeepVigor+ demo: {name} (width {default_width(name, args.width):g}) trained on "
+            f"scikit-learn's digits, {args.images} analysis images, target {args.target}, "
+            f"sampling {'complete' if args.sampling is None else f'{args.sampling:g}'}"
+        )
     result = _run_analysis(args)
     _finish(result, args.out)
     total = result.mvf_total
-    if total is not None:
+    if main and total is not None:
         print(f"total MVF (paper Eq. 15): {total:.5f}")
-    print(f"demo finished in {time.perf_counter() - start:.1f} s")
+    if main:
+        print(f"demo finished in {time.perf_counter() - start:.1f} s")
     return 0
 
 
