@@ -307,11 +307,24 @@ def _param_count(name: str) -> int | None:
         return None
 
 
-def run(names: Sequence[str], timeout: float, out: Path | None = None) -> list[dict[str, Any]]:
+def _family(name: str) -> str:
+    """``resnet50`` -> ``resnet``, ``efficientnet_v2_s`` -> ``efficientnet_v2``, ``vit_b_16`` -> ``vit``."""
+    for prefix in ("efficientnet_v2", "swin_v2", "wide_resnet", "mobilenet_v", "regnet_"):
+        if name.startswith(prefix):
+            return prefix
+    return name.split("_")[0].rstrip("0123456789")
+
+
+def run(
+    names: Sequence[str],
+    timeout: float,
+    out: Path | None = None,
+    done: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
     """Every model in its own process; the matrix is rewritten after each (rows not reached yet
-    say so, so a stopped run leaves a complete, honest file)."""
+    say so, so a stopped run leaves a complete, honest file). ``done``: rows kept from before."""
     ctx = mp.get_context("spawn")
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(done)
     for k, name in enumerate(names):
         params = _param_count(name)
         if params is not None and params > MAX_PARAMS:
@@ -404,11 +417,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", help="torchvision names (default: every classifier)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--resume", type=Path, help="a coverage.csv whose finished rows are kept (not rerun)"
+    )
     args = parser.parse_args(argv)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    # smallest first (by torchvision's parameter count), so a stopped run covers the most models
+    # the smallest model of each family first, then the rest smallest first (torchvision's
+    # parameter counts): a run stopped early covers every family and the most models
     names = sorted(names, key=lambda n: (_param_count(n) or 0, n))
-    rows = run(names, args.timeout, args.out)
+    firsts = list({_family(n): n for n in reversed(names)}.values())[::-1]
+    names = firsts + [n for n in names if n not in firsts]
+    done: list[dict[str, Any]] = []
+    if args.resume is not None and args.resume.exists():
+        with open(args.resume, encoding="utf-8") as handle:
+            done = [r for r in csv.DictReader(handle) if not r["why"].startswith("not reached")]
+        names = [n for n in names if n not in {r["model"] for r in done}]
+    rows = run(names, args.timeout, args.out, done)
     rows.sort(key=lambda r: r["model"])
     write(rows, args.out)
     print(f"wrote {args.out / 'coverage.csv'} and coverage.md", flush=True)
