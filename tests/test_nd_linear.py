@@ -259,3 +259,28 @@ def test_weight_carrying_modules_that_cannot_be_analysed_are_listed_with_the_rea
     assert "k (parameter: used by F.conv2d" in text and "w (parameter: used by F.linear" in text
     assert len(listed) == 5, listed
     assert DeepVigorAnalyzer(model, images).analyze(target="weights").unsupported == tuple(listed)
+
+
+def test_exhaustive_operand_nvf_of_a_neuron_on_a_map_equals_in_place_injection():
+    """An (c, h, w) neuron of a Linear on (N, H, W, C): the campaign's NVF is the critical
+    fraction of plain injection over every operand and bit of that neuron."""
+    from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign
+
+    model, images = _model("channels_last"), seeded_images(3)
+    eng = SimulationEngine(model, images)
+    info = next(i for i in eng.catalogue if i.name == "pw1")  # neurons (12, 4, 4)
+    neuron = (5, 2, 3)
+    result = ExhaustiveCampaign(eng).run(
+        "operands", layers=[info.layer_num], channels={info.layer_num: [5]},
+        neurons={info.layer_num: [neuron]},
+    )  # fmt: skip
+    layer = result.layers[0]
+    assert layer.neurons == (neuron,)
+    flat = 5 * 16 + 2 * 4 + 3
+    pop = FaultPopulation(info, "operands", "flip", np.stack([np.full(4, flat), np.arange(4)], 1))
+    critical = 0
+    golden = eng.golden_logits.argmax(1)
+    for f in range(pop.size):
+        ref = _fault_reference(model, images, pop, f)
+        critical += int(((ref.argmax(1) != golden) | ~torch.isfinite(ref).all(1)).sum())
+    assert layer.nvf[0] == pytest.approx(critical / (pop.size * 3))

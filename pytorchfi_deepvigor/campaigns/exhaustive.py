@@ -199,7 +199,7 @@ def _sites(
         return (c[:, None] * info.fan_in + np.arange(info.fan_in)).reshape(-1), []
     if target == "stored":
         return (c[:, None] * per_channel + np.arange(per_channel)).reshape(-1), []
-    width = info.output_shape[2] if info.kind == "Conv2d" else 1
+    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
     if neurons == "all":
         flat = (c[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
     elif neurons is None:
@@ -220,7 +220,7 @@ def _sites(
 def _neuron_list(info: LayerInfo, given: Sequence[Sequence[int]] | None, width: int) -> np.ndarray:
     if not given:
         raise ValueError(f"neurons gives no (c, h, w) list for layer {info.layer_num}")
-    shape = info.output_shape if info.kind == "Conv2d" else (info.output_shape[0], 1, 1)
+    shape = (*info.output_shape, 1, 1)[:3]  # neuron layout: (C, H, W), (F, T, 1), (F, 1, 1)
     flat = []
     for neuron in given:
         if len(neuron) != 3 or not all(0 <= int(i) < s for i, s in zip(neuron, shape, strict=True)):
@@ -247,7 +247,7 @@ def _layer_result(
         cvf = np.bincount(inverse, weights=per_neuron) / np.bincount(inverse)
         lvf = float(per_neuron.mean())
         by_flat = dict(zip(flat.tolist(), per_neuron.tolist(), strict=True))
-        width = info.output_shape[2] if info.kind == "Conv2d" else 1
+        width = info.output_shape[2] if len(info.output_shape) == 3 else 1
         key = {n: n[0] * info.neurons_per_channel + n[1] * width + n[2] for n in neurons}
         # a neuron that reads only padding has no operand fault site: it is not listed
         kept = tuple(n for n in neurons if key[n] in by_flat)
