@@ -112,7 +112,14 @@ def _others() -> str:
     busy = []
     for line in ps:
         parts = line.split(None, 2)
-        if len(parts) == 3 and float(parts[0]) >= 5.0 and mine not in parts[2]:
+        if (
+            len(parts) == 3
+            and float(parts[0]) >= 5.0
+            and mine not in parts[2]
+            and not (
+                parts[2].startswith("ps ")  # this very listing
+            )
+        ):
             busy.append(f"{parts[0]}% {' '.join(parts[2].split()[:3])[:60]}")
     load = os.getloadavg()[0]
     return f"load {load:.1f}; others: {'; '.join(busy[:4]) or 'none above 5% CPU'}"
