@@ -65,7 +65,9 @@ def test_reference_gives_the_analysers_vfs(make) -> None:
     ref = assert_model_unchanged(
         model, lambda: ref_mod.reference_analysis(model, images, layers, sampling=0.5, seed=3)
     )
-    res = DeepVigorAnalyzer(model, images).analyze(layers=layers, sampling=0.5, seed=3)
+    res = DeepVigorAnalyzer(model, images).analyze(
+        layers=layers, sampling=0.5, seed=3, search="extended", aggregate="position"
+    )  # the search the reference implements
     for layer in res.layers:
         ours = np.array(layer.nvf if layer.target == "activations" else layer.cvf)
         assert np.array_equal(ours, ref.vfs[(layer.layer_num, layer.target)])

@@ -18,9 +18,15 @@ at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv
    channel (first, middle, last layer; extrapolated from a seeded fraction above
    ``--channel-faults`` faults).
 4. ``reference``: ``_bench_reference.py`` (one target per full forward, as the authors' code) vs
-   the batched suffix engine; the VFs must be equal (asserted). Best of two interleaved runs on
+   the batched suffix engine, both with the extended grid and position aggregate (the
+   reference implements that search); the VFs must be equal (asserted). Best of two interleaved runs on
    each side (machine noise is +-5 % here). Target >= 5x.
-5. ``scaling``: sampled analysis time vs width (4 widths of ResNet-18) and depth (ResNet-18 vs
+5. ``model``: the default analysis (fine search, first-order equivalent / ray weight model) vs
+   the previous default (extended grid, position aggregate), 10 % sampled, weights alone and
+   both targets, best of two interleaved runs each; ``ratio`` is the previous default's time
+   over the new one's (issue 16's cost limit: the weights analysis at most 1.5x slower, i.e.
+   ``ratio >= 0.67``). Notes give image-evaluations and backwards of each.
+6. ``scaling``: sampled analysis time vs width (4 widths of ResNet-18) and depth (ResNet-18 vs
    ResNet-34); plot ``bench_scaling.png``.
 
 Rates: conv/linear FLOPs counted by torch's own ``FlopCounterMode`` on the suffix that runs (not
@@ -78,7 +84,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
 TARGETS = {"throughput/analysis": 0.5, "sfi/wall": 15.0, "reference": 5.0}
 PAPER_SIZE_TARGET_S = 180.0  # on one H100 (the paper: 12.7 minutes on an A100)
-BENCHMARKS = ("throughput", "sfi", "channel", "reference", "scaling")
+BENCHMARKS = ("throughput", "sfi", "channel", "reference", "model", "scaling")
+PREVIOUS = {"search": "extended", "aggregate": "position"}  # the default until issue 16
 ABOVE_PEAK = 1.1  # a rate above this fraction of the measured peak is a defect
 Row = dict[str, Any]
 
@@ -308,8 +315,11 @@ class Analysis:
     full_flops: float  # conv/linear FLOPs of one full forward of one image
 
 
-def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
-    """The 10 % sampled total-MVF analysis, end to end (engine set-up included), instrumented."""
+def analyse(
+    s: Settings, model: nn.Module, images: Tensor, target: str = "both", **options: str
+) -> Analysis:
+    """The 10 % sampled analysis (default: total MVF with the package's default options), end to
+    end (engine set-up included), instrumented."""
     started = Seconds.now()
     eng = SimulationEngine(model, images, device=s.device)
     inner, acc, flops = eng.run, [0.0], {}
@@ -323,7 +333,9 @@ def analyse(s: Settings, model: nn.Module, images: Tensor) -> Analysis:
         return out
 
     eng.run = run  # type: ignore[method-assign]
-    res = DeepVigorAnalyzer(eng).analyze(target="both", sampling=s.ratio, seed=s.seed)
+    res = DeepVigorAnalyzer(eng).analyze(
+        target=target, sampling=s.ratio, seed=s.seed, **options  # type: ignore[arg-type]
+    )
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     first = eng.catalogue[0]
@@ -437,14 +449,14 @@ def bench_channel(s: Settings, model: nn.Module, images: Tensor, label: str) -> 
 
 # ------------------------------------------------------------------------------ 4. reference
 def bench_reference(s: Settings, model: nn.Module, images: Tensor, label: str, an: Analysis):
-    """Reference vs batched engine, interleaved best of two on each side (ours: the main
-    analysis, then a second one after the first reference run), VFs asserted equal."""
+    """Reference vs batched engine with the reference's search (extended grid, position
+    aggregate), interleaved best of two on each side, VFs asserted equal."""
     layers = [layer.layer_num for layer in an.result.layers if layer.target == "weights"]
-    refs, ours = [], [an]
-    for i in range(2):
+    refs, ours = [], []
+    for _ in range(2):
+        ours.append(analyse(s, model, images, **PREVIOUS))
         refs.append(reference_analysis(model, images, layers, sampling=s.ratio, seed=s.seed))
-        if i == 0:
-            ours.append(analyse(s, model, images))
+    an = ours[0]
     ref = min(refs, key=lambda r: r.wall_time_s)
     best = min(ours, key=lambda a: a.seconds)
     diffs = []
@@ -469,7 +481,29 @@ def bench_reference(s: Settings, model: nn.Module, images: Tensor, label: str, a
     return row("reference", label, best.seconds, ref.wall_time_s, notes)
 
 
-# -------------------------------------------------------------------------------- 5. scaling
+# ------------------------------------------------------------------------- 5. weight model
+def bench_model(s: Settings, model: nn.Module, images: Tensor, label: str) -> list[Row]:
+    """The default analysis vs the previous default, interleaved best of two on each side."""
+    rows = []
+    for target in ("weights", "both"):
+        new, old = [], []
+        for _ in range(2):
+            new.append(analyse(s, model, images, target))
+            old.append(analyse(s, model, images, target, **PREVIOUS))
+        a, b = min(new, key=lambda x: x.seconds), min(old, key=lambda x: x.seconds)
+        ca, cb = a.result.cost, b.result.cost
+        notes = (f"{target}, 10% sampled: default (fine, equivalent) vs previous default "
+                 f"(extended, position); image-evaluations {ca.image_evaluations} vs "
+                 f"{cb.image_evaluations}, backwards {ca.backwards} vs {cb.backwards}; time "
+                 f"{b.seconds / a.seconds:.3g}x faster (<1: slower), i.e. the default takes "
+                 f"{a.seconds / b.seconds:.3g}x the previous; wall "
+                 f"{', '.join(f'{x.seconds:.3g}' for x in new)} s vs "
+                 f"{', '.join(f'{x.seconds:.3g}' for x in old)} s")  # fmt: skip
+        rows.append(row("model", f"{label} {target}", a.seconds, b.seconds, notes))
+    return rows
+
+
+# -------------------------------------------------------------------------------- 6. scaling
 def bench_scaling(s: Settings, main: Analysis, out: Path) -> list[Row]:
     name, width = s.main
     points: list[tuple[str, float, Analysis]] = []
@@ -598,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_channel(s, model, images, label)
     if "reference" in only:
         rows.append(bench_reference(s, model, images, label, an))
+    if "model" in only:
+        rows += bench_model(s, model, images, label)
     if "scaling" in only:
         rows += bench_scaling(s, an, args.out)
     if args.paper_size:
