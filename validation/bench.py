@@ -32,8 +32,9 @@ at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv
 Rates: conv/linear FLOPs counted by torch's own ``FlopCounterMode`` on the suffix that runs (not
 estimated from the catalogue, which also counts a residual block's downsample branch whose output
 the suffix reads from the golden cache), over wall-clock seconds, each also given as a fraction of
-the machine's measured peak: a large convolution (64 -> 64 channels, 3x3, 32x32, channels-last,
-best of 5) timed at the start and at the end of the same run. A rate above 1.1x that peak is
+the machine's measured peak: a large convolution (64 -> 64 channels, 3x3, 32x32, channels-last)
+timed at the start and the end of the same run and beside every per-layer measurement (the
+best timing counts), so rates and peak see the same load. A rate above 1.1x that peak is
 flagged in its row and makes the script exit with status 1: such a figure means the FLOPs, the
 timing or the thread count is wrong (the header records the threads torch, OpenMP and MKL use).
 
@@ -181,13 +182,35 @@ def row(bench: str, config: str, ours: float | None, base: float | None, notes: 
 
 
 # ------------------------------------------------------------------------------------- peak
-@dataclass
 class Peak:
-    """The machine's measured conv rate (FLOP/s, wall clock), the best of its measurements."""
+    """The machine's conv rate (FLOP/s, wall clock): a large convolution timed again and again
+    during the run (at the start and end, and beside every per-layer measurement), so a rate and
+    the peak it is compared with are measured under the same load; the best timing counts."""
 
-    rates: list[float]
-    cpu_rates: list[float]
-    shape: tuple[int, ...]
+    def __init__(self, s: Settings | None = None, *, shape: tuple[int, ...] | None = None) -> None:
+        cpu = s is None or s.device.type == "cpu"
+        self.shape = shape or ((32, 64, 32, 32) if cpu else (256, 64, 56, 56))
+        self.device = torch.device("cpu") if s is None else s.device
+        self.rates: list[float] = []
+        self.cpu_rates: list[float] = []
+        self.flops = 2.0 * self.shape[0] * 64 * self.shape[2] * self.shape[3] * 64 * 9
+        self._conv: nn.Module | None = None
+
+    def sample(self, times: int = 1) -> Peak:
+        """Time the convolution ``times`` more times."""
+        if self._conv is None:
+            conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(self.device)
+            x = torch.randn(self.shape, generator=torch.Generator().manual_seed(0))
+            self._conv = conv.to(memory_format=torch.channels_last)
+            self._x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                self._conv(self._x)  # warm-up
+        with torch.no_grad():
+            for _ in range(times):
+                t = timed(self.device, self._conv, self._x)[1]
+                self.rates.append(self.flops / t.wall)
+                self.cpu_rates.append(self.flops / max(t.cpu, 1e-9))
+        return self
 
     @property
     def best(self) -> float:
@@ -202,30 +225,12 @@ class Peak:
         return f"{rate / 1e9:.2f} GFLOP/s ({self.frac(rate)})"
 
     def describe(self) -> str:
+        ordered = sorted(self.rates)
         return (f"measured peak: a 64->64-channel 3x3 conv on {'x'.join(map(str, self.shape))} "
-                f"(channels-last), best of 5, at the start and the end of this run: "
-                f"{', '.join(f'{r / 1e9:.1f}' for r in self.rates)} GFLOP/s wall clock "
-                f"({', '.join(f'{r / 1e9:.1f}' for r in self.cpu_rates)} per CPU-second); "
-                f"rates below are fractions of {self.best / 1e9:.1f} GFLOP/s")  # fmt: skip
-
-
-def measure_peak(s: Settings, peak: Peak | None = None) -> Peak:
-    """Time a large convolution (best of 5) and add it to ``peak``."""
-    shape = (32, 64, 32, 32) if s.device.type == "cpu" else (256, 64, 56, 56)
-    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(s.device)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(s.device)
-    conv, x = (
-        conv.to(memory_format=torch.channels_last),
-        x.contiguous(memory_format=torch.channels_last),
-    )
-    flops = 2.0 * shape[0] * 64 * shape[2] * shape[3] * 64 * 9
-    with torch.no_grad():
-        conv(x)
-        best = min((timed(s.device, conv, x)[1] for _ in range(5)), key=lambda t: t.wall)
-    peak = peak or Peak([], [], shape)
-    peak.rates.append(flops / best.wall)
-    peak.cpu_rates.append(flops / max(best.cpu, 1e-9))
-    return peak
+                f"(channels-last), timed {len(self.rates)} times over the run (start, beside each "
+                f"per-layer measurement, end): best {self.best / 1e9:.1f} GFLOP/s wall clock, median "
+                f"{ordered[len(ordered) // 2] / 1e9:.1f} (best per CPU-second "
+                f"{max(self.cpu_rates) / 1e9:.1f}); rates below are fractions of the best")  # fmt: skip
 
 
 def counted_flops(fn: Callable[..., Any], *args: Any) -> float:
@@ -275,6 +280,7 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str, 
         counted[info.layer_num] = flops / estimate
         ours, base, chunked = math.inf, math.inf, math.inf
         for _ in range(3):  # interleaved, best of 3: machine noise hits both alike
+            peak.sample()  # the peak under the same load as this layer's timings
             ours = min(ours, timed(s.device, eng.run, info.layer_num, idx, pert)[1].wall)
             with torch.no_grad():
                 base = min(base, timed(s.device, eng.suffix, info.layer_num, idx, out)[1].wall)
@@ -334,7 +340,10 @@ def analyse(
 
     eng.run = run  # type: ignore[method-assign]
     res = DeepVigorAnalyzer(eng).analyze(
-        target=target, sampling=s.ratio, seed=s.seed, **options  # type: ignore[arg-type]
+        target=target,
+        sampling=s.ratio,
+        seed=s.seed,
+        **options,  # type: ignore[arg-type]
     )
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
@@ -618,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     s = settings(args)
     meta = machine(s)
-    peak = measure_peak(s)
+    peak = Peak(s).sample(5)
     rows: list[Row] = []
     if only:
         model, images, label = load(s, *s.main)
@@ -638,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_scaling(s, an, args.out)
     if args.paper_size:
         rows.append(bench_paper_size(s))
-    measure_peak(s, peak)
+    peak.sample(5)
     write(args.out, rows, f"{meta}\n\n{peak.describe()}.")
     above = [r["config"] for r in rows if "ABOVE THE MEASURED PEAK" in r["notes"]]
     if above:
