@@ -47,7 +47,7 @@ from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUT_SIZE = 32
-SPECIAL_SIZES = {"maxvit_t": 224}  # its window partition needs 224 / 32 = 7 at every stage
+SPECIAL_SIZES = {"maxvit_t": 224, "alexnet": 64}  # MaxViT: 224 / 32 = 7 per window; AlexNet: 63+
 MAX_PARAMS = 250_000_000
 FLIP_BITS = (0, 11, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
 SITES_PER_TARGET = 2  # per layer and target: x 12 bits = 24 faults, x 3 targets, x ~3 layers
@@ -379,7 +379,7 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         "# Coverage: torchvision classifiers",
         "",
         f"Written by `validation/coverage.py` (torch {torch.__version__}); random seeded weights, "
-        f"10 classes, 2 images of {INPUT_SIZE}x{INPUT_SIZE} (MaxViT 224, Inception-v3 80), one "
+        f"10 classes, 2 images of {INPUT_SIZE}x{INPUT_SIZE} (MaxViT 224, Inception-v3 80, AlexNet 64), one "
         'thread. Sampled analysis (`target="both"`, `sampling=0.01`) of the listed layers; FI: '
         f"{SITES_PER_TARGET} sites x {len(FLIP_BITS)} bits per layer and target (weights, "
         "operands, stored), every outcome compared with in-place injection and a full forward. "
