@@ -54,7 +54,9 @@ logger = logging.getLogger(__name__)
 OPT_OUT = "PYTORCHFI_DEEPVIGOR_DISTRIBUTED"
 """Environment variable: ``0`` makes every rank of a launched job run alone."""
 
-_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("PYTORCHFI_DEEPVIGOR_TIMEOUT_MIN", "60")))
+_TIMEOUT = datetime.timedelta(
+    minutes=int(os.environ.get("PYTORCHFI_DEEPVIGOR_TIMEOUT_MIN", "1440"))
+)
 _GROUP: dict[str, Any] = {}
 
 
