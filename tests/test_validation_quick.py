@@ -21,7 +21,17 @@ from validation.analyses import pick_within_budget  # noqa: E402
 from validation.run_all import COST_HINT, groups  # noqa: E402
 
 SCRIPTS = ("table3_activations", "table4_sampling", "table5_6_sims", "times", "figures")
-TABLE3 = ["model", "search", "aggregate", "channels", "mae", "max_abs_err", "spearman"]
+TABLE3 = [
+    "model",
+    "search",
+    "aggregate",
+    "default",
+    "channels",
+    "mae",
+    "signed_err",
+    "max_abs_err",
+    "spearman",
+]
 FRACTIONS = {
     "table3_weights": ["mae", "max_abs_err"],
     "table3_activations": ["mae", "max_abs_err"],
@@ -79,14 +89,21 @@ def test_table3_columns(outputs: Path, table: str) -> None:
     columns, rows = _rows(outputs / f"{table}.csv")
     assert columns == TABLE3
     searches = {r["search"] for r in rows}
-    assert searches == {"paper", "extended"}
+    assert searches == {"paper", "extended", "fine"}
+    defaults = [r for r in rows if r["default"] == "yes"]  # exactly one row: the package's
+    assert [r["search"] for r in defaults] == ["fine"]
 
 
 def test_table3_weights_has_every_variant(outputs: Path) -> None:
     _, rows = _rows(outputs / "table3_weights.csv")
     assert {(r["search"], r["aggregate"]) for r in rows} == {
-        (s, a) for s in ("paper", "extended") for a in ("position", "fault")
+        *((s, a) for s in ("paper", "extended") for a in ("position", "fault")),
+        ("fine", "position"),
+        ("fine", "equivalent"),
     }
+    assert [(r["search"], r["aggregate"]) for r in rows if r["default"]] == [
+        ("fine", "equivalent")
+    ]
 
 
 @pytest.mark.parametrize("table", sorted(FRACTIONS))

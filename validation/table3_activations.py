@@ -4,11 +4,11 @@ For each model: a seeded random 15% of the channels of every analysed layer and 
 output neuron in each, kept round-robin over layers within a fault budget (``--fi-faults``);
 exhaustive FI of every bit of every operand of those neurons (the operand fault model the
 activations analysis models), run ONCE; then the activations analysis of exactly those neurons
-with the paper and the extended grid. With one neuron per channel the CVF is the neuron's NVF,
+with the paper, the extended and the fine search (the default). With one neuron per channel the CVF is the neuron's NVF,
 so the comparison is neuron by neuron (``aggregate`` is ``n/a``: it applies to weights only).
 
-Writes ``table3_activations.csv`` (``model, search, aggregate, channels, mae, max_abs_err,
-spearman``), ``table3_activations_pairs.csv`` and ``table3_activations_coverage.csv``.
+Writes ``table3_activations.csv`` (``model, search, aggregate, default, channels, mae,
+signed_err, max_abs_err, spearman``), ``table3_activations_pairs.csv`` and ``table3_activations_coverage.csv``.
 
 Run: ``python validation/table3_activations.py [--quick] [--fi-faults N]``.
 """
@@ -34,7 +34,17 @@ from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E4
 from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 
-COLUMNS = ["model", "search", "aggregate", "channels", "mae", "max_abs_err", "spearman"]
+COLUMNS = [
+    "model",
+    "search",
+    "aggregate",
+    "default",
+    "channels",
+    "mae",
+    "signed_err",
+    "max_abs_err",
+    "spearman",
+]
 PAIR_COLUMNS = [
     "model",
     "search",
@@ -128,15 +138,17 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
     started = time.perf_counter()
     rows, pairs = [], []
     names = {x.layer_num: x.name for x in fi.layers}
-    for search in ("paper", "extended"):
+    for search in ("paper", "extended", "fine"):
         cmp = compare(analysis_of(ctx, spec, picks, search), fi, target="activations")
         rows.append(
             {
                 "model": spec.label,
                 "search": search,
                 "aggregate": "n/a",
+                "default": "yes" if search == "fine" else "",
                 "channels": cmp.n_channels,
                 "mae": cmp.mae,
+                "signed_err": sum(p.a - p.b for p in cmp.pairs) / len(cmp.pairs),
                 "max_abs_err": cmp.max_abs_err,
                 "spearman": cmp.spearman,
             }

@@ -4,11 +4,12 @@ For each model: a seeded random 15% of the channels of every analysed layer (the
 protocol), kept round-robin over layers within a fault budget (``--fi-faults``; see
 ``analyses.pick_within_budget``); exhaustive FI of every bit of every weight of those channels
 on the analysis batch, run ONCE; then the complete weights analysis of the same channels with
-the paper and the extended grid, each with position and fault aggregation, compared channel by
-channel (MAE, max error, Spearman rho of the CVFs).
+the paper and the extended grid, each with position and fault aggregation, and the fine search
+with position aggregation and with the package's default weight model (``equivalent``),
+compared channel by channel (MAE, signed mean error, max error, Spearman rho of the CVFs).
 
-Writes ``table3_weights.csv`` (``model, search, aggregate, channels, mae, max_abs_err,
-spearman``), ``table3_weights_pairs.csv`` (one row per channel and variant) and
+Writes ``table3_weights.csv`` (``model, search, aggregate, default, channels, mae, signed_err,
+max_abs_err, spearman``; ``default`` marks the package's default), ``table3_weights_pairs.csv`` (one row per channel and variant) and
 ``table3_weights_coverage.csv`` (what the FI covered and what it cost).
 
 Run: ``python validation/table3_weights.py [--quick] [--fi-faults N]``.
@@ -33,7 +34,17 @@ from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E4
 from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 
-COLUMNS = ["model", "search", "aggregate", "channels", "mae", "max_abs_err", "spearman"]
+COLUMNS = [
+    "model",
+    "search",
+    "aggregate",
+    "default",
+    "channels",
+    "mae",
+    "signed_err",
+    "max_abs_err",
+    "spearman",
+]
 PAIR_COLUMNS = [
     "model",
     "search",
@@ -56,7 +67,12 @@ COVERAGE_COLUMNS = [
     "analysis_seconds",
     "seed",
 ]
-VARIANTS = [(s, a) for s in ("paper", "extended") for a in ("position", "fault")]
+VARIANTS = [
+    *((s, a) for s in ("paper", "extended") for a in ("position", "fault")),
+    ("fine", "position"),
+    ("fine", "equivalent"),
+]
+DEFAULT = ("fine", "equivalent")  # DeepVigorAnalyzer.analyze's default
 FULL_BUDGET, QUICK_BUDGET = 200_000, 6_000
 
 
@@ -120,8 +136,10 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
                 "model": spec.label,
                 "search": search,
                 "aggregate": aggregate,
+                "default": "yes" if (search, aggregate) == DEFAULT else "",
                 "channels": cmp.n_channels,
                 "mae": cmp.mae,
+                "signed_err": sum(p.a - p.b for p in cmp.pairs) / len(cmp.pairs),
                 "max_abs_err": cmp.max_abs_err,
                 "spearman": cmp.spearman,
             }

@@ -129,7 +129,7 @@ def search_group(
         mass = non_critical_mass(counts, plus, minus)
         probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
-    out = checked_search(members, oracle, first=first)
+    out = checked_search(members, oracle, first=first, scope=targets)
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

@@ -135,7 +135,7 @@ def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> R
             f = order[t, c, row_s[rows], g]
             return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
 
-        res = checked_search(members, oracle)
+        res = checked_search(members, oracle, scope=row_t)
         non_mono += int(res.non_monotone.sum())
         hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
         probes = res.probes.view(shape).sum(dim=(1, 2, 3))

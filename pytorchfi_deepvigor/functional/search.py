@@ -21,9 +21,10 @@ channels (GroupNorm, LayerNorm) a huge error saturates, and the class flips for 
 the bisection it probes the largest member of every row whose bisection found a critical
 candidate below it (the largest non-empty bin, one more oracle call for all such rows); where
 that probe is not critical the monotone assumption failed, and every member above the bisection's
-answer is probed (one call). A layer (one call of :func:`checked_search`) where any row failed
-also has its rows without a critical candidate scanned, as a critical band may lie between the
-bisection's probes. It returns the criticality of every candidate, not only the smallest
+answer is probed (one call). A target (rows sharing a ``scope`` id: its images and signs) where
+any row failed also has its rows without a critical candidate scanned, as a critical band may
+lie between the bisection's probes; a row's answer never depends on which other targets share
+the call. It returns the criticality of every candidate, not only the smallest
 critical one, so the VF counts exactly the bins found critical.
 
 Every bisection round is **one** oracle call carrying all unfinished rows, so the caller can
@@ -167,13 +168,18 @@ class CheckedSearch:
     scanned: Tensor
 
 
-def checked_search(members: Tensor, oracle: Oracle, first: int | None = None) -> CheckedSearch:
+def checked_search(
+    members: Tensor, oracle: Oracle, first: int | None = None, scope: Tensor | None = None
+) -> CheckedSearch:
     """:func:`bisect_search`, then a check of the largest member and scans where it fails.
 
     Args:
         members: bool ``(R, K)``: the candidates of each row.
         oracle: evaluates a batch of (row, grid index) pairs.
         first: the first probe (see :func:`bisect_search`).
+        scope: long ``(R,)``: the target of each row; rows without a critical candidate are
+            scanned where a row of the same target failed the check. ``None``: every row is
+            its own target.
 
     Returns:
         :class:`CheckedSearch`.
@@ -193,8 +199,10 @@ def checked_search(members: Tensor, oracle: Oracle, first: int | None = None) ->
         rounds += 1
         non_monotone[rows] = ~crit
     scan = non_monotone.clone()
-    if bool(non_monotone.any()):
-        scan |= res.index >= k  # a critical band may hide between the bisection's probes
+    if scope is not None and bool(non_monotone.any()):
+        failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
+        failed[scope[non_monotone]] = True
+        scan |= failed[scope] & (res.index >= k)  # a band may hide between the probes
     found = res.index < k
     above = ar.view(1, -1) > torch.where(found, res.index, -1).view(-1, 1)
     want = members & scan.view(-1, 1) & above
