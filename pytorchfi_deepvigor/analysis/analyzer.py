@@ -27,6 +27,7 @@ from pytorchfi_deepvigor._guard import check_layers
 from pytorchfi_deepvigor.analysis import _sharded
 from pytorchfi_deepvigor.analysis.activations import analyze_activations
 from pytorchfi_deepvigor.analysis.probing import margin_gradient, output_gradient
+from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
 from pytorchfi_deepvigor.catalogue import unsupported_layers
@@ -114,9 +115,10 @@ class DeepVigorAnalyzer:
                 and scanned), ``"extended"`` (the paper grid plus a few large powers of two) or
                 ``"paper"`` (``2^-10 .. 2^10``, errors beyond assumed critical: the paper).
             aggregate: how a weight fault's pattern becomes channel-wide errors:
-                ``"equivalent"`` (default: the first-order equivalent error, one backward per
-                layer), ``"position"`` (the paper: one error per position) or ``"fault"``
-                (the largest positional error). ``search="paper", aggregate="position"`` is
+                ``"equivalent"`` (default: the constant of the pattern's mean; filters on at
+                most 3 input channels searched along their own patterns), ``"gradient"`` (the
+                first-order equivalent, one backward per layer), ``"position"`` (the paper: one
+                error per position) or ``"fault"`` (the largest positional error). ``search="paper", aggregate="position"`` is
                 the paper's method.
             seed: seed of the site draw (recorded in the result).
             skip_zero_gradient: skip targets whose margin-loss gradient is zero on every image.
@@ -178,7 +180,7 @@ class DeepVigorAnalyzer:
                     )
                 else:
                     margin = None
-                    if aggregate == "equivalent":
+                    if aggregate == "gradient" and not uses_rays(info):
                         margin, n_more = margin_gradient(self.engine, num)
                         n_back += n_more
                         backwards += n_more

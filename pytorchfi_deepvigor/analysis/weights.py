@@ -11,25 +11,26 @@ bit ``b`` of weight ``j`` of filter ``k`` changes it by ``d = flip_b(w) - w`` an
 meets at output position ``p`` (its input map at the kernel offset). The VVs are measured for a
 *constant* error over the channel, so each fault needs one channel-wide equivalent ``e``:
 
-* ``"equivalent"`` (the default): the first-order equivalent. Let ``M`` be the image's
-  runner-up margin (golden logit minus the largest other; the class flips when ``M < 0``) and
+* ``"equivalent"`` (the default): the channel-wide constant with the pattern's mean,
+  ``e = d * mean_p X_j[p]`` over the real (unpadded) positions: one error per (weight, bit,
+  image), no backward pass; a sampled analysis uses the same model (the drawn positions are not
+  needed). Approximated: a pattern is judged as the constant of equal total; measured against
+  exhaustive FI in ``validation/REPORT.md`` (it beat the first-order variant below on 4 of 5
+  models). Conv2d filters on at most
+  :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS` input channels (first layers,
+  depthwise convolutions), where any constant is worst (a first layer on signed images read 40%
+  low), are instead searched along the weights' own patterns
+  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the order of the unprobed faults and
+  the bisection; no VVs of the channel (``vv_minus``/``vv_plus`` are ``None`` for such a layer).
+* ``"gradient"``: the first-order equivalent, rays likewise. Let ``M`` be the image's runner-up
+  margin (golden logit minus the largest other; the class flips when ``M < 0``) and
   ``G[p] = dM / d out[k, p]`` its gradient at the layer's output. The pattern moves ``M`` by
   ``d * sum_p G[p] X_j[p]`` to first order, a constant ``e`` by ``e * sum_p G[p]``; equal
-  moves give ``e = d * (sum_p G[p] X_j[p]) / (sum_p G[p])``, a gradient-weighted mean of the
-  weight's operands (one backward per layer gives every ``G``; it is exact for a Linear layer,
-  where the channel has one position). Where ``sum_p G[p]`` vanishes (a channel the margin does
-  not see to first order, or whose gradients cancel: ``|sum G| <= 1e-6 sum |G|``) the plain
-  mean of the operands is used. One error per (weight, bit, image); a sampled analysis uses the
-  same model (the drawn positions are not needed: the gradient covers every position).
-  Approximated: the margin is treated as linear in the pattern's direction, which it is not
-  across a ReLU's kink or a normalisation; measured against exhaustive FI in
-  ``validation/REPORT.md``. Conv2d filters on at most
-  :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS` input channels (first layers,
-  depthwise convolutions), where the approximation is worst (a first layer on images read 40%
-  low), are instead searched along the weights' own patterns
-  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the shift between the weights of one
-  input channel and the bisection; no VVs of the channel (``vv_minus``/``vv_plus`` are
-  ``None`` for such a layer).
+  moves give ``e = d * (sum_p G[p] X_j[p]) / (sum_p G[p])`` (one backward per layer; exact for a
+  Linear layer, where the channel has one position). Where ``sum_p G[p]`` vanishes
+  (``|sum G| <= 1e-6 sum |G|``) the plain mean is used. Approximated: the margin is linear in the
+  pattern, which it is not across a ReLU's kink, and the critical errors are the huge ones; with
+  mixed-sign gradients the ratio can even flip the error's sign.
 * ``"position"`` (the paper): one error ``d * X_j[p]`` per (weight, bit, analysed position),
   each judged as if it were channel-wide.
 * ``"fault"``: one error per (weight, bit): the positional error of largest magnitude.
@@ -55,34 +56,35 @@ from pytorchfi_deepvigor.results import LayerResult
 
 __all__ = ["analyze_weights", "AGGREGATES", "equivalent_errors"]
 
-AGGREGATES = ("equivalent", "position", "fault")
+AGGREGATES = ("equivalent", "gradient", "position", "fault")
 """How a weight fault's pattern becomes channel-wide errors, the default first."""
 
 _GATHER_ELEMENTS = 1 << 24  # operands gathered at once (64 MiB of float32)
 _VANISHING = 1e-6  # |sum G| <= this * sum |G|: no first-order equivalent, use the plain mean
 
 
-def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor) -> Tensor:
+def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None) -> Tensor:
     """First-order channel-wide equivalent errors of every single bit flip of the filters.
 
     Args:
         ops: the operands each weight meets at every output position, ``(I, T, J, P)``.
         w: the filters ``(T, J)``.
         valid: bool ``(T, J, P)``: ``False`` at zero padding.
-        grad: the margin's gradient at the ``T`` channels' positions, ``(I, T, P)``.
+        grad: the margin's gradient at the ``T`` channels' positions, ``(I, T, P)``, or
+            ``None`` for the plain mean of the real operands.
 
     Returns:
         float32 ``(T, I, J * 32)``: ``d * sum_p G X_j / sum_p G`` per (weight, bit), or the
         plain mean of the real operands where ``sum_p G`` vanishes.
     """
-    g = grad.to(ops.dtype)
-    weighted = torch.einsum("itjp,itp->itj", ops, g)
-    total = g.sum(dim=-1, keepdim=True)  # (I, T, 1)
-    scale = g.abs().sum(dim=-1, keepdim=True)
     n_real = valid.sum(dim=-1).clamp_min(1).to(ops.dtype)  # (T, J)
-    mean = ops.sum(dim=-1) / n_real
-    seen = total.abs() > _VANISHING * scale
-    ratio = torch.where(seen, weighted / torch.where(seen, total, 1.0), mean)  # (I, T, J)
+    ratio = ops.sum(dim=-1) / n_real  # (I, T, J): the plain mean
+    if grad is not None:
+        g = grad.to(ops.dtype)
+        weighted = torch.einsum("itjp,itp->itj", ops, g)
+        total = g.sum(dim=-1, keepdim=True)  # (I, T, 1)
+        seen = total.abs() > _VANISHING * g.abs().sum(dim=-1, keepdim=True)
+        ratio = torch.where(seen, weighted / torch.where(seen, total, 1.0), ratio)
     eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
     err = eps.unsqueeze(0) * ratio.unsqueeze(-1)  # (I, T, J, 32)
     return err.transpose(0, 1).flatten(2)
@@ -105,10 +107,10 @@ def _edms(
     """EDMs ``(T, I, 2K + 1)`` of a group of channels, gathered in memory-bounded pieces."""
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
-    if aggregate == "equivalent":
-        if margin_grad is None:
-            raise ValueError("aggregate='equivalent' needs the margin gradient of the layer")
-        positions = None  # the gradient covers every position
+    if aggregate in ("equivalent", "gradient"):
+        if aggregate == "gradient" and margin_grad is None:
+            raise ValueError("aggregate='gradient' needs the margin gradient of the layer")
+        positions = None  # the equivalent covers every position
     n_pos = positions.shape[1] if positions is not None else info.neurons_per_channel
     per_target = engine.num_images * info.fan_in * n_pos
     step = max(1, _GATHER_ELEMENTS // max(1, per_target))
@@ -117,9 +119,12 @@ def _edms(
         ch = channels[a : a + step].to(x_in.device)
         ps = None if positions is None else positions[a : a + step].to(x_in.device)
         ops, w, valid = handler.weight_operands(x_in, info.module, ch, ps)
-        if aggregate == "equivalent":
-            assert margin_grad is not None
-            g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)].to(ops.device)
+        if aggregate in ("equivalent", "gradient"):
+            g = None
+            if aggregate == "gradient":
+                assert margin_grad is not None
+                g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)]
+                g = g.to(ops.device)
             out.append(histogram(equivalent_errors(ops, w, valid, g), grid).cpu())
         else:
             out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate).cpu())
@@ -163,8 +168,8 @@ def analyze_weights(
     if aggregate not in AGGREGATES:
         raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
-    rays = aggregate == "equivalent" and uses_rays(info)
-    if aggregate == "equivalent" and margin_grad is None and not rays:
+    rays = aggregate in ("equivalent", "gradient") and uses_rays(info)
+    if aggregate == "gradient" and margin_grad is None and not rays:
         margin_grad = margin_gradient(engine, info.layer_num)[0]
     if checked is None:
         checked = bool(torch.isinf(grid[-1]))

@@ -224,8 +224,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
         "--aggregate",
         choices=AGGREGATES,
         default=AGGREGATES[0],
-        help="weight fault model: equivalent (default: first-order channel-wide equivalent), "
-        "position (the paper) or fault (largest positional error)",
+        help="weight fault model: equivalent (default: the pattern's mean; filters on <= 3 input "
+        "channels searched along their own patterns), gradient (first-order), position (the "
+        "paper) or fault (largest positional error)",
     )
 
 

@@ -2,7 +2,7 @@
 
 ``equivalent_errors`` in closed form (a Linear layer and a 1x1 convolution on uniform maps,
 where the first-order equivalent is exact; the first-order identity in general; the fallback
-where the gradient cancels); then the default analysis against exhaustive FI on tiny models:
+where the gradient cancels; the default, the mean over real positions); then the default analysis against exhaustive FI on tiny models:
 a Linear head (exact equivalent, fine grid with its outermost finite bin probed), a first layer
 fed signed, normalised images (searched along its input channel's ray) and a small CNN, each with the paper's mode
 as the baseline it must beat.
@@ -58,6 +58,16 @@ def test_equivalent_error_moves_the_margin_like_the_pattern_to_first_order() -> 
     ok = torch.isfinite(pattern) & torch.isfinite(constant)
     assert ok.float().mean() > 0.9
     assert torch.allclose(constant[ok], pattern[ok], rtol=1e-4)
+
+
+def test_default_equivalent_error_is_the_mean_over_real_positions() -> None:
+    x = torch.tensor([[[[1.0, 3.0, 0.0]]]])  # one image, target, weight; three positions
+    w = torch.tensor([[0.5]])
+    valid = torch.tensor([[[True, True, False]]])  # the last one is zero padding
+    got = equivalent_errors(x, w, valid, None)
+    want = (_flips(w) * 2.0).flatten()  # mean of the real operands: 2.0
+    fin = torch.isfinite(want)
+    assert torch.allclose(got.flatten()[fin], want[fin]) and torch.isnan(got).sum() == 0
 
 
 def test_equivalent_error_falls_back_to_the_mean_where_the_gradient_cancels() -> None:
@@ -134,7 +144,7 @@ def test_linear_head_and_wide_conv_match_fi_better_than_the_paper(signed_cnn) ->
     net, images = signed_cnn
     head = _errors(net, images, [2])  # Linear: the equivalent error is exact
     assert np.abs(head).max() < 0.002, head  # what is left is the bins' resolution
-    conv = _errors(net, images, [1])  # 36 weights per filter: the first-order equivalent
+    conv = _errors(net, images, [1])  # 36 weights per filter: the mean equivalent
     paper = _errors(net, images, [1, 2], search="paper", aggregate="position")
     assert np.abs(conv).mean() < 0.005, conv
     both = np.abs(np.concatenate([conv, head])).mean()
