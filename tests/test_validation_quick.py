@@ -99,6 +99,7 @@ def test_table3_weights_has_every_variant(outputs: Path) -> None:
     assert {(r["search"], r["aggregate"]) for r in rows} == {
         *((s, a) for s in ("paper", "extended") for a in ("position", "fault")),
         ("fine", "position"),
+        ("fine", "gradient"),
         ("fine", "equivalent"),
     }
     assert [(r["search"], r["aggregate"]) for r in rows if r["default"]] == [

@@ -5,7 +5,8 @@ protocol), kept round-robin over layers within a fault budget (``--fi-faults``; 
 ``analyses.pick_within_budget``); exhaustive FI of every bit of every weight of those channels
 on the analysis batch, run ONCE; then the complete weights analysis of the same channels with
 the paper and the extended grid, each with position and fault aggregation, and the fine search
-with position aggregation and with the package's default weight model (``equivalent``),
+with position aggregation, the first-order weight model (``gradient``) and the package's
+default weight model (``equivalent``),
 compared channel by channel (MAE, signed mean error, max error, Spearman rho of the CVFs).
 
 Writes ``table3_weights.csv`` (``model, search, aggregate, default, channels, mae, signed_err,
@@ -70,6 +71,7 @@ COVERAGE_COLUMNS = [
 VARIANTS = [
     *((s, a) for s in ("paper", "extended") for a in ("position", "fault")),
     ("fine", "position"),
+    ("fine", "gradient"),
     ("fine", "equivalent"),
 ]
 DEFAULT = ("fine", "equivalent")  # DeepVigorAnalyzer.analyze's default
