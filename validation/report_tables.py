@@ -110,7 +110,7 @@ def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
         body.append(
             [
                 r["model"],
-                r["search"],
+                r["search"] + (" **(default)**" if r.get("default") == "yes" else ""),
                 r["aggregate"],
                 r["channels"],
                 pct(r["mae"]),
@@ -391,3 +391,38 @@ def figures(mvf: Rows, batches: Rows, folder: Path) -> str:
     out += table(["model", "batches", "min (%)", "max (%)", "range (%)"], spread)
     pictures = " ".join(f"![{p.stem}]({p.name})" for p in sorted(folder.glob("fig8_*.png")))
     return out + "\n\n" + pictures + "\n\n![fig9](fig9_mvf.png) ![fig10](fig10_batches.png)"
+
+
+def what_each_part_buys(t3w: Rows, t3a: Rows, outside: Rows) -> str:
+    """Issue 16: MAE per model of each step from the paper's analysis to the default."""
+    steps = [
+        ("weights", "paper", "position", "paper"),
+        ("weights", "extended", "position", "+ extended grid"),
+        ("weights", "fine", "position", "+ fine, checked search"),
+        ("weights", "fine", "gradient", "+ first-order model"),
+        ("weights", "fine", "equivalent", "+ mean model (default)"),
+        ("operands", "paper", "n/a", "operands: paper"),
+        ("operands", "extended", "n/a", "operands: extended"),
+        ("operands", "fine", "n/a", "operands: fine (default)"),
+    ]
+    lookup: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    models: list[str] = []
+    for target, rows in (("weights", t3w), ("operands", t3a)):
+        for r in rows:
+            lookup[(r["model"], target, r["search"], r["aggregate"])] = r
+            models.append(r["model"])
+    for r in outside:
+        name = f"{r['model']} (Fashion-MNIST, outside the zoo)"
+        lookup[(name, r["target"], r["search"], r["aggregate"])] = r
+        models.append(name)
+    models = list(dict.fromkeys(models))
+    body = []
+    for m in models:
+        cells = [m]
+        for target, search, aggregate, _ in steps:
+            r = lookup.get((m, target, search, aggregate))
+            cells.append(
+                "" if r is None else f"{pct(r['mae'])} / {float(r['spearman']):.2f}"
+            )
+        body.append(cells)
+    return table(["model", *[s[3] for s in steps]], body)
