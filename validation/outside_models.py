@@ -26,18 +26,20 @@ import json
 import sys
 import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
 from torch import nn
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
-from pytorchfi_deepvigor.zoo.datasets import load_mnist
-from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign
-from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.analysis.weights import analyze_weights
-from pytorchfi_deepvigor.analysis.activations import analyze_activations
-from pytorchfi_deepvigor.functional.edm import candidate_grid
+from pytorchfi_deepvigor.analysis.activations import analyze_activations  # noqa: E402
+from pytorchfi_deepvigor.analysis.sampling import LayerSites  # noqa: E402
+from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
+from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
+from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
+from pytorchfi_deepvigor.zoo.datasets import load_mnist  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = "/usr/share/datasets/fashion-mnist"
@@ -103,7 +105,7 @@ def trained(name):
     opt = torch.optim.Adam(m.parameters(), 2e-3)
     g = torch.Generator().manual_seed(0)
     m.train()
-    for ep in range(2):
+    for _ in range(2):
         perm = torch.randperm(len(tr.labels), generator=g)
         for a in range(0, len(perm), 128):
             i = perm[a : a + 128]
@@ -138,7 +140,7 @@ def fi_weights(name, engine, picks, n):
     res = ExhaustiveCampaign(engine).run(
         "weights", layers=sorted(picks), channels=picks, progress=False
     )
-    d = {(l.layer_num, c): v for l in res.layers for c, v in zip(l.channels, l.cvf)}
+    d = {(l.layer_num, c): v for l in res.layers for c, v in zip(l.channels, l.cvf, strict=False)}
     json.dump({f"{k[0]},{k[1]}": v for k, v in d.items()}, open(f, "w"))
     return d
 
@@ -161,7 +163,7 @@ def fi_operands(name, engine, neurons, n):
     res = ExhaustiveCampaign(engine).run(
         "operands", layers=sorted(neurons), neurons=neurons, progress=False
     )
-    d = {(l.layer_num, c): v for l in res.layers for c, v in zip(l.channels, l.cvf)}
+    d = {(l.layer_num, c): v for l in res.layers for c, v in zip(l.channels, l.cvf, strict=False)}
     json.dump({f"{k[0]},{k[1]}": v for k, v in d.items()}, open(f, "w"))
     return d
 
@@ -175,7 +177,7 @@ def analysis_weights(engine, picks, **kw):
         info = engine.layer(num)
         sites = LayerSites(num, np.asarray(chans), None, info.neurons_per_channel)
         r, _ = analyze_weights(engine, info, sites, grid, **kw)
-        out.update({(num, c): v for c, v in zip(r.channels, r.cvf)})
+        out.update({(num, c): v for c, v in zip(r.channels, r.cvf, strict=False)})
     return out, time.perf_counter() - t, (engine.stats - s0).image_evaluations
 
 
@@ -194,7 +196,7 @@ def analysis_operands(engine, neurons, **kw):
             info.neurons_per_channel,
         )
         r, _ = analyze_activations(engine, info, sites, grid, **kw)
-        out.update({(num, c): v for c, v in zip(r.channels, r.cvf)})
+        out.update({(num, c): v for c, v in zip(r.channels, r.cvf, strict=False)})
     return out, time.perf_counter() - t, (engine.stats - s0).image_evaluations
 
 
