@@ -51,6 +51,7 @@ def uses_rays(info: LayerInfo) -> bool:
     module = info.module
     return isinstance(module, nn.Conv2d) and module.in_channels // module.groups <= RAY_IN_CHANNELS
 
+
 _ROW_BUDGET = 1 << 14  # (channel, weight, image, sign) searches per group
 
 
@@ -103,50 +104,57 @@ def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> R
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"ray search needs a Conv2d layer, got {type(module).__name__}")
     kh, kw = module.kernel_size
-    per_ray = kh * kw  # the weights of one input channel
-    handler = handler_for(module)
+    n_rays = info.fan_in // (kh * kw)  # one ray per input channel of the filter's group
+    step = max(1, _ROW_BUDGET // (n_rays * 2 * engine.num_images))
+    crit_all, probes_all, non_mono = [], [], 0
+    for a in range(0, channels.numel(), step):
+        crit, probes, n_bad = _search_channels(engine, info, channels[a : a + step], kh * kw)
+        crit_all.append(crit)
+        probes_all.append(probes)
+        non_mono += n_bad
+    return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono)
+
+
+def _search_channels(
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int
+) -> tuple[Tensor, Tensor, int]:
+    """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone."""
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
     out_shape = tuple(info.output_shape[1:])
     n_rays = info.fan_in // per_ray
-    crit_all, probes_all, non_mono = [], [], 0
-    step = max(1, _ROW_BUDGET // (n_rays * 2 * n_img))
-    for a in range(0, channels.numel(), step):
-        ch = channels[a : a + step].to(x_in.device)
-        ops, w, _ = handler.weight_operands(x_in, module, ch, None)  # (I, T, J, P)
-        n_t = w.shape[0]
-        d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-        d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
-        order, member = _rank(d_ray)  # (T, C, 2, F)
-        n_f = per_ray * 32
-        shape = (n_t, n_rays, 2, n_img)
-        members = member.unsqueeze(3).expand(*shape, n_f).reshape(-1, n_f)
-        idx = [torch.arange(n).view([-1 if i == k else 1 for i in range(4)]).expand(shape)
-               for k, n in enumerate(shape)]  # fmt: skip
-        row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
+    ch = channels.to(x_in.device)
+    ops, w, _ = handler_for(info.module).weight_operands(x_in, info.module, ch, None)
+    n_t = w.shape[0]
+    d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
+    d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
+    order, member = _rank(d_ray)  # (T, C, 2, F)
+    n_f = per_ray * 32
+    shape = (n_t, n_rays, 2, n_img)
+    members = member.unsqueeze(3).expand(*shape, n_f).reshape(-1, n_f)
+    idx = [torch.arange(n).view([-1 if i == k else 1 for i in range(4)]).expand(shape)
+           for k, n in enumerate(shape)]  # fmt: skip
+    row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-        def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> Tensor:
-            delta = value.unsqueeze(-1).to(pattern.device) * pattern
-            pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
-            return engine.critical(info.layer_num, i, pert).cpu()
+    def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> Tensor:
+        delta = value.unsqueeze(-1).to(pattern.device) * pattern
+        pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
+        return engine.critical(info.layer_num, i, pert).cpu()
 
-        def oracle(rows: Tensor, g: Tensor) -> Tensor:
-            t, c, i = row_t[rows], row_c[rows], row_i[rows]
-            f = order[t, c, row_s[rows], g]
-            return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
+    def oracle(rows: Tensor, g: Tensor) -> Tensor:
+        t, c, i = row_t[rows], row_c[rows], row_i[rows]
+        f = order[t, c, row_s[rows], g]
+        return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
 
-        res = checked_search(members, oracle, scope=row_t)
-        non_mono += int(res.non_monotone.sum())
-        hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
-        probes = res.probes.view(shape).sum(dim=(1, 2, 3))
-        nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)
-        if nan_t.numel():  # not on a ray: each with its own weight's pattern
-            t = nan_t.repeat_interleave(n_img)
-            j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
-            i = torch.arange(n_img).repeat(nan_t.numel())
-            crit = probe(t, i, d[t, j, bit], ops[i, t, j])
-            hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
-            probes += torch.bincount(t.cpu(), minlength=n_t)
-        crit_all.append(hit.double() / (info.fan_in * 32))
-        probes_all.append(probes)
-    return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono)
+    res = checked_search(members, oracle, scope=row_t)
+    hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
+    probes = res.probes.view(shape).sum(dim=(1, 2, 3))
+    nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)
+    if nan_t.numel():  # not on a ray: each with its own weight's pattern
+        t = nan_t.repeat_interleave(n_img)
+        j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
+        i = torch.arange(n_img).repeat(nan_t.numel())
+        crit = probe(t, i, d[t, j, bit], ops[i, t, j])
+        hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
+        probes += torch.bincount(t.cpu(), minlength=n_t)
+    return hit.double() / (info.fan_in * 32), probes, int(res.non_monotone.sum())

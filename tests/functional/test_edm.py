@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pytorchfi_deepvigor.functional.edm import (
-    key_shift,
     bin_edges,
     bin_index,
     candidate_grid,
     histogram,
+    key_shift,
     operand_edm,
     search_members,
     weight_edm,
