@@ -176,6 +176,10 @@ def test_ctrl_c_saves_progress_and_the_printed_command_resumes(
                  VulnerabilityResult.from_json(fi_run / "result.json"))  # fmt: skip
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _records(out: Path) -> int:
     """Finished chunks in the progress file(s) under ``out`` (any per-rank layout)."""
     logs = list(out.rglob("*.progress.jsonl"))
@@ -188,9 +192,11 @@ def test_sigint_to_a_running_inject_then_resume(cache, fi_run, tmp_path):
     for attempt in range(3):
         out = tmp_path / f"fi{attempt}"
         argv = ["inject", *tiny(cache, *FI, "--chunk", "1", "--out", str(out))]
+        # SIGINT as a shell gives it: default disposition, even if this test process (run in
+        # the full suite) inherited or was left with SIGINT ignored, which the child would keep
         proc = subprocess.Popen([sys.executable, "-m", "pytorchfi_deepvigor", *argv], cwd=ROOT,
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
+                                text=True, preexec_fn=_default_sigint)  # fmt: skip
         try:
             while proc.poll() is None and _records(out) < 2:
                 time.sleep(0.02)
