@@ -20,12 +20,26 @@ __all__ = [
     "QUICK_MODELS",
     "RESULTS_DIR",
     "ROOT",
+    "TABLE3_COLUMNS",
     "ModelSpec",
     "frac",
     "read_csv",
     "write_csv",
     "write_text",
 ]
+
+TABLE3_COLUMNS = [
+    "model",
+    "search",
+    "aggregate",
+    "default",
+    "channels",
+    "mae",
+    "signed_err",
+    "max_abs_err",
+    "spearman",
+]
+"""Columns of table3_weights.csv and table3_activations.csv (``default`` marks the package's)."""
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "validation" / "results"

@@ -34,18 +34,9 @@ from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
 from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
+from validation.specs import TABLE3_COLUMNS  # noqa: E402
 
-COLUMNS = [
-    "model",
-    "search",
-    "aggregate",
-    "default",
-    "channels",
-    "mae",
-    "signed_err",
-    "max_abs_err",
-    "spearman",
-]
+COLUMNS = TABLE3_COLUMNS
 PAIR_COLUMNS = [
     "model",
     "search",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.handlers import handler_for
-from pytorchfi_deepvigor.analysis.probing import search_group
+from pytorchfi_deepvigor.analysis.probing import search_defaults, search_group
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -64,10 +64,7 @@ def analyze_activations(
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
-    if checked is None:
-        checked = bool(torch.isinf(grid[-1]))
-    if group_rows is None:
-        group_rows = min(16384, max(256, (1 << 22) // (2 * grid.numel() + 1)))
+    checked, group_rows = search_defaults(grid, checked, group_rows)
     pos_per_ch = sites.position_matrix()
     chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
     pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))

@@ -42,6 +42,7 @@ __all__ = [
     "output_gradient",
     "margin_gradient",
     "first_probe_index",
+    "search_defaults",
 ]
 
 MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
@@ -70,6 +71,16 @@ class GroupOutcome:
     probes: Tensor
     non_monotone: int = 0
     scanned: int = 0
+
+
+def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
+    """The analysers' defaults for a grid: checked search for grids ending at ``+Inf`` (fine),
+    and (target, image) rows per group: 16384, fewer for a fine grid (about 4 million EDM cells)."""
+    if checked is None:
+        checked = bool(torch.isinf(grid[-1]))
+    if group_rows is None:
+        group_rows = min(16384, max(256, (1 << 22) // (2 * grid.numel() + 1)))
+    return checked, group_rows
 
 
 def first_probe_index(grid: Tensor) -> int | None:

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.activations import cvf_spread
 from pytorchfi_deepvigor.analysis.handlers import handler_for
-from pytorchfi_deepvigor.analysis.probing import margin_gradient, search_group
+from pytorchfi_deepvigor.analysis.probing import margin_gradient, search_defaults, search_group
 from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import flip_all_bits
@@ -171,10 +171,7 @@ def analyze_weights(
     rays = aggregate in ("equivalent", "gradient") and uses_rays(info)
     if aggregate == "gradient" and margin_grad is None and not rays:
         margin_grad = margin_gradient(engine, info.layer_num)[0]
-    if checked is None:
-        checked = bool(torch.isinf(grid[-1]))
-    if group_rows is None:
-        group_rows = min(16384, max(256, (1 << 22) // (2 * grid.numel() + 1)))
+    checked, group_rows = search_defaults(grid, checked, group_rows)
     channels = torch.from_numpy(sites.channels)
     positions = None if sites.positions is None else torch.from_numpy(sites.positions)
     skip = None
