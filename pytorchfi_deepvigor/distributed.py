@@ -11,7 +11,10 @@ one-process run. Outside such a launcher nothing changes: one process, no ``torc
 
 The process group is initialised here when the caller has not done it: ``gloo`` on the CPU,
 ``cpu:gloo,cuda:nccl`` when CUDA is present (the results travel as pickled objects through
-gloo). ``PYTORCHFI_DEEPVIGOR_DISTRIBUTED=0`` makes every rank run alone (e.g. a DDP job that
+gloo), and a group initialised here is destroyed when the interpreter exits (a gloo group left
+alive aborts the process at exit: "terminate called without an active exception", SIGABRT, a
+failed rank to torchrun; a group the caller made is the caller's to destroy).
+``PYTORCHFI_DEEPVIGOR_DISTRIBUTED=0`` makes every rank run alone (e.g. a DDP job that
 analyses a different model per rank).
 
 Example:
@@ -23,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -141,12 +145,20 @@ def _group(world: World) -> Any:
             timeout=_TIMEOUT,
             store=_attempt_store(world),
         )
+        atexit.register(_destroy)
         logger.info("%s: initialised torch.distributed (%s)", world.describe(), backend)
     key = "group"
     if key not in _GROUP:
         backend = str(dist.get_backend()).lower()
         _GROUP[key] = None if "gloo" in backend else dist.new_group(backend="gloo")
     return _GROUP[key]
+
+
+def _destroy() -> None:
+    """Destroy the process group initialised by :func:`_group`, while the interpreter is alive."""
+    _GROUP.clear()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _attempt_store(world: World) -> Any:
