@@ -155,7 +155,7 @@ class DeepVigorAnalyzer:
         # work items (layer, targets); under torchrun this rank's cost-balanced share of them
         world = distributed.detect()
         items = _sharded.plan(nums, kinds, skip_zero_gradient=skip_zero_gradient)
-        mine = _sharded.mine(self.engine, items, sites, world)
+        mine = _sharded.mine(self.engine, items, sites, world, grid.numel())
         # every layer's golden values in one pass of the network
         self.engine.prepare(list(dict.fromkeys(num for num, _ in mine)))
         results: list[LayerResult] = []
