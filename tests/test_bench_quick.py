@@ -94,3 +94,19 @@ def test_bench_flags_a_rate_above_the_measured_peak() -> None:
     assert peak.frac(30e9) == "0.50 of peak"
     assert peak.frac(70e9).endswith("ABOVE THE MEASURED PEAK")  # 1.17x: a defect, not a result
     assert "best 60.0 GFLOP/s" in peak.describe()
+
+
+def test_bench_distributed_quick_runs_two_processes(tmp_path: Path) -> None:
+    """1 vs 2 torchrun processes on an untrained narrow model: results equal, both studies."""
+    out = tmp_path / "out"
+    code = _load("bench_distributed").main(["--quick", "--repeats", "1", "--out", str(out)])
+    assert code == 0
+    with (out / "bench_distributed.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["study"], r["processes"]) for r in rows} == {
+        ("campaign", "1"), ("campaign", "2"), ("analysis", "1"), ("analysis", "2")
+    }
+    two = [r for r in rows if r["processes"] == "2"]
+    assert all(float(r["speedup"]) > 0 and "rank 1 (cpu)" in r["notes"] for r in two)
+    text = (out / "bench_distributed.md").read_text()
+    assert text.count("results equal (asserted)") == 2 and "QUICK smoke run" in text
