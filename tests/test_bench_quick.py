@@ -104,7 +104,10 @@ def test_bench_distributed_quick_runs_two_processes(tmp_path: Path) -> None:
     with (out / "bench_distributed.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["study"], r["processes"]) for r in rows} == {
-        ("campaign", "1"), ("campaign", "2"), ("analysis", "1"), ("analysis", "2")
+        ("campaign", "1"),
+        ("campaign", "2"),
+        ("analysis", "1"),
+        ("analysis", "2"),
     }
     two = [r for r in rows if r["processes"] == "2"]
     assert all(float(r["speedup"]) > 0 and "rank 1 (cpu)" in r["notes"] for r in two)
