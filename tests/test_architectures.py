@@ -131,3 +131,18 @@ def test_the_script_writes_the_matrix(coverage, tmp_path):
     assert "Totals: 1 not run here, 1 works" in text
     assert len((tmp_path / "coverage.csv").read_text().splitlines()) == 3
     assert np.isfinite(coverage.MAX_PARAMS)
+
+
+def test_the_matrix_keeps_its_run_notes_and_order(coverage, tmp_path):
+    """Rewritten after each model (rows in any order), the matrix stays sorted by model and keeps
+    the "Run of ..." paragraphs saying when and at which commit its rows were run."""
+    rows = [{"model": m, "status": "works", "seconds": 1.0} for m in ("vgg11", "alexnet")]
+    coverage.write(rows, tmp_path, ["Run of day 1 at commit abc."])
+    resumed = {"model": "b", "status": "refused", "why": "x", "catalogued": "", "faults": ""}
+    coverage.write([*rows, resumed], tmp_path)  # "" fields: a row read back by --resume
+    text = (tmp_path / "coverage.md").read_text()
+    assert "| b | refused |  |  |  |  |  | x |" in text
+    assert "\n\nRun of day 1 at commit abc.\n\nTotals: 1 refused, 2 works\n" in text
+    assert text.index("| alexnet |") < text.index("| b |") < text.index("| vgg11 |")
+    csv_models = [line.split(",")[0] for line in (tmp_path / "coverage.csv").read_text().split()]
+    assert csv_models == ["model", "alexnet", "b", "vgg11"]

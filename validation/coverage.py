@@ -320,6 +320,7 @@ def run(
     timeout: float,
     out: Path | None = None,
     done: Sequence[dict[str, Any]] = (),
+    notes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every model in its own process; the matrix is rewritten after each (rows not reached yet
     say so, so a stopped run leaves a complete, honest file). ``done``: rows kept from before."""
@@ -362,11 +363,25 @@ def run(
                  "why": "not reached: the run was stopped (time limit of the session)"}
                 for n in names[k + 1 :]
             ]  # fmt: skip
-            write(rows + pending, out)
+            write(rows + pending, out, notes)
     return rows
 
 
-def write(rows: list[dict[str, Any]], out: Path) -> None:
+def _notes(out: Path) -> list[str]:
+    """The paragraphs of an existing ``coverage.md`` that say how and when its rows were run
+    (the ones starting "Run of"), kept when the matrix is rewritten."""
+    path = out / "coverage.md"
+    if not path.exists():
+        return []
+    return [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.startswith("Run of")]
+
+
+def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = None) -> None:
+    """The matrix, sorted by model, as ``coverage.csv`` and ``coverage.md``; ``notes``: the
+    "Run of ..." paragraphs of ``coverage.md`` (default: those already there)."""
+    notes = _notes(out) if notes is None else notes
+    # rows read back from a csv (--resume) have "" for what was never measured
+    rows = [{k: v for k, v in r.items() if v != ""} for r in sorted(rows, key=lambda r: r["model"])]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "coverage.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
@@ -388,6 +403,7 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         "(the fault moved a logit by about the masking tolerance, 1e-5 of the largest golden "
         "logit; the engine adds the exact delta, the full forward recomputes the dot product).",
         "",
+        *(line for note in notes for line in (note.strip(), "")),
         "Totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
         "",
         "| model | status | params (M) | path | layers (catalogued / N-D Linear / unsupported) "
@@ -418,9 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--resume", type=Path, help="a coverage.csv whose finished rows are kept (not rerun)"
+        "--resume",
+        type=Path,
+        help="a coverage.csv whose finished rows are kept (not rerun; with --models, the rows of "
+        "the models named are rerun)",
+    )
+    parser.add_argument(
+        "--note",
+        help='a paragraph "Run of <date> ..." added to coverage.md (when, the load, the commit)',
     )
     args = parser.parse_args(argv)
+    notes = _notes(args.out)
+    if args.note:
+        notes.append(args.note if args.note.startswith("Run of") else f"Run of {args.note}")
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     # the smallest model of each family first, then the rest smallest first (torchvision's
     # parameter counts): a run stopped early covers every family and the most models
@@ -430,11 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     done: list[dict[str, Any]] = []
     if args.resume is not None and args.resume.exists():
         with open(args.resume, encoding="utf-8") as handle:
-            done = [r for r in csv.DictReader(handle) if not r["why"].startswith("not reached")]
+            done = [
+                r
+                for r in csv.DictReader(handle)
+                if not r["why"].startswith("not reached") and r["model"] not in (args.models or ())
+            ]
         names = [n for n in names if n not in {r["model"] for r in done}]
-    rows = run(names, args.timeout, args.out, done)
-    rows.sort(key=lambda r: r["model"])
-    write(rows, args.out)
+    rows = run(names, args.timeout, args.out, done, notes)
+    write(rows, args.out, notes)
     print(f"wrote {args.out / 'coverage.csv'} and coverage.md", flush=True)
     return 0 if all(r["status"] in ("works", "not run here", "refused") for r in rows) else 1
 
