@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 
 from pytorchfi_deepvigor import distributed
-from pytorchfi_deepvigor.analysis.rays import uses_rays
+from pytorchfi_deepvigor.analysis.rays import ray_count, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost
@@ -60,7 +60,7 @@ def cost(
         if kind == "activations":
             total += s.channels.size * s.position_matrix().shape[1] * _probes(32, grid_size)
         elif uses_rays(info):
-            rays = info.module.in_channels // info.module.groups
+            rays = ray_count(info)
             total += s.channels.size * rays * _probes(32 * info.fan_in // rays, grid_size)
         else:
             total += s.channels.size * _probes(32 * info.fan_in, grid_size)

@@ -128,9 +128,13 @@ def search_group(
     targets = torch.arange(n_tgt).repeat_interleave(n_img).repeat(2)
 
     def oracle(rows: Tensor, g: Tensor) -> Tensor:
+        return judged(rows, g)[0]
+
+    def judged(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         sign = torch.where(rows < half, 1.0, -1.0)
         pert = make(targets[rows], sign * values[g])
-        return engine.critical(layer_num, images[rows], pert).cpu()
+        crit, logits = engine.judge(layer_num, images[rows], pert)
+        return crit.cpu(), logits.cpu()
 
     first = first_probe_index(grid)
     if not checked:
@@ -140,7 +144,7 @@ def search_group(
         mass = non_critical_mass(counts, plus, minus)
         probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
-    out = checked_search(members, oracle, first=first, scope=targets)
+    out = checked_search(members, judged, first=first, scope=targets)
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

@@ -39,7 +39,7 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.search import checked_search
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
-__all__ = ["RAY_IN_CHANNELS", "RayOutcome", "ray_search", "uses_rays"]
+__all__ = ["RAY_IN_CHANNELS", "RayOutcome", "ray_count", "ray_search", "uses_rays"]
 
 RAY_IN_CHANNELS = 3
 """Conv2d filters that read at most this many input channels (a first layer on grey or RGB
@@ -48,8 +48,13 @@ images, any depthwise convolution) are analysed ray by ray."""
 
 def uses_rays(info: LayerInfo) -> bool:
     """Whether the weights analysis of this layer searches rays (a Conv2d on few input channels)."""
+    return 0 < ray_count(info) <= RAY_IN_CHANNELS
+
+
+def ray_count(info: LayerInfo) -> int:
+    """Rays per filter: the input channels a Conv2d filter reads (0 for other layers)."""
     module = info.module
-    return isinstance(module, nn.Conv2d) and module.in_channels // module.groups <= RAY_IN_CHANNELS
+    return module.in_channels // module.groups if isinstance(module, nn.Conv2d) else 0
 
 
 _ROW_BUDGET = 1 << 14  # (channel, weight, image, sign) searches per group
@@ -136,12 +141,13 @@ def _search_channels(
            for k, n in enumerate(shape)]  # fmt: skip
     row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-    def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> Tensor:
+    def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> tuple[Tensor, Tensor]:
         delta = value.unsqueeze(-1).to(pattern.device) * pattern
         pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
-        return engine.critical(info.layer_num, i, pert).cpu()
+        crit, logits = engine.judge(info.layer_num, i, pert)
+        return crit.cpu(), logits.cpu()
 
-    def oracle(rows: Tensor, g: Tensor) -> Tensor:
+    def oracle(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         t, c, i = row_t[rows], row_c[rows], row_i[rows]
         f = order[t, c, row_s[rows], g]
         return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
@@ -154,7 +160,7 @@ def _search_channels(
         t = nan_t.repeat_interleave(n_img)
         j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
         i = torch.arange(n_img).repeat(nan_t.numel())
-        crit = probe(t, i, d[t, j, bit], ops[i, t, j])
+        crit = probe(t, i, d[t, j, bit], ops[i, t, j])[0]
         hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
     return hit.double() / (info.fan_in * 32), probes, int(res.non_monotone.sum())

@@ -534,9 +534,16 @@ class SimulationEngine:
         self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
     ) -> torch.Tensor:
         """Whether each element is critical: top-1 differs from golden, or a logit is NaN/Inf."""
+        return self.judge(layer_num, image_idx, perturbation)[0]
+
+    def judge(
+        self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`critical` and the logits ``(B, classes)`` it was decided on (float32)."""
         logits = self.run(layer_num, image_idx, perturbation)
         idx = self._check_idx(image_idx)
-        return (logits.argmax(dim=1) != self.golden_top1[idx]) | ~torch.isfinite(logits).all(dim=1)
+        top1 = logits.argmax(dim=1) != self.golden_top1[idx]
+        return top1 | ~torch.isfinite(logits).all(dim=1), logits
 
     def suffix_flops_per_image(self, layer_num: int) -> float:
         """FLOPs (2 x multiply-accumulates) per image of the catalogued layers after ``layer_num``.

@@ -17,14 +17,15 @@ no probe at all (its mass is decided by the EDM alone).
 
 Criticality is not always monotone in the error's magnitude: after a normalisation over
 channels (GroupNorm, LayerNorm) a huge error saturates, and the class flips for errors between
-``2^8`` and ``2^64`` but no longer beyond. :func:`checked_search` detects and handles that: after
-the bisection it probes the largest member of every row whose bisection found a critical
-candidate below it (the largest non-empty bin, one more oracle call for all such rows); where
-that probe is not critical the monotone assumption failed, and every member above the bisection's
-answer is probed (one call). A target (rows sharing a ``scope`` id: its images and signs) where
-any row failed also has its rows without a critical candidate scanned, as a critical band may
-lie between the bisection's probes; a row's answer never depends on which other targets share
-the call. It returns the criticality of every candidate, not only the smallest
+``2^8`` and ``2^64`` but no longer beyond. :func:`checked_search` detects and handles that: it
+probes the largest member of every row first (the largest non-empty bin); where that is not
+critical and the bisection still finds a critical candidate below it, the monotone assumption
+failed, and every member above the bisection's answer is probed (one call). A target (rows
+sharing a ``scope`` id: its images and signs) where any row failed also has its rows without a
+critical candidate scanned, as a critical band may lie between the bisection's probes; a row's
+answer never depends on which other targets share the call. Given the outcomes' fingerprints,
+a row whose bisection meets the largest member's very outcome stops there (saturation; see
+:func:`checked_search`). It returns the criticality of every candidate, not only the smallest
 critical one, so the VF counts exactly the bins found critical.
 
 Every bisection round is **one** oracle call carrying all unfinished rows, so the caller can
@@ -59,8 +60,10 @@ __all__ = [
     "runner_up_margin",
 ]
 
-Oracle = Callable[[Tensor, Tensor], Tensor]
-"""``oracle(rows, grid_idx) -> critical``: long ``(P,)``, long ``(P,)`` -> bool ``(P,)``."""
+Oracle = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, Tensor]"]
+"""``oracle(rows, grid_idx) -> critical``: long ``(P,)``, long ``(P,)`` -> bool ``(P,)``; for
+:func:`checked_search` optionally ``(critical, fingerprint)`` with a float32 ``(P, F)``
+fingerprint of each outcome (the logits)."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,25 @@ def _check(members: Tensor, first: int | None) -> tuple[int, int]:
 
 
 def _ask(oracle: Oracle, rows: Tensor, grid_idx: Tensor) -> Tensor:
-    crit = oracle(rows, grid_idx)
-    if crit.shape != rows.shape or crit.dtype != torch.bool:
+    return _ask_fp(oracle, rows, grid_idx)[0]
+
+
+def _ask_fp(oracle: Oracle, rows: Tensor, grid_idx: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The oracle's answer and, where it gives one, the fingerprint of each outcome."""
+    out = oracle(rows, grid_idx)
+    fp = None
+    if isinstance(out, tuple):
+        out, fp = out
+        if fp.shape[0] != rows.shape[0] or fp.dtype != torch.float32:
+            raise ValueError(
+                f"oracle fingerprints must be float32 ({rows.numel()}, F), got {fp.dtype} "
+                f"{tuple(fp.shape)}"
+            )
+    if out.shape != rows.shape or out.dtype != torch.bool:
         raise ValueError(
-            f"oracle must return bool ({rows.numel()},), got {crit.dtype} {tuple(crit.shape)}"
+            f"oracle must return bool ({rows.numel()},), got {out.dtype} {tuple(out.shape)}"
         )
-    return crit
+    return out, fp
 
 
 def bisect_search(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:
@@ -171,52 +187,116 @@ class CheckedSearch:
 def checked_search(
     members: Tensor, oracle: Oracle, first: int | None = None, scope: Tensor | None = None
 ) -> CheckedSearch:
-    """:func:`bisect_search`, then a check of the largest member and scans where it fails.
+    """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
     Args:
         members: bool ``(R, K)``: the candidates of each row.
-        oracle: evaluates a batch of (row, grid index) pairs.
-        first: the first probe (see :func:`bisect_search`).
+        oracle: evaluates a batch of (row, grid index) pairs; it may return ``(critical,
+            fingerprint)``, a float ``(P, F)`` fingerprint of each outcome (the logits), which
+            lets a row stop early where the outcome is saturated (see below).
+        first: the first probe of the bisection (see :func:`bisect_search`).
         scope: long ``(R,)``: the target of each row; rows without a critical candidate are
             scanned where a row of the same target failed the check. ``None``: every row is
             its own target.
 
     Returns:
         :class:`CheckedSearch`.
+
+    The largest member ``L`` of every non-empty row is probed first. Where it is critical, the
+    bisection runs below it (``L`` is not probed again). Where it is not, the bisection runs as
+    usual, and a critical candidate found below ``L`` contradicts monotonicity: that row is
+    scanned, and so are the rows of its target that found none. With fingerprints, a bisection
+    probe that is not critical and gives *bitwise the same* outcome as ``L`` ends its row with
+    no critical candidate: the error's effect is saturated from there to ``L`` (a ReLU that the
+    error shuts for every position of the channel shuts it for every larger error of that sign
+    too, so every candidate between gives that same outcome), and below the probe the
+    bisection's monotone assumption holds as for any non-critical probe. Without the
+    shortcut such a row (the negative errors of a channel followed by a ReLU: about half the
+    weight searches of a ReLU network) walks the bisection up to ``L`` one probe at a time.
     """
     n_rows, k = _check(members, first)
-    res = bisect_search(members, oracle, first)
-    ar = torch.arange(k, device=members.device)
-    critical = ar.view(1, -1) >= res.index.view(-1, 1)
-    probes, rounds = res.probes.clone(), res.rounds
+    dev = members.device
+    ar = torch.arange(k, device=dev)
     largest = torch.where(members, ar, -1).amax(dim=1) if k else torch.full((n_rows,), -1)
-    check = (largest > res.index) & (res.index < k)
-    non_monotone = torch.zeros(n_rows, dtype=torch.bool, device=members.device)
-    rows = check.nonzero().squeeze(1)
+    probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    top = torch.zeros(n_rows, dtype=torch.bool, device=dev)
+    top_fp: Tensor | None = None
+    rounds = 0
+    rows = (largest >= 0).nonzero().squeeze(1)
     if rows.numel():
-        crit = _ask(oracle, rows, largest[rows])
+        crit, fp = _ask_fp(oracle, rows, largest[rows])
+        top[rows] = crit
+        if fp is not None:
+            top_fp = fp.new_zeros((n_rows, fp.shape[1]))
+            top_fp[rows] = fp
         probes[rows] += 1
         rounds += 1
-        non_monotone[rows] = ~crit
+    # the bisection over members (plus ``first``), knowing the answer at L
+    cand = members.clone()
+    nonempty = cand.any(dim=1)
+    if first is not None:
+        cand[nonempty, first] = True
+    n = cand.sum(dim=1)
+    table = torch.sort(torch.where(cand, ar, k + ar), dim=1).values.clamp_max(k)
+    table = torch.cat([table, torch.full((n_rows, 1), k, device=dev)], dim=1)
+    rank_top = torch.where(
+        largest >= 0, (cand & (ar.view(1, -1) < largest.view(-1, 1))).sum(dim=1), -1
+    )
+    lo = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    hi = torch.where(top, rank_top, n)  # the answer's rank lies in [lo, hi]; n means none
+
+    def step(rows: Tensor, rank: Tensor) -> None:
+        nonlocal rounds
+        crit = top[rows] & (rank == rank_top[rows])  # known at L
+        ask = rank != rank_top[rows]
+        saturated = torch.zeros_like(crit)
+        if bool(ask.any()):
+            r = rows[ask]
+            c, fp = _ask_fp(oracle, r, table[r, rank[ask]])
+            crit[ask] = c
+            probes[r] += 1
+            rounds += 1
+            if fp is not None and top_fp is not None:
+                same = (fp.view(torch.int32) == top_fp[r].view(torch.int32)).all(dim=1)
+                saturated[ask] = ~c & same & ~top[r]
+        hi[rows] = torch.where(crit, rank, hi[rows])
+        lo[rows] = torch.where(crit, lo[rows], rank + 1)
+        done = rows[saturated]
+        lo[done], hi[done] = n[done], n[done]
+
+    if first is not None and bool(nonempty.any()):
+        rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
+        step(rows, cand[rows, :first].sum(dim=1))
+    while True:
+        rows = (lo < hi).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        step(rows, (lo[rows] + hi[rows]) // 2)
+    index = table.gather(1, lo.unsqueeze(1)).squeeze(1)
+    found = index < k
+    critical = ar.view(1, -1) >= index.view(-1, 1)
+    non_monotone = found & ~top & (largest > index)
     scan = non_monotone.clone()
     if scope is not None and bool(non_monotone.any()):
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
-        scan |= failed[scope] & (res.index >= k)  # a band may hide between the probes
-    found = res.index < k
-    above = ar.view(1, -1) > torch.where(found, res.index, -1).view(-1, 1)
+        scan |= failed[scope] & ~found  # a band may hide between the probes
+    above = ar.view(1, -1) > torch.where(found, index, -1).view(-1, 1)
     want = members & scan.view(-1, 1) & above
-    want[rows, largest[rows]] = False  # probed by the check
+    has_top = largest >= 0
+    want[has_top.nonzero().squeeze(1), largest[has_top]] = False  # probed first
     if bool(scan.any()):
         critical[scan] = False
         hit = scan & found
-        critical[hit, res.index[hit]] = True
+        critical[hit, index[hit]] = True
+        top_rows = (scan & has_top).nonzero().squeeze(1)
+        critical[top_rows, largest[top_rows]] = top[top_rows]
     rows_s, g_s = want.nonzero(as_tuple=True)
     if rows_s.numel():
-        critical[rows_s, g_s] = _ask(oracle, rows_s, g_s)
+        critical[rows_s, g_s] = _ask_fp(oracle, rows_s, g_s)[0]
         probes += want.sum(dim=1)
         rounds += 1
-    return CheckedSearch(res.index, critical, probes, rounds, non_monotone, scan)
+    return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
 
 
 def full_scan(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:
