@@ -24,7 +24,9 @@ channel (their patterns differ by a shift), and the monotone bisection between p
 critical, what exhaustive FI measures, at about ``2 * (log2(16 k) + 1)`` probes per input channel
 and image for a ``k``-weight kernel, instead of ``32 k``. The analyser uses rays where a filter
 reads at most :data:`RAY_IN_CHANNELS` input channels (first layers on images, depthwise
-convolutions), so they cost about what the channel's VV search costs.
+convolutions), so they cost about what the channel's VV search costs, and where a 1x1 filter
+reads at most :data:`RAY_IN_CHANNELS_1X1` (a ray is then exact up to the bisection; about
+``C`` times the channel's VV search for ``C`` input channels, paid only by narrow layers).
 """
 
 from __future__ import annotations
@@ -39,16 +41,29 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.search import checked_search
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
-__all__ = ["RAY_IN_CHANNELS", "RayOutcome", "ray_count", "ray_search", "uses_rays"]
+__all__ = [
+    "RAY_IN_CHANNELS",
+    "RAY_IN_CHANNELS_1X1",
+    "RayOutcome",
+    "ray_count",
+    "ray_search",
+    "uses_rays",
+]
 
 RAY_IN_CHANNELS = 3
 """Conv2d filters that read at most this many input channels (a first layer on grey or RGB
 images, any depthwise convolution) are analysed ray by ray."""
 
+RAY_IN_CHANNELS_1X1 = 8
+"""1x1 Conv2d filters (where a ray is exact: every weight meets its input channel unshifted)
+that read at most this many input channels are analysed ray by ray."""
+
 
 def uses_rays(info: LayerInfo) -> bool:
     """Whether the weights analysis of this layer searches rays (a Conv2d on few input channels)."""
-    return 0 < ray_count(info) <= RAY_IN_CHANNELS
+    module = info.module
+    pointwise = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+    return 0 < ray_count(info) <= (RAY_IN_CHANNELS_1X1 if pointwise else RAY_IN_CHANNELS)
 
 
 def ray_count(info: LayerInfo) -> int:

@@ -16,12 +16,17 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
   image), no backward pass; a sampled analysis uses the same model (the drawn positions are not
   needed). Approximated: a pattern is judged as the constant of equal total; measured against
   exhaustive FI in ``validation/REPORT.md`` (it beat the first-order variant below on 4 of 5
-  models). Conv2d filters on at most
+  models). Where the filter reads few input channels, any constant is worst and a search along
+  the weights' own patterns is affordable (:mod:`~pytorchfi_deepvigor.analysis.rays`; exact up
+  to the order of the unprobed faults and the bisection); no VVs of the channel
+  (``vv_minus``/``vv_plus`` are ``None`` for such a layer). That is Conv2d filters on at most
   :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS` input channels (first layers,
-  depthwise convolutions), where any constant is worst (a first layer on signed images read 40%
-  low), are instead searched along the weights' own patterns
-  (:mod:`~pytorchfi_deepvigor.analysis.rays`): exact up to the order of the unprobed faults and
-  the bisection; no VVs of the channel (``vv_minus``/``vv_plus`` are ``None`` for such a layer).
+  depthwise convolutions: a first layer on signed images read 40% low) and 1x1 filters on at
+  most :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS_1X1` (the narrow projections
+  and expansions of inverted-residual blocks: a MobileNetV2 projection channel on 6 sparse,
+  peaked input maps read 4.1% against FI's 7.0%, now 0.75 points off at most; the
+  root-mean-square instead of the mean took that model from 0.111% to 0.079% MAE but a residual
+  BatchNorm CNN from 0.15% to 0.31%: no single constant fits every network).
 * ``"gradient"``: the first-order equivalent, rays likewise. Let ``M`` be the image's runner-up
   margin (golden logit minus the largest other; the class flips when ``M < 0``) and
   ``G[p] = dM / d out[k, p]`` its gradient at the layer's output. The pattern moves ``M`` by

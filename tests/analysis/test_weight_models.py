@@ -149,3 +149,25 @@ def test_linear_head_and_wide_conv_match_fi_better_than_the_paper(signed_cnn) ->
     assert np.abs(conv).mean() < 0.005, conv
     both = np.abs(np.concatenate([conv, head])).mean()
     assert both < np.abs(paper).mean(), (both, paper)
+
+
+def test_narrow_pointwise_conv_is_searched_ray_by_ray_close_to_fi() -> None:
+    """A 1x1 projection on 6 sparse ReLU maps (an inverted-residual bottleneck): exact rays."""
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 2, 1),  # the narrow linear bottleneck
+        nn.Conv2d(2, 8, 1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 3),
+    )
+    x, y = _blobs(300)
+    net = _fit(net, x, y)
+    images, _ = _blobs(24, seed=1)
+    engine = SimulationEngine(net, images)
+    assert uses_rays(engine.layer(1)) and uses_rays(engine.layer(2))
+    default = _errors(net, images, [1, 2])
+    assert np.abs(default).max() < 0.003, default
