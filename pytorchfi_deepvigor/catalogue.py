@@ -210,7 +210,7 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
     uses = _functional_uses(model, example_input) if example_input is not None else None
     modules = dict(model.named_modules())
     listed: set[str] = set()
-    for param, func in (uses if uses is not None else _FUNCTIONAL_USES.get(model, [])):
+    for param, func in uses if uses is not None else _FUNCTIONAL_USES.get(model, []):
         owner = param.rpartition(".")[0]
         if any(owner == c or owner.startswith(c + ".") for c in covered) or owner in listed:
             continue
@@ -233,7 +233,9 @@ def _functional_uses(model: nn.Module, example_input: torch.Tensor) -> list[tupl
 
 def _profile(
     model: nn.Module, example_input: torch.Tensor
-) -> tuple[dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]], list[tuple[str, str]], list[str]]:
+) -> tuple[
+    dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]], list[tuple[str, str]], list[str]
+]:
     """One eval-mode forward of the first input: per injectable layer its (input, output) shapes
     per call, the parameters used by convolutions/matrix products outside called layers, and the
     call order of the injectable layers."""

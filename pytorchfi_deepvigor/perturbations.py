@@ -77,7 +77,9 @@ class _Neuron(Perturbation):
     def check(self, output_shape: tuple[int, ...]) -> None:
         super().check(output_shape)
         if len(output_shape) > 3:
-            raise ValueError(f"neuron perturbations need at most 2 position dims, got {output_shape}")
+            raise ValueError(
+                f"neuron perturbations need at most 2 position dims, got {output_shape}"
+            )
         if len(output_shape) >= 2 and len(self):
             sizes = (*output_shape[1:], 1)[:2]  # (T,): col must be 0
             for name, idx, size in (("row", self.row, sizes[0]), ("col", self.col, sizes[1])):
