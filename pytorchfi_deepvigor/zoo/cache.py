@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from pytorchfi_deepvigor.zoo.config import canonical_config
+
 __all__ = [
     "CACHE_ENV_VAR",
     "CHECKPOINT_FORMAT",
@@ -160,7 +162,10 @@ def read_cache_file(path: Path, expected_config: Mapping[str, Any]) -> dict[str,
         raise DamagedCacheFile(f"{path} does not load: {short_error(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DamagedCacheFile(f"{path} is not a {CHECKPOINT_FORMAT} file")
-    if payload.get("config") != dict(expected_config):
+    stored = payload.get("config")
+    if not isinstance(stored, dict) or canonical_config(stored) != canonical_config(
+        dict(expected_config)
+    ):
         raise DamagedCacheFile(f"{path} holds another configuration: {payload.get('config')}")
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or state_dict_digest(state_dict) != payload.get("digest"):

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_EPOCHS",
+    "FASHION_MNIST_ROOT",
     "RECIPE_VERSION",
     "TrainingConfig",
     "TrainingRecord",
@@ -34,6 +36,26 @@ DEFAULT_EPOCHS: dict[str, int] = {
     "convnext": 20,
 }
 RECIPE_VERSION = 1  # bump when the training loop changes, so old cache files are not reused
+#: The data sets a zoo model trains on: the digits embedded in scikit-learn (the default) and
+#: Fashion-MNIST read from local idx files (Debian's ``dataset-fashion-mnist`` package).
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
+#: Where Debian's ``dataset-fashion-mnist`` package installs the idx files.
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+#: Fields added after cache files existed, with their defaults: left out of the cache key and
+#: of the stored configuration at these values, so the files of earlier configs stay valid.
+_OPTIONAL_FIELDS: dict[str, Any] = {"dataset": "digits", "train_limit": None}
+
+
+def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration dict without the optional fields that hold their defaults.
+
+    Example:
+        >>> canonical_config({"name": "vgg11", "dataset": "digits", "train_limit": None})
+        {'name': 'vgg11'}
+    """
+    return {
+        k: v for k, v in config.items() if k not in _OPTIONAL_FIELDS or v != _OPTIONAL_FIELDS[k]
+    }
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,10 @@ class TrainingConfig:
         num_threads: Torch CPU threads while training (the weights depend on it; one thread
             is also the fastest for these small models on a busy machine).
         recipe: Version of the training loop.
+        dataset: The training data, one of :data:`DATASETS`: ``"digits"`` (898 training
+            images) or ``"fashion-mnist"`` (its 60,000 training images, or a seeded subset).
+        train_limit: Train on a subset of this many training images, drawn with
+            ``split_seed`` (``None``: all of them).
 
     Example:
         >>> TrainingConfig("vgg11", width=0.125, epochs=15).file_name()[:20]
@@ -72,15 +98,26 @@ class TrainingConfig:
     split_seed: int = 0
     num_threads: int = 1
     recipe: int = RECIPE_VERSION
+    dataset: str = "digits"
+    train_limit: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, leaving out ``dataset`` and ``train_limit`` at their defaults.
+
+        This is what the cache stores and hashes, so the configs of the digits (the files
+        written before the data set was a choice) keep their keys.
+        """
+        return canonical_config(dataclasses.asdict(self))
 
     def key(self) -> str:
-        """A 16-hex-digit hash of every field."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A 16-hex-digit hash of every field (the optional ones only when not at default)."""
+        text = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def file_name(self) -> str:
-        """The cache file name: readable fields then the hash."""
-        return f"{self.name}-w{self.width:g}-s{self.seed}-e{self.epochs}-{self.key()}.pt"
+        """The cache file name: readable fields then the hash (the data set unless digits)."""
+        data = "" if self.dataset == "digits" else f"-{self.dataset}"
+        return f"{self.name}{data}-w{self.width:g}-s{self.seed}-e{self.epochs}-{self.key()}.pt"
 
 
 @dataclass(frozen=True)
@@ -89,7 +126,8 @@ class TrainingRecord:
 
     Attributes:
         config: The configuration trained.
-        test_accuracy: Top-1 accuracy on the digits test set (899 images), in [0, 1].
+        test_accuracy: Top-1 accuracy on the data set's test split (the digits: 899
+            images; Fashion-MNIST: 10,000), in [0, 1].
         num_parameters: Parameters of the model.
         train_time_s: Wall-clock seconds of the training loop on the machine that trained.
         train_cpu_s: CPU seconds of the training process during the loop (all its threads);

@@ -1,4 +1,10 @@
-"""Deterministic, seeded CPU training of zoo models on the digits, with a checkpoint cache.
+"""Deterministic, seeded CPU training of zoo models, with a checkpoint cache.
+
+The data set is a choice of the configuration (:data:`~.config.DATASETS`): the digits
+embedded in scikit-learn (the default, always available offline) or Fashion-MNIST read from
+local idx files (Debian's ``dataset-fashion-mnist`` package installs them in
+:data:`~.config.FASHION_MNIST_ROOT`; any folder :func:`~.datasets.load_mnist` reads works), on
+all 60,000 training images or a seeded subset (``train_limit``), tested on its 10,000 test images.
 
 The recipe: SGD with Nesterov momentum 0.9, a one-cycle learning-rate schedule, weight decay,
 cross-entropy, mini-batches shuffled by a ``torch.Generator`` seeded with ``seed``; the
@@ -35,20 +41,27 @@ from pytorchfi_deepvigor.zoo.cache import (
     state_dict_digest,
 )
 from pytorchfi_deepvigor.zoo.config import (
+    DATASETS,
     DEFAULT_EPOCHS,
+    FASHION_MNIST_ROOT,
     TrainingConfig,
     TrainingRecord,
     package_versions,
 )
+from pytorchfi_deepvigor.zoo.datasets import load_mnist
 from pytorchfi_deepvigor.zoo.digits import load_digits, predict
+from pytorchfi_deepvigor.zoo.imageset import ImageSet, subset_indices
 from pytorchfi_deepvigor.zoo.models import DEFAULT_WIDTHS, build_model, count_parameters
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_EPOCHS",
+    "FASHION_MNIST_ROOT",
     "TrainingConfig",
     "TrainingRecord",
     "train_model",
     "get_trained_model",
+    "training_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,9 +72,15 @@ def _make_config(
 ) -> TrainingConfig:
     if name not in DEFAULT_WIDTHS:
         raise ValueError(
-            f"only zoo models train on the digits, expected one of {sorted(DEFAULT_WIDTHS)}, "
+            f"only zoo models train here, expected one of {sorted(DEFAULT_WIDTHS)}, "
             f"got {name!r}; load other trained models with load_checkpoint"
         )
+    dataset = fields.get("dataset", "digits")
+    if dataset not in DATASETS:
+        raise ValueError(f"expected dataset in {list(DATASETS)}, got {dataset!r}")
+    limit = fields.get("train_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"expected train_limit a positive int or None, got {limit!r}")
     width = DEFAULT_WIDTHS[name] if width is None else width
     epochs = DEFAULT_EPOCHS[name] if epochs is None else epochs
     integers = {"epochs": (epochs, 1), "seed": (fields["seed"], 0)}
@@ -80,8 +99,58 @@ def _make_config(
     return TrainingConfig(name=name, width=float(width), epochs=epochs, **fields)
 
 
-def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float, float]:
-    data = load_digits(config.input_size, config.in_channels, config.split_seed)
+def training_data(
+    config: TrainingConfig, data_root: str | os.PathLike[str] | None = None
+) -> tuple[ImageSet, ImageSet]:
+    """The training and test sets of a configuration, resized and normalised for the model.
+
+    Args:
+        config: The training configuration (its ``dataset``, ``train_limit``, ``split_seed``,
+            ``input_size`` and ``in_channels``).
+        data_root: The folder of the Fashion-MNIST idx files (default
+            :data:`~.config.FASHION_MNIST_ROOT`); unused for the digits.
+
+    Returns:
+        ``(train, test)``: the digits' fixed split, or Fashion-MNIST's training images (the
+        seeded subset of ``train_limit`` when set) and its 10,000 test images.
+
+    Raises:
+        FileNotFoundError: If the Fashion-MNIST files are not in ``data_root`` (the message
+            names the Debian package that installs them).
+    """
+    if config.dataset == "digits":
+        digits = load_digits(config.input_size, config.in_channels, config.split_seed)
+        if config.train_limit is None:
+            return digits.train, digits.test
+        keep = torch.from_numpy(
+            subset_indices(len(digits.train), config.train_limit, config.split_seed)
+        )
+        train = ImageSet(digits.train.images[keep], digits.train.labels[keep], digits.train.classes)
+        return train, digits.test
+    root = FASHION_MNIST_ROOT if data_root is None else data_root
+    options = {"input_size": config.input_size, "in_channels": config.in_channels}
+    try:
+        train = load_mnist(
+            root,
+            kind="fashion-mnist",
+            split="train",
+            limit=config.train_limit,
+            seed=config.split_seed,
+            **options,
+        )
+        test = load_mnist(root, kind="fashion-mnist", split="test", **options)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {root}: install Debian's dataset-fashion-mnist package "
+            f"(apt install dataset-fashion-mnist, files in {FASHION_MNIST_ROOT}) or pass "
+            f"data_root=<folder of the idx files> ({error})"
+        ) from error
+    return train, test
+
+
+def _fit(
+    config: TrainingConfig, train_set: ImageSet, progress: bool
+) -> tuple[nn.Module, float, float]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(
@@ -89,10 +158,10 @@ def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float, floa
             width=config.width,
             in_channels=config.in_channels,
             input_size=config.input_size,
-            num_classes=len(data.train.classes),
+            num_classes=len(train_set.classes),
         )
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.learning_rate,
@@ -109,10 +178,10 @@ def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float, floa
     model.train()
     epochs = tqdm(range(config.epochs), desc=config.name, disable=not progress, leave=False)
     for epoch in epochs:
-        order = torch.randperm(len(data.train), generator=generator)
+        order = torch.randperm(len(train_set), generator=generator)
         for first in range(0, len(order), config.batch_size):
             index = order[first : first + config.batch_size]
-            loss = F.cross_entropy(model(data.train.images[index]), data.train.labels[index])
+            loss = F.cross_entropy(model(train_set.images[index]), train_set.labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -124,12 +193,14 @@ def _fit(config: TrainingConfig, progress: bool) -> tuple[nn.Module, float, floa
     return model, elapsed, cpu
 
 
-def _train(config: TrainingConfig, progress: bool) -> tuple[nn.Module, TrainingRecord]:
+def _train(
+    config: TrainingConfig, progress: bool, data_root: str | os.PathLike[str] | None = None
+) -> tuple[nn.Module, TrainingRecord]:
+    train_set, test = training_data(config, data_root)
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(config.num_threads)
-        model, elapsed, cpu = _fit(config, progress)
-        test = load_digits(config.input_size, config.in_channels, config.split_seed).test
+        model, elapsed, cpu = _fit(config, train_set, progress)
         accuracy = float((predict(model, test.images) == test.labels).float().mean())
     finally:
         torch.set_num_threads(previous_threads)
@@ -158,8 +229,11 @@ def train_model(
     weight_decay: float = 5e-4,
     num_threads: int = 1,
     progress: bool = False,
+    dataset: str = "digits",
+    train_limit: int | None = None,
+    data_root: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, TrainingRecord]:
-    """Train a zoo model on the digits (no cache: see :func:`get_trained_model`).
+    """Train a zoo model on the digits or Fashion-MNIST (no cache: see :func:`get_trained_model`).
 
     Args:
         name: Zoo model name (see :func:`~pytorchfi_deepvigor.zoo.models.list_models`).
@@ -174,12 +248,18 @@ def train_model(
         num_threads: Torch CPU threads while training (restored after). The weights depend
             on it: the same seed and thread count give the same weights bit for bit.
         progress: Show a tqdm progress bar over the epochs (on stderr).
+        dataset: ``"digits"`` (the default) or ``"fashion-mnist"`` (see :func:`training_data`).
+        train_limit: Train on a seeded subset of this many training images (``None``: all).
+        data_root: Folder of the Fashion-MNIST idx files (default
+            ``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist``
+            package puts them); not part of the configuration.
 
     Returns:
         The trained model in eval mode and its :class:`TrainingRecord`.
 
     Raises:
         ValueError: If the name is not a zoo model or an argument is out of range.
+        FileNotFoundError: If ``dataset="fashion-mnist"`` and its files are not in ``data_root``.
 
     Example:
         >>> model, record = train_model("vgg11", width=1 / 16, epochs=1, input_size=32)
@@ -197,8 +277,13 @@ def train_model(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         num_threads=num_threads,
+        **_data_fields(dataset, train_limit),
     )
-    return _train(config, progress)
+    return _train(config, progress, data_root)
+
+
+def _data_fields(dataset: str, train_limit: int | None) -> dict[str, Any]:
+    return {"dataset": dataset, "train_limit": train_limit}
 
 
 def get_trained_model(
@@ -213,8 +298,11 @@ def get_trained_model(
     retrain: bool = False,
     num_threads: int = 1,
     progress: bool = False,
+    dataset: str = "digits",
+    train_limit: int | None = None,
+    data_root: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, TrainingRecord]:
-    """A zoo model trained on the digits, from the cache or trained and cached.
+    """A zoo model trained on the digits (or Fashion-MNIST), from the cache or trained and cached.
 
     The cache file lives in ``resolve_cache_dir(cache_dir) / "zoo"`` (see
     :mod:`~pytorchfi_deepvigor.zoo.cache`). A damaged file is reported with a
@@ -232,10 +320,21 @@ def get_trained_model(
         retrain: Train again even when a valid cache file exists (and overwrite it).
         num_threads: Torch threads while training, as in :func:`train_model`.
         progress: Show a progress bar while training.
+        dataset: ``"digits"`` or ``"fashion-mnist"``, as in :func:`train_model`. A digits
+            model keeps the cache file name and key it had before this option existed.
+        train_limit: Train on a seeded subset of this many training images.
+        data_root: Folder of the Fashion-MNIST idx files, as in :func:`train_model`.
 
     Returns:
         The model in eval mode and its :class:`TrainingRecord` (``cache_path`` set when
         the file exists).
+
+    Raises:
+        FileNotFoundError: If Fashion-MNIST is asked for and its files are not there.
+
+    Example:
+        >>> model, record = get_trained_model("vgg11", width=1 / 32, epochs=1,
+        ...     dataset="fashion-mnist", train_limit=256)  # doctest: +SKIP
     """
     config = _make_config(
         name,
@@ -245,9 +344,10 @@ def get_trained_model(
         in_channels=in_channels,
         input_size=input_size,
         num_threads=num_threads,
+        **_data_fields(dataset, train_limit),
     )
     path = resolve_cache_dir(cache_dir) / "zoo" / config.file_name()
-    expected = dataclasses.asdict(config)
+    expected = config.as_dict()
     if path.exists() and not retrain:
         try:
             payload = read_cache_file(path, expected)
@@ -265,7 +365,7 @@ def get_trained_model(
             warnings.warn(
                 f"rebuilding damaged zoo cache file: {error}", RuntimeWarning, stacklevel=2
             )
-    model, record = _train(config, progress)
+    model, record = _train(config, progress, data_root)
     state_dict = {key: value.detach().clone() for key, value in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
