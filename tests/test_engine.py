@@ -231,3 +231,25 @@ def test_prepare_all_layers_in_one_pass_equals_lazy_cuts(use_fx):
         assert torch.equal(lazy.layer_output(n), eager.layer_output(n))
         pert = ChannelAdd(torch.zeros(5, dtype=torch.long), torch.linspace(-4, 4, 5))
         assert torch.equal(lazy.run(n, img, pert), eager.run(n, img, pert))
+
+
+@pytest.mark.parametrize("layer", [0, -1], ids=["checkpointed", "head"])
+def test_masked_is_judged_against_the_suffix_path_not_the_plain_forward(layer: int) -> None:
+    """The suffix may run in other layouts than the plain forward (channels-last; SwinV2 moves
+    its logits by 1.2x the masking tolerance with no fault): a fault that changes nothing is
+    masked, one that changes the logits is not; critical is judged against the golden run."""
+    make = TINY_MODELS["vgg"]
+    engine = SimulationEngine(make(), seeded_images(6))
+    num = engine.catalogue[layer].layer_num
+    true = engine.reference_logits(num).clone()
+    scale = engine.golden_logits.abs().amax(dim=1, keepdim=True)
+    engine.golden_logits = engine.golden_logits + 3e-5 * scale  # the plain path, "rounded"
+    idx = torch.arange(6)
+    nothing = ChannelAdd(torch.zeros(6, dtype=torch.long), torch.zeros(6))
+    assert (engine.outcomes(num, idx, nothing) == int(Outcome.MASKED)).all()
+    assert engine.reference_logits(num).equal(true)
+    big = ChannelAdd(torch.zeros(6, dtype=torch.long), torch.full((6,), 50.0))
+    codes = engine.outcomes(num, idx, big)
+    logits = engine.run(num, idx, big)
+    assert (codes != int(Outcome.MASKED)).all()
+    assert ((codes == int(Outcome.CRITICAL)) == (logits.argmax(1) != engine.golden_top1)).all()

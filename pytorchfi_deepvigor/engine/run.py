@@ -25,7 +25,7 @@ from .._guard import (
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
 from ..perturbations import Perturbation
-from .outcomes import EngineStats, classify
+from .outcomes import EngineStats, Outcome, classify
 from .plan import _dependence, _fold_batchnorms, _Plan, _plan, _prefix
 
 __all__ = ["SimulationEngine", "DEFAULT_MEMORY_BYTES"]
@@ -151,6 +151,7 @@ class SimulationEngine:
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}
+        self._references: dict[int, torch.Tensor] = {}
         self._graph: torch.fx.GraphModule | None = None
         self._dependence: dict[torch.fx.Node, str] | None = None
         # layers the traced graph cannot be cut at, with the reason: they run on the hook path
@@ -465,12 +466,18 @@ class SimulationEngine:
             return self.model(self.images[image_idx])
 
     def _forward_segments(
-        self, info: LayerInfo, cut: _Cut, image_idx: torch.Tensor, layer_output: torch.Tensor
+        self,
+        info: LayerInfo,
+        cut: _Cut,
+        image_idx: torch.Tensor,
+        layer_output: torch.Tensor,
+        exits: bool = True,
     ) -> torch.Tensor:
         """The suffix, segment by segment, dropping the elements masked at each checkpoint.
 
         Elements equal to the golden value at a checkpoint get the golden logits of their image:
-        the rest of the network depends on the fault only through that value.
+        the rest of the network depends on the fault only through that value. ``exits=False``
+        runs every element to the end.
         """
         self.stats.batched_forwards += 1
         self.stats.image_evaluations += int(image_idx.shape[0])
@@ -478,7 +485,7 @@ class SimulationEngine:
         rows = torch.arange(image_idx.shape[0], device=image_idx.device)
         x, idx = self._module_layout(info, layer_output), image_idx
         for seg in cut.segments:
-            if seg.golden_in is not None:
+            if exits and seg.golden_in is not None:
                 differs = _differs(x, seg.golden_in[idx])
                 if not bool(differs.all()):
                     x, idx, rows = x[differs], idx[differs], rows[differs]
@@ -526,9 +533,51 @@ class SimulationEngine:
     def outcomes(
         self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
     ) -> torch.Tensor:
-        """Outcome codes (int8, see :class:`Outcome`) of each (image, perturbation) element."""
+        """Outcome codes (int8, see :class:`Outcome`) of each (image, perturbation) element.
+
+        Critical and DUE are judged against the golden run. Masked against the layer's own
+        fault-free suffix (:meth:`reference_logits`): the suffix runs in the engine's layouts
+        (channels-last on the CPU), which can move the logits of a model by about the masking
+        tolerance with no fault at all (SwinV2: 1.2x); an element stopped at a checkpoint
+        (golden logits, bitwise) is masked.
+        """
         logits = self.run(layer_num, image_idx, perturbation)
-        return classify(logits, self.golden_logits[self._check_idx(image_idx)])
+        idx = self._check_idx(image_idx)
+        golden = self.golden_logits[idx]
+        codes = classify(logits, self.reference_logits(layer_num)[idx])
+        critical = logits.argmax(dim=1) != self.golden_top1[idx]
+        finite = torch.isfinite(logits).all(dim=1)
+        exited = (logits == golden).all(dim=1)
+        codes[finite & ~critical & (codes == int(Outcome.CRITICAL))] = int(Outcome.SDC)
+        codes[finite & critical] = int(Outcome.CRITICAL)
+        codes[exited] = int(Outcome.MASKED)
+        return codes
+
+    def reference_logits(self, layer_num: int) -> torch.Tensor:
+        """Logits ``(I, classes)`` of the fault-free suffix of a layer, run to the end in the
+        engine's layouts (equal to :attr:`golden_logits` up to float rounding); cached.
+
+        Not counted in :attr:`stats` (one fault-free forward per layer, whenever it is first
+        needed): a campaign's cost is the sum of its chunks' and must not depend on which chunk
+        of a resumed run needed it first.
+        """
+        if layer_num not in self._references:
+            saved = self.stats.snapshot()
+            info = self.layer(layer_num)
+            cut = self._cut(layer_num)
+            outs = []
+            with self._frozen():
+                for a, b in self._chunks(self.num_images, self._layer_batch[layer_num]):
+                    idx = torch.arange(a, b, device=self.device)
+                    out = cut.layer_output[idx]
+                    if cut.segments:
+                        outs.append(self._forward_segments(info, cut, idx, out, exits=False))
+                    else:
+                        outs.append(self._forward(layer_num, cut, idx, out).float())
+            self._references[layer_num] = torch.cat(outs)
+            for name in ("batched_forwards", "image_evaluations", "early_exits", "suffix_flops"):
+                setattr(self.stats, name, getattr(saved, name))
+        return self._references[layer_num]
 
     def critical(
         self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation
