@@ -3,6 +3,8 @@
 * :func:`complete` / :func:`sampled`: a DeepVigor+ analysis (extended grid, position EDMs, the
   package defaults) of the context's layers, kept as JSON under ``<cache>/analyses`` so that
   Table IV, Table V, the timings and the figures reuse one run.
+* :func:`fi_cost_seconds`: an estimate of an FI site's seconds on one core, for the model sets
+  whose budget is in seconds (the zoo's default widths, Fashion-MNIST, the transformers).
 * :func:`pick_within_budget`: which FI sites fit a fault budget. The paper injects into a
   seeded random 15% of the channels of every layer; on this CPU that is more faults than an hour
   holds, so the drawn channels are taken round-robin over the layers (in a seeded order) while
@@ -26,6 +28,7 @@ __all__ = [
     "RATIOS",
     "complete",
     "draw_channels",
+    "fi_cost_seconds",
     "layer_map",
     "pick_within_budget",
     "sampled",
@@ -84,15 +87,43 @@ def draw_channels(n_channels: int, ratio: float, rng: np.random.Generator) -> li
     return [int(c) for c in rng.choice(n_channels, n, replace=False)]
 
 
+#: The cost model of :func:`fi_cost_seconds`, calibrated on VGG-11 at width 1/8 (one channel of
+#: layers 0, 3, 6 and 8, 100 images, one thread of the shared 2-core CPU): a fixed cost per
+#: fault and the suffix's FLOPs at an effective rate (weight faults perturb a whole channel;
+#: an operand fault one neuron, which the engine's early exit often masks).
+FI_COST = {"weights": (2e-3, 8e9), "operands": (1.5e-3, 40e9)}
+
+
+def fi_cost_seconds(engine: Any, layer_num: int, faults: int, target: str) -> float:
+    """Estimated seconds of ``faults`` FI faults in a layer, on one core, for the engine's batch.
+
+    Args:
+        engine: the simulation engine (model and analysis batch).
+        layer_num: the layer.
+        faults: number of faults.
+        target: ``"weights"`` or ``"operands"``.
+    """
+    per_fault, rate = FI_COST[target]
+    flops = engine.suffix_flops_per_image(layer_num) * engine.num_images
+    return faults * (per_fault * engine.num_images / 100 + flops / rate)
+
+
 def pick_within_budget(
-    candidates: dict[int, Sequence[tuple[Any, int]]], budget: int, rng: np.random.Generator
+    candidates: dict[int, Sequence[tuple[Any, float]]],
+    budget: float,
+    rng: np.random.Generator,
+    *,
+    cheapest_first: bool = False,
 ) -> dict[int, list[Any]]:
     """Round-robin over layers (seeded order): the j-th candidate of every layer, then j + 1.
 
     Args:
-        candidates: per layer, ``(site, faults)`` in the order drawn.
-        budget: total faults allowed; a candidate that does not fit is skipped.
+        candidates: per layer, ``(site, cost)`` in the order drawn (cost: faults, or
+            estimated seconds).
+        budget: total cost allowed; a candidate that does not fit is skipped.
         rng: the generator of the layer order.
+        cheapest_first: order the layers by the cost of their first candidate instead (ties
+            in the seeded order), so that as many layers as possible get a site.
 
     Returns:
         Per layer the sites kept (layers with none are left out).
@@ -103,8 +134,11 @@ def pick_within_budget(
     if budget < 1:
         raise ValueError(f"expected a fault budget >= 1, got {budget}")
     order = [int(n) for n in rng.permutation(sorted(candidates))]
+    if cheapest_first:
+        first = {n: candidates[n][0][1] if candidates[n] else math.inf for n in order}
+        order = sorted(order, key=lambda n: first[n])
     chosen: dict[int, list[Any]] = {n: [] for n in order}
-    spent = 0
+    spent = 0.0
     depth = max((len(v) for v in candidates.values()), default=0)
     for j in range(depth):
         for num in order:

@@ -7,7 +7,9 @@ two processes can work on different models; :meth:`Context.write_table` merges t
 the context's models into ``<out>/<table>.csv`` as soon as they exist.
 
 Full mode: the four models of :data:`FULL_MODELS` at the widths stated there, the first 100
-digits test images. ``--quick``: one narrow VGG-11 trained for one epoch, 16 images, the last
+digits test images; ``--set`` picks other model sets of :data:`~validation.specs.MODEL_SETS`
+(Table III runs them: the zoo's default widths, Fashion-MNIST, the transformers), whose
+analysis batch is the first 100 test images of the model's data set. ``--quick``: one narrow VGG-11 trained for one epoch, 16 images, the last
 three layers only, a temporary output folder unless ``--out`` is given (the test suite's smoke
 run). The models are trained by the zoo (seeded, one thread) and kept in the validation cache.
 """
@@ -36,12 +38,16 @@ from torch import nn  # noqa: E402
 
 from pytorchfi_deepvigor import zoo  # noqa: E402
 from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor.zoo.config import FASHION_MNIST_ROOT  # noqa: E402
+from pytorchfi_deepvigor.zoo.datasets import load_mnist  # noqa: E402
 from pytorchfi_deepvigor.zoo.train import TrainingConfig  # noqa: E402
 from validation.specs import (  # noqa: E402
     CACHE_DIR,
     FULL_MODELS,
+    MODEL_SETS,
     QUICK_MODELS,
     RESULTS_DIR,
+    ModelSet,
     ModelSpec,
     frac,
     read_csv,
@@ -52,9 +58,11 @@ from validation.specs import (  # noqa: E402
 __all__ = [
     "CACHE_DIR",
     "FULL_MODELS",
+    "MODEL_SETS",
     "QUICK_MODELS",
     "RESULTS_DIR",
     "Context",
+    "ModelSet",
     "ModelSpec",
     "frac",
     "machine",
@@ -94,7 +102,12 @@ def _load_or_train(spec: ModelSpec, cache_dir: Path) -> tuple[nn.Module, float]:
     is re-trained on every read with torch 2.14; see README.md).
     """
     config = TrainingConfig(
-        spec.key, width=spec.width, epochs=spec.training_epochs, input_size=spec.input_size
+        spec.key,
+        width=spec.width,
+        epochs=spec.training_epochs,
+        input_size=spec.input_size,
+        dataset=spec.dataset,
+        train_limit=spec.train_limit,
     )
     path = cache_dir / "models" / config.file_name()
     if path.exists():
@@ -104,8 +117,19 @@ def _load_or_train(spec: ModelSpec, cache_dir: Path) -> tuple[nn.Module, float]:
         )
         model.load_state_dict(payload["state_dict"])
         return model.eval(), float(json.loads(payload["record"])["test_accuracy"])
+    started = time.perf_counter()
     model, record = zoo.train_model(
-        spec.key, width=spec.width, epochs=spec.training_epochs, input_size=spec.input_size
+        spec.key,
+        width=spec.width,
+        epochs=spec.training_epochs,
+        input_size=spec.input_size,
+        dataset=spec.dataset,
+        train_limit=spec.train_limit,
+    )
+    print(
+        f"trained {spec.tag}: test accuracy {record.test_accuracy:.4f} in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     record_json = json.dumps(record.to_dict(), default=str)
@@ -137,6 +161,15 @@ class Context:
     def images(self, spec: ModelSpec, batch: int = 0) -> torch.Tensor:
         """Analysis batch ``batch``: test images ``[batch * 100, batch * 100 + n_images)``."""
         offset = batch * 100
+        if spec.dataset == "fashion-mnist":
+            test = load_mnist(
+                FASHION_MNIST_ROOT,
+                kind="fashion-mnist",
+                split="test",
+                limit=offset + self.n_images,
+                input_size=spec.input_size,
+            )
+            return test.images[offset:].clone()
         return zoo.analysis_batch(self.n_images, input_size=spec.input_size, offset=offset).images
 
     def engine(self, spec: ModelSpec, batch: int = 0) -> SimulationEngine:
@@ -151,9 +184,22 @@ class Context:
         n = len(self.engine(spec).catalogue)
         return list(range(max(0, n - 3), n)) if self.quick else list(range(n))
 
+    def model_set(self, spec: ModelSpec) -> ModelSet:
+        """The model set ``spec`` belongs to (the quick model: the validation set's options)."""
+        return MODEL_SETS[spec.set_name]
+
+    def part_path(self, table: str, spec: ModelSpec) -> Path:
+        """Where :meth:`part` keeps one model's share of ``table``."""
+        return self.cache_dir / "parts" / table / f"{spec.tag}-n{self.n_images}-s{self.seed}.json"
+
+    def cached_part(self, table: str, spec: ModelSpec) -> Any | None:
+        """A model's cached share of ``table``, or ``None`` when it was never computed."""
+        path = self.part_path(table, spec)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
     def part(self, table: str, spec: ModelSpec, compute: Callable[[], Any]) -> Any:
         """One model's share of a table (JSON data): from the cached part, or computed and cached."""
-        path = self.cache_dir / "parts" / table / f"{spec.tag}-n{self.n_images}-s{self.seed}.json"
+        path = self.part_path(table, spec)
         if path.exists() and not self.force:
             return json.loads(path.read_text(encoding="utf-8"))
         started = time.perf_counter()
@@ -190,6 +236,12 @@ def parse_args(
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--cache-dir", type=Path, default=None, help="models and partial results")
     parser.add_argument("--models", default=None, help="comma-separated model keys (full mode)")
+    parser.add_argument(
+        "--set",
+        default="validation",
+        help=f"comma-separated model sets of {list(MODEL_SETS)} or 'all' (full mode; "
+        "Table III runs every set, the other tables the validation set)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed of every random draw")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--force", action="store_true", help="recompute cached parts")
@@ -203,7 +255,11 @@ def parse_args(
         Path(tempfile.mkdtemp(prefix="validation-quick-")) if args.quick else RESULTS_DIR
     )
     cache = args.cache_dir or (out / ".cache" if args.quick else CACHE_DIR)
-    models = QUICK_MODELS if args.quick else FULL_MODELS
+    names = list(MODEL_SETS) if args.set == "all" else args.set.split(",")
+    unknown_sets = sorted(set(names) - set(MODEL_SETS))
+    if unknown_sets:
+        parser.error(f"unknown sets {unknown_sets}; expected some of {list(MODEL_SETS)} or 'all'")
+    models = QUICK_MODELS if args.quick else tuple(m for n in names for m in MODEL_SETS[n].models)
     if args.models:
         wanted = args.models.split(",")
         unknown = sorted(set(wanted) - {m.key for m in models})

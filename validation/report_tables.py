@@ -11,6 +11,9 @@ from validation import paper
 
 __all__ = [
     "batch_line",
+    "display_model",
+    "relabel_table3",
+    "table3_sets_line",
     "checks",
     "figures",
     "models_section",
@@ -103,6 +106,33 @@ def _signed(pairs: Rows, r: dict[str, str], weights: bool) -> str:
     return f"{100 * sum(diff) / len(diff):+.3f} ({below}/{len(diff)} below)"
 
 
+DATASET_LABELS = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}
+
+
+def display_model(row: dict[str, str]) -> str:
+    """The model as REPORT.md names it: plain for the validation set, else width and data set."""
+    if row.get("set", "validation") in ("validation", ""):
+        return row["model"]
+    data = DATASET_LABELS.get(row.get("dataset", ""), row.get("dataset", ""))
+    return f"{row['model']} w{row['width']} {data}"
+
+
+def relabel_table3(rows: Rows) -> Rows:
+    """Table III rows with ``model`` replaced by :func:`display_model` (the CSVs keep both)."""
+    return [{**r, "model": display_model(r)} for r in rows]
+
+
+def table3_sets_line(coverage: Rows) -> str:
+    """Which model sets Table III holds (from the coverage CSV's ``set`` and ``budget``)."""
+    seen: dict[str, str] = {}
+    for c in coverage:
+        seen.setdefault(c.get("set") or "validation", c.get("budget", ""))
+    if not seen:
+        return ""
+    items = "; ".join(f"`{name}` (FI budget per model: {budget})" for name, budget in seen.items())
+    return f"Model sets: {items}.\n\n"
+
+
 def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
     body = []
     for r in rows:
@@ -136,7 +166,8 @@ def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
         [
             "model",
             "layers with FI / analysed",
-            f"{unit} FI / in the 15% draw",
+            f"{unit} FI / drawn",
+            "channels per layer with FI",
             "faults",
             "FI seconds",
         ],
@@ -145,6 +176,7 @@ def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
                 c["model"],
                 f"{c['layers_with_fi']} / {c['layers']}",
                 f"{c[f'{unit}_fi']} / {c[f'{unit}_15pct']}",
+                c.get("channels_per_layer", ""),
                 num(c["faults_fi"]),
                 num(c["fi_seconds"]),
             ]
@@ -152,7 +184,14 @@ def table3(rows: Rows, coverage: Rows, pairs: Rows, weights: bool) -> str:
         ],
     )
     what = "weight of each channel" if weights else "operand of each neuron"
-    return f"{table(head, body)}\n\nFI coverage (every bit of every {what}):\n\n{cov}"
+    drawn = (
+        "drawn: the paper's 15% of every layer for the validation set, the set's channels per "
+        "layer for the others; the round-robin over layers keeps what fits the budget"
+    )
+    return (
+        f"{table3_sets_line(coverage)}{table(head, body)}\n\nFI coverage (every bit of every "
+        f"{what}; {drawn}):\n\n{cov}"
+    )
 
 
 def table4(rows: Rows) -> str:
@@ -421,8 +460,6 @@ def what_each_part_buys(t3w: Rows, t3a: Rows, outside: Rows) -> str:
         cells = [m]
         for target, search, aggregate, _ in steps:
             r = lookup.get((m, target, search, aggregate))
-            cells.append(
-                "" if r is None else f"{pct(r['mae'])} / {float(r['spearman']):.2f}"
-            )
+            cells.append("" if r is None else f"{pct(r['mae'])} / {float(r['spearman']):.2f}")
         body.append(cells)
     return table(["model", *[s[3] for s in steps]], body)

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from validation.specs import FULL_MODELS, QUICK_MODELS  # noqa: E402
+from validation.specs import FULL_MODELS, MODEL_SETS, QUICK_MODELS  # noqa: E402
 
 STEPS = (
     "table3_weights",
@@ -31,7 +31,15 @@ STEPS = (
     "times",
     "figures",
 )
-COST_HINT = {"vgg11": 1.0, "vgg16": 2.0, "resnet18": 1.5, "mobilenetv2": 2.5}
+COST_HINT = {
+    "vgg11": 1.0,
+    "vgg16": 2.0,
+    "resnet18": 1.5,
+    "mobilenetv2": 2.5,
+    "vit": 1.5,
+    "convnext": 1.5,
+}
+TABLE3_STEPS = ("table3_weights", "table3_activations")
 
 
 def groups(keys: list[str], jobs: int) -> list[list[str]]:
@@ -45,8 +53,17 @@ def groups(keys: list[str], jobs: int) -> list[list[str]]:
     return [sorted(g, key=keys.index) for g in out]
 
 
-def run(step: str, common: list[str], models: list[str] | None, log: list[str]) -> None:
+def run(
+    step: str, common: list[str], models: list[str] | None, log: list[str], sets: str = ""
+) -> None:
     command = [sys.executable, str(HERE / f"{step}.py"), *common]
+    if sets and step in TABLE3_STEPS:
+        command += ["--set", sets]
+    elif models and sets:  # the other tables run the validation set only
+        models = [m for m in models if m in {x.key for x in FULL_MODELS}]
+        if not models:
+            log.append(f"{step}: no validation-set model in this group")
+            return
     if models:
         command += ["--models", ",".join(models)]
     started = time.perf_counter()
@@ -69,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", default=None, help=f"comma-separated steps of {STEPS} or report")
+    parser.add_argument(
+        "--table3-sets",
+        default="validation",
+        help="model sets of Table III (see specs.MODEL_SETS; 'all' adds the zoo's default "
+        "widths, Fashion-MNIST and the transformers: about an hour more on 2 cores)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out is None:
         parser.error("--quick needs --out (a folder for the smoke-run outputs)")
@@ -78,11 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     common += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     steps = [s for s in STEPS if args.only is None or s in args.only.split(",")]
     keys = [m.key for m in (QUICK_MODELS if args.quick else FULL_MODELS)]
+    sets = "" if args.quick else args.table3_sets
+    if sets and sets != "validation":
+        names = list(MODEL_SETS) if sets == "all" else sets.split(",")
+        keys += [m.key for n in names for m in MODEL_SETS[n].models if m.key not in keys]
     started, log = time.perf_counter(), []
 
     def chain(models: list[str]) -> None:
         for step in steps:
-            run(step, common, models, log)
+            run(step, common, models, log, sets)
 
     parts = groups(keys, args.jobs)
     if len(parts) > 1 and steps:
@@ -94,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(log) < len(steps) * len(parts):
             raise SystemExit("a validation step failed; see the output above")
     for step in steps:  # merge the cached per-model parts into the tables (computes if missing)
-        run(step, common, None, log)
+        run(step, common, None, log, sets)
     if args.only is None or "report" in args.only.split(","):
         out = ["--out", str(args.out)] if args.out else []
         run("report", out, None, log)

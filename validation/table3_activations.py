@@ -10,7 +10,11 @@ so the comparison is neuron by neuron (``aggregate`` is ``n/a``: it applies to w
 Writes ``table3_activations.csv`` (``model, search, aggregate, default, channels, mae,
 signed_err, max_abs_err, spearman``), ``table3_activations_pairs.csv`` and ``table3_activations_coverage.csv``.
 
-Run: ``python validation/table3_activations.py [--quick] [--fi-faults N]``.
+Model sets (``--set``) as in ``table3_weights.py``: the other sets run the paper and the fine
+search only, one neuron in each of a few channels per layer within an FI budget in estimated
+seconds.
+
+Run: ``python validation/table3_activations.py [--quick] [--set NAME,...|all] [--fi-faults N]``.
 """
 
 from __future__ import annotations
@@ -31,13 +35,20 @@ from pytorchfi_deepvigor.campaigns.faults import operand_sites  # noqa: E402
 from pytorchfi_deepvigor.catalogue import LayerInfo  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
-from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 from validation.specs import TABLE3_COLUMNS  # noqa: E402
+from validation.table3_sets import (  # noqa: E402
+    budget_label,
+    channel_draw,
+    draw,
+    merged,
+    part_name,
+)
 
 COLUMNS = TABLE3_COLUMNS
+MODEL_COLUMNS = ["model", "set", "dataset", "width", "input_size"]
 PAIR_COLUMNS = [
-    "model",
+    *MODEL_COLUMNS,
     "search",
     "layer",
     "layer_name",
@@ -49,11 +60,13 @@ PAIR_COLUMNS = [
     "abs_err",
 ]
 COVERAGE_COLUMNS = [
-    "model",
+    *MODEL_COLUMNS,
+    "budget",
     "layers",
     "layers_with_fi",
     "neurons_15pct",
     "neurons_fi",
+    "channels_per_layer",
     "faults_fi",
     "fi_seconds",
     "analysis_seconds",
@@ -71,13 +84,13 @@ def fi_neurons(ctx: Context, spec: ModelSpec, budget: int) -> tuple[dict[int, li
         info = engine.layer(num)
         per = info.neurons_per_channel
         items = []
-        for c in draw_channels(info.out_channels, 0.15, rng):
+        for c in channel_draw(ctx, spec, info.out_channels, rng):
             p = int(rng.integers(per))
             faults = 32 * len(operand_sites(info, np.array([c * per + p])))
             if faults:  # a neuron that reads only padding has no operand fault
                 items.append(((c, p), faults))
         candidates[num] = items
-    picks = pick_within_budget(candidates, budget, rng)
+    picks = draw(ctx, spec, "operands", budget, candidates, rng)
     return {n: sorted(v) for n, v in picks.items()}, sum(len(v) for v in candidates.values())
 
 
@@ -104,7 +117,13 @@ def analysis_of(
 
 
 def _width(info: LayerInfo) -> int:
-    return info.output_shape[2] if info.kind == "Conv2d" else 1
+    """Positions per row of the neuron layout (as the campaign reads ``(c, h, w)``)."""
+    return info.output_shape[2] if len(info.output_shape) == 3 else 1
+
+
+def _budget_tag(ctx: Context, spec: ModelSpec, budget: int) -> str:
+    """``f<faults>`` (the validation set) or ``t<seconds>-c<channels per layer>``."""
+    return part_name("table3_activations", ctx, spec, "operands", budget).split("-", 1)[1]
 
 
 def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict]]:
@@ -122,14 +141,17 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
         seed=ctx.seed,
         progress_dir=ctx.cache_dir
         / "progress"
-        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-f{budget}",
+        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}",
         progress=True,
     )
     fi_seconds = time.perf_counter() - started
     started = time.perf_counter()
     rows, pairs = [], []
     names = {x.layer_num: x.name for x in fi.layers}
-    for search in ("paper", "extended", "fine"):
+    searches = ("paper", "extended", "fine")
+    if not (ctx.quick or ctx.model_set(spec).all_variants):
+        searches = ("paper", "fine")
+    for search in searches:
         cmp = compare(analysis_of(ctx, spec, picks, search), fi, target="activations")
         rows.append(
             {
@@ -162,6 +184,7 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
             )
     coverage = {
         "model": spec.label,
+        "budget": budget_label(ctx, spec, "operands", budget),
         "layers": len(ctx.layers(spec)),
         "layers_with_fi": len(picks),
         "neurons_15pct": n_drawn,
@@ -181,10 +204,15 @@ def main(argv: list[str] | None = None) -> None:
         extra=[("--fi-faults", int, None, "fault budget of the FI per model")],
     )
     budget = ctx.extra["fi_faults"] or (QUICK_BUDGET if ctx.quick else FULL_BUDGET)
-    parts = [
-        ctx.part(f"table3_activations-f{budget}", spec, lambda s=spec: run_model(ctx, s, budget))
+    computed = {
+        spec.tag: ctx.part(
+            part_name("table3_activations", ctx, spec, "operands", budget),
+            spec,
+            lambda s=spec: run_model(ctx, s, budget),
+        )
         for spec in ctx.models
-    ]
+    }
+    parts = merged(ctx, "table3_activations", "operands", budget, computed)
     ctx.write_table("table3_activations", COLUMNS, [r for p in parts for r in p["rows"]])
     ctx.write_table(
         "table3_activations_pairs", PAIR_COLUMNS, [r for p in parts for r in p["pairs"]]

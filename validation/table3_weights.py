@@ -13,7 +13,14 @@ Writes ``table3_weights.csv`` (``model, search, aggregate, default, channels, ma
 max_abs_err, spearman``; ``default`` marks the package's default), ``table3_weights_pairs.csv`` (one row per channel and variant) and
 ``table3_weights_coverage.csv`` (what the FI covered and what it cost).
 
-Run: ``python validation/table3_weights.py [--quick] [--fi-faults N]``.
+Model sets (``--set``, see ``validation/specs.MODEL_SETS``): ``validation`` (default; every
+variant above) and ``default-width``, ``fashion-mnist``, ``transformers`` (the default and the
+paper variant only; a few channels per layer within an FI budget in estimated seconds, see
+``table3_sets.py``). The CSVs hold the rows of every set found in the cache (columns ``set``,
+``dataset``, ``width``, ``input_size``); the coverage CSV says how many channels per layer the FI
+covered and under which budget.
+
+Run: ``python validation/table3_weights.py [--quick] [--set NAME,...|all] [--fi-faults N]``.
 """
 
 from __future__ import annotations
@@ -32,13 +39,20 @@ from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
-from validation.analyses import draw_channels, pick_within_budget  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 from validation.specs import TABLE3_COLUMNS  # noqa: E402
+from validation.table3_sets import (  # noqa: E402
+    budget_label,
+    channel_draw,
+    draw,
+    merged,
+    part_name,
+)
 
 COLUMNS = TABLE3_COLUMNS
+MODEL_COLUMNS = ["model", "set", "dataset", "width", "input_size"]
 PAIR_COLUMNS = [
-    "model",
+    *MODEL_COLUMNS,
     "search",
     "aggregate",
     "layer",
@@ -49,11 +63,13 @@ PAIR_COLUMNS = [
     "abs_err",
 ]
 COVERAGE_COLUMNS = [
-    "model",
+    *MODEL_COLUMNS,
+    "budget",
     "layers",
     "layers_with_fi",
     "channels_15pct",
     "channels_fi",
+    "channels_per_layer",
     "faults_fi",
     "fi_seconds",
     "analysis_seconds",
@@ -66,19 +82,20 @@ VARIANTS = [
     ("fine", "equivalent"),
 ]
 DEFAULT = ("fine", "equivalent")  # DeepVigorAnalyzer.analyze's default
+PAPER = ("paper", "position")
 FULL_BUDGET, QUICK_BUDGET = 200_000, 6_000
 
 
 def fi_channels(ctx: Context, spec: ModelSpec, budget: int) -> tuple[dict[int, list[int]], int]:
-    """The FI channels per layer and how many the 15% draw held."""
+    """The FI channels per layer and how many the draw held (15%, or the set's per layer)."""
     engine = ctx.engine(spec)
     rng = np.random.default_rng(ctx.seed)
     candidates = {}
     for num in ctx.layers(spec):
         info = engine.layer(num)
-        drawn = draw_channels(info.out_channels, 0.15, rng)
+        drawn = channel_draw(ctx, spec, info.out_channels, rng)
         candidates[num] = [(c, info.fan_in * 32) for c in drawn]
-    picks = pick_within_budget(candidates, budget, rng)
+    picks = draw(ctx, spec, "weights", budget, candidates, rng)
     return {n: sorted(c) for n, c in picks.items()}, sum(len(v) for v in candidates.values())
 
 
@@ -104,6 +121,11 @@ def analysis_of(
     )
 
 
+def _budget_tag(ctx: Context, spec: ModelSpec, budget: int) -> str:
+    """``f<faults>`` (the validation set) or ``t<seconds>-c<channels per layer>``."""
+    return part_name("table3_weights", ctx, spec, "weights", budget).split("-", 1)[1]
+
+
 def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict]]:
     engine = ctx.engine(spec)
     picks, n_drawn = fi_channels(ctx, spec, budget)
@@ -115,14 +137,15 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
         seed=ctx.seed,
         progress_dir=ctx.cache_dir
         / "progress"
-        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-f{budget}",
+        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}",
         progress=True,
     )
     fi_seconds = time.perf_counter() - started
     started = time.perf_counter()
     rows, pairs = [], []
     names = {x.layer_num: x.name for x in fi.layers}
-    for search, aggregate in VARIANTS:
+    variants = VARIANTS if ctx.quick or ctx.model_set(spec).all_variants else [PAPER, DEFAULT]
+    for search, aggregate in variants:
         cmp = compare(analysis_of(ctx, spec, picks, search, aggregate), fi, target="weights")
         rows.append(
             {
@@ -153,6 +176,7 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
         ]
     coverage = {
         "model": spec.label,
+        "budget": budget_label(ctx, spec, "weights", budget),
         "layers": len(ctx.layers(spec)),
         "layers_with_fi": len(picks),
         "channels_15pct": n_drawn,
@@ -172,10 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         extra=[("--fi-faults", int, None, "fault budget of the FI per model")],
     )
     budget = ctx.extra["fi_faults"] or (QUICK_BUDGET if ctx.quick else FULL_BUDGET)
-    parts = [
-        ctx.part(f"table3_weights-f{budget}", spec, lambda s=spec: run_model(ctx, s, budget))
+    computed = {
+        spec.tag: ctx.part(
+            part_name("table3_weights", ctx, spec, "weights", budget),
+            spec,
+            lambda s=spec: run_model(ctx, s, budget),
+        )
         for spec in ctx.models
-    ]
+    }
+    parts = merged(ctx, "table3_weights", "weights", budget, computed)
     ctx.write_table("table3_weights", COLUMNS, [r for p in parts for r in p["rows"]])
     ctx.write_table("table3_weights_pairs", PAIR_COLUMNS, [r for p in parts for r in p["pairs"]])
     ctx.write_table(
