@@ -225,7 +225,7 @@ def _fi(
             with torch.no_grad():
                 image_idx, pert = evaluator.perturbation(pop, ids)
                 logits = engine.run(num, image_idx, pert)
-                fast = classify(logits, engine.golden_logits[image_idx]).view(len(ids), -1)
+                fast = engine.outcomes_of(num, image_idx, logits).view(len(ids), -1)
                 logits = logits.view(len(ids), engine.num_images, -1)
                 for row, f in enumerate(ids):
                     ref = reference(model, engine.images, pop, int(f)).float()

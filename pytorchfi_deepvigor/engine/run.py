@@ -541,7 +541,12 @@ class SimulationEngine:
         tolerance with no fault at all (SwinV2: 1.2x); an element stopped at a checkpoint
         (golden logits, bitwise) is masked.
         """
-        logits = self.run(layer_num, image_idx, perturbation)
+        return self.outcomes_of(layer_num, image_idx, self.run(layer_num, image_idx, perturbation))
+
+    def outcomes_of(
+        self, layer_num: int, image_idx: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`outcomes` of logits :meth:`run` returned for a layer and images."""
         idx = self._check_idx(image_idx)
         golden = self.golden_logits[idx]
         codes = classify(logits, self.reference_logits(layer_num)[idx])
