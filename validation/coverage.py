@@ -177,16 +177,18 @@ def _rounding(
     got: torch.Tensor,
     ref: torch.Tensor,
     golden: torch.Tensor,
+    fault_free: torch.Tensor,
 ) -> bool:
-    """Whether two outcome rows differ only as masked vs non-critical SDC, with logits that agree
-    to float rounding: the fault moved the logits by about the masking tolerance (1e-5 of the
-    largest golden logit), and the engine's delta and the full forward's recomputed dot product
-    round differently on either side of it."""
+    """Whether two outcome rows differ only as masked vs non-critical SDC, with fault effects that
+    agree to float rounding: the fault moved the logits by about the masking tolerance (1e-5 of
+    the largest golden logit), and the engine's delta and the full forward's recomputed dot
+    product round differently on either side of it. Each side's effect is taken against its own
+    fault-free logits (the engine's suffix, ``fault_free``; the plain forward, ``golden``)."""
     differ = fast != slow
     if not bool(((fast[differ] <= 1) & (slow[differ] <= 1)).all()):
         return False
     scale = golden.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    return bool(((got - ref).abs() <= 1e-5 * scale).all())
+    return bool((((got - fault_free) - (ref - golden)).abs() <= 1e-5 * scale).all())
 
 
 def _fi(
@@ -232,7 +234,10 @@ def _fi(
                     slow = classify(ref, engine.golden_logits)
                     if fast[row].tolist() == slow.tolist():
                         continue
-                    if _rounding(fast[row], slow, logits[row], ref, engine.golden_logits):
+                    fault_free = engine.reference_logits(num)
+                    if _rounding(
+                        fast[row], slow, logits[row], ref, engine.golden_logits, fault_free
+                    ):
                         rounding += 1
                         continue
                     mismatches += 1
@@ -470,11 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     done: list[dict[str, Any]] = []
     if args.resume is not None and args.resume.exists():
         with open(args.resume, encoding="utf-8") as handle:
-            done = [
-                r
-                for r in csv.DictReader(handle)
-                if not r["why"].startswith("not reached") and r["model"] not in (args.models or ())
-            ]
+            kept = list(csv.DictReader(handle))
+        if args.models:  # rerun the named models, keep every other row (not reached ones too)
+            done = [r for r in kept if r["model"] not in args.models]
+        else:  # run what was not reached
+            done = [r for r in kept if not r["why"].startswith("not reached")]
         names = [n for n in names if n not in {r["model"] for r in done}]
     rows = run(names, args.timeout, args.out, done, notes)
     write(rows, args.out, notes)
