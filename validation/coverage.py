@@ -179,16 +179,21 @@ def _rounding(
     golden: torch.Tensor,
     fault_free: torch.Tensor,
 ) -> bool:
-    """Whether two outcome rows differ only as masked vs non-critical SDC, with fault effects that
-    agree to float rounding: the fault moved the logits by about the masking tolerance (1e-5 of
-    the largest golden logit), and the engine's delta and the full forward's recomputed dot
-    product round differently on either side of it. Each side's effect is taken against its own
-    fault-free logits (the engine's suffix, ``fault_free``; the plain forward, ``golden``)."""
+    """Whether two outcome rows differ only as masked vs non-critical SDC, by float rounding:
+    the two sides' logits agree within the masking tolerance (1e-5 of the largest golden logit),
+    or the fault moved each side's logits by at most twice that tolerance from its own
+    fault-free logits (the engine's suffix, ``fault_free``; the plain forward, ``golden``),
+    which differ from each other by rounding with no fault at all (1.2x the tolerance on
+    SwinV2); the engine's delta and the full forward's recomputed dot product then round
+    differently on either side of the threshold."""
     differ = fast != slow
     if not bool(((fast[differ] <= 1) & (slow[differ] <= 1)).all()):
         return False
-    scale = golden.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    return bool((((got - fault_free) - (ref - golden)).abs() <= 1e-5 * scale).all())
+    tol = 1e-5 * golden.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    if bool(((got - ref).abs() <= tol).all()):
+        return True
+    small = ((got - fault_free).abs() <= 2 * tol) & ((ref - golden).abs() <= 2 * tol)
+    return bool(small.all())
 
 
 def _fi(
