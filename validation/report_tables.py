@@ -124,12 +124,14 @@ def relabel_table3(rows: Rows) -> Rows:
 
 def table3_sets_line(coverage: Rows) -> str:
     """Which model sets Table III holds (from the coverage CSV's ``set`` and ``budget``)."""
-    seen: dict[str, str] = {}
+    seen: dict[str, dict[str, None]] = {}
     for c in coverage:
-        seen.setdefault(c.get("set") or "validation", c.get("budget", ""))
+        seen.setdefault(c.get("set") or "validation", {})[c.get("budget", "")] = None
     if not seen:
         return ""
-    items = "; ".join(f"`{name}` (FI budget per model: {budget})" for name, budget in seen.items())
+    items = "; ".join(
+        f"`{name}` (FI budget per model: {' or '.join(budgets)})" for name, budgets in seen.items()
+    )
     return f"Model sets: {items}.\n\n"
 
 

@@ -41,6 +41,7 @@ from validation.table3_sets import (  # noqa: E402
     budget_label,
     channel_draw,
     draw,
+    fi_wall_seconds,
     merged,
     part_name,
 )
@@ -134,17 +135,20 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
         w = _width(engine.layer(num))
         neurons[num] = [(c, p // w, p % w) for c, p in items]
     started = time.perf_counter()
+    progress_dir = (
+        ctx.cache_dir
+        / "progress"
+        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}"
+    )
     fi = ExhaustiveCampaign(engine).run(
         "operands",
         layers=sorted(picks),
         neurons=neurons,
         seed=ctx.seed,
-        progress_dir=ctx.cache_dir
-        / "progress"
-        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}",
+        progress_dir=progress_dir,
         progress=True,
     )
-    fi_seconds = time.perf_counter() - started
+    fi_seconds = fi_wall_seconds(progress_dir, "operands", time.perf_counter() - started)
     started = time.perf_counter()
     rows, pairs = [], []
     names = {x.layer_num: x.name for x in fi.layers}

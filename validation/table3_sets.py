@@ -12,6 +12,8 @@ the cache, so running one set never drops the rows of another.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,15 @@ import numpy as np
 from validation.analyses import draw_channels, fi_cost_seconds, pick_within_budget
 from validation.common import MODEL_SETS, Context, ModelSpec
 
-__all__ = ["budget_label", "channel_draw", "draw", "merged", "part_name", "spec_columns"]
+__all__ = [
+    "fi_wall_seconds",
+    "budget_label",
+    "channel_draw",
+    "draw",
+    "merged",
+    "part_name",
+    "spec_columns",
+]
 
 
 def part_name(table: str, ctx: Context, spec: ModelSpec, target: str, faults: int) -> str:
@@ -70,6 +80,20 @@ def channel_draw(
     if cap is None or ctx.quick:
         return draw_channels(n_channels, 0.15, rng)
     return draw_channels(n_channels, min(1.0, cap / n_channels), rng)[:cap]
+
+
+def fi_wall_seconds(progress_dir: Path, target: str, seconds: float) -> float:
+    """The FI's wall-clock seconds when it ran, not the replay of its finished progress file.
+
+    The first run that finishes writes ``fi-seconds-<target>.json`` beside the progress file; a rerun
+    (``--force`` recomputes the analyses and replays the FI in seconds) reads it back.
+    """
+    path = progress_dir / f"fi-seconds-{target}.json"
+    if path.exists():
+        return float(json.loads(path.read_text(encoding="utf-8"))["seconds"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seconds": seconds}) + "\n", encoding="utf-8")
+    return seconds
 
 
 def spec_columns(spec: ModelSpec) -> dict[str, Any]:

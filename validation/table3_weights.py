@@ -45,6 +45,7 @@ from validation.table3_sets import (  # noqa: E402
     budget_label,
     channel_draw,
     draw,
+    fi_wall_seconds,
     merged,
     part_name,
 )
@@ -130,17 +131,20 @@ def run_model(ctx: Context, spec: ModelSpec, budget: int) -> dict[str, list[dict
     engine = ctx.engine(spec)
     picks, n_drawn = fi_channels(ctx, spec, budget)
     started = time.perf_counter()
+    progress_dir = (
+        ctx.cache_dir
+        / "progress"
+        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}"
+    )
     fi = ExhaustiveCampaign(engine).run(
         "weights",
         layers=sorted(picks),
         channels=picks,
         seed=ctx.seed,
-        progress_dir=ctx.cache_dir
-        / "progress"
-        / f"{spec.tag}-n{ctx.n_images}-s{ctx.seed}-{_budget_tag(ctx, spec, budget)}",
+        progress_dir=progress_dir,
         progress=True,
     )
-    fi_seconds = time.perf_counter() - started
+    fi_seconds = fi_wall_seconds(progress_dir, "weights", time.perf_counter() - started)
     started = time.perf_counter()
     rows, pairs = [], []
     names = {x.layer_num: x.name for x in fi.layers}

@@ -72,7 +72,7 @@ def _make_config(
 ) -> TrainingConfig:
     if name not in DEFAULT_WIDTHS:
         raise ValueError(
-            f"only zoo models train here, expected one of {sorted(DEFAULT_WIDTHS)}, "
+            f"only zoo models train on the digits or Fashion-MNIST, expected one of {sorted(DEFAULT_WIDTHS)}, "
             f"got {name!r}; load other trained models with load_checkpoint"
         )
     dataset = fields.get("dataset", "digits")
