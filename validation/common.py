@@ -98,8 +98,7 @@ def _load_or_train(spec: ModelSpec, cache_dir: Path) -> tuple[nn.Module, float]:
     """The trained model (eval mode) and its test accuracy, from the validation cache.
 
     The weights are kept as a plain state dict with the record as a JSON string, a file that
-    ``torch.load(weights_only=True)`` reads (the zoo's own cache file holds a TorchVersion and
-    is re-trained on every read with torch 2.14; see README.md).
+    ``torch.load(weights_only=True)`` reads, under the validation's own cache directory.
     """
     config = TrainingConfig(
         spec.key,

@@ -25,6 +25,7 @@ __all__ = [
     "RESULTS_DIR",
     "ROOT",
     "TABLE3_COLUMNS",
+    "TABLE3_MODEL_COLUMNS",
     "ModelSet",
     "ModelSpec",
     "frac",
@@ -50,6 +51,10 @@ TABLE3_COLUMNS = [
 ]
 """Columns of table3_weights.csv and table3_activations.csv (``default`` marks the package's;
 ``set`` names the model set of :data:`MODEL_SETS`, ``dataset`` what the model was trained on)."""
+
+TABLE3_MODEL_COLUMNS = TABLE3_COLUMNS[:5]
+"""The columns naming a Table III row's model (model, set, dataset, width, input size), which
+its pairs and coverage CSVs start with."""
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "validation" / "results"

@@ -36,7 +36,7 @@ from pytorchfi_deepvigor.catalogue import LayerInfo  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
-from validation.specs import TABLE3_COLUMNS  # noqa: E402
+from validation.specs import TABLE3_COLUMNS, TABLE3_MODEL_COLUMNS  # noqa: E402
 from validation.table3_sets import (  # noqa: E402
     budget_label,
     channel_draw,
@@ -47,7 +47,7 @@ from validation.table3_sets import (  # noqa: E402
 )
 
 COLUMNS = TABLE3_COLUMNS
-MODEL_COLUMNS = ["model", "set", "dataset", "width", "input_size"]
+MODEL_COLUMNS = TABLE3_MODEL_COLUMNS
 PAIR_COLUMNS = [
     *MODEL_COLUMNS,
     "search",
