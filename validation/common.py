@@ -100,14 +100,14 @@ def _load_or_train(spec: ModelSpec, cache_dir: Path) -> tuple[nn.Module, float]:
     The weights are kept as a plain state dict with the record as a JSON string, a file that
     ``torch.load(weights_only=True)`` reads, under the validation's own cache directory.
     """
-    config = TrainingConfig(
-        spec.key,
-        width=spec.width,
-        epochs=spec.training_epochs,
-        input_size=spec.input_size,
-        dataset=spec.dataset,
-        train_limit=spec.train_limit,
-    )
+    fields: dict[str, Any] = {
+        "width": spec.width,
+        "epochs": spec.training_epochs,
+        "input_size": spec.input_size,
+        "dataset": spec.dataset,
+        "train_limit": spec.train_limit,
+    }
+    config = TrainingConfig(spec.key, **fields)
     path = cache_dir / "models" / config.file_name()
     if path.exists():
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -117,14 +117,7 @@ def _load_or_train(spec: ModelSpec, cache_dir: Path) -> tuple[nn.Module, float]:
         model.load_state_dict(payload["state_dict"])
         return model.eval(), float(json.loads(payload["record"])["test_accuracy"])
     started = time.perf_counter()
-    model, record = zoo.train_model(
-        spec.key,
-        width=spec.width,
-        epochs=spec.training_epochs,
-        input_size=spec.input_size,
-        dataset=spec.dataset,
-        train_limit=spec.train_limit,
-    )
+    model, record = zoo.train_model(spec.key, **fields)
     print(
         f"trained {spec.tag}: test accuracy {record.test_accuracy:.4f} in "
         f"{time.perf_counter() - started:.0f} s",
