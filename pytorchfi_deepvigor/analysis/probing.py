@@ -62,6 +62,9 @@ class GroupOutcome:
         non_monotone: (target, image, sign) searches whose largest member contradicted the
             monotone bisection (``checked`` searches only; 0 otherwise).
         scanned: searches whose members were all probed.
+        outer_probed: (target, image) pairs whose outer bins were probed (NaN, +-Inf; see
+            :func:`search_group`).
+        outer_masked: those of them where no outer value was critical (an unread position).
     """
 
     plus: Tensor
@@ -71,6 +74,8 @@ class GroupOutcome:
     probes: Tensor
     non_monotone: int = 0
     scanned: int = 0
+    outer_probed: int = 0
+    outer_masked: int = 0
 
 
 def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
@@ -109,7 +114,9 @@ def search_group(
         skip: optional bool ``(T,)``: targets not to search (zero gradient).
         checked: check the monotone assumption and scan where it fails
             (:func:`~pytorchfi_deepvigor.functional.search.checked_search`); the VF then counts
-            exactly the bins found critical.
+            exactly the bins found critical. For a grid ending at ``+Inf`` (the fine grid, whose
+            outer bins hold only NaN and +-Inf), a (target, image) pair with outer errors and no
+            critical bin of either sign has NaN, +Inf and -Inf probed as well (see below).
 
     Returns:
         :class:`GroupOutcome`.
@@ -148,8 +155,15 @@ def search_group(
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)
-    mass = critical_bins_mass(counts, crit[0], crit[1])
     probes = out.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
+    outer_plus = outer_minus = None
+    asked = masked = 0
+    if bool(torch.isinf(grid[-1])):
+        outer_plus, outer_minus, asked_ti = _outer_bins(engine, layer_num, counts, crit, make)
+        probes += 3 * asked_ti.sum(dim=1)
+        asked = int(asked_ti.sum())
+        masked = int((asked_ti & ~outer_plus & ~outer_minus).sum())
+    mass = critical_bins_mass(counts, crit[0], crit[1], outer_plus, outer_minus)
     return GroupOutcome(
         plus,
         minus,
@@ -158,7 +172,45 @@ def search_group(
         probes,
         int(out.non_monotone.sum()),
         int(out.scanned.sum()),
+        asked,
+        masked,
     )
+
+
+_OUTER_VALUES = (float("nan"), float("inf"), float("-inf"))
+
+
+def _outer_bins(
+    engine: SimulationEngine, layer_num: int, counts: Tensor, crit: Tensor, make: MakePerturbation
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Probe NaN, +Inf and -Inf where nothing finite was critical; the outer bins' criticality.
+
+    The fine grid's outer bins hold only the errors a flip makes infinite or NaN, and they are
+    counted critical without a probe: right wherever the target is read (NaN reaches the
+    logits, a DUE), wrong where it is not (an output position that no later node reads: a
+    token the classifier head skips, a position a strided layer steps over), where FI sees
+    every such fault masked. A (target, image) pair with outer errors and *no* critical finite
+    bin on either sign is the only one where that can be so (a read target turns the largest
+    finite errors, ``+-1.75 * 2^127``, into a class change almost always), so only those pairs
+    are probed: NaN and +Inf for the top bin (which holds both), -Inf for the bottom one.
+
+    Returns:
+        ``(outer_plus, outer_minus, asked)``, bool ``(T, I)`` each: whether the top and the
+        bottom bin are critical, and which pairs were probed.
+    """
+    n_tgt, n_img = counts.shape[:2]
+    has_outer = (counts[..., 0] + counts[..., -1]) > 0
+    asked = has_outer & ~(crit[0].any(dim=-1) | crit[1].any(dim=-1))
+    top = torch.ones(n_tgt, n_img, dtype=torch.bool)
+    bottom = torch.ones(n_tgt, n_img, dtype=torch.bool)
+    t, i = asked.nonzero(as_tuple=True)
+    if t.numel():
+        n = t.numel()
+        values = torch.tensor(_OUTER_VALUES, dtype=torch.float32).repeat_interleave(n)
+        c = engine.judge(layer_num, i.repeat(3), make(t.repeat(3), values))[0].cpu().view(3, n)
+        top[t, i] = c[0] | c[1]
+        bottom[t, i] = c[2]
+    return top, bottom, asked
 
 
 def output_gradient(

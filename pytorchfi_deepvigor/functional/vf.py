@@ -73,19 +73,29 @@ def non_critical_mass(counts: Tensor, plus_idx: Tensor, minus_idx: Tensor) -> Te
     return (below / total.clamp_min(1)).squeeze(-1)
 
 
-def critical_bins_mass(counts: Tensor, plus_crit: Tensor, minus_crit: Tensor) -> Tensor:
+def critical_bins_mass(
+    counts: Tensor,
+    plus_crit: Tensor,
+    minus_crit: Tensor,
+    outer_plus: Tensor | None = None,
+    outer_minus: Tensor | None = None,
+) -> Tensor:
     """Fraction of each EDM's errors in bins that are not critical, bin by bin.
 
     The general form of :func:`non_critical_mass` for a criticality that need not be monotone
     in the magnitude: ``plus_crit[..., g]`` says whether the bin ``[c_g, c_{g+1})`` is critical,
     ``minus_crit[..., g]`` the bin ``[-c_{g+1}, -c_g)``; the middle bin is never critical, the
-    outer bins (beyond ``+-c_K``, NaN) always are. With ``plus_crit[g] = g >= delta_plus``
-    (likewise for minus) it equals :func:`non_critical_mass`.
+    outer bins (beyond ``+-c_K``, NaN) are unless ``outer_plus`` / ``outer_minus`` say otherwise.
+    With ``plus_crit[g] = g >= delta_plus`` (likewise for minus) it equals
+    :func:`non_critical_mass`.
 
     Args:
         counts: EDM counts ``(..., 2K + 1)``.
         plus_crit: bool ``(..., K)``.
         minus_crit: bool ``(..., K)``.
+        outer_plus: optional bool ``counts.shape[:-1]``: whether the top bin (``e >= c_K``, +Inf,
+            NaN) is critical; ``None``: always.
+        outer_minus: optional bool, likewise for the bottom bin (``e < -c_K``, -Inf).
 
     Returns:
         float64 ``m`` of shape ``counts.shape[:-1]`` (0 where an EDM is empty).
@@ -97,9 +107,11 @@ def critical_bins_mass(counts: Tensor, plus_crit: Tensor, minus_crit: Tensor) ->
             f"expected counts with 2K + 1 bins and (K,) criticalities, got {nbins} bins, "
             f"{tuple(plus_crit.shape)} and {tuple(minus_crit.shape)}"
         )
-    outer = torch.ones_like(plus_crit[..., :1])
+    ones = torch.ones_like(plus_crit[..., :1])
+    top = ones if outer_plus is None else outer_plus.to(torch.bool).unsqueeze(-1)
+    bottom = ones if outer_minus is None else outer_minus.to(torch.bool).unsqueeze(-1)
     crit = torch.cat(
-        [outer, minus_crit[..., : k - 1].flip(-1), ~outer, plus_crit[..., : k - 1], outer], -1
+        [bottom, minus_crit[..., : k - 1].flip(-1), ~ones, plus_crit[..., : k - 1], top], -1
     )
     c = counts.to(torch.float64)
     total = c.sum(-1)
