@@ -56,6 +56,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         True
     """
     flags = [(m, m.training) for m in model.modules()]
+    if not any(flag for _, flag in flags):  # already in eval mode (every engine call): no writes
+        yield model
+        return
     try:
         model.eval()
         yield model

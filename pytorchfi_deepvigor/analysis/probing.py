@@ -45,6 +45,14 @@ __all__ = [
     "search_defaults",
 ]
 
+PILOT_IMAGES = 5
+"""Images per (target, sign) searched first; the others start at their median answer.
+
+A target's VVs are close from image to image (on ResNet-18's weight channels the median
+distance between an image's answer and its target's median is 0-1 member ranks), so a search
+that starts there and gallops needs about half the probes of a bisection over the whole range
+(:func:`~pytorchfi_deepvigor.functional.search.checked_search`, ``prior``)."""
+
 MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
 """``(target index (P,), candidate value (P,)) -> perturbation`` of ``P`` batch elements."""
 
@@ -151,7 +159,11 @@ def search_group(
         mass = non_critical_mass(counts, plus, minus)
         probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
-    out = checked_search(members, judged, first=first, scope=targets)
+    prior = None
+    if n_img > PILOT_IMAGES:
+        group = targets + n_tgt * (torch.arange(2 * half) >= half)  # (target, sign)
+        prior = (group, images < PILOT_IMAGES)
+    out = checked_search(members, judged, first=first, scope=targets, prior=prior)
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

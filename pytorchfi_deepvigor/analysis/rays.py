@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from pytorchfi_deepvigor.analysis.handlers import handler_for
+from pytorchfi_deepvigor.analysis.probing import PILOT_IMAGES
 from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -167,7 +168,10 @@ def _search_channels(
         f = order[t, c, row_s[rows], g]
         return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
 
-    res = checked_search(members, oracle, scope=row_t)
+    prior = None
+    if n_img > PILOT_IMAGES:  # a ray's answers cluster over images like a target's VVs
+        prior = ((row_t * n_rays + row_c) * 2 + row_s, row_i < PILOT_IMAGES)
+    res = checked_search(members, oracle, scope=row_t, prior=prior)
     hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
     probes = res.probes.view(shape).sum(dim=(1, 2, 3))
     nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)

@@ -196,3 +196,52 @@ def test_checked_search_stops_where_the_outcome_saturates(seed: int) -> None:
     assert (fast.probes <= base.probes).all()
     assert fast.probes[short].sum() < base.probes[short].sum()
     assert fast.probes[~short].equal(base.probes[~short])
+
+
+def clustered_rows(seed: int, n_groups: int = 30, per_group: int = 20, spread: int = 1):
+    """Groups of rows (a target's images) whose thresholds lie within ``spread`` of a centre;
+    every group also holds one outlier far from it."""
+    gen = torch.Generator().manual_seed(seed)
+    n_rows = n_groups * per_group
+    members = torch.rand(n_rows, K, generator=gen) < 0.7
+    centre = torch.randint(2, K - 2, (n_groups,), generator=gen).repeat_interleave(per_group)
+    threshold = centre + torch.randint(-spread, spread + 1, (n_rows,), generator=gen)
+    group = torch.arange(n_groups).repeat_interleave(per_group)
+    outlier = torch.arange(n_groups) * per_group + per_group - 1
+    threshold[outlier] = torch.where(centre[outlier] < K // 2, K - 1, 0)
+    threshold[outlier[::3]] = K  # and some that never turn critical
+    pilot = torch.arange(n_rows) % per_group < 4
+    return members, threshold.clamp(0, K), group, pilot
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_prior_gives_the_bisections_answers_with_fewer_probes(seed: int) -> None:
+    members, threshold, group, pilot = clustered_rows(seed)
+    plain = checked_search(members, CountingOracle(threshold), first=ONE, scope=group)
+    oracle = CountingOracle(threshold)
+    guided = checked_search(members, oracle, first=ONE, scope=group, prior=(group, pilot))
+    assert guided.index.equal(plain.index)  # monotone rows: exactly the same answers
+    assert guided.critical.equal(plain.critical) and not guided.non_monotone.any()
+    assert guided.probes.sum() < 0.8 * plain.probes.sum(), (guided.probes.sum(), plain.probes.sum())
+    # the outliers (far from their group's centre) are found too, at a few probes more
+    far = torch.arange(members.shape[0]) % 20 == 19
+    assert (guided.probes[far] <= plain.probes[far] + 4).all()
+    rows = torch.cat([c[0] for c in oracle.calls])
+    gs = torch.cat([c[1] for c in oracle.calls])
+    assert members[rows, gs].any() and len(set(zip(rows.tolist(), gs.tolist()))) == rows.numel()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_prior_keeps_the_checked_search_exact_on_saturating_bands(seed: int) -> None:
+    members, lo, hi = band_rows(seed)
+    ar = torch.arange(K)
+    truth = (ar >= lo[:, None]) & (ar < hi[:, None])
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    scope = torch.arange(members.shape[0]) // 4
+    pilot = torch.arange(members.shape[0]) % 4 == 0
+    out = checked_search(members, oracle, first=ONE, scope=scope, prior=(scope, pilot))
+    wrong = ((out.critical != truth) & members).any(1)
+    assert not wrong[out.index < K].any() and not wrong[out.scanned].any()
