@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from pytorchfi_deepvigor.functional.receptive import (
+    conv_operand_means,
     conv_operands,
     conv_weight_operands,
+    linear_operand_means,
     linear_operands,
     linear_weight_operands,
 )
@@ -40,15 +42,19 @@ class LayerHandler:
             w (T, J), valid (T, J))``.
         weight_operands: ``(layer_input, module, channels (T,), positions (T, P) | None) ->
             (ops (I, T, J, P), w (T, J), valid (T, J, P))``.
+        operand_means: ``(layer_input, module, channels (T,)) -> (means (I, T, J), w (T, J),
+            n_real (T, J))``: ``weight_operands`` at every position, averaged over the real ones
+            (the default weight model's equivalent error), without gathering them.
     """
 
     operands: Gather
     weight_operands: Gather
+    operand_means: Gather
 
 
 HANDLERS: dict[type[nn.Module], LayerHandler] = {
-    nn.Conv2d: LayerHandler(conv_operands, conv_weight_operands),
-    nn.Linear: LayerHandler(linear_operands, linear_weight_operands),
+    nn.Conv2d: LayerHandler(conv_operands, conv_weight_operands, conv_operand_means),
+    nn.Linear: LayerHandler(linear_operands, linear_weight_operands, linear_operand_means),
 }
 """Layer type -> handler; the analysers support exactly these types."""
 

@@ -90,8 +90,21 @@ def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None
         total = g.sum(dim=-1, keepdim=True)  # (I, T, 1)
         seen = total.abs() > _VANISHING * g.abs().sum(dim=-1, keepdim=True)
         ratio = torch.where(seen, weighted / torch.where(seen, total, 1.0), ratio)
+    return errors_of_scales(ratio, w)
+
+
+def errors_of_scales(scale: Tensor, w: Tensor) -> Tensor:
+    """Channel-wide errors ``d * scale[i, t, j]`` of every bit flip ``d`` of the filters.
+
+    Args:
+        scale: ``(I, T, J)``: per image, the factor a weight's change is multiplied by.
+        w: the filters ``(T, J)``.
+
+    Returns:
+        float32 ``(T, I, J * 32)``.
+    """
     eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-    err = eps.unsqueeze(0) * ratio.unsqueeze(-1)  # (I, T, J, 32)
+    err = eps.unsqueeze(0) * scale.unsqueeze(-1)  # (I, T, J, 32)
     return err.transpose(0, 1).flatten(2)
 
 
@@ -122,6 +135,10 @@ def _edms(
     out = []
     for a in range(0, channels.numel(), step):
         ch = channels[a : a + step].to(x_in.device)
+        if aggregate == "equivalent":  # the operands' means, computed without gathering them
+            means, w, _ = handler.operand_means(x_in, info.module, ch)
+            out.append(histogram(errors_of_scales(means, w), grid).cpu())
+            continue
         ps = None if positions is None else positions[a : a + step].to(x_in.device)
         ops, w, valid = handler.weight_operands(x_in, info.module, ch, ps)
         if aggregate in ("equivalent", "gradient"):

@@ -39,8 +39,10 @@ __all__ = [
     "conv_patches",
     "conv_operands",
     "conv_weight_operands",
+    "conv_operand_means",
     "linear_operands",
     "linear_weight_operands",
+    "linear_operand_means",
 ]
 
 
@@ -276,3 +278,53 @@ def linear_weight_operands(
         ops = tokens[:, positions.long().to(x.device)].transpose(2, 3)  # (I, T, F_in, P)
     valid = torch.ones(*w.shape, ops.shape[-1], dtype=torch.bool, device=w.device)
     return ops, w, valid
+
+
+def conv_operand_means(
+    x: Tensor, conv: nn.Conv2d, channels: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean over the real output positions of the operands each weight of ``channels`` meets.
+
+    What :func:`conv_weight_operands` gives, averaged over every position (padding excluded),
+    without gathering the ``(I, T, J, P)`` operands: the sums depend only on the input channel
+    and the kernel offset, one strided slice of the padded input per offset.
+
+    Returns:
+        ``(means, w, n_real)``: float32 ``(I, T, J)``, ``(T, J)`` and the real positions per
+        weight ``(T, J)``.
+    """
+    geom = conv_geometry(conv)
+    _check_input(x, geom)
+    xp, mp = _padded(x, geom)
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    h_out = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    sums, counts = [], []
+    for a in range(kh):
+        rows = slice(a * dh, a * dh + sh * (h_out - 1) + 1, sh)
+        for b in range(kw):
+            cols = slice(b * dw, b * dw + sw * (w_out - 1) + 1, sw)
+            sums.append(xp[:, :, rows, cols].sum(dim=(2, 3)))  # (I, C_in)
+            counts.append(mp[rows, cols].sum())
+    total = torch.stack(sums, dim=-1)  # (I, C_in, kh * kw)
+    n_real = torch.stack(counts).to(x.dtype)  # (kh * kw,)
+    mean = total / n_real.clamp_min(1)
+    cg = geom.in_channels // geom.groups
+    group = channels.long().to(x.device) // (geom.out_channels // geom.groups)
+    cin = (group * cg).unsqueeze(1) + torch.arange(cg, device=x.device)  # (T, cg)
+    n_t = channels.numel()
+    means = mean[:, cin].reshape(x.shape[0], n_t, cg * kh * kw)
+    w = conv.weight.detach()[channels.long()].reshape(n_t, -1)
+    return means, w, n_real.repeat(cg).expand(n_t, -1)
+
+
+def linear_operand_means(
+    x: Tensor, linear: nn.Linear, channels: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`conv_operand_means` for a Linear layer: each input feature's mean over the
+    tokens/positions (the input itself for ``(I, F_in)``)."""
+    w = linear.weight.detach()[channels.long()]
+    tokens = x.unsqueeze(1) if x.dim() == 2 else _tokens(x, linear)  # (I, P, F_in)
+    means = tokens.mean(dim=1).unsqueeze(1).expand(-1, channels.numel(), -1)
+    n_real = torch.full(w.shape, float(tokens.shape[1]), dtype=x.dtype, device=w.device)
+    return means, w, n_real

@@ -8,9 +8,11 @@ from torch import nn
 
 from pytorchfi_deepvigor.functional.receptive import (
     conv_geometry,
+    conv_operand_means,
     conv_operands,
     conv_patches,
     conv_weight_operands,
+    linear_operand_means,
     linear_operands,
     linear_weight_operands,
 )
@@ -109,3 +111,28 @@ def test_receptive_input_errors() -> None:
         conv_geometry(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"expected input \(I, 3, H, W\)"):
         conv_patches(torch.zeros(1, 2, 4, 4), conv_geometry(nn.Conv2d(3, 1, 1)))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", list(CONVS))
+def test_operand_means_are_the_gathered_operands_mean_over_real_positions(name: str) -> None:
+    torch.manual_seed(0)
+    conv = CONVS[name]()
+    x = _input(conv)
+    channels = torch.tensor([conv.out_channels - 1, 0, 1])
+    ops, w, valid = conv_weight_operands(x, conv, channels)
+    means, w2, n_real = conv_operand_means(x, conv, channels)
+    assert torch.equal(w, w2) and torch.equal(n_real, valid.sum(-1).to(n_real.dtype))
+    want = ops.sum(-1) / valid.sum(-1).clamp_min(1)
+    assert means.shape == want.shape and torch.allclose(means, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (3, 4, 5), (3, 2, 3, 5)], ids=["2-D", "tokens", "maps"])
+def test_linear_operand_means(shape: tuple[int, ...]) -> None:
+    lin = nn.Linear(5, 4)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    channels = torch.tensor([3, 1])
+    ops, w, valid = linear_weight_operands(x, lin, channels)
+    means, w2, n_real = linear_operand_means(x, lin, channels)
+    assert torch.equal(w, w2) and torch.equal(n_real, valid.sum(-1).float())
+    assert torch.allclose(means, ops.mean(-1), rtol=1e-6, atol=1e-7)
