@@ -162,6 +162,16 @@ _FUNCTIONAL_USES: weakref.WeakKeyDictionary[nn.Module, list[tuple[str, str]]] = 
 )
 """Per model, the parameters its last profiled forward (:func:`build_catalogue`) fed to a
 convolution or matrix product outside a catalogued layer."""
+_SHARED_INPUTS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+"""Per model, the injectable layers whose input did not depend on the images in its last
+profiled forward (see :data:`SHARED_INPUT_REASON`)."""
+
+SHARED_INPUT_REASON = (
+    "its input does not depend on the images: a tensor computed from parameters and buffers "
+    "alone (batch 1 whatever the batch, e.g. SwinV2's continuous position bias MLP), shared by "
+    "every image, so a fault there changes all images at once, which the per-image analysis and "
+    "FI do not model"
+)
 
 
 class _ParameterUses(TorchFunctionMode):
@@ -207,8 +217,13 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
         ):
             out.append(f"{name} ({type(m).__name__}: only Conv2d and Linear are analysed)")
             covered.add(name)
-    uses = _functional_uses(model, example_input) if example_input is not None else None
+    if example_input is not None:
+        _, uses, _, shared = _profile(model, example_input)
+    else:
+        uses, shared = None, _SHARED_INPUTS.get(model, [])
     modules = dict(model.named_modules())
+    for name in shared:
+        out.append(f"{name} ({type(modules[name]).__name__}: {SHARED_INPUT_REASON})")
     listed: set[str] = set()
     for param, func in uses if uses is not None else _FUNCTIONAL_USES.get(model, []):
         owner = param.rpartition(".")[0]
@@ -226,43 +241,48 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
     return out
 
 
-def _functional_uses(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
-    """Parameters fed to a convolution or matrix product outside a catalogued module's forward."""
-    return _profile(model, example_input)[1]
-
-
 def _profile(
     model: nn.Module, example_input: torch.Tensor
 ) -> tuple[
-    dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]], list[tuple[str, str]], list[str]
+    dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]],
+    list[tuple[str, str]],
+    list[str],
+    list[str],
 ]:
-    """One eval-mode forward of the first input: per injectable layer its (input, output) shapes
-    per call, the parameters used by convolutions/matrix products outside called layers, and the
-    call order of the injectable layers."""
+    """One eval-mode forward of two inputs (the first one twice if there is one): per injectable
+    layer its per-image (input, output) shapes per call, the parameters used by
+    convolutions/matrix products outside called layers, the call order of the injectable layers,
+    and the layers whose input had batch 1 (it does not depend on the images)."""
     layers = _injectable(model)
     seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {n: [] for n, _ in layers}
     order: list[str] = []
+    shared: list[str] = []
     handles = []
 
     def make_hook(name: str):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             seen[name].append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
             order.append(name)
+            if inputs[0].shape[0] == 1 and name not in shared:
+                shared.append(name)
 
         return hook
 
+    batch = example_input[:2] if example_input.shape[0] >= 2 else example_input[:1].repeat(
+        2, *(1,) * (example_input.dim() - 1)
+    )
     mode = _ParameterUses({id(p): n for n, p in model.named_parameters()})
     try:
         for name, m in layers:
             handles.append(m.register_forward_hook(make_hook(name)))
         with eval_mode(model), torch.no_grad(), mode:
-            model(example_input[:1])
+            model(batch)
     finally:
         for h in handles:
             h.remove()
     called = {n for n in seen if seen[n]}
     uses = [(p, f) for p, f in mode.used.items() if p.rpartition(".")[0] not in called]
-    return seen, uses, order
+    return seen, uses, order, shared
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -278,7 +298,7 @@ def _pair(v: object) -> tuple[int, int]:
 
 
 def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
-    """Profile ``model`` once (eval mode, no grad, first image only) and list its injectable layers.
+    """Profile ``model`` once (eval mode, no grad, two images) and list its injectable layers.
 
     Args:
         model: any ``nn.Module``; it is left exactly as it was.
@@ -294,8 +314,9 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
             "the model has no injectable layer (nn.Conv2d or nn.Linear); "
             f"unsupported layers: {unsupported_layers(model, example_input) or 'none'}"
         )
-    seen, uses, order = _profile(model, example_input)
+    seen, uses, order, shared = _profile(model, example_input)
     _FUNCTIONAL_USES[model] = uses
+    _SHARED_INPUTS[model] = shared
     if [n for n in order if n in seen] != [n for n, _ in layers if seen[n]]:
         warnings.warn(
             "the execution order of the injectable layers differs from their registration order; "
@@ -308,6 +329,8 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
         calls = seen[name]
         if not calls and any(name.startswith(p + ".") for p in packed):
             continue  # e.g. MultiheadAttention.out_proj: listed by unsupported_layers
+        if name in shared:
+            continue  # listed by unsupported_layers with the reason
         if not calls:
             warnings.warn(
                 f"layer {name!r} is never called in forward; it is not catalogued", stacklevel=2

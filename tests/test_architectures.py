@@ -55,6 +55,14 @@ def _swin():
     )  # fmt: skip
 
 
+def _swin_v2():
+    return swin_transformer.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
+        num_classes=10, block=swin_transformer.SwinTransformerBlockV2,
+        downsample_layer=swin_transformer.PatchMergingV2,
+    )  # fmt: skip
+
+
 def _vit():
     return vision_transformer.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
@@ -67,6 +75,7 @@ MODELS = {
     "mobilenet_v3": _mobilenet,
     "convnext": _convnext,
     "swin": _swin,
+    "swin_v2": _swin_v2,
     "vit": _vit,
 }
 # what each must show: (Linears on N-D inputs, unsupported entries)
@@ -75,6 +84,7 @@ EXPECTED = {
     "mobilenet_v3": (0, 0),
     "convnext": (4, 0),  # two blocks x two pointwise Linears on (N, H, W, C)
     "swin": (5, 4),  # MLP and patch-merging Linears; qkv / proj applied inside the attention
+    "swin_v2": (5, 8),  # and per block two cpb_mlp Linears on a shared batch-1 buffer
     "vit": (4, 2),  # MLP Linears on (N, T, D); MultiheadAttention listed with the reason
 }
 
@@ -100,6 +110,20 @@ def test_analysed_and_injected_like_a_full_forward(name, coverage):
     )
     assert faults == len(layers) * 3 * 5 and mismatches == 0, notes
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_layers_whose_input_does_not_depend_on_the_images_are_listed_not_catalogued():
+    """SwinV2's continuous position bias MLP runs on a batch-1 table shared by every image: a
+    fault there changes all images at once. It is listed with that reason, never catalogued
+    (fault injection on it used to raise an unrelated shape error)."""
+    model = _swin_v2().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = SimulationEngine(model, torch.randn(3, 3, 32, 32))
+    names = [i.name for i in engine.catalogue]
+    assert names and not any("cpb_mlp" in n for n in names)
+    listed = [u for u in unsupported_layers(model) if "cpb_mlp" in u]
+    assert len(listed) == 4 and all("does not depend on the images" in u for u in listed)
 
 
 def test_the_comparison_sees_a_wrong_outcome(coverage):
