@@ -10,7 +10,9 @@ The candidate vulnerability values (CVVs) are positive magnitudes ``c_1 < ... < 
   ``-24 .. 127`` and ``q`` in ``0..3``, then ``+Inf``: the same resolution over the whole range
   where bit-flip errors occur (no jumps like ``2^32 -> 2^64``), and the outermost finite bin
   ``[1.75 * 2^127, Inf)`` is probed like the others, so only NaN and +-Inf are assumed critical
-  (what FI sees as a DUE: a weight of ``-Inf`` in a Linear head makes a logit ``-Inf``). ``-Inf``
+  (what FI sees as a DUE: a weight of ``-Inf`` in a Linear head makes a logit ``-Inf``), and
+  even those are probed where no finite bin of a target and image is critical (an output no
+  later node reads; :func:`~pytorchfi_deepvigor.analysis.probing.search_group`). ``-Inf``
   goes to bin 0 with the finite errors below ``-1.75 * 2^127``, which share its key (the only
   finite errors the fine grid assumes critical).
 
@@ -19,9 +21,11 @@ single bit flips of the target's fault sites produce, over the ``2K + 1`` bins c
 ``[-c_K, ..., -c_1, c_1, ..., c_K]``. Bin ``b`` holds the errors in ``[edge[b-1], edge[b])``:
 
 * bin ``0`` (``e < -c_K``, ``-Inf`` included) and bin ``2K`` (``e >= c_K``, ``+Inf`` included;
-  NaN errors are counted here, as ``+Inf``) are **always critical**: for the paper grid this is
-  the paper's "beyond 2^10 is critical", for the extended grid it only concerns
-  ``|e| >= 2^127`` and infinities, for the fine grid (``c_K = Inf``) only NaN and +-Inf;
+  NaN errors are counted here, as ``+Inf``) are **critical** without a probe: for the paper grid
+  this is the paper's "beyond 2^10 is critical", for the extended grid it only concerns
+  ``|e| >= 2^127`` and infinities, for the fine grid (``c_K = Inf``) only NaN and +-Inf, and
+  there only where some finite bin of the same target and image is critical (elsewhere NaN,
+  +Inf and -Inf are probed);
 * bin ``K`` (``[-c_1, c_1)``) is **never critical**: below the grid's resolution (the paper's
   masked errors);
 * the positive bin ``[c_k, c_{k+1})`` (bin ``K + k``) is critical iff the candidate ``+c_k`` is,
