@@ -30,6 +30,7 @@ from pytorchfi_deepvigor.functional.search import (
     runner_up_margin,
 )
 from pytorchfi_deepvigor.functional.vf import (
+    bin_criticality,
     critical_bins_mass,
     non_critical_mass,
     vulnerability_factor,
@@ -73,6 +74,7 @@ class GroupOutcome:
         outer_probed: (target, image) pairs whose outer bins were probed (NaN, +-Inf; see
             :func:`search_group`).
         outer_masked: those of them where no outer value was critical (an unread position).
+        bins: bool ``(T, I, 2K + 1)``: whether each EDM bin was found (or assumed) critical.
     """
 
     plus: Tensor
@@ -84,6 +86,7 @@ class GroupOutcome:
     scanned: int = 0
     outer_probed: int = 0
     outer_masked: int = 0
+    bins: Tensor | None = None
 
 
 def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
@@ -158,7 +161,9 @@ def search_group(
         minus = res.index[half:].view(n_tgt, n_img)
         mass = non_critical_mass(counts, plus, minus)
         probes = res.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
-        return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes)
+        ar = torch.arange(k)
+        bins = bin_criticality(ar >= plus.unsqueeze(-1), ar >= minus.unsqueeze(-1))
+        return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes, bins=bins)
     prior = None
     if n_img > PILOT_IMAGES:
         group = targets + n_tgt * (torch.arange(2 * half) >= half)  # (target, sign)
@@ -186,6 +191,7 @@ def search_group(
         int(out.scanned.sum()),
         asked,
         masked,
+        bin_criticality(crit[0], crit[1], outer_plus, outer_minus),
     )
 
 

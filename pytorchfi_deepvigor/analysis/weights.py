@@ -14,9 +14,20 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
 * ``"equivalent"`` (the default): the channel-wide constant with the pattern's mean,
   ``e = d * mean_p X_j[p]`` over the real (unpadded) positions: one error per (weight, bit,
   image), no backward pass; a sampled analysis uses the same model (the drawn positions are not
-  needed). Approximated: a pattern is judged as the constant of equal total; measured against
-  exhaustive FI in ``validation/REPORT.md`` (it beat the first-order variant below on 4 of 5
-  models). Where the filter reads few input channels, any constant is worst and a search along
+  needed). For a channels-last Linear layer (a token-wise MLP: ViT, ConvNeXt) on inputs of
+  both signs (after a LayerNorm) the pattern's signed parts are judged apart, over the tokens
+  the network reads (:func:`read_positions`): ``e+ = d * mean_p X_j^+[p]`` and
+  ``e- = d * mean_p X_j^-[p]`` (``X^+ = max(X, 0)``, ``X^- = min(X, 0)``), the fault critical
+  where either is. The nonlinearity after such a layer (GELU) acts on each token before
+  anything mixes them, so the tokens the fault pushes up pass it whatever the others do, while
+  the mean lets the two parts cancel: a ConvNeXt ``pwconv1`` channel read 1.45% with the mean,
+  2.71% with the parts, FI 2.71%; a ViT last-block ``fc1`` channel, whose output only the class
+  token carries on, 3.02% with the parts over every token and 1.60% over the read one, FI 1.60%.
+  In a convolution the next layer's kernel sums neighbouring positions again, so the parts
+  partly cancel downstream: judged apart they read high (an outside model's conv after a GELU:
+  0.026% MAE with the mean, 0.101% with the parts), and convolutions keep the mean.
+  Approximated: a pattern (or part) is judged as the constant of equal total; measured against
+  exhaustive FI in ``validation/REPORT.md``. Where the filter reads few input channels, any constant is worst and a search along
   the weights' own patterns is affordable (:mod:`~pytorchfi_deepvigor.analysis.rays`; exact up
   to the order of the unprobed faults and the bisection); no VVs of the channel
   (``vv_minus``/``vv_plus`` are ``None`` for such a layer). That is Conv2d filters on at most
@@ -43,20 +54,29 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.activations import cvf_spread
 from pytorchfi_deepvigor.analysis.handlers import handler_for
-from pytorchfi_deepvigor.analysis.probing import margin_gradient, search_defaults, search_group
+from pytorchfi_deepvigor.analysis.probing import (
+    GroupOutcome,
+    margin_gradient,
+    search_defaults,
+    search_group,
+)
 from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import histogram, weight_edm
+from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
 from pytorchfi_deepvigor.functional.vf import vv_values
-from pytorchfi_deepvigor.perturbations import ChannelAdd
+from pytorchfi_deepvigor.functional.receptive import linear_operand_means
+from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
 __all__ = ["analyze_weights", "AGGREGATES", "equivalent_errors"]
@@ -113,6 +133,93 @@ def _channel_view(t: Tensor, info: LayerInfo) -> Tensor:
     return t.reshape(t.shape[0], info.out_channels, -1)
 
 
+def read_positions(engine: SimulationEngine, info: LayerInfo) -> Tensor:
+    """Which output positions (tokens) of a channels-last Linear layer the network reads.
+
+    NaN added to channel 0 at one position of the first image, one batched run over every
+    position: a position whose NaN does not reach the logits is read by no later node (a token
+    the classifier head skips, as after a ViT's last block). Cached per engine and layer.
+    Where no position reads as read (channel 0 itself dropped), every position counts.
+    """
+    cache = _READ.setdefault(engine, {})
+    if info.layer_num not in cache:
+        n_pos = info.neurons_per_channel
+        pos = torch.arange(n_pos)
+        width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+        pert = NeuronAdd(
+            torch.zeros(n_pos, dtype=torch.long),
+            pos // width,
+            pos % width,
+            torch.full((n_pos,), float("nan")),
+        )
+        logits = engine.run(info.layer_num, torch.zeros(n_pos, dtype=torch.long), pert)
+        read = (~torch.isfinite(logits).all(dim=1)).cpu()
+        cache[info.layer_num] = read if bool(read.any()) else torch.ones_like(read)
+    return cache[info.layer_num]
+
+
+_READ: weakref.WeakKeyDictionary[SimulationEngine, dict[int, Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signed_input(engine: SimulationEngine, info: LayerInfo) -> bool:
+    """Whether the layer's input holds negative values on some image."""
+    return bool((engine.layer_input(info.layer_num) < 0).any())
+
+
+def _split(engine: SimulationEngine, info: LayerInfo) -> bool:
+    """Whether the default model judges a fault's signed parts separately: channels-last Linear
+    layers (token-wise MLPs) on inputs of both signs."""
+    return info.channel_last and _signed_input(engine, info)
+
+
+def _signed_errors(
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor
+) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
+    """The default model's two channel-wide errors of every fault, in memory-bounded pieces.
+
+    Yields ``(start, stop, pos, neg)`` for ``channels[start:stop]``: float32 ``(T, I, J * 32)``
+    each, ``d * mean_p X_j^+`` and ``d * mean_p X_j^-`` (the means of the pattern's positive and
+    negative parts over the real positions; exactly 0 where the part is empty, so a pattern of
+    one sign has one error, ``d * mean_p X_j``, and a zero); ``neg`` is ``None`` where the
+    layer's input has no negative value at all (after a ReLU).
+    """
+    handler = handler_for(info.module)
+    x_in = engine.layer_input(info.layer_num)
+    parts = (x_in.clamp_min(0), x_in.clamp_max(0)) if _split(engine, info) else (x_in,)
+    read = read_positions(engine, info) if info.channel_last else None
+    step = max(1, _GATHER_ELEMENTS // max(1, engine.num_images * info.fan_in * 32))
+    for a in range(0, channels.numel(), step):
+        ch = channels[a : a + step].to(x_in.device)
+        errors = []
+        for part in parts:
+            if read is None:
+                means, w, _ = handler.operand_means(part, info.module, ch)
+            else:
+                means, w, _ = linear_operand_means(part, info.module, ch, read)
+            err = errors_of_scales(means, w)  # (T, I, J * 32)
+            empty = (means == 0).transpose(0, 1).repeat_interleave(32, dim=-1)
+            errors.append(err.masked_fill(empty, 0.0))
+        yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
+
+
+def _signed_vf(
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, grid: Tensor, out: GroupOutcome
+) -> Tensor:
+    """CVFs under the default model: a fault is critical where either signed part's bin is."""
+    assert out.bins is not None
+    bins = out.bins
+    cvf = []
+    for a, b, pos, neg in _signed_errors(engine, info, channels):
+        crit = bins[a:b].to(pos.device)
+        hit = crit.gather(-1, bin_index(pos, grid).long())
+        if neg is not None:
+            hit |= crit.gather(-1, bin_index(neg, grid).long())
+        cvf.append(hit.double().mean(dim=(1, 2)).cpu())
+    return torch.cat(cvf)
+
+
 def _edms(
     engine: SimulationEngine,
     info: LayerInfo,
@@ -125,8 +232,15 @@ def _edms(
     """EDMs ``(T, I, 2K + 1)`` of a group of channels, gathered in memory-bounded pieces."""
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
-    if aggregate in ("equivalent", "gradient"):
-        if aggregate == "gradient" and margin_grad is None:
+    if aggregate == "equivalent":  # both signed parts of every fault, one histogram
+        return torch.cat(
+            [
+                histogram(pos, grid).cpu() + (0 if neg is None else histogram(neg, grid).cpu())
+                for _, _, pos, neg in _signed_errors(engine, info, channels)
+            ]
+        )
+    if aggregate == "gradient":
+        if margin_grad is None:
             raise ValueError("aggregate='gradient' needs the margin gradient of the layer")
         positions = None  # the equivalent covers every position
     n_pos = positions.shape[1] if positions is not None else info.neurons_per_channel
@@ -135,18 +249,11 @@ def _edms(
     out = []
     for a in range(0, channels.numel(), step):
         ch = channels[a : a + step].to(x_in.device)
-        if aggregate == "equivalent":  # the operands' means, computed without gathering them
-            means, w, _ = handler.operand_means(x_in, info.module, ch)
-            out.append(histogram(errors_of_scales(means, w), grid).cpu())
-            continue
         ps = None if positions is None else positions[a : a + step].to(x_in.device)
         ops, w, valid = handler.weight_operands(x_in, info.module, ch, ps)
-        if aggregate in ("equivalent", "gradient"):
-            g = None
-            if aggregate == "gradient":
-                assert margin_grad is not None
-                g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)]
-                g = g.to(ops.device)
+        if aggregate == "gradient":
+            assert margin_grad is not None
+            g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)].to(ops.device)
             out.append(histogram(equivalent_errors(ops, w, valid, g), grid).cpu())
         else:
             out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate).cpu())
@@ -223,7 +330,8 @@ def analyze_weights(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        cvf.append(out.vf)
+        signed = aggregate == "equivalent" and _split(engine, info)
+        cvf.append(_signed_vf(engine, info, ch, grid, out) if signed else out.vf)
         if keep_edm:
             edms.append(counts)
     cvf_all = torch.cat(cvf).numpy()

@@ -319,12 +319,15 @@ def conv_operand_means(
 
 
 def linear_operand_means(
-    x: Tensor, linear: nn.Linear, channels: Tensor
+    x: Tensor, linear: nn.Linear, channels: Tensor, read: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`conv_operand_means` for a Linear layer: each input feature's mean over the
-    tokens/positions (the input itself for ``(I, F_in)``)."""
+    tokens/positions (the input itself for ``(I, F_in)``), or over the positions ``read`` (bool
+    ``(P,)``) marks."""
     w = linear.weight.detach()[channels.long()]
     tokens = x.unsqueeze(1) if x.dim() == 2 else _tokens(x, linear)  # (I, P, F_in)
+    if read is not None and x.dim() > 2:
+        tokens = tokens[:, read.to(tokens.device)]
     means = tokens.mean(dim=1).unsqueeze(1).expand(-1, channels.numel(), -1)
     n_real = torch.full(w.shape, float(tokens.shape[1]), dtype=x.dtype, device=w.device)
     return means, w, n_real

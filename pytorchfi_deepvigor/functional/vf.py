@@ -37,6 +37,7 @@ from torch import Tensor
 __all__ = [
     "non_critical_mass",
     "critical_bins_mass",
+    "bin_criticality",
     "vulnerability_factor",
     "vv_values",
     "layer_vf",
@@ -107,15 +108,27 @@ def critical_bins_mass(
             f"expected counts with 2K + 1 bins and (K,) criticalities, got {nbins} bins, "
             f"{tuple(plus_crit.shape)} and {tuple(minus_crit.shape)}"
         )
-    ones = torch.ones_like(plus_crit[..., :1])
-    top = ones if outer_plus is None else outer_plus.to(torch.bool).unsqueeze(-1)
-    bottom = ones if outer_minus is None else outer_minus.to(torch.bool).unsqueeze(-1)
-    crit = torch.cat(
-        [bottom, minus_crit[..., : k - 1].flip(-1), ~ones, plus_crit[..., : k - 1], top], -1
-    )
+    crit = bin_criticality(plus_crit, minus_crit, outer_plus, outer_minus)
     c = counts.to(torch.float64)
     total = c.sum(-1)
     return (c * (~crit)).sum(-1) / total.clamp_min(1)
+
+
+def bin_criticality(
+    plus_crit: Tensor,
+    minus_crit: Tensor,
+    outer_plus: Tensor | None = None,
+    outer_minus: Tensor | None = None,
+) -> Tensor:
+    """Whether each of the ``2K + 1`` EDM bins is critical (the layout of
+    :func:`critical_bins_mass`, whose arguments these are): bool ``(..., 2K + 1)``."""
+    k = plus_crit.shape[-1]
+    ones = torch.ones_like(plus_crit[..., :1])
+    top = ones if outer_plus is None else outer_plus.to(torch.bool).unsqueeze(-1)
+    bottom = ones if outer_minus is None else outer_minus.to(torch.bool).unsqueeze(-1)
+    return torch.cat(
+        [bottom, minus_crit[..., : k - 1].flip(-1), ~ones, plus_crit[..., : k - 1], top], -1
+    )
 
 
 def vulnerability_factor(mass: Tensor) -> Tensor:

@@ -171,3 +171,57 @@ def test_narrow_pointwise_conv_is_searched_ray_by_ray_close_to_fi() -> None:
     assert uses_rays(engine.layer(1)) and uses_rays(engine.layer(2))
     default = _errors(net, images, [1, 2])
     assert np.abs(default).max() < 0.003, default
+
+
+class _Tokens(nn.Module):
+    """A channels-last Linear on normalised (signed) tokens, then GELU: a transformer MLP; the
+    head reads the mean token, or only the first one (a class token)."""
+
+    def __init__(self, first: bool = False) -> None:
+        super().__init__()
+        self.first = first
+        self.norm = nn.LayerNorm(6)
+        self.fc1 = nn.Linear(6, 12)
+        self.fc2 = nn.Linear(12, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, 6, 6) -> 6 tokens of 6
+        t = self.norm(x.flatten(1, 2))
+        t = t + self.fc2(nn.functional.gelu(self.fc1(t)))
+        return self.head(t[:, 0] if self.first else t.mean(dim=1))
+
+
+def test_signed_patterns_are_judged_by_their_parts_close_to_fi(monkeypatch) -> None:
+    """After a LayerNorm a weight's pattern (its input feature over the tokens) has both signs;
+    its mean lets them cancel, the GELU after the layer passes one of them. The default judges
+    each signed part's mean: close to FI, where the plain mean reads low."""
+    import pytorchfi_deepvigor.analysis.weights as weights
+
+    torch.manual_seed(2)
+    x, y = _blobs(300)
+    net = _fit(_Tokens(), x, y, epochs=60)
+    images, _ = _blobs(24, seed=1)
+    engine = SimulationEngine(net, images)
+    assert engine.layer(0).name == "fc1" and engine.layer(0).channel_last
+    assert weights._signed_input(engine, engine.layer(0))
+    default = _errors(net, images, [0])
+    monkeypatch.setattr(weights, "_signed_input", lambda engine, info: False)  # the plain mean
+    mean = _errors(net, images, [0])
+    assert np.abs(default).mean() < 0.5 * np.abs(mean).mean(), (default, mean)
+    assert np.abs(default).max() < 0.01, default
+
+
+def test_only_the_tokens_the_network_reads_make_the_pattern() -> None:
+    """A head that reads the first token only: the other tokens' operands do not count."""
+    from pytorchfi_deepvigor.analysis.weights import read_positions
+
+    torch.manual_seed(3)
+    x, y = _blobs(300)
+    net = _fit(_Tokens(first=True), x, y, epochs=60)
+    images, _ = _blobs(24, seed=1)
+    engine = SimulationEngine(net, images)
+    assert read_positions(engine, engine.layer(0)).tolist() == [True] + [False] * 5
+    mean_head = SimulationEngine(_Tokens(), images)
+    assert read_positions(mean_head, mean_head.layer(0)).all()
+    default = _errors(net, images, [0])
+    assert np.abs(default).max() < 0.005, default
