@@ -46,14 +46,6 @@ __all__ = [
     "search_defaults",
 ]
 
-PILOT_IMAGES = 5
-"""Images per (target, sign) searched first; the others start at their median answer.
-
-A target's VVs are close from image to image (on ResNet-18's weight channels the median
-distance between an image's answer and its target's median is 0-1 member ranks), so a search
-that starts there and gallops needs about half the probes of a bisection over the whole range
-(:func:`~pytorchfi_deepvigor.functional.search.checked_search`, ``prior``)."""
-
 MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
 """``(target index (P,), candidate value (P,)) -> perturbation`` of ``P`` batch elements."""
 
@@ -164,11 +156,7 @@ def search_group(
         ar = torch.arange(k)
         bins = bin_criticality(ar >= plus.unsqueeze(-1), ar >= minus.unsqueeze(-1))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes, bins=bins)
-    prior = None
-    if n_img > PILOT_IMAGES:
-        group = targets + n_tgt * (torch.arange(2 * half) >= half)  # (target, sign)
-        prior = (group, images < PILOT_IMAGES)
-    out = checked_search(members, judged, first=first, scope=targets, prior=prior)
+    out = checked_search(members, judged, first=first, scope=targets)
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

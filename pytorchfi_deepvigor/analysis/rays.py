@@ -167,9 +167,6 @@ def _search_channels(
         f = order[t, c, row_s[rows], g]
         return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
 
-    # no image prior here: along a mixed-sign pattern (a first layer on normalised images)
-    # criticality is often not monotone, the bisection's path decides, and starting it at the
-    # other images' answer moved two first-layer channels of an outside model by 1.3 points
     res = checked_search(members, oracle, scope=row_t)
     hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
     probes = res.probes.view(shape).sum(dim=(1, 2, 3))

@@ -26,10 +26,7 @@ critical candidate scanned, as a critical band may lie between the bisection's p
 answer never depends on which other targets share the call. Given the outcomes' fingerprints,
 a row whose bisection meets the largest member's very outcome stops there (saturation; see
 :func:`checked_search`). It returns the criticality of every candidate, not only the smallest
-critical one, so the VF counts exactly the bins found critical. Given a ``prior`` (rows whose
-answers cluster: one target's images), a few pilot rows per group are bisected first and the
-others start at their group's median answer and gallop, which under the monotone assumption
-finds the same answers with about half the probes.
+critical one, so the VF counts exactly the bins found critical.
 
 Every bisection round is **one** oracle call carrying all unfinished rows, so the caller can
 turn it into one batched forward of many (target, image, candidate) elements; finished rows
@@ -188,11 +185,7 @@ class CheckedSearch:
 
 
 def checked_search(
-    members: Tensor,
-    oracle: Oracle,
-    first: int | None = None,
-    scope: Tensor | None = None,
-    prior: tuple[Tensor, Tensor] | None = None,
+    members: Tensor, oracle: Oracle, first: int | None = None, scope: Tensor | None = None
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -205,13 +198,6 @@ def checked_search(
         scope: long ``(R,)``: the target of each row; rows without a critical candidate are
             scanned where a row of the same target failed the check. ``None``: every row is
             its own target.
-        prior: optional ``(group, pilot)``, long and bool ``(R,)``: rows of one group (a
-            target's images, one sign) whose answers lie close together, and the rows searched
-            first. Every other row of a group with a pilot answer starts at the median of its
-            group's pilot answers and gallops from there (1, 2, 4, ... ranks away, down where
-            that start is critical, up where it is not) until it has bracketed its answer, then
-            bisects the bracket. Under the monotone assumption the answers are the plain
-            bisection's; only the probes are fewer where the answers cluster.
 
     Returns:
         :class:`CheckedSearch`.
@@ -259,8 +245,7 @@ def checked_search(
     lo = torch.zeros(n_rows, dtype=torch.long, device=dev)
     hi = torch.where(top, rank_top, n)  # the answer's rank lies in [lo, hi]; n means none
 
-    def step(rows: Tensor, rank: Tensor) -> Tensor:
-        """Probe each row's candidate of that rank; narrow ``[lo, hi]``; the answers."""
+    def step(rows: Tensor, rank: Tensor) -> None:
         nonlocal rounds
         crit = top[rows] & (rank == rank_top[rows])  # known at L
         ask = rank != rank_top[rows]
@@ -278,47 +263,15 @@ def checked_search(
         lo[rows] = torch.where(crit, lo[rows], rank + 1)
         done = rows[saturated]
         lo[done], hi[done] = n[done], n[done]
-        return crit
 
-    def bisect(mask: Tensor, with_first: bool) -> None:
-        if with_first and first is not None:
-            rows = (mask & nonempty & (lo < hi)).nonzero().squeeze(1)
-            if rows.numel():
-                step(rows, cand[rows, :first].sum(dim=1))
-        while True:
-            rows = (mask & (lo < hi)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            step(rows, (lo[rows] + hi[rows]) // 2)
-
-    def gallop(rows: Tensor, start: Tensor) -> None:
-        x = (cand[rows] & (ar.view(1, -1) < start.view(-1, 1))).sum(dim=1)  # first >= start
-        x = torch.minimum(torch.maximum(x, lo[rows]), hi[rows] - 1)
-        down = step(rows, x)
-        stride = torch.ones_like(x)
-        while rows.numel():
-            y = torch.where(down, x - stride, x + stride)
-            keep = (lo[rows] < hi[rows]) & torch.where(down, y >= lo[rows], y < hi[rows])
-            rows, y, down, stride = rows[keep], y[keep], down[keep], stride[keep]
-            if rows.numel() == 0:
-                break
-            c = step(rows, y)
-            go = torch.where(down, c, ~c)  # not bracketed yet: go on, twice as far
-            rows, x, down, stride = rows[go], y[go], down[go], 2 * stride[go]
-
-    if prior is None:
-        bisect(torch.ones(n_rows, dtype=torch.bool, device=dev), True)
-    else:
-        group, pilot = prior
-        bisect(pilot, True)
-        answer = table.gather(1, lo.unsqueeze(1)).squeeze(1)
-        start = _group_median(group, answer, pilot, k)
-        guided = ~pilot & (start >= 0) & (lo < hi)
-        rows = guided.nonzero().squeeze(1)
-        if rows.numel():
-            gallop(rows, start[rows])
-        bisect(~pilot & ~guided, True)
-        bisect(guided, False)
+    if first is not None and bool(nonempty.any()):
+        rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
+        step(rows, cand[rows, :first].sum(dim=1))
+    while True:
+        rows = (lo < hi).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        step(rows, (lo[rows] + hi[rows]) // 2)
     index = table.gather(1, lo.unsqueeze(1)).squeeze(1)
     found = index < k
     critical = ar.view(1, -1) >= index.view(-1, 1)
@@ -344,19 +297,6 @@ def checked_search(
         probes += want.sum(dim=1)
         rounds += 1
     return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
-
-
-def _group_median(group: Tensor, answer: Tensor, pilot: Tensor, k: int) -> Tensor:
-    """Per row, the (lower) median answer of its group's pilot rows that found one; -1: none."""
-    out = torch.full((int(group.max()) + 1 if group.numel() else 0,), -1, dtype=torch.long)
-    sel = pilot & (answer < k)
-    if bool(sel.any()):
-        g, v = group[sel], answer[sel]
-        order = torch.argsort(g * (k + 1) + v)
-        g, v = g[order], v[order]
-        uniq, counts = torch.unique_consecutive(g, return_counts=True)
-        out[uniq] = v[counts.cumsum(0) - counts + (counts - 1) // 2]
-    return out.to(group.device)[group]
 
 
 def full_scan(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:
