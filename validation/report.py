@@ -106,8 +106,10 @@ def build(out: Path) -> str:
         "NaN and +-Inf probed where nothing finite is critical, non-monotone criticality "
         "detected and scanned); then the weight fault model: the "
         "first-order equivalent (`gradient`) and the default `equivalent` (a pattern judged as "
-        "the constant of its mean; filters on at most 3 input channels searched along their "
-        "own patterns). Zoo rows: Table III above; outside rows: `outside_models.py` (two "
+        "the constant of its mean; filters on at most 3 input channels, and 1x1 filters on at "
+        "most 8, searched along their own patterns; channels-last Linears on signed tokens "
+        "judged by the pattern's positive and negative parts apart, over the tokens the network "
+        "reads). Zoo rows: Table III above; outside rows: `outside_models.py` (two "
         "models unlike the zoo, Fashion-MNIST, 32 images, 2 channels per layer).\n",
         what_each_part_buys(
             read["table3_weights"], read["table3_activations"], read["outside_models"]

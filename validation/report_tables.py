@@ -441,7 +441,7 @@ def what_each_part_buys(t3w: Rows, t3a: Rows, outside: Rows) -> str:
         ("weights", "extended", "position", "+ extended grid"),
         ("weights", "fine", "position", "+ fine, checked search"),
         ("weights", "fine", "gradient", "+ first-order model"),
-        ("weights", "fine", "equivalent", "+ mean model (default)"),
+        ("weights", "fine", "equivalent", "+ mean / signed-parts model (default)"),
         ("operands", "paper", "n/a", "operands: paper"),
         ("operands", "extended", "n/a", "operands: extended"),
         ("operands", "fine", "n/a", "operands: fine (default)"),
