@@ -180,10 +180,11 @@ def _signed_errors(
     """The default model's two channel-wide errors of every fault, in memory-bounded pieces.
 
     Yields ``(start, stop, pos, neg)`` for ``channels[start:stop]``: float32 ``(T, I, J * 32)``
-    each, ``d * mean_p X_j^+`` and ``d * mean_p X_j^-`` (the means of the pattern's positive and
-    negative parts over the real positions; exactly 0 where the part is empty, so a pattern of
-    one sign has one error, ``d * mean_p X_j``, and a zero); ``neg`` is ``None`` where the
-    layer's input has no negative value at all (after a ReLU).
+    each, ``d * mean_p X_j^+`` and ``d * mean_p X_j^-``, the means of the pattern's positive and
+    negative parts over the real positions (for a channels-last Linear, over the tokens the
+    network reads); a part that is empty gives ``d * 0``: 0, or NaN for an infinite or NaN
+    ``d``, which FI sees too (such a weight times a zero operand is NaN). ``neg`` is ``None``
+    and ``pos`` the plain ``d * mean_p X_j`` where the parts are not split (:func:`_split`).
     """
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
@@ -198,9 +199,7 @@ def _signed_errors(
                 means, w, _ = handler.operand_means(part, info.module, ch)
             else:
                 means, w, _ = linear_operand_means(part, info.module, ch, read)
-            err = errors_of_scales(means, w)  # (T, I, J * 32)
-            empty = (means == 0).transpose(0, 1).repeat_interleave(32, dim=-1)
-            errors.append(err.masked_fill(empty, 0.0))
+            errors.append(errors_of_scales(means, w))  # (T, I, J * 32)
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
 
 
