@@ -116,7 +116,9 @@ class DeepVigorAnalyzer:
                 ``"paper"`` (``2^-10 .. 2^10``, errors beyond assumed critical: the paper).
             aggregate: how a weight fault's pattern becomes channel-wide errors:
                 ``"equivalent"`` (default: the constant of the pattern's mean; filters on at
-                most 3 input channels searched along their own patterns), ``"gradient"`` (the
+                most 3 input channels, and 1x1 filters on at most 8, searched along their own
+                patterns; channels-last Linears on signed tokens judged by the pattern's signed
+                parts over the tokens the network reads), ``"gradient"`` (the
                 first-order equivalent, one backward per layer), ``"position"`` (the paper: one
                 error per position) or ``"fault"`` (the largest positional error). ``search="paper", aggregate="position"`` is
                 the paper's method.

@@ -58,7 +58,7 @@ import weakref
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pytorchfi_deepvigor.analysis.activations import cvf_spread
 from pytorchfi_deepvigor.analysis.handlers import handler_for
@@ -74,8 +74,8 @@ from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
-from pytorchfi_deepvigor.functional.vf import vv_values
 from pytorchfi_deepvigor.functional.receptive import linear_operand_means
+from pytorchfi_deepvigor.functional.vf import vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
@@ -198,6 +198,7 @@ def _signed_errors(
             if read is None:
                 means, w, _ = handler.operand_means(part, info.module, ch)
             else:
+                assert isinstance(info.module, nn.Linear)  # only channels-last Linears have reads
                 means, w, _ = linear_operand_means(part, info.module, ch, read)
             errors.append(errors_of_scales(means, w))  # (T, I, J * 32)
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None

@@ -225,8 +225,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
         choices=AGGREGATES,
         default=AGGREGATES[0],
         help="weight fault model: equivalent (default: the pattern's mean; filters on <= 3 input "
-        "channels searched along their own patterns), gradient (first-order), position (the "
-        "paper) or fault (largest positional error)",
+        "channels and 1x1 filters on <= 8 searched along their own patterns; channels-last "
+        "Linears on signed tokens by the pattern's signed parts over the read tokens), gradient "
+        "(first-order), position (the paper) or fault (largest positional error)",
     )
 
 

@@ -26,6 +26,7 @@ import os
 import time
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -127,7 +128,7 @@ def training_data(
         )
         train = ImageSet(digits.train.images[keep], digits.train.labels[keep], digits.train.classes)
         return train, digits.test
-    root = FASHION_MNIST_ROOT if data_root is None else data_root
+    root = Path(FASHION_MNIST_ROOT if data_root is None else data_root)
     options = {"input_size": config.input_size, "in_channels": config.in_channels}
     try:
         train = load_mnist(
