@@ -28,8 +28,9 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
   0.026% MAE with the mean, 0.101% with the parts), and convolutions keep the mean.
   Approximated: a pattern (or part) is judged as the constant of equal total; measured against
   exhaustive FI in ``validation/REPORT.md``. Where the filter reads few input channels, any
-  constant is worst and a search along the weights' own patterns is affordable (:mod:`~pytorchfi_deepvigor.analysis.rays`; exact up
-  to the order of the unprobed faults and the bisection); no VVs of the channel
+  constant is worst and a search along the weights' own patterns is affordable
+  (:mod:`~pytorchfi_deepvigor.analysis.rays`; exact up to the order of the unprobed faults and
+  the bisection); no VVs of the channel
   (``vv_minus``/``vv_plus`` are ``None`` for such a layer). That is Conv2d filters on at most
   :data:`~pytorchfi_deepvigor.analysis.rays.RAY_IN_CHANNELS` input channels (first layers,
   depthwise convolutions: a first layer on signed images read 40% low) and 1x1 filters on at
