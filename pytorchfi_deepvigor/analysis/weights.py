@@ -309,6 +309,7 @@ def analyze_weights(
         per_channel = grad.reshape(n_img, info.out_channels, -1).sum(dim=2)[:, channels]
         skip = (per_channel == 0).all(dim=0).cpu()
     step = max(1, group_rows // n_img)
+    signed = aggregate == "equivalent" and not rays and _split(engine, info)  # once per layer
     plus, minus, cvf, edms = [], [], [], []
     if rays:
         cvf.append(ray_search(engine, info, channels).critical.mean(dim=1))
@@ -331,7 +332,6 @@ def analyze_weights(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        signed = aggregate == "equivalent" and _split(engine, info)
         cvf.append(_signed_vf(engine, info, ch, grid, out) if signed else out.vf)
         if keep_edm:
             edms.append(counts)
