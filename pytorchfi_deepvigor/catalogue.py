@@ -54,6 +54,15 @@ class LayerInfo:
         has_bias: whether the layer adds a bias.
         channel_last: the module writes its channels last (a Linear on N-D inputs): its real
             output is ``module_output_shape`` ``(*positions, F)``.
+        weight_transform: why the layer's forward is not the plain ``F.conv2d``/``F.linear`` of
+            its stored weight (``timm``'s ``StdConv2d`` standardises each filter, a weight-norm
+            hook recomputes it, ...), ``""`` when it is (checked on one image, with the stored
+            weight and with a changed one). Fault injection then runs the layer's own forward
+            with the faulty weight or operand; the analysis, whose fault model is the plain
+            product, skips such a layer and says so.
+        dead: why nothing the layer computes reaches the model's output (e.g. the head of a
+            two-headed network whose other output is returned), ``""`` when it does. Set by the
+            engine from the traced graph; every fault of a dead layer is masked (VF 0).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
@@ -74,6 +83,8 @@ class LayerInfo:
     dilation: tuple[int, int] = (1, 1)
     has_bias: bool = False
     channel_last: bool = False
+    weight_transform: str = ""
+    dead: str = ""
 
     @property
     def out_channels(self) -> int:
@@ -120,6 +131,8 @@ class LayerInfo:
             "neurons": self.neurons_per_image,
             "weights": self.n_weights,
             "groups": self.groups,
+            **({"weight_transform": self.weight_transform} if self.weight_transform else {}),
+            **({"dead": self.dead} if self.dead else {}),
         }
 
 
@@ -218,7 +231,7 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
             out.append(f"{name} ({type(m).__name__}: only Conv2d and Linear are analysed)")
             covered.add(name)
     if example_input is not None:
-        _, uses, _, shared = _profile(model, example_input)
+        _, uses, _, shared, _ = _profile(model, example_input)
     else:
         uses, shared = None, _SHARED_INPUTS.get(model, [])
     modules = dict(model.named_modules())
@@ -248,28 +261,34 @@ def _profile(
     list[tuple[str, str]],
     list[str],
     list[str],
+    dict[str, torch.Tensor],
 ]:
     """One eval-mode forward of two inputs (the first one twice if there is one): per injectable
     layer its per-image (input, output) shapes per call, the parameters used by
     convolutions/matrix products outside called layers, the call order of the injectable layers,
-    and the layers whose input had batch 1 (it does not depend on the images)."""
+    the layers whose input had batch 1 (it does not depend on the images), and the first image
+    each injectable layer read."""
     layers = _injectable(model)
     seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {n: [] for n, _ in layers}
     order: list[str] = []
     shared: list[str] = []
+    first: dict[str, torch.Tensor] = {}
     handles = []
 
     def make_hook(name: str):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             seen[name].append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
             order.append(name)
+            first.setdefault(name, inputs[0][:1].detach().clone())
             if inputs[0].shape[0] == 1 and name not in shared:
                 shared.append(name)
 
         return hook
 
-    batch = example_input[:2] if example_input.shape[0] >= 2 else example_input[:1].repeat(
-        2, *(1,) * (example_input.dim() - 1)
+    batch = (
+        example_input[:2]
+        if example_input.shape[0] >= 2
+        else example_input[:1].repeat(2, *(1,) * (example_input.dim() - 1))
     )
     mode = _ParameterUses({id(p): n for n, p in model.named_parameters()})
     try:
@@ -282,7 +301,53 @@ def _profile(
             h.remove()
     called = {n for n in seen if seen[n]}
     uses = [(p, f) for p, f in mode.used.items() if p.rpartition(".")[0] not in called]
-    return seen, uses, order, shared
+    return seen, uses, order, shared, first
+
+
+WEIGHT_TRANSFORM = (
+    "{kind}.forward of {cls} is not the plain F.{op} of its stored weight (it transforms the "
+    "weight, pads or rescales, or a hook does): weight and operand faults run through its own "
+    "forward; the analysis, whose fault model is the plain product, skips it"
+)
+
+
+def _plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What a plain Conv2d / Linear with ``weight`` computes on ``x``."""
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+            return F.conv2d(x, weight, m.bias, m.stride, 0, m.dilation, m.groups)
+        return F.conv2d(x, weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    return F.linear(x, weight, m.bias)
+
+
+def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
+    """``""`` when ``m(x)`` is the plain product of its stored weight, with that weight and with
+    one weight changed; else :data:`WEIGHT_TRANSFORM` (the weight is restored bit for bit)."""
+    weight = m.weight
+    if not isinstance(weight, torch.Tensor):
+        return ""
+    kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+    reason = WEIGHT_TRANSFORM.format(
+        kind=kind, cls=type(m).__name__, op="conv2d" if kind == "Conv2d" else "linear"
+    )
+    saved = weight.detach().clone()
+    changed = saved.clone()
+    changed.view(-1)[0] = changed.view(-1)[0] * 4 + 1
+    try:
+        with eval_mode(m), torch.no_grad():
+            for w in (saved, changed):
+                weight.detach().copy_(w)
+                got, want = m(x), _plain(m, x, w)
+                if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                    return reason
+                scale = float(want.abs().max()) if want.numel() else 0.0
+                if not torch.allclose(got, want, rtol=1e-4, atol=1e-6 * max(scale, 1.0)):
+                    return reason
+    finally:
+        with torch.no_grad():
+            weight.detach().copy_(saved)
+    return ""
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -314,7 +379,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
             "the model has no injectable layer (nn.Conv2d or nn.Linear); "
             f"unsupported layers: {unsupported_layers(model, example_input) or 'none'}"
         )
-    seen, uses, order, shared = _profile(model, example_input)
+    seen, uses, order, shared, first = _profile(model, example_input)
     _FUNCTIONAL_USES[model] = uses
     _SHARED_INPUTS[model] = shared
     if [n for n in order if n in seen] != [n for n, _ in layers if seen[n]]:
@@ -361,6 +426,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 padding=pad,
                 dilation=_pair(m.dilation),
                 has_bias=m.bias is not None,
+                weight_transform=_weight_transform(m, first[name]),
             )
         else:
             positions = out_shape[:-1]
@@ -379,6 +445,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 output_shape=(out_shape[-1], *positions),
                 has_bias=m.bias is not None,
                 channel_last=bool(positions),
+                weight_transform=_weight_transform(m, first[name]),
             )
         catalogue.append(info)
     return catalogue

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Perturbation", "NeuronAdd", "NeuronSet", "ChannelAdd", "ChannelSet"]
+__all__ = ["Perturbation", "NeuronAdd", "NeuronSet", "ChannelAdd", "ChannelSet", "OutputSet"]
 
 
 def _long(t: torch.Tensor | list[int], name: str) -> torch.Tensor:
@@ -175,3 +175,39 @@ class ChannelSet(_Channel):
     def apply(self, out: torch.Tensor, start: int, stop: int) -> None:
         idx, value = self._target(out, start, stop)
         out[idx] = value
+
+
+@dataclass(frozen=True)
+class OutputSet(Perturbation):
+    """Replace the whole output by ``value[b]`` (neuron layout, ``(B, *output_shape)``): a weight
+    fault of a layer whose forward transforms its weight, computed by that forward.
+
+    Example:
+        >>> p = OutputSet(torch.ones(2, 3))
+        >>> out = torch.zeros(2, 3); p.apply(out, 1, 2); out.tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+
+    value: torch.Tensor
+
+    def __post_init__(self) -> None:
+        value = torch.as_tensor(self.value, dtype=torch.float32)
+        if value.dim() < 2:
+            raise ValueError(f"value must be (B, *output_shape), got shape {tuple(value.shape)}")
+        object.__setattr__(self, "value", value)
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+    def check(self, output_shape: tuple[int, ...]) -> None:
+        if tuple(self.value.shape[1:]) != tuple(output_shape):
+            raise ValueError(
+                f"output shape {tuple(self.value.shape[1:])} does not match the layer's "
+                f"{tuple(output_shape)}"
+            )
+
+    def apply(self, out: torch.Tensor, start: int, stop: int) -> None:
+        out.copy_(self.value[start:stop].to(out.dtype))
+
+    def to(self, device: torch.device) -> Perturbation:
+        return OutputSet(self.value.to(device))

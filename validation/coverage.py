@@ -8,10 +8,13 @@ small input (32x32; ViTs built for it; MaxViT at 64x64 with 2x2 partitions, see 
 2. a sampled DeepVigor analysis (``target="both"``) of a few layers: the first, a middle one, the
    last, and a Linear on N-D inputs when the model has one;
 3. fault injection on the same layers: for each, bit flips of weights, operands and stored
-   activations on seeded random sites (every exponent bit and the sign, some mantissa bits).
-   The engine's outcome of every (fault, image) must equal plain injection: the weight flipped
-   in place in the live model, or the layer's output (or one neuron recomputed from a flipped
-   operand) edited by a forward hook, and a full forward of the model; fault for fault;
+   activations on seeded random sites (every exponent bit and the sign, some mantissa bits),
+   and always the extreme faults: the exponent's high bits stuck at 0 and 1 on the site whose
+   value gives 2^64..2^128, +-Inf or NaN. The engine's outcome of every (fault, image) must
+   equal the ground-truth oracle's (``tests/oracle.py``, independent of the package: the
+   weight written into the live model, or the layer's output, or one neuron recomputed by the
+   layer's own forward from a flipped operand, edited by a forward hook, and the model's own
+   forward); fault for fault;
 4. the model is left exactly as it was.
 
 A model is "works" when every step passes, "refused" when the package raises (the reason is the
@@ -42,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,73 +65,33 @@ FIELDS = [
 
 
 # ------------------------------------------------------------------------------ reference
-def _faulty(x: torch.Tensor, bit: int) -> torch.Tensor:
-    from pytorchfi_deepvigor.bits import flip_bit
-
-    return flip_bit(x, torch.full_like(x, bit, dtype=torch.long))
-
-
-def _conv_operand(info: Any, neuron: int, operand: int) -> tuple[int, int, int, int, int, int]:
-    """(channel, row, col, in_channel, padded_row, padded_col) of one Conv2d operand."""
-    _, ho, wo = info.output_shape
-    cin_g, kh, kw = info.weight_shape[1:]
-    c, pos = divmod(neuron, ho * wo)
-    r, q = divmod(pos, wo)
-    ci = (c // (info.output_shape[0] // info.groups)) * cin_g + operand // (kh * kw)
-    pr = r * info.stride[0] + (operand % (kh * kw)) // kw * info.dilation[0]
-    pc = q * info.stride[1] + operand % kw * info.dilation[1]
-    return c, r, q, ci, pr, pc
+# The ground-truth oracle of the tests (tests/oracle.py): independent of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from oracle import Fault, Oracle  # noqa: E402
 
 
-def reference_logits(model: nn.Module, images: torch.Tensor, pop: Any, fault: int) -> torch.Tensor:
-    """Plain injection of one fault and a full forward of ``model`` on ``images``."""
-    from pytorchfi_deepvigor.campaigns.faults import _pads
+def reference_logits(oracle: Oracle, pop: Any, fault: int) -> torch.Tensor:
+    """The oracle's logits of one fault of ``pop``: injected into the model itself, its own
+    forward."""
+    site_idx, bit, value = (int(a[0]) for a in pop.decode(np.array([fault])))
+    where = pop.sites[site_idx]
+    site = tuple(int(a) for a in where) if where.ndim else int(where)
+    return oracle.logits(Fault(pop.target, pop.layer.name, site, bit, value))
 
-    site_idx, bit, _ = (int(a[0]) for a in pop.decode(np.array([fault])))
-    site, info = pop.sites[site_idx], pop.layer
-    module = info.module
-    if pop.target == "weights":
-        flat = module.weight.data.view(-1)
-        golden = flat[int(site)].clone()
-        flat[int(site)] = _faulty(golden, bit)
-        try:
-            return model(images)
-        finally:
-            flat[int(site)] = golden
 
-    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-        out = out.clone()
-        neurons = out.movedim(-1, 1) if info.channel_last else out  # a view in neuron layout
-        view = neurons.reshape(out.shape[0], info.out_channels, -1)
-        if pop.target == "stored":
-            c, p = divmod(int(site), info.neurons_per_channel)
-            value = _faulty(view[:, c, p], bit)
-            idx = np.unravel_index(p, info.output_shape[1:]) if info.output_shape[1:] else ()
-            neurons[(slice(None), c, *idx)] = value
-            return out
-        neuron, j = int(site[0]), int(site[1])
-        if info.kind == "Linear":
-            c, p = divmod(neuron, info.neurons_per_channel)
-            x = inputs[0].reshape(out.shape[0], -1, inputs[0].shape[-1]).clone()
-            x[:, p, j] = _faulty(x[:, p, j], bit)
-            value = F.linear(x[:, p], m.weight, m.bias)[:, c]
-            idx = np.unravel_index(p, info.output_shape[1:]) if info.output_shape[1:] else ()
-            neurons[(slice(None), c, *idx)] = value
-            return out
-        c, r, q, ci, pr, pc = _conv_operand(info, neuron, j)
-        top, bottom, left, right = _pads(info)
-        mode = getattr(m, "padding_mode", "zeros")
-        x = F.pad(
-            inputs[0], (left, right, top, bottom), mode="constant" if mode == "zeros" else mode
-        )
-        x = x.clone()
-        x[:, ci, pr, pc] = _faulty(x[:, ci, pr, pc], bit)
-        y = F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-        out[:, c, r, q] = y[:, c, r, q]
-        return out
-
-    with module.register_forward_hook(hook):
-        return model(images)
+def _extreme_site(engine: Any, info: Any, target: str, candidates: np.ndarray) -> np.ndarray:
+    """Of ``candidates`` (sites of ``target``), the one whose value (image 0) is largest below
+    2 in magnitude: bit 30 stuck at 1 makes it +-Inf or NaN when it lies in [1, 2), else the
+    largest value that fault can make (2^64..2^128)."""
+    if target == "weights":
+        values = info.module.weight.detach().reshape(-1)[torch.as_tensor(candidates)]
+    elif target == "stored":
+        values = engine.layer_output(info.layer_num)[0].reshape(-1)[torch.as_tensor(candidates)]
+    else:
+        return candidates[:1]
+    mag = values.abs().float()
+    mag[mag >= 2] = -1.0
+    return candidates[int(mag.argmax()) : int(mag.argmax()) + 1]
 
 
 # ------------------------------------------------------------------------------ one model
@@ -196,6 +158,9 @@ def _rounding(
     return bool(small.all())
 
 
+EXTREME_BITS = (30, 29, 31)  # stuck-at-1 of the exponent's MSB: 2^64..2^128, +-Inf, NaN
+
+
 def _fi(
     engine: Any,
     model: nn.Module,
@@ -205,15 +170,16 @@ def _fi(
     n_sites: int = SITES_PER_TARGET,
     reference: Any = None,
 ) -> tuple[int, int, int, list[str]]:
-    """Faults on ``layers`` (``n_sites`` per target x ``bits``): the engine's outcomes against
-    ``reference`` (default :func:`reference_logits`). Returns (faults, mismatches, rounding,
-    notes on the first mismatches)."""
+    """Faults on ``layers``: per target ``n_sites`` seeded sites x ``bits`` (flips), and the
+    extreme site (:func:`_extreme_site`) with :data:`EXTREME_BITS` stuck at 0 and 1; the
+    engine's outcomes against ``reference`` (default :func:`reference_logits`, the oracle).
+    Returns (faults, mismatches, rounding, notes on the first mismatches)."""
     reference = reference or reference_logits
     from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
-    from pytorchfi_deepvigor.engine import classify
 
     rng = np.random.default_rng(seed)
     evaluator = FaultEvaluator(engine)
+    oracle = Oracle(model, engine.images)
     faults = mismatches = rounding = 0
     notes: list[str] = []
     for num in layers:
@@ -221,39 +187,66 @@ def _fi(
         for target in ("weights", "operands", "stored"):
             if target == "weights":
                 sites = rng.choice(info.n_weights, n_sites, replace=False)
+                pool = rng.choice(info.n_weights, min(info.n_weights, 256), replace=False)
             elif target == "stored":
                 sites = rng.choice(info.neurons_per_image, n_sites, replace=False)
+                pool = rng.choice(
+                    info.neurons_per_image, min(info.neurons_per_image, 256), replace=False
+                )
             else:
                 neurons = rng.choice(info.neurons_per_image, 4, replace=False)
                 every = operand_sites(info, neurons)
                 sites = every[rng.choice(len(every), n_sites, replace=False)]
-            pop = FaultPopulation(info, target, "flip", sites)
-            ids = np.concatenate([list(pop.stratum(b)) for b in bits])
-            with torch.no_grad():
-                image_idx, pert = evaluator.perturbation(pop, ids)
-                logits = engine.run(num, image_idx, pert)
-                fast = engine.outcomes_of(num, image_idx, logits).view(len(ids), -1)
-                logits = logits.view(len(ids), engine.num_images, -1)
-                for row, f in enumerate(ids):
-                    ref = reference(model, engine.images, pop, int(f)).float()
-                    slow = classify(ref, engine.golden_logits)
-                    if fast[row].tolist() == slow.tolist():
-                        continue
-                    fault_free = engine.reference_logits(num)
-                    if _rounding(
-                        fast[row], slow, logits[row], ref, engine.golden_logits, fault_free
-                    ):
-                        rounding += 1
-                        continue
-                    mismatches += 1
-                    if len(notes) < 3:
-                        s, b, _ = (int(a[0]) for a in pop.decode(np.array([f])))
-                        notes.append(
-                            f"{info.name} {target} site {pop.sites[s].tolist()} bit {b}: "
-                            f"engine {fast[row].tolist()} vs full forward {slow.tolist()}"
-                        )
-            faults += len(ids)
+                pool = sites
+            extreme = _extreme_site(engine, info, target, pool)
+            pops = [
+                (FaultPopulation(info, target, "flip", sites), bits),
+                (FaultPopulation(info, target, "stuck-at", extreme), EXTREME_BITS),
+            ]
+            for pop, pop_bits in pops:
+                ids = np.concatenate([list(pop.stratum(b)) for b in pop_bits])
+                m, r = _compare(engine, evaluator, oracle, pop, ids, notes, reference)
+                faults, mismatches, rounding = faults + len(ids), mismatches + m, rounding + r
     return faults, mismatches, rounding, notes
+
+
+def _compare(
+    engine: Any,
+    evaluator: Any,
+    oracle: Oracle,
+    pop: Any,
+    ids: np.ndarray,
+    notes: list[str],
+    reference: Any,
+) -> tuple[int, int]:
+    """(mismatches, rounding) of the faults ``ids`` of ``pop``: engine against ``reference``."""
+    from pytorchfi_deepvigor.engine import classify
+
+    num = pop.layer.layer_num
+    mismatches = rounding = 0
+    with torch.no_grad():
+        image_idx, pert = evaluator.perturbation(pop, ids)
+        logits = engine.run(num, image_idx, pert)
+        fast = engine.outcomes_of(num, image_idx, logits).view(len(ids), -1)
+        logits = logits.view(len(ids), engine.num_images, -1)
+        for row, f in enumerate(ids):
+            ref = reference(oracle, pop, int(f)).float()
+            slow = classify(ref, engine.golden_logits)
+            if fast[row].tolist() == slow.tolist():
+                continue
+            fault_free = engine.reference_logits(num)
+            if _rounding(fast[row], slow, logits[row], ref, engine.golden_logits, fault_free):
+                rounding += 1
+                continue
+            mismatches += 1
+            if len(notes) < 3:
+                s, b, v = (int(a[0]) for a in pop.decode(np.array([f])))
+                notes.append(
+                    f"{pop.layer.name} {pop.target} site {pop.sites[s].tolist()} bit {b}"
+                    f"{'' if v < 0 else f' stuck at {v}'}: engine {fast[row].tolist()} vs "
+                    f"oracle {slow.tolist()}"
+                )
+    return mismatches, rounding
 
 
 def run_model(name: str) -> dict[str, Any]:

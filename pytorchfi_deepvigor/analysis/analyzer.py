@@ -149,6 +149,11 @@ class DeepVigorAnalyzer:
         ):
             _check_flag(flag, name)
         nums = self._layers(layers)
+        # a layer whose forward is not the plain product of its weight: outside the fault model
+        skipped = [
+            self.engine.catalogue[n] for n in nums if self.engine.catalogue[n].weight_transform
+        ]
+        nums = [n for n in nums if not self.engine.catalogue[n].weight_transform]
         grid = candidate_grid(search)
         sites = draw_sites(self.engine.catalogue, sampling, seed)
         kinds = ("activations", "weights") if target == "both" else (target,)
@@ -239,6 +244,9 @@ class DeepVigorAnalyzer:
             cost=cost,
             n_images=self.engine.num_images,
             model_name=self.model_name,
-            unsupported=unsupported_layers(self.engine.model),
+            unsupported=[
+                *unsupported_layers(self.engine.model),
+                *(f"{i.name} ({type(i.module).__name__}: {i.weight_transform})" for i in skipped),
+            ],
         )
         return dataclasses.replace(result, ranks=ranks) if ranks else result

@@ -144,7 +144,7 @@ def _search_channels(
     out_shape = tuple(info.output_shape[1:])
     n_rays = info.fan_in // per_ray
     ch = channels.to(x_in.device)
-    ops, w, _ = handler_for(info.module).weight_operands(x_in, info.module, ch, None)
+    ops, w, valid = handler_for(info.module).weight_operands(x_in, info.module, ch, None)
     n_t = w.shape[0]
     d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
     d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
@@ -156,8 +156,13 @@ def _search_channels(
            for k, n in enumerate(shape)]  # fmt: skip
     row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-    def probe(t: Tensor, i: Tensor, value: Tensor, pattern: Tensor) -> tuple[Tensor, Tensor]:
+    def probe(
+        t: Tensor, i: Tensor, value: Tensor, pattern: Tensor, real: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # a zero-padded position adds nothing (not d * 0: NaN for d = +-Inf), as the model's
+        # batched convolution computes and fault injection follows
         delta = value.unsqueeze(-1).to(pattern.device) * pattern
+        delta = torch.where(real.to(delta.device), delta, torch.zeros((), dtype=delta.dtype))
         pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
         crit, logits = engine.judge(info.layer_num, i, pert)
         return crit.cpu(), logits.cpu()
@@ -165,7 +170,8 @@ def _search_channels(
     def oracle(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         t, c, i = row_t[rows], row_c[rows], row_i[rows]
         f = order[t, c, row_s[rows], g]
-        return probe(t, i, d_ray[t, c, f], ops[i, t, c * per_ray + f // 32])
+        j = c * per_ray + f // 32
+        return probe(t, i, d_ray[t, c, f], ops[i, t, j], valid[t, j])
 
     res = checked_search(members, oracle, scope=row_t)
     hit = (res.critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
@@ -175,7 +181,7 @@ def _search_channels(
         t = nan_t.repeat_interleave(n_img)
         j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
         i = torch.arange(n_img).repeat(nan_t.numel())
-        crit = probe(t, i, d[t, j, bit], ops[i, t, j])[0]
+        crit = probe(t, i, d[t, j, bit], ops[i, t, j], valid[t, j])[0]
         hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
     return hit.double() / (info.fan_in * 32), probes, int(res.non_monotone.sum())

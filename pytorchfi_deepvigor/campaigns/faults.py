@@ -21,6 +21,13 @@ defines it: a weight fault adds ``(w' - w) * x[i, j, p]`` to every position of c
 (:class:`~pytorchfi_deepvigor.perturbations.ChannelAdd`), an operand fault adds
 ``(x' - x) * w`` to one neuron (``NeuronAdd``), a stored-activation fault replaces one value by
 its faulty bit pattern (``NeuronSet``). Only the network suffix runs.
+
+A layer whose forward is not the plain product of its stored weight
+(:attr:`~pytorchfi_deepvigor.catalogue.LayerInfo.weight_transform`: ``StdConv2d`` standardises
+each filter) gets no shortcut: a weight fault is its own forward with the faulty weight
+(``torch.func.functional_call``, the model untouched), the whole output replaced
+(:class:`~pytorchfi_deepvigor.perturbations.OutputSet`); an operand fault its own forward on the
+input with the operand flipped, the neuron's value replaced.
 """
 
 from __future__ import annotations
@@ -32,10 +39,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pytorchfi_deepvigor._guard import eval_mode
 from pytorchfi_deepvigor.bits import flip_bit, stuck_at
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd, NeuronSet, Perturbation
+from pytorchfi_deepvigor.perturbations import (
+    ChannelAdd,
+    NeuronAdd,
+    NeuronSet,
+    OutputSet,
+    Perturbation,
+)
 
 __all__ = [
     "BITS",
@@ -259,6 +273,8 @@ class FaultEvaluator:
     ) -> Perturbation:
         weight = layer_weight(info).reshape(-1)
         w = weight[sites]
+        if info.weight_transform:
+            return self._own_weights(info, sites, faulty_values(w, bit, value))
         dw = faulty_values(w, bit, value) - w
         k, j = sites // info.fan_in, sites % info.fan_in
         if info.kind == "Linear" and not info.channel_last:
@@ -275,12 +291,73 @@ class FaultEvaluator:
             cols = pcol[:, None] + info.stride[1] * torch.arange(wo, device=k.device)[None, :]
             x = self._padded_input(info)[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]
             delta = dw[:, None, None, None] * x.transpose(0, 1)  # [F, I, Ho, Wo]
+            if getattr(info.module, "padding_mode", "zeros") == "zeros":
+                # a zero-padded position adds nothing, not d * 0: with d = +-Inf/NaN the
+                # model's conv is finite there (measured on batches of 12 and more; at batch 1
+                # some geometries give NaN: the package follows the batched kernel)
+                top, _, left, _ = _pads(info)
+                _, h, w = info.input_shape
+                real = ((rows >= top) & (rows < top + h))[:, :, None] & (
+                    (cols >= left) & (cols < left + w)
+                )[:, None, :]
+                delta = torch.where(real[:, None], delta, torch.zeros((), dtype=delta.dtype))
         n_img = self.engine.num_images
         return ChannelAdd(k.repeat_interleave(n_img), delta.reshape(-1, *delta.shape[2:]))
+
+    def _own_weights(
+        self, info: LayerInfo, sites: torch.Tensor, faulty: torch.Tensor
+    ) -> Perturbation:
+        """Each fault through the layer's own forward, on every image: ``OutputSet``."""
+        x = self.engine.layer_input(info.layer_num).contiguous()  # the model's own layout
+        weight = layer_weight(info)
+        outs = []
+        for site, v in zip(sites.tolist(), faulty, strict=True):
+            w = weight.clone()
+            w.view(-1)[site] = v
+            with eval_mode(info.module):
+                y = torch.func.functional_call(info.module, {"weight": w}, (x,))
+            outs.append(y.movedim(-1, 1) if info.channel_last else y)
+        return OutputSet(torch.cat(outs))
+
+    def _own_operands(
+        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
+    ) -> Perturbation:
+        """Each operand fault through the layer's own forward: the input value the operand
+        reads flipped, the neuron's value taken from the result (``NeuronSet``)."""
+        x = self.engine.layer_input(info.layer_num).contiguous()
+        neuron, j = sites[:, 0], sites[:, 1]
+        if info.kind == "Linear":
+            channel, pos = neuron // info.neurons_per_channel, neuron % info.neurons_per_channel
+            width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+            row, col = pos // width, pos % width
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+            where = [(p, jj) for p, jj in zip(pos.tolist(), j.tolist(), strict=True)]
+        else:
+            channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
+            top, _, left, _ = _pads(info)
+            flat = x
+            where = [
+                (c, r - top, q - left)
+                for c, r, q in zip(ci.tolist(), prow.tolist(), pcol.tolist(), strict=True)
+            ]
+        values = []
+        for f, at in enumerate(where):
+            xf = flat.clone()
+            idx = (slice(None), *at)
+            xf[idx] = faulty_values(xf[idx], bit[f : f + 1], value[f : f + 1])
+            with eval_mode(info.module):
+                y = info.module(xf.reshape(x.shape))
+            y = y.movedim(-1, 1) if info.channel_last else y
+            y = y.reshape(y.shape[0], info.out_channels, -1)
+            p = int(neuron[f]) % info.neurons_per_channel
+            values.append(y[:, int(channel[f]), p])
+        return self._neuron(NeuronSet, channel, row, col, torch.stack(values, 1))
 
     def _operands(
         self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
     ) -> Perturbation:
+        if info.weight_transform:
+            return self._own_operands(info, sites, bit, value)
         neuron, j = sites[:, 0], sites[:, 1]
         if info.kind == "Linear" and not info.channel_last:
             channel, row, col = neuron, torch.zeros_like(neuron), torch.zeros_like(neuron)

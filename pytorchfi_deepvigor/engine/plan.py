@@ -16,10 +16,110 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__: list[str] = []
+
+
+# ----------------------------------------------------------------------- layouts
+CHANNELS_LAST_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Mish,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Identity,
+)
+"""The torch.nn modules the engine runs channels-last: their channels-last kernels compute
+what the contiguous ones compute (to float rounding, and the same outputs NaN or Inf) for
+every value up to float32's maximum, +-Inf and NaN, and their output keeps their input's
+layout (``tests/test_engine_layouts.py`` sweeps them). Not here because they differ:
+``GroupNorm`` (one value of 2^100 gives 216 NaN outputs channels-last, none contiguous; from
+about 2^64 on its statistics differ), ``MultiheadAttention`` (its fast path depends on the
+input's strides: a channel map of 2^32 moved the logits by 6.8 on a token model), ``GELU``
+(rounding of small outputs differs by 1e-4 relative)."""
+CHANNELS_LAST_FUNCTIONS = frozenset(
+    {
+        F.relu, F.relu_, F.relu6, F.hardtanh, F.leaky_relu, F.silu, F.hardswish,
+        F.hardsigmoid, F.sigmoid, F.tanh, F.elu, F.mish, F.max_pool2d, F.avg_pool2d,
+        F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout, torch.relu, torch.relu_,
+        torch.sigmoid, torch.tanh, torch.cat, torch.add, torch.mul, torch.sub,
+        operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
+        operator.imul,
+    }
+)  # fmt: skip
+CHANNELS_LAST_METHODS = frozenset(
+    {"relu", "relu_", "sigmoid", "sigmoid_", "add", "add_", "mul", "mul_", "sub", "sub_"}
+)
+
+
+def _model_layout(x: object) -> object:
+    """``x`` in the layout the model's own forward gives it: a channels-last map made
+    contiguous, anything else as it is."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous():
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return x.contiguous()
+    return x
+
+
+def _channels_last_ok(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
+    """Whether node ``n`` may read channels-last values (see :data:`CHANNELS_LAST_MODULES`):
+    it computes the same as on the model's own contiguous values and keeps the layout, or it
+    reads only their shape."""
+    if _is_shape_access(n):
+        return True
+    if n.op == "call_module":
+        m = gm.get_submodule(str(n.target))
+        torch_own = type(m).__module__.startswith("torch.nn")
+        return torch_own and isinstance(m, CHANNELS_LAST_MODULES)
+    if n.op == "call_function":
+        return n.target in CHANNELS_LAST_FUNCTIONS
+    if n.op == "call_method":
+        return n.target in CHANNELS_LAST_METHODS
+    return True
+
+
+def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
+    """Give every node that may not read channels-last values its arguments in the model's own
+    (contiguous) layout, in place.
+
+    The engine computes channels-last on the CPU (faster convolutions) only along the nodes of
+    :func:`_channels_last_ok`, which keep the layout: what the model's own forward gives the
+    other nodes is contiguous there, so they read exactly the tensors (values and strides) the
+    model's forward gives them; a flatten, a transpose into tokens, a GroupNorm or an attention
+    then runs as in the model. An in-place node keeps its argument (a copy would lose the
+    change). Returns the names of the nodes given contiguous inputs.
+    """
+    bound = []
+    for n in list(gm.graph.nodes):
+        if n.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if _channels_last_ok(gm, n) or _mutates(gm, n) or not n.all_input_nodes:
+            continue
+        for a in dict.fromkeys(n.all_input_nodes):
+            with gm.graph.inserting_before(n):
+                own = gm.graph.call_function(_model_layout, (a,))
+            n.replace_input_with(a, own)
+        bound.append(n.name)
+    if bound:
+        gm.graph.lint()
+        gm.recompile()
+    return bound
 
 
 # --------------------------------------------------------------- per-image-ness of values
@@ -83,6 +183,20 @@ def _descendants(node: torch.fx.Node) -> set[torch.fx.Node]:
         if n not in out:
             out.add(n)
             stack.extend(n.users)
+    return out
+
+
+DEAD = "dead: its output does not reach the model's output"
+
+
+def dead_layers(gm: torch.fx.GraphModule, names: list[str]) -> set[str]:
+    """The layers of ``names`` (called modules of ``gm``) from which no path leads to the
+    graph's output: nothing they compute is returned (an unread head)."""
+    out = set()
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target in names:
+            if not any(d.op == "output" for d in _descendants(n) | {n}):
+                out.add(str(n.target))
     return out
 
 

@@ -5,6 +5,7 @@ the CPU, with the early exit at the checkpoint, or on the hook path."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,7 +27,16 @@ from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
 from ..perturbations import Perturbation
 from .outcomes import EngineStats, Outcome, classify
-from .plan import _dependence, _fold_batchnorms, _Plan, _plan, _prefix
+from .plan import (
+    DEAD,
+    _dependence,
+    _fold_batchnorms,
+    _Plan,
+    _plan,
+    _prefix,
+    dead_layers,
+    own_layouts,
+)
 
 __all__ = ["SimulationEngine", "DEFAULT_MEMORY_BYTES"]
 
@@ -106,7 +116,11 @@ class SimulationEngine:
         channels_last: compute and cache the golden activations, and run the suffixes, in the
             channels-last layout (default: on the CPU, where its convolutions are measured
             1.2-2x faster for the narrow layers of an analysis; values agree with the default
-            layout to float rounding). The golden logits always come from ``model(images)``.
+            layout to float rounding). A traced node whose kernel differs in that layout under
+            extreme values (``GroupNorm``: NaN channels-last where the contiguous kernel is
+            finite) or that is not a torch op gets its inputs in the model's own (contiguous)
+            layout, and what follows it runs so (:attr:`layout_bound` names them). The golden
+            logits always come from ``model(images)``.
 
     Example:
         >>> from pytorchfi_deepvigor.perturbations import NeuronAdd
@@ -162,6 +176,16 @@ class SimulationEngine:
                     self._graph = torch.fx.symbolic_trace(model)
             except Exception as exc:  # tracing fails on data-dependent control flow
                 logger.info("torch.fx cannot trace the model (%s); using the hook path", exc)
+        if self._graph is not None:  # layers nothing reads: every fault masked, no suffix run
+            dead = dead_layers(self._graph, [info.name for info in self.catalogue])
+            self.catalogue = [
+                dataclasses.replace(info, dead=DEAD) if info.name in dead else info
+                for info in self.catalogue
+            ]
+        # the traced nodes whose kernels differ channels-last read the model's own layout
+        self.layout_bound: list[str] = (
+            own_layouts(self._graph) if self._graph is not None and self.channels_last else []
+        )
         calls = self._activation_bytes_per_image()
         per_image = 2 * sum(b for _, b in calls)
         if memory_bytes is None:
@@ -307,8 +331,8 @@ class SimulationEngine:
             self._dependence = _dependence(self._graph)
         planned, hooked = [], []
         for info in todo:
-            if info.layer_num in self.hook_layers:
-                hooked.append(info)
+            if info.layer_num in self.hook_layers or info.dead:
+                hooked.append(info)  # a dead layer: its golden values only (nothing runs after)
                 continue
             try:
                 plan = _plan(
@@ -362,7 +386,8 @@ class SimulationEngine:
                     )
                 if entries[k][2] == "value" or not parts[k]:
                     parts[k].append(t)
-        value = [self._layout(torch.cat(p)) if len(p) > 1 else self._layout(p[0]) for p in parts]  # type: ignore[arg-type]
+        # each value in the layout the prefix computed it in (channels-last only where allowed)
+        value = [torch.cat(p) if len(p) > 1 else p[0] for p in parts]  # type: ignore[arg-type]
         for (info, p), (k_in, k_out, k_live, k_roots, k_segs) in zip(planned, keys, strict=True):
             segments = [
                 _Segment(
@@ -440,6 +465,11 @@ class SimulationEngine:
             raise ValueError(
                 f"batch mismatch: {layer_output.shape[0]} layer outputs for {image_idx.shape[0]} images"
             )
+        if self.catalogue[layer_num].dead:  # the golden logits, whatever the layer computes
+            golden = self.golden_logits[image_idx].clone()
+            if layer_output.requires_grad:  # a zero gradient
+                golden = golden + (layer_output * 0).nan_to_num(0).sum()
+            return golden
         if layer_output.requires_grad:  # the model's in-place ops (ReLU(inplace=True)) may
             layer_output = layer_output.clone()  # follow the layer: never on a leaf tensor
         with eval_mode(self.model):
@@ -514,6 +544,8 @@ class SimulationEngine:
                 f"batch mismatch: {len(perturbation)} perturbations for {image_idx.shape[0]} images"
             )
         perturbation.check(info.output_shape)
+        if info.dead:  # nothing after the layer depends on it: every element is golden
+            return self.golden_logits[image_idx].clone()
         perturbation = perturbation.to(self.device)
         cut = self._cut(layer_num)
         outs = []
@@ -566,6 +598,8 @@ class SimulationEngine:
         needed): a campaign's cost is the sum of its chunks' and must not depend on which chunk
         of a resumed run needed it first.
         """
+        if layer_num not in self._references and self.layer(layer_num).dead:
+            self._references[layer_num] = self.golden_logits.clone()
         if layer_num not in self._references:
             saved = self.stats.snapshot()
             info = self.layer(layer_num)

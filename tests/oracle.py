@@ -1,0 +1,222 @@
+"""The ground-truth oracle: a fault injected into the user's unmodified model, its own forward.
+
+Independent of the package on purpose (it imports nothing from ``pytorchfi_deepvigor``): the
+bit is flipped with numpy's ``uint32`` view of the float, the weight is written into the model's
+own parameter (and restored bit for bit), an operand or a stored value is changed by a forward
+hook on the layer, and the model's own ``forward`` runs on every image in its own layout, dtype
+and device. A fault is critical on an image when the top-1 differs from the fault-free top-1 or
+a logit is NaN/Inf (``fault-injection.md`` section 2: the definition everything is judged by).
+
+Fault sites use the package's numbering so that the two can be compared fault for fault:
+
+* ``"weights"``: the flat index into the layer's weight tensor;
+* ``"stored"``: the flat index into one image's output in neuron layout (channel first: a
+  Linear on ``(N, *positions, F)`` inputs is read as ``(F, *positions)``);
+* ``"operands"``: ``(neuron, operand)``, the neuron a flat index in neuron layout, the operand
+  the flat index into one filter ``(in_channel_of_group, kh, kw)`` (a Linear: the input
+  feature). The operand's input value is flipped and the layer's own ``forward`` recomputes
+  the output; only that neuron takes the recomputed value.
+
+Also the probes of the analysis: an error added at one neuron, or a map added to one channel,
+of every image (:func:`neuron_add`, :func:`channel_add`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Fault", "Oracle", "flip", "stuck"]
+
+
+def flip(x: torch.Tensor, bit: int) -> torch.Tensor:
+    """``x`` (float32) with bit ``bit`` (LSB = 0) flipped, through numpy's uint32 view."""
+    a = x.detach().cpu().numpy().astype(np.float32).copy()
+    a.view(np.uint32)[...] ^= np.uint32(1 << bit)
+    return torch.from_numpy(a).to(x.device)
+
+
+def stuck(x: torch.Tensor, bit: int, level: int) -> torch.Tensor:
+    """``x`` (float32) with bit ``bit`` stuck at ``level`` (0 or 1)."""
+    a = x.detach().cpu().numpy().astype(np.float32).copy()
+    u = a.view(np.uint32)
+    if level:
+        u[...] |= np.uint32(1 << bit)
+    else:
+        u[...] &= ~np.uint32(1 << bit)
+    return torch.from_numpy(a).to(x.device)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: ``value`` -1 is a bit flip, 0/1 a stuck-at."""
+
+    target: str
+    layer: str
+    site: int | tuple[int, int]
+    bit: int
+    value: int = -1
+
+    def faulty(self, x: torch.Tensor) -> torch.Tensor:
+        return flip(x, self.bit) if self.value < 0 else stuck(x, self.bit, self.value)
+
+
+def _positions(out: torch.Tensor, module: nn.Module) -> tuple[int, ...]:
+    """The position dims of a layer's output (after the channel in neuron layout)."""
+    if isinstance(module, nn.Linear):
+        return tuple(out.shape[1:-1])
+    return tuple(out.shape[2:])
+
+
+def _at(out: torch.Tensor, module: nn.Module, channel: int, position: int | None) -> tuple:
+    """The index into the module's own output of one neuron (or, ``position=None``, of one
+    channel's map) of every image."""
+    shape = _positions(out, module)
+    pos: tuple = (slice(None),) * len(shape)
+    if position is not None:
+        pos = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
+    if isinstance(module, nn.Linear):
+        return (slice(None), *pos, channel)
+    return (slice(None), channel, *pos)
+
+
+def _conv_input_position(m: nn.Conv2d, out_hw: tuple[int, int], neuron: int, operand: int):
+    """(output channel, flat output position, input channel, input row, input col) of a conv
+    operand; the input position is in the unpadded input (it may fall on the padding)."""
+    ho, wo = out_hw
+    kh, kw = m.kernel_size
+    cin_g = m.in_channels // m.groups
+    cout_g = m.out_channels // m.groups
+    c, p = divmod(neuron, ho * wo)
+    r, q = divmod(p, wo)
+    ci = (c // cout_g) * cin_g + operand // (kh * kw)
+    kr, kc = divmod(operand % (kh * kw), kw)
+    if isinstance(m.padding, str):
+        pad_h = 0 if m.padding == "valid" else m.dilation[0] * (kh - 1) // 2
+        pad_w = 0 if m.padding == "valid" else m.dilation[1] * (kw - 1) // 2
+    else:
+        pad_h, pad_w = m.padding
+    return (
+        c,
+        p,
+        ci,
+        r * m.stride[0] + kr * m.dilation[0] - pad_h,
+        q * m.stride[1] + kc * m.dilation[1] - pad_w,
+    )
+
+
+class Oracle:
+    """Faults injected into ``model`` itself, judged by its own forward on ``images``.
+
+    The model is left as it was (every change restored in ``finally``); it runs in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor) -> None:
+        self.model, self.images = model, images
+        self.modules = dict(model.named_modules())
+        self.golden = self._forward()
+        assert bool(torch.isfinite(self.golden).all()), "the golden run is not finite"
+        self.top1 = self.golden.argmax(dim=1)
+
+    def _forward(self) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(self.images).float()
+        finally:
+            self.model.train(was)
+
+    def critical_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per image: top-1 differs from the fault-free top-1, or a logit is NaN/Inf."""
+        return (logits.argmax(dim=1) != self.top1) | ~torch.isfinite(logits).all(dim=1)
+
+    def _hooked(
+        self, layer: str, edit: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        module = self.modules[layer]
+        handle = module.register_forward_hook(lambda m, i, o: edit(m, i[0], o))
+        try:
+            return self._forward()
+        finally:
+            handle.remove()
+
+    def logits(self, fault: Fault) -> torch.Tensor:
+        """The model's logits ``(N, classes)`` with ``fault`` on every image."""
+        module = self.modules[fault.layer]
+        if fault.target == "weights":
+            flat = module.weight.data.view(-1)
+            site = int(fault.site)  # type: ignore[arg-type]
+            golden = flat[site].clone()
+            with torch.no_grad():
+                flat[site] = fault.faulty(golden)
+                try:
+                    return self._forward()
+                finally:
+                    flat[site] = golden
+        if fault.target == "stored":
+
+            def edit(m: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                out = out.clone()
+                per_channel = int(np.prod(_positions(out, m)))
+                idx = _at(out, m, *divmod(int(fault.site), per_channel))  # type: ignore[arg-type]
+                out[idx] = fault.faulty(out[idx])
+                return out
+
+            return self._hooked(fault.layer, edit)
+        if fault.target != "operands":
+            raise ValueError(f"unknown target {fault.target!r}")
+        neuron, operand = fault.site  # type: ignore[misc]
+
+        def edit_operand(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            x = x.clone()
+            if isinstance(m, nn.Conv2d):
+                c, p, ci, row, col = _conv_input_position(m, out.shape[2:], neuron, operand)
+                if not (0 <= row < x.shape[2] and 0 <= col < x.shape[3]):
+                    raise ValueError("the operand reads the zero padding: not a fault site")
+                x[:, ci, row, col] = fault.faulty(x[:, ci, row, col])
+            else:
+                c, p = divmod(neuron, int(np.prod(_positions(out, m))))
+                shape = _positions(out, m)
+                pos = tuple(int(i) for i in np.unravel_index(p, shape)) if shape else ()
+                at = (slice(None), *pos, operand)
+                x[at] = fault.faulty(x[at])
+            idx = _at(out, m, c, p)
+            out[idx] = m.forward(x)[idx]  # its own forward (no hooks), this neuron only
+            return out
+
+        return self._hooked(fault.layer, edit_operand)
+
+    def critical(self, fault: Fault) -> torch.Tensor:
+        """Per image, whether ``fault`` is critical (bool ``(N,)``)."""
+        return self.critical_of(self.logits(fault))
+
+    # ------------------------------------------------------------ the analysis' probes
+    def neuron_add(self, layer: str, channel: int, position: int, error: float) -> torch.Tensor:
+        """Per image, whether adding ``error`` to one neuron (neuron layout) is critical."""
+
+        def edit(m: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            idx = _at(out, m, channel, position)
+            out[idx] = out[idx] + error
+            return out
+
+        return self.critical_of(self._hooked(layer, edit))
+
+    def channel_add(self, layer: str, channel: int, error: torch.Tensor | float) -> torch.Tensor:
+        """Per image, whether adding ``error`` (a scalar or an ``(N, positions)`` map) to every
+        position of one channel is critical."""
+
+        def edit(m: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            idx = _at(out, m, channel, None)
+            e = error if isinstance(error, float) else error.reshape(out[idx].shape)
+            out[idx] = out[idx] + e
+            return out
+
+        return self.critical_of(self._hooked(layer, edit))

@@ -1,0 +1,174 @@
+"""Small models of the shapes users bring, for the ground-truth tests (:mod:`oracle`).
+
+Each covers a family of layers whose kernels may behave differently under extreme values:
+normalisations (BatchNorm, GroupNorm, InstanceNorm, LayerNorm), activations (SiLU, GELU, ReLU6,
+LeakyReLU, PReLU, Hardswish), max/avg/adaptive pooling, residual adds, depthwise and dilated
+convolutions, channels-last Linears, attention, a layer that standardises its weight in
+``forward`` and a head nobody reads. Weights are seeded; a few are set to exactly 1.0 and 1.5
+so that flips of the exponent's MSB give +-Inf and NaN, not only 2^64..2^128.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ORACLE_MODELS", "oracle_images"]
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.running_mean is not None:
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+            if isinstance(m, nn.GroupNorm | nn.LayerNorm | nn.BatchNorm2d | nn.InstanceNorm2d):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.uniform_(0.5, 1.5, generator=g)
+                    m.bias.normal_(0, 0.1, generator=g)
+        for m in model.modules():  # exact 1.0 and 1.5: bit 30 flips to +-Inf and NaN
+            w = getattr(m, "weight", None)
+            if isinstance(m, nn.Conv2d | nn.Linear) and isinstance(w, torch.Tensor):
+                w.view(-1)[0] = 1.0
+                w.view(-1)[1] = -1.5
+    return model.eval()
+
+
+class NormsNet(nn.Module):
+    """GroupNorm after a conv, dilated conv, BatchNorm, ReLU6, max pool, depthwise conv,
+    InstanceNorm, LeakyReLU, a residual add, avg pool, 1x1 conv, PReLU, adaptive pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(1, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.conv1 = nn.Conv2d(4, 6, 3, padding=2, dilation=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(2)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.inorm = nn.InstanceNorm2d(6, affine=True)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True)
+        self.pw = nn.Conv2d(6, 8, 1)
+        self.prelu = nn.PReLU(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.gn(self.conv0(x)))
+        x = self.pool(F.relu6(self.bn(self.conv1(x))))
+        x = x + F.leaky_relu(self.inorm(self.dw(x)), 0.1)
+        x = self.prelu(self.pw(self.avg(x)))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TokenNet(nn.Module):
+    """A patch embedding, LayerNorm, multi-head attention and a GELU MLP on tokens (channels-last
+    Linears), residual adds, a mean over tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 2, stride=2)
+        self.ln1 = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.ln2 = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(x.mean(dim=1))
+
+
+class ConvNeXtNet(nn.Module):
+    """A ConvNeXt-shaped block: depthwise conv, channels-last LayerNorm and Linears on (N, H, W,
+    C) maps, Hardswish, a residual add, adaptive max pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 2, stride=2)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.pw1 = nn.Linear(8, 16)
+        self.pw2 = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.ln(self.dw(x).permute(0, 2, 3, 1))
+        y = self.pw2(F.hardswish(self.pw1(y))).permute(0, 3, 1, 2)
+        x = x + y
+        return self.head(torch.flatten(F.adaptive_max_pool2d(x, 1), 1))
+
+
+class StdConv2d(nn.Conv2d):
+    """A convolution that standardises each filter in ``forward`` (as timm's BiT ``StdConv2d``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.reshape(1, self.out_channels, -1)
+        w = F.batch_norm(w, None, None, training=True, momentum=0.0, eps=1e-6)
+        return self._conv_forward(x, w.reshape_as(self.weight), self.bias)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(1, 4, 3, padding=1)
+        self.std = StdConv2d(4, 6, 3, padding=1)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.std(F.relu(self.conv0(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TwoHeads(nn.Module):
+    """A detector-shaped network returning (box regression, class scores)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, stride=2)
+        self.box = nn.Linear(4 * 4 * 4, 4)
+        self.cls = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.flatten(F.relu(self.conv(x)), 1)
+        return self.box(h), self.cls(h)
+
+
+class ClassScores(nn.Module):
+    """The user's wrapper: only the class scores of :class:`TwoHeads` (its box head is dead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TwoHeads()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def _build(cls: type[nn.Module], seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise(cls(), seed)
+
+
+ORACLE_MODELS = {
+    "norms": lambda: _build(NormsNet, 1),
+    "tokens": lambda: _build(TokenNet, 2),
+    "convnext": lambda: _build(ConvNeXtNet, 3),
+    "stdconv": lambda: _build(StdConvNet, 4),
+    "two_heads": lambda: _build(ClassScores, 5),
+}
+
+
+def oracle_images(n: int = 12, size: int = 10, seed: int = 0) -> torch.Tensor:
+    """Seeded images ``(n, 1, size, size)``, with pixels of exactly 1.0 and 1.5 (operand flips
+    of bit 30 to +Inf and NaN)."""
+    x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    x[:, 0, 1, 1] = 1.0
+    x[:, 0, 2, 3] = 1.5
+    return x
