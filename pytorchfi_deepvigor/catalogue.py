@@ -313,12 +313,13 @@ WEIGHT_TRANSFORM = (
 
 def _plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """What a plain Conv2d / Linear with ``weight`` computes on ``x``."""
+    bias = m.bias if isinstance(m.bias, torch.Tensor) else None
     if isinstance(m, nn.Conv2d):
         if m.padding_mode != "zeros":
             x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
-            return F.conv2d(x, weight, m.bias, m.stride, 0, m.dilation, m.groups)
-        return F.conv2d(x, weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
-    return F.linear(x, weight, m.bias)
+            return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+    return F.linear(x, weight, bias)
 
 
 def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:

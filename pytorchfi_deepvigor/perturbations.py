@@ -183,9 +183,9 @@ class OutputSet(Perturbation):
     fault of a layer whose forward transforms its weight, computed by that forward.
 
     Example:
-        >>> p = OutputSet(torch.ones(2, 3))
-        >>> out = torch.zeros(2, 3); p.apply(out, 1, 2); out.tolist()
-        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+        >>> p = OutputSet(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+        >>> out = torch.zeros(1, 3); p.apply(out, 1, 2); out.tolist()  # element 1 of the batch
+        [[4.0, 5.0, 6.0]]
     """
 
     value: torch.Tensor

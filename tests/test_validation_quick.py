@@ -164,3 +164,21 @@ def test_groups_balance_cost() -> None:
     loads = [sum(COST_HINT[k] for k in g) for g in split]
     assert abs(loads[0] - loads[1]) <= max(COST_HINT.values())
     assert groups(["vgg11"], 4) == [["vgg11"]]
+
+
+def test_ground_truth_section_states_mismatches() -> None:
+    from validation.report_ground_truth import ground_truth
+
+    rows = [
+        {"model": "m", "layer": "c", "kind": "Conv2d", "target": "weights", "fault_model": "flip",
+         "faults": "64", "pairs": "768", "critical": "10", "mismatches": "0", "masked_sdc": "1",
+         "seconds": "1"},
+        {"model": "m", "layer": "c", "kind": "Conv2d", "target": "probes",
+         "fault_model": "neuron/channel error", "faults": "42", "pairs": "504", "critical": "3",
+         "mismatches": "2", "masked_sdc": "", "seconds": "1"},
+    ]  # fmt: skip
+    text = ground_truth(rows, [{"model": "resnet18", "faults": "396", "mismatches": "0",
+                                "extreme_faults": "54"}])  # fmt: skip
+    assert "106 faults and probes, 2 mismatches" in text
+    assert "1 models rerun so far (resnet18): 396 faults of which 54 extreme, 0 mismatches" in text
+    assert "No `ground_truth.csv`" in ground_truth([], [])

@@ -60,7 +60,8 @@ FLIP_BITS = (0, 11, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
 SITES_PER_TARGET = 2  # per layer and target: x 12 bits = 24 faults, x 3 targets, x ~3 layers
 FIELDS = [
     "model", "status", "parameters", "input", "path", "catalogued", "nd_linears", "unsupported",
-    "layers", "faults", "mismatches", "rounding", "analysis_s", "fi_s", "seconds", "why",
+    "layers", "faults", "extreme_faults", "mismatches", "rounding", "analysis_s", "fi_s",
+    "seconds", "why",
 ]  # fmt: skip
 
 
@@ -284,6 +285,7 @@ def run_model(name: str) -> dict[str, Any]:
         step = "fault injection"
         t = time.perf_counter()
         faults, mismatches, rounding, notes = _fi(engine, model, layers, seed=0)
+        row["extreme_faults"] = len(layers) * 3 * 2 * len(EXTREME_BITS)
         row["fi_s"] = round(time.perf_counter() - t, 1)
         row["faults"], row["mismatches"], row["rounding"] = faults, mismatches, rounding
         row["path"] = "fx" if engine.uses_fx else "hooks"

@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from validation.report_ground_truth import ground_truth  # noqa: E402
 from validation.report_tables import (  # noqa: E402
     batch_line,
     checks,
@@ -59,6 +60,8 @@ def build(out: Path) -> str:
             "fig9_mvf",
             "fig10_batches",
             "outside_models",
+            "ground_truth",
+            "coverage",
         )
     }
     for name in (
@@ -83,6 +86,8 @@ def build(out: Path) -> str:
         "## Models and analysis batch\n",
         models_section(read["models"]),
         batch_line(read["models"]),
+        "## Ground truth: fault injection against the user's own model (issue 21)\n",
+        ground_truth(read["ground_truth"], read["coverage"]),
         "## Targets (issues 6 and 16)\n",
         targets(read),
         "## Table III: complete weights analysis vs exhaustive weight FI\n",

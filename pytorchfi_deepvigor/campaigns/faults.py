@@ -295,10 +295,10 @@ class FaultEvaluator:
                 # a zero-padded position adds nothing, not d * 0: with d = +-Inf/NaN the
                 # model's conv is finite there (measured on batches of 12 and more; at batch 1
                 # some geometries give NaN: the package follows the batched kernel)
-                top, _, left, _ = _pads(info)
-                _, h, w = info.input_shape
-                real = ((rows >= top) & (rows < top + h))[:, :, None] & (
-                    (cols >= left) & (cols < left + w)
+                pad_top, _, pad_left, _ = _pads(info)
+                _, height, width = info.input_shape
+                real = ((rows >= pad_top) & (rows < pad_top + height))[:, :, None] & (
+                    (cols >= pad_left) & (cols < pad_left + width)
                 )[:, None, :]
                 delta = torch.where(real[:, None], delta, torch.zeros((), dtype=delta.dtype))
         n_img = self.engine.num_images
@@ -331,7 +331,9 @@ class FaultEvaluator:
             width = info.output_shape[2] if len(info.output_shape) == 3 else 1
             row, col = pos // width, pos % width
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
-            where = [(p, jj) for p, jj in zip(pos.tolist(), j.tolist(), strict=True)]
+            where: list[tuple[int, ...]] = [
+                (p, jj) for p, jj in zip(pos.tolist(), j.tolist(), strict=True)
+            ]
         else:
             channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
             top, _, left, _ = _pads(info)
@@ -343,7 +345,7 @@ class FaultEvaluator:
         values = []
         for f, at in enumerate(where):
             xf = flat.clone()
-            idx = (slice(None), *at)
+            idx: tuple[slice | int, ...] = (slice(None), *at)
             xf[idx] = faulty_values(xf[idx], bit[f : f + 1], value[f : f + 1])
             with eval_mode(info.module):
                 y = info.module(xf.reshape(x.shape))

@@ -77,6 +77,18 @@ def _model_layout(x: object) -> object:
     return x
 
 
+def _engine_layout(x: object) -> object:
+    """A 4-D ``x`` channels-last (a no-op when it is): a convolution's input in the engine."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _is_layout_node(n: torch.fx.Node) -> bool:
+    """Whether ``n`` is a layout change :func:`own_layouts` inserted (the same values)."""
+    return n.op == "call_function" and n.target in (_model_layout, _engine_layout)
+
+
 def _channels_last_ok(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
     """Whether node ``n`` may read channels-last values (see :data:`CHANNELS_LAST_MODULES`):
     it computes the same as on the model's own contiguous values and keeps the layout, or it
@@ -109,6 +121,15 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
     for n in list(gm.graph.nodes):
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
+        if n.op == "call_module" and type(gm.get_submodule(str(n.target))) is nn.Conv2d:
+            # a 1-channel map is contiguous and channels-last at once: a convolution reading
+            # one would write a contiguous map, and the engine's layout would be lost
+            x = n.args[0]
+            if isinstance(x, torch.fx.Node):
+                with gm.graph.inserting_before(n):
+                    n.replace_input_with(x, gm.graph.call_function(_engine_layout, (x,)))
+                bound.append("")
+            continue
         if _channels_last_ok(gm, n) or _mutates(gm, n) or not n.all_input_nodes:
             continue
         for a in dict.fromkeys(n.all_input_nodes):
@@ -119,7 +140,7 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
     if bound:
         gm.graph.lint()
         gm.recompile()
-    return bound
+    return [b for b in bound if b]
 
 
 # --------------------------------------------------------------- per-image-ness of values
@@ -239,12 +260,18 @@ def _checkpoint(order: list[torch.fx.Node], flops: dict[str, float]) -> torch.fx
     dominator was already equal at the first one).
     """
     pos = {n: i for i, n in enumerate(order)}
+
+    def feeds(u: torch.fx.Node) -> bool:  # a layer, or a layout change before one
+        if _is_layout_node(u):
+            return any(feeds(v) for v in u.users)
+        return u.op == "call_module" and u.target in flops
+
     reach = 0  # the furthest position read by a node before the current one
     for i, n in enumerate(order):
         if n.op == "output":
             return None
-        feeds_layer = any(u.op == "call_module" and u.target in flops for u in n.users)
-        if i > 0 and reach <= i and feeds_layer:
+        feeds_layer = any(feeds(u) for u in n.users)
+        if i > 0 and reach <= i and feeds_layer and not _is_layout_node(n):
             return n
         reach = max([reach, *(pos[u] for u in n.users)])  # a node may have no users
     return None

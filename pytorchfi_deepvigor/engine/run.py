@@ -387,7 +387,10 @@ class SimulationEngine:
                 if entries[k][2] == "value" or not parts[k]:
                     parts[k].append(t)
         # each value in the layout the prefix computed it in (channels-last only where allowed)
-        value = [torch.cat(p) if len(p) > 1 else p[0] for p in parts]  # type: ignore[arg-type]
+        value: list[torch.Tensor] = [
+            torch.cat(p) if len(p) > 1 else p[0]  # type: ignore[arg-type,misc]
+            for p in parts
+        ]
         for (info, p), (k_in, k_out, k_live, k_roots, k_segs) in zip(planned, keys, strict=True):
             segments = [
                 _Segment(
