@@ -117,7 +117,8 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
     then runs as in the model. An in-place node keeps its argument (a copy would lose the
     change). Returns the names of the nodes given contiguous inputs.
     """
-    bound = []
+    bound: list[str] = []
+    changed = False
     for n in list(gm.graph.nodes):
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
@@ -128,7 +129,7 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
             if isinstance(x, torch.fx.Node):
                 with gm.graph.inserting_before(n):
                     n.replace_input_with(x, gm.graph.call_function(_engine_layout, (x,)))
-                bound.append("")
+                changed = True
             continue
         if _channels_last_ok(gm, n) or _mutates(gm, n) or not n.all_input_nodes:
             continue
@@ -137,10 +138,10 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
                 own = gm.graph.call_function(_model_layout, (a,))
             n.replace_input_with(a, own)
         bound.append(n.name)
-    if bound:
+    if bound or changed:
         gm.graph.lint()
         gm.recompile()
-    return [b for b in bound if b]
+    return bound
 
 
 # --------------------------------------------------------------- per-image-ness of values
