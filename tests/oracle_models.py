@@ -10,7 +10,10 @@ so that flips of the exponent's MSB give +-Inf and NaN, not only 2^64..2^128.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -114,6 +117,45 @@ class StdConv2d(nn.Conv2d):
         return self._conv_forward(x, w.reshape_as(self.weight), self.bias)
 
 
+def same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow's "same" padding: asymmetric where the stride needs it (a traced leaf, as
+    timm registers its ``pad_same``)."""
+    ih, iw = x.shape[-2:]
+    ph = max((math.ceil(ih / stride[0]) - 1) * stride[0] + kernel[0] - ih, 0)
+    pw = max((math.ceil(iw / stride[1]) - 1) * stride[1] + kernel[1] - iw, 0)
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+torch.fx.wrap("same_pad")
+
+
+class SamePadConv2d(nn.Conv2d):
+    """ "Same" padding applied inside ``forward`` (as timm's ``Conv2dSame``); the module's own
+    ``padding`` is 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = same_pad(x, self.kernel_size, self.stride)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class OptionalArgsNet(nn.Module):
+    """A forward with optional arguments that default to ``None`` (timm's ViT passes
+    ``attn_mask=None`` to attention) and a same-padding convolution with stride 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = SamePadConv2d(1, 6, 3, stride=2)
+        self.qkv = nn.Linear(6, 18)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.relu(self.conv(x)).flatten(2).transpose(1, 2)
+        qkv = self.qkv(x)
+        q, k, v = qkv[..., :6], qkv[..., 6:12], qkv[..., 12:]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.head(x.mean(dim=1))
+
+
 class StdConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -162,6 +204,7 @@ ORACLE_MODELS = {
     "convnext": lambda: _build(ConvNeXtNet, 3),
     "stdconv": lambda: _build(StdConvNet, 4),
     "two_heads": lambda: _build(ClassScores, 5),
+    "optional_args": lambda: _build(OptionalArgsNet, 6),
 }
 
 

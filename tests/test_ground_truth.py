@@ -25,7 +25,12 @@ from oracle import Fault, Oracle
 from oracle_models import ORACLE_MODELS, oracle_images
 
 from pytorchfi_deepvigor import ExhaustiveCampaign, SimulationEngine
-from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
+from pytorchfi_deepvigor.campaigns.faults import (
+    FaultEvaluator,
+    FaultPopulation,
+    check_geometry,
+    operand_sites,
+)
 from pytorchfi_deepvigor.engine import Outcome
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 
@@ -109,9 +114,19 @@ def test_weights_fault_for_fault(setup: tuple[str, Oracle, SimulationEngine]) ->
                 assert want.any() or info.dead
 
 
+def _known_geometry(engine: SimulationEngine, num: int) -> bool:
+    try:
+        check_geometry(engine.layer(num))
+    except ValueError:
+        return False
+    return True
+
+
 def test_operands_fault_for_fault(setup: tuple[str, Oracle, SimulationEngine]) -> None:
     _, oracle, engine = setup
     for num in _layers(engine):
+        if not _known_geometry(engine, num):  # pads inside forward: refused, see below
+            continue
         info = engine.layer(num)
         per = info.neurons_per_channel
         c = info.out_channels - 1
@@ -121,7 +136,7 @@ def test_operands_fault_for_fault(setup: tuple[str, Oracle, SimulationEngine]) -
         if len(sites) > 40:
             sites = sites[np.random.default_rng(num).choice(len(sites), 40, replace=False)]
         _compare(oracle, engine, FaultPopulation(info, "operands", "flip", sites))
-    info = engine.layer(_layers(engine)[0])
+    info = engine.layer(next(n for n in _layers(engine) if _known_geometry(engine, n)))
     _compare(
         oracle, engine, FaultPopulation(info, "operands", "stuck-at", operand_sites(info, [0]))
     )
@@ -228,3 +243,19 @@ def test_weight_transform_is_detected() -> None:
     result = DeepVigorAnalyzer(engine).analyze(target="weights")
     assert {x.name for x in result.layers} == {"conv0", "head"}
     assert any(u.startswith("std (StdConv2d:") for u in result.unsupported)
+
+
+def test_optional_arguments_and_padding_inside_forward() -> None:
+    """timm-shaped: the forward's optional ``attn_mask=None`` reaches attention (the engine
+    cloned it: ``'NoneType' object has no attribute 'clone'``), and a convolution pads inside
+    its forward (its weight faults run through that forward; its operands are refused with
+    the reason, not gathered past the input)."""
+    engine = SimulationEngine(ORACLE_MODELS["optional_args"](), oracle_images())
+    conv = engine.layer(0)
+    assert conv.weight_transform and engine.uses_fx
+    engine.prepare()
+    assert list(engine.hook_layers) == [0]  # traced through: it runs on the hook path
+    with pytest.raises(ValueError, match="pads inside its forward"):
+        operand_sites(conv, np.arange(4))
+    with pytest.raises(ValueError, match="pads inside its forward"):
+        ExhaustiveCampaign(engine).run("operands", layers=[0], neurons={0: [[0, 0, 0]]})

@@ -416,7 +416,10 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         f"10 classes, 2 images of {INPUT_SIZE}x{INPUT_SIZE} (MaxViT 64 with 2x2 partitions, Inception-v3 80, AlexNet 64), one "
         'thread. Sampled analysis (`target="both"`, `sampling=0.01`) of the listed layers; FI: '
         f"{SITES_PER_TARGET} sites x {len(FLIP_BITS)} bits per layer and target (weights, "
-        "operands, stored), every outcome compared with in-place injection and a full forward. "
+        "operands, stored), plus, in the rows that say so, the extreme faults (bits 30, 29, 31 "
+        "stuck at 0 and 1 on the site that gives +-Inf, NaN or 2^64..2^128), every outcome "
+        "compared with the ground-truth oracle (tests/oracle.py: the fault written into the "
+        "model itself, its own forward; earlier rows: the same comparison, random bits only). "
         '"mismatches": faults whose outcome on some image differs; "rounding": faults '
         "that differ only as masked vs non-critical SDC with logits equal to float rounding "
         "(the fault moved a logit by about the masking tolerance, 1e-5 of the largest golden "
@@ -436,7 +439,10 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
             if "catalogued" in r
             else ""
         )
-        fi = f"{r['faults']} ({r['mismatches']} / {r['rounding']})" if "faults" in r else ""
+        extreme = f", {r['extreme_faults']} extreme" if r.get("extreme_faults") else ""
+        fi = (
+            f"{r['faults']}{extreme} ({r['mismatches']} / {r['rounding']})" if "faults" in r else ""
+        )
         why = str(r.get("why", "")).replace("|", "/")
         lines.append(
             f"| {r['model']} | {r['status']} | {params} | {r.get('path', '')} | {layers} | {fi} "

@@ -58,6 +58,7 @@ __all__ = [
     "FaultEvaluator",
     "FaultPopulation",
     "faulty_values",
+    "check_geometry",
     "operand_sites",
 ]
 
@@ -193,6 +194,28 @@ def _operand_coords(
     return channel, row, col, ci, prow, pcol
 
 
+def check_geometry(info: LayerInfo) -> None:
+    """Raise ``ValueError`` when a Conv2d's recorded stride, padding and dilation do not give
+    its output size: it pads (or crops) inside its own forward (timm's ``Conv2dSame``), and
+    which input value an operand is cannot be known from the module's attributes."""
+    if info.kind != "Conv2d":
+        return
+    top, bottom, left, right = _pads(info)
+    _, h, w = info.input_shape
+    kh, kw = info.weight_shape[2:]
+    expect = (
+        (h + top + bottom - info.dilation[0] * (kh - 1) - 1) // info.stride[0] + 1,
+        (w + left + right - info.dilation[1] * (kw - 1) - 1) // info.stride[1] + 1,
+    )
+    if expect != tuple(info.output_shape[1:]):
+        raise ValueError(
+            f"layer {info.name!r} ({type(info.module).__name__}) writes {info.output_shape[1:]} "
+            f"maps from {(h, w)} inputs, where its recorded padding {info.padding} gives "
+            f"{expect}: it pads inside its forward, so its operands' positions are unknown; "
+            "weight and stored-value faults work (they run its own forward)"
+        )
+
+
 def operand_sites(info: LayerInfo, neurons: np.ndarray) -> np.ndarray:
     """Every (neuron, operand) site of the given flat neuron indices, padding excluded, ``[S, 2]``."""
     neurons = np.asarray(neurons, dtype=np.int64)
@@ -200,6 +223,7 @@ def operand_sites(info: LayerInfo, neurons: np.ndarray) -> np.ndarray:
     pairs = np.stack(np.broadcast_arrays(neurons[:, None], operand[None, :]), -1).reshape(-1, 2)
     if info.kind != "Conv2d":
         return pairs
+    check_geometry(info)
     top, _, left, _ = _pads(info)
     _, h, w = info.input_shape
     *_, prow, pcol = _operand_coords(info, pairs[:, 0], pairs[:, 1])

@@ -166,9 +166,11 @@ def _is_shape_access(n: torch.fx.Node) -> bool:
 def _dependence(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
     """``DATA``, ``SHAPE`` or ``CONST`` for every node of ``gm`` (see :data:`DATA`)."""
     out: dict[torch.fx.Node, str] = {}
+    first = True
     for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            out[n] = DATA
+        if n.op == "placeholder":  # the images; the forward's optional arguments keep their
+            out[n] = DATA if first else CONST  # defaults (timm's attn_mask=None)
+            first = False
         elif n.op == "get_attr":
             out[n] = CONST
         else:
@@ -396,6 +398,9 @@ def _subgraph(
     inside = set(body)
     for n in pre_nodes + body:
         if n in env:  # a BatchNorm folded into its convolution
+            continue
+        if n.op == "placeholder":  # an optional argument of the forward: its default
+            env[n] = n.args[0] if n.args else None  # type: ignore[assignment]
             continue
         if n.name in fused and n in inside and next(iter(n.users)) in inside:
             target = f"fused_{n.name}"
