@@ -87,6 +87,12 @@ class LayerInfo:
     dead: str = ""
 
     @property
+    def weight_derived(self) -> bool:
+        """Whether the stored weight is recomputed before each forward (a weight-norm hook):
+        a fault in it changes nothing, and fault injection refuses it."""
+        return self.weight_transform.startswith("derived:")
+
+    @property
     def out_channels(self) -> int:
         """Output channels (Conv2d) or output features (Linear)."""
         return self.output_shape[0]
@@ -309,6 +315,11 @@ WEIGHT_TRANSFORM = (
     "weight, pads or rescales, or a hook does): weight and operand faults run through its own "
     "forward; the analysis, whose fault model is the plain product, skips it"
 )
+WEIGHT_DERIVED = (
+    "derived: {cls}'s weight is recomputed before each forward from other parameters (a weight-norm or "
+    "spectral-norm hook): a fault in the stored weight changes nothing and the parameters it "
+    "comes from are not fault sites; fault injection refuses its weights, the analysis skips it"
+)
 
 
 def _plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -323,11 +334,55 @@ def _plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
-    """``""`` when ``m(x)`` is the plain product of its stored weight, with that weight and with
-    one weight changed; else :data:`WEIGHT_TRANSFORM` (the weight is restored bit for bit)."""
+    """``""`` when ``m`` computes the plain product of its stored weight (on ``x`` and on a
+    random input of its shape, with the stored weight and with one weight changed); else
+    :data:`WEIGHT_TRANSFORM`, or :data:`WEIGHT_DERIVED` when a changed ``weight`` changes
+    nothing (a hook recomputes it). The weight is restored bit for bit, also on an error."""
     weight = m.weight
     if not isinstance(weight, torch.Tensor):
         return ""
+    kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+    names = {"kind": kind, "cls": type(m).__name__}
+    names["op"] = "conv2d" if kind == "Conv2d" else "linear"
+    saved = weight.detach().clone()  # keeps the weight's own memory format
+    changed = saved.clone()
+    first = (0,) * changed.dim()
+    changed[first] = changed[first] * 4 + 1
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    inputs = (x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+    try:
+        with eval_mode(m), torch.no_grad():
+            outs = []
+            for w in (saved, changed):
+                weight.detach().copy_(w)
+                for xi in inputs:
+                    got = m(xi)
+                    outs.append(got)
+                    if not _is_plain(m, xi, w, got):
+                        break
+                else:
+                    continue
+                break
+            else:
+                return ""
+            if len(outs) > 2 and torch.equal(outs[0], outs[2]):
+                return WEIGHT_DERIVED.format(**names)
+            return WEIGHT_TRANSFORM.format(**names)
+    finally:
+        with torch.no_grad():
+            weight.detach().copy_(saved)
+
+
+def _is_plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor, got: object) -> bool:
+    """Whether ``got`` (what ``m`` gave on ``x``) is the plain product of ``weight``."""
+    try:
+        want = _plain(m, x, weight)
+    except RuntimeError:  # it pads inside forward: no plain conv of x fits
+        return False
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return False
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6 * max(scale, 1.0)))
     kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
     reason = WEIGHT_TRANSFORM.format(
         kind=kind, cls=type(m).__name__, op="conv2d" if kind == "Conv2d" else "linear"

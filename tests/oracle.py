@@ -149,15 +149,15 @@ class Oracle:
         """The model's logits ``(N, classes)`` with ``fault`` on every image."""
         module = self.modules[fault.layer]
         if fault.target == "weights":
-            flat = module.weight.data.view(-1)
-            site = int(fault.site)  # type: ignore[arg-type]
-            golden = flat[site].clone()
+            weight = module.weight.data  # any memory format: index it, never a flat view
+            at = tuple(int(i) for i in np.unravel_index(int(fault.site), weight.shape))  # type: ignore[arg-type]
+            golden = weight[at].clone()
             with torch.no_grad():
-                flat[site] = fault.faulty(golden)
+                weight[at] = fault.faulty(golden)
                 try:
                     return self._forward()
                 finally:
-                    flat[site] = golden
+                    weight[at] = golden
         if fault.target == "stored":
 
             def edit(m: nn.Module, _x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -175,6 +175,20 @@ class Oracle:
         def edit_operand(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
             x = x.clone()
+            if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                # the operand of one multiplication: a reflected (or replicated, circular) copy
+                # of a stored value is its own operand, the value itself is not changed
+                c, p, ci, row, col = _conv_input_position(m, out.shape[2:], neuron, operand)
+                pads = m._reversed_padding_repeated_twice  # (left, right, top, bottom)
+                xp = torch.nn.functional.pad(x, pads, mode=m.padding_mode)
+                at = (slice(None), ci, row + pads[2], col + pads[0])
+                xp[at] = fault.faulty(xp[at])
+                y = torch.nn.functional.conv2d(
+                    xp, m.weight, m.bias, m.stride, 0, m.dilation, m.groups
+                )
+                idx = _at(out, m, c, p)
+                out[idx] = y[idx]
+                return out
             if isinstance(m, nn.Conv2d):
                 c, p, ci, row, col = _conv_input_position(m, out.shape[2:], neuron, operand)
                 if not (0 <= row < x.shape[2] and 0 <= col < x.shape[3]):

@@ -108,6 +108,41 @@ class ConvNeXtNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_max_pool2d(x, 1), 1))
 
 
+class PermuteNormNet(nn.Module):
+    """A channels-last Linear between permutes, then a GroupNorm on the permuted-back map: the
+    model's own GroupNorm reads a channels-last tensor here, a contiguous one elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.lin = nn.Linear(8, 8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(F.gelu(self.gn(x)).mean(dim=(2, 3)))
+
+
+class InPlaceNet(nn.Module):
+    """In-place ops: a layer's output added into another tensor (``y.add_``), a ReLU written
+    into a view of a chunk, reflect and circular padding, ``padding="same"``, no biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1, padding_mode="reflect", bias=False)
+        self.c2 = nn.Conv2d(1, 6, 3, padding="same", dilation=2, bias=False)
+        self.c3 = nn.Conv2d(6, 6, 3, padding=1, padding_mode="circular")
+        self.head = nn.Linear(6, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        y.add_(self.c2(x))
+        a, _ = y.chunk(2, dim=1)
+        a.relu_()
+        return self.head(self.c3(y).amax(dim=(2, 3)))
+
+
 class StdConv2d(nn.Conv2d):
     """A convolution that standardises each filter in ``forward`` (as timm's BiT ``StdConv2d``)."""
 
@@ -205,6 +240,8 @@ ORACLE_MODELS = {
     "stdconv": lambda: _build(StdConvNet, 4),
     "two_heads": lambda: _build(ClassScores, 5),
     "optional_args": lambda: _build(OptionalArgsNet, 6),
+    "permute_norm": lambda: _build(PermuteNormNet, 7),
+    "in_place": lambda: _build(InPlaceNet, 8),
 }
 
 

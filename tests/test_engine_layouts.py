@@ -3,6 +3,7 @@ model's own contiguous tensors, extreme values included (issue 21)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorchfi_deepvigor.engine.plan import CHANNELS_LAST_FUNCTIONS, CHANNELS_LAST_MODULES
+from pytorchfi_deepvigor.engine.plan import (
+    CHANNELS_LAST_FUNCTIONS,
+    CHANNELS_LAST_METHODS,
+    CHANNELS_LAST_MODULES,
+)
 
 C = 12
 EXTREMES = [s * 2.0**e for e in (0, 20, 64, 76, 100, 127) for s in (1, -1)]
@@ -74,6 +79,18 @@ def test_channels_last_module_computes_the_contiguous_result(name: str) -> None:
             assert got.is_contiguous(memory_format=torch.channels_last), name
 
 
+def _inplace(x: torch.Tensor, op) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    y = x.clone()
+    op(y)
+    return y
+
+
+def _method(x: torch.Tensor, name: str) -> torch.Tensor:
+    y = x.clone()
+    args = () if name.startswith(("relu", "sigmoid")) else (x.flip(0),)
+    return getattr(y, name)(*args)
+
+
 FUNCTIONS = {
     "relu": F.relu, "relu6": F.relu6, "leaky_relu": F.leaky_relu, "silu": F.silu,
     "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid,
@@ -81,7 +98,13 @@ FUNCTIONS = {
     "max_pool2d": lambda x: F.max_pool2d(x, 2), "avg_pool2d": lambda x: F.avg_pool2d(x, 2),
     "adaptive_avg_pool2d": lambda x: F.adaptive_avg_pool2d(x, 1),
     "cat": lambda x: torch.cat([x, x * 2], dim=1), "add": lambda x: x + x.flip(0),
-    "mul": lambda x: x * x.flip(0),
+    "mul": lambda x: x * x.flip(0), "sub": lambda x: torch.sub(x, x.flip(0)),
+    "truediv": lambda x: x / (x.flip(0) + 3), "hardtanh": F.hardtanh,
+    "adaptive_max_pool2d": lambda x: F.adaptive_max_pool2d(x, 2),
+    "dropout": lambda x: F.dropout(x, 0.5, training=False),
+    "iadd": lambda x: _inplace(x, lambda y: y.__iadd__(x.flip(0))),
+    "imul": lambda x: _inplace(x, lambda y: y.__imul__(x.flip(0))),
+    **{f"method-{m}": functools.partial(_method, name=m) for m in CHANNELS_LAST_METHODS},
 }  # fmt: skip
 
 
@@ -95,8 +118,10 @@ def test_channels_last_functions(name: str) -> None:
         assert not (problem := _same(fn(x), got)), f"{name} at {value}: {problem}"
 
 
-def test_the_sets_name_only_torch_ops() -> None:
+def test_every_listed_function_is_swept() -> None:
+    """Each function the engine runs channels-last is one the sweep above checks (by name)."""
+    swept = {n.removeprefix("method-") for n in FUNCTIONS}
+    for f in CHANNELS_LAST_FUNCTIONS:
+        name = getattr(f, "__name__", "").rstrip("_").removeprefix("__").removesuffix("__")
+        assert name in swept, name
     assert nn.GroupNorm not in CHANNELS_LAST_MODULES
-    assert nn.MultiheadAttention not in CHANNELS_LAST_MODULES
-    assert F.group_norm not in CHANNELS_LAST_FUNCTIONS
-    assert all(getattr(f, "__module__", "") for f in CHANNELS_LAST_FUNCTIONS)

@@ -41,12 +41,24 @@ EXTREMES = [
 ] + [math.inf, -math.inf, math.nan]
 
 
-@pytest.fixture(scope="module", params=sorted(ORACLE_MODELS))
+VARIANTS = {
+    # the user's model and images in channels-last memory: its own forward runs that way
+    "norms-channels-last": ("norms", {"channels_last_model": True}),
+    # the hook path: every suffix is the model's own forward with the layer's output replaced
+    "norms-hooks": ("norms", {"use_fx": False}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ORACLE_MODELS) + sorted(VARIANTS))
 def setup(request: pytest.FixtureRequest) -> tuple[str, Oracle, SimulationEngine]:
     torch.set_num_threads(1)
-    model = ORACLE_MODELS[request.param]()
+    name, options = VARIANTS.get(request.param, (request.param, {}))
+    model = ORACLE_MODELS[name]()
     images = oracle_images()
-    return request.param, Oracle(model, images), SimulationEngine(model, images)
+    if options.pop("channels_last_model", False):
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return request.param, Oracle(model, images), SimulationEngine(model, images, **options)
 
 
 def _package(engine: SimulationEngine, pop: FaultPopulation) -> np.ndarray:
@@ -94,7 +106,9 @@ def _compare(oracle: Oracle, engine: SimulationEngine, pop: FaultPopulation) -> 
 
 
 def _layers(engine: SimulationEngine) -> list[int]:
-    return [i.layer_num for i in engine.catalogue][:4]
+    """The first three layers and the last (the head)."""
+    nums = [i.layer_num for i in engine.catalogue]
+    return list(dict.fromkeys(nums[:3] + nums[-1:]))
 
 
 def test_weights_fault_for_fault(setup: tuple[str, Oracle, SimulationEngine]) -> None:

@@ -332,12 +332,14 @@ class FaultEvaluator:
         self, info: LayerInfo, sites: torch.Tensor, faulty: torch.Tensor
     ) -> Perturbation:
         """Each fault through the layer's own forward, on every image: ``OutputSet``."""
-        x = self.engine.layer_input(info.layer_num).contiguous()  # the model's own layout
+        x = self.engine.layer_input(info.layer_num).contiguous()
         weight = layer_weight(info)
         outs = []
+        if info.weight_derived:
+            raise ValueError(f"layer {info.name!r}: {info.weight_transform}")
         for site, v in zip(sites.tolist(), faulty, strict=True):
-            w = weight.clone()
-            w.view(-1)[site] = v
+            w = weight.clone()  # the weight's own memory format (a flat view may not exist)
+            w[np.unravel_index(site, w.shape)] = v
             with eval_mode(info.module):
                 y = torch.func.functional_call(info.module, {"weight": w}, (x,))
             outs.append(y.movedim(-1, 1) if info.channel_last else y)
@@ -348,6 +350,12 @@ class FaultEvaluator:
     ) -> Perturbation:
         """Each operand fault through the layer's own forward: the input value the operand
         reads flipped, the neuron's value taken from the result (``NeuronSet``)."""
+        if getattr(info.module, "padding_mode", "zeros") != "zeros":
+            raise ValueError(
+                f"layer {info.name!r}: operand faults of a layer whose forward transforms its "
+                f"weight need zero padding (its padding_mode is {info.module.padding_mode!r}: "
+                "one operand would be a copy of a value that another operand reads too)"
+            )
         x = self.engine.layer_input(info.layer_num).contiguous()
         neuron, j = sites[:, 0], sites[:, 1]
         if info.kind == "Linear":

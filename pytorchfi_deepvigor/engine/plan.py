@@ -11,6 +11,7 @@ one pass, and the optional BatchNorm folding.
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 from dataclasses import dataclass
 
@@ -68,13 +69,42 @@ CHANNELS_LAST_METHODS = frozenset(
 )
 
 
-def _model_layout(x: object) -> object:
-    """``x`` in the layout the model's own forward gives it: a channels-last map made
-    contiguous, anything else as it is."""
-    if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous():
-        if x.is_contiguous(memory_format=torch.channels_last):
-            return x.contiguous()
-    return x
+def _dim_order(t: torch.Tensor) -> tuple[int, ...]:
+    """The dims of ``t`` from the outermost in memory to the innermost (largest stride first)."""
+    strides = t.stride()
+    return tuple(sorted(range(t.dim()), key=lambda d: (-strides[d], d)))
+
+
+def _model_layout(x: object, order: tuple[int, ...] | None = None) -> object:
+    """``x`` in the layout the model's own forward gives it: its dims laid out in ``order``
+    (:func:`_dim_order` of the model's own value; ``None``: contiguous), a no-op when they
+    are."""
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return x
+    order = tuple(range(x.dim())) if order is None or len(order) != x.dim() else order
+    laid = x.permute(order)
+    if laid.is_contiguous():  # dense, dims in that order already
+        return x
+    inverse = sorted(range(len(order)), key=lambda d: order[d])
+    return laid.contiguous().permute(inverse)
+
+
+def _own_orders(
+    gm: torch.fx.GraphModule, example: torch.Tensor
+) -> dict[torch.fx.Node, tuple[int, ...]]:
+    """The :func:`_dim_order` of every tensor value of ``gm``'s forward on ``example`` (the
+    user's images, as given): the layouts of the model's own run."""
+    orders: dict[torch.fx.Node, tuple[int, ...]] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> object:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                orders[n] = _dim_order(out)
+            return out
+
+    Recorder(gm).run(example)
+    return orders
 
 
 def _engine_layout(x: object) -> object:
@@ -82,6 +112,10 @@ def _engine_layout(x: object) -> object:
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _is_conv(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
+    return n.op == "call_module" and type(gm.get_submodule(str(n.target))) is nn.Conv2d
 
 
 def _is_layout_node(n: torch.fx.Node) -> bool:
@@ -106,23 +140,86 @@ def _channels_last_ok(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
     return True
 
 
-def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
+_VIEW_METHODS = frozenset(
+    {
+        "view", "view_as", "reshape", "permute", "transpose", "t", "chunk", "split", "unbind",
+        "narrow", "select", "expand", "expand_as", "flatten", "unflatten", "squeeze",
+        "unsqueeze", "movedim", "diagonal", "as_strided", "contiguous", "detach", "__getitem__",
+    }
+)  # fmt: skip
+_VIEW_FUNCTIONS = frozenset(
+    {
+        operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose,
+        torch.chunk, torch.split, torch.unbind, torch.narrow, torch.select, torch.squeeze,
+        torch.unsqueeze, torch.t, torch.movedim, torch.diagonal,
+    }
+)  # fmt: skip
+
+
+def _may_alias(n: torch.fx.Node) -> bool:
+    """Whether ``n``'s result may share memory with its first argument (a view)."""
+    if n.op == "call_method":
+        return n.target in _VIEW_METHODS
+    if n.op == "call_function":
+        return n.target in _VIEW_FUNCTIONS or _is_layout_node(n)
+    return False
+
+
+def _mutated_copy(gm: torch.fx.GraphModule, bound: set[torch.fx.Node]) -> bool:
+    """Whether an in-place op would write into a view of the copy a node of ``bound`` reads
+    (``a, b = x.chunk(2); a.relu_()``): the model's own ``x`` changes there, a copy would not."""
+    for m in gm.graph.nodes:
+        if not _mutates(gm, m) or not m.args or not isinstance(m.args[0], torch.fx.Node):
+            continue
+        stack, seen = [m.args[0]], set()
+        while stack:
+            a = stack.pop()
+            if a in seen:
+                continue
+            seen.add(a)
+            if _may_alias(a):
+                if a in bound:
+                    return True
+                first = a.args[0] if a.args else None
+                if isinstance(first, torch.fx.Node):
+                    stack.append(first)
+                elif isinstance(first, (tuple, list)):
+                    stack.extend(x for x in first if isinstance(x, torch.fx.Node))
+    return False
+
+
+def own_layouts(gm: torch.fx.GraphModule, example: torch.Tensor) -> list[str] | None:
     """Give every node that may not read channels-last values its arguments in the model's own
     (contiguous) layout, in place.
 
     The engine computes channels-last on the CPU (faster convolutions) only along the nodes of
-    :func:`_channels_last_ok`, which keep the layout: what the model's own forward gives the
-    other nodes is contiguous there, so they read exactly the tensors (values and strides) the
-    model's forward gives them; a flatten, a transpose into tokens, a GroupNorm or an attention
-    then runs as in the model. An in-place node keeps its argument (a copy would lose the
-    change). Returns the names of the nodes given contiguous inputs.
+    :func:`_channels_last_ok`, which keep the layout; every other node reads its arguments laid
+    out as in the model's own forward on ``example`` (:func:`_own_orders`: contiguous, or
+    channels-last after a ``permute(0, 3, 1, 2)`` or for channels-last images), so a flatten,
+    a transpose into tokens, a GroupNorm or an attention runs on the tensors (values and dim
+    order) the model gives it. An in-place node keeps its argument (a copy would lose the
+    change). Each plain ``nn.Conv2d`` reads its input channels-last. Returns the names of the
+    nodes given contiguous inputs, or ``None`` (the graph unchanged) when an in-place op would
+    write into a view of such a copy: the engine then keeps the model's layout throughout.
     """
+    nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    reads_copy = {
+        n
+        for n in nodes
+        if not _is_conv(gm, n)
+        and not _channels_last_ok(gm, n)
+        and not _mutates(gm, n)
+        and n.all_input_nodes
+    }
+    if _mutated_copy(gm, reads_copy):
+        return None
+    orders = _own_orders(gm, example)
     bound: list[str] = []
     changed = False
     for n in list(gm.graph.nodes):
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
-        if n.op == "call_module" and type(gm.get_submodule(str(n.target))) is nn.Conv2d:
+        if _is_conv(gm, n):
             # a 1-channel map is contiguous and channels-last at once: a convolution reading
             # one would write a contiguous map, and the engine's layout would be lost
             x = n.args[0]
@@ -135,7 +232,7 @@ def own_layouts(gm: torch.fx.GraphModule) -> list[str]:
             continue
         for a in dict.fromkeys(n.all_input_nodes):
             with gm.graph.inserting_before(n):
-                own = gm.graph.call_function(_model_layout, (a,))
+                own = gm.graph.call_function(_model_layout, (a, orders.get(a)))
             n.replace_input_with(a, own)
         bound.append(n.name)
     if bound or changed:
@@ -191,6 +288,16 @@ def _mutates(gm: torch.fx.GraphModule, n: torch.fx.Node) -> bool:
     """
     if n.kwargs.get("inplace") is True:
         return True
+    if n.op == "call_function" and callable(n.target):  # F.threshold(x, t, v, True)
+        try:
+            bound = inspect.signature(n.target).bind(*n.args, **n.kwargs)
+        except (TypeError, ValueError):  # builtins without a signature, other arities
+            pass
+        else:
+            if bound.arguments.get("inplace") is True:
+                return True
+        if n.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            return True
     if n.op == "call_module":
         return getattr(gm.get_submodule(str(n.target)), "inplace", False) is True
     name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
@@ -219,7 +326,9 @@ def dead_layers(gm: torch.fx.GraphModule, names: list[str]) -> set[str]:
     out = set()
     for n in gm.graph.nodes:
         if n.op == "call_module" and n.target in names:
-            if not any(d.op == "output" for d in _descendants(n) | {n}):
+            after = _descendants(n)
+            # an in-place op can carry the value into a tensor read later (y.add_(layer(x)))
+            if not any(d.op == "output" or _mutates(gm, d) for d in after):
                 out.add(str(n.target))
     return out
 
@@ -316,6 +425,11 @@ def _plan(
     if dependence[cut] != DATA:
         raise ValueError(f"layer {layer_name!r} does not depend on the images")
     desc = _descendants(cut)
+    if not any(n.op == "output" for n in desc):
+        raise ValueError(
+            f"layer {layer_name!r} reaches the model output only through an in-place op "
+            "(or not at all): the hook path runs the model's own forward"
+        )
     order = [cut] + [n for n in gm.graph.nodes if n in desc]
     live: list[torch.fx.Node] = []
     read_at: list[torch.fx.Node] = []

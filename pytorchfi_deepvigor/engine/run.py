@@ -116,11 +116,13 @@ class SimulationEngine:
         channels_last: compute and cache the golden activations, and run the suffixes, in the
             channels-last layout (default: on the CPU, where its convolutions are measured
             1.2-2x faster for the narrow layers of an analysis; values agree with the default
-            layout to float rounding). A traced node whose kernel differs in that layout under
-            extreme values (``GroupNorm``: NaN channels-last where the contiguous kernel is
-            finite) or that is not a torch op gets its inputs in the model's own (contiguous)
-            layout, and what follows it runs so (:attr:`layout_bound` names them). The golden
-            logits always come from ``model(images)``.
+            layout to float rounding). Only convolutions, BatchNorm, pooling, elementwise
+            activations, adds and concatenations run channels-last (each checked under extreme
+            values; ``GroupNorm`` gives NaN channels-last where the contiguous kernel is finite);
+            every other traced node reads its inputs laid out as in the model's own forward
+            (:attr:`layout_bound` names them), and where an in-place op writes into a view the
+            whole suffix keeps the model's layout. The golden logits always come from
+            ``model(images)``.
 
     Example:
         >>> from pytorchfi_deepvigor.perturbations import NeuronAdd
@@ -183,9 +185,13 @@ class SimulationEngine:
                 for info in self.catalogue
             ]
         # the traced nodes whose kernels differ channels-last read the model's own layout
-        self.layout_bound: list[str] = (
-            own_layouts(self._graph) if self._graph is not None and self.channels_last else []
-        )
+        bound: list[str] | None = []
+        if self._graph is not None and self.channels_last:
+            with self._frozen():
+                bound = own_layouts(self._graph, self.images[:2])
+        if bound is None:  # in-place writes through views: the model's layout throughout
+            self.channels_last = False
+        self.layout_bound: list[str] = bound or []
         calls = self._activation_bytes_per_image()
         per_image = 2 * sum(b for _, b in calls)
         if memory_bytes is None:
