@@ -342,8 +342,8 @@ def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
     if not isinstance(weight, torch.Tensor):
         return ""
     kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
-    names = {"kind": kind, "cls": type(m).__name__}
-    names["op"] = "conv2d" if kind == "Conv2d" else "linear"
+    op = "conv2d" if kind == "Conv2d" else "linear"
+    names = {"kind": kind, "cls": type(m).__name__, "op": op}
     saved = weight.detach().clone()  # keeps the weight's own memory format
     changed = saved.clone()
     first = (0,) * changed.dim()
@@ -352,21 +352,19 @@ def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
     inputs = (x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
     try:
         with eval_mode(m), torch.no_grad():
-            outs = []
-            for w in (saved, changed):
+            outs = {}
+            for k, w in enumerate((saved, changed)):
                 weight.detach().copy_(w)
-                for xi in inputs:
-                    got = m(xi)
-                    outs.append(got)
-                    if not _is_plain(m, xi, w, got):
-                        break
-                else:
-                    continue
-                break
-            else:
+                for j, xi in enumerate(inputs):
+                    outs[k, j] = m(xi)
+            pairs = [
+                (k, j, w, xi) for k, w in enumerate((saved, changed)) for j, xi in enumerate(inputs)
+            ]
+            if all(_is_plain(m, xi, w, outs[k, j]) for k, j, w, xi in pairs):
                 return ""
-            if len(outs) > 2 and torch.equal(outs[0], outs[2]):
-                return WEIGHT_DERIVED.format(**names)
+            tensors = all(isinstance(o, torch.Tensor) for o in outs.values())
+            if tensors and all(torch.equal(outs[0, j], outs[1, j]) for j in range(len(inputs))):
+                return WEIGHT_DERIVED.format(**names)  # the changed weight changed nothing
             return WEIGHT_TRANSFORM.format(**names)
     finally:
         with torch.no_grad():
@@ -383,31 +381,6 @@ def _is_plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor, got: object) 
         return False
     scale = float(want.abs().max()) if want.numel() else 0.0
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6 * max(scale, 1.0)))
-    kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
-    reason = WEIGHT_TRANSFORM.format(
-        kind=kind, cls=type(m).__name__, op="conv2d" if kind == "Conv2d" else "linear"
-    )
-    saved = weight.detach().clone()
-    changed = saved.clone()
-    changed.view(-1)[0] = changed.view(-1)[0] * 4 + 1
-    try:
-        with eval_mode(m), torch.no_grad():
-            for w in (saved, changed):
-                weight.detach().copy_(w)
-                got = m(x)
-                try:
-                    want = _plain(m, x, w)
-                except RuntimeError:  # it pads inside forward: no plain conv of x fits
-                    return reason
-                if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-                    return reason
-                scale = float(want.abs().max()) if want.numel() else 0.0
-                if not torch.allclose(got, want, rtol=1e-4, atol=1e-6 * max(scale, 1.0)):
-                    return reason
-    finally:
-        with torch.no_grad():
-            weight.detach().copy_(saved)
-    return ""
 
 
 def _weight(m: nn.Module) -> torch.Tensor:

@@ -273,3 +273,27 @@ def test_optional_arguments_and_padding_inside_forward() -> None:
         operand_sites(conv, np.arange(4))
     with pytest.raises(ValueError, match="pads inside its forward"):
         ExhaustiveCampaign(engine).run("operands", layers=[0], neurons={0: [[0, 0, 0]]})
+
+
+def test_a_weight_recomputed_by_a_hook_is_refused_not_reported_masked() -> None:
+    """``torch.nn.utils.weight_norm`` recomputes ``weight`` from ``weight_g``/``weight_v``
+    before each forward: a fault written into ``weight`` changes nothing (the oracle: 0
+    critical), and the faults that matter are in parameters the package does not inject."""
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm is deprecated in favour of parametrize
+        conv = torch.nn.utils.weight_norm(torch.nn.Conv2d(1, 4, 3, padding=1))
+    model = torch.nn.Sequential(
+        conv, torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 100, 10)
+    ).eval()
+    engine = SimulationEngine(model, oracle_images())
+    assert engine.layer(0).weight_derived and not engine.layer(1).weight_transform
+    with pytest.raises(ValueError, match="recomputed before each forward"):
+        ExhaustiveCampaign(engine).run("weights", layers=[0], channels=[0])
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+
+    result = DeepVigorAnalyzer(engine).analyze(target="weights")
+    assert [x.name for x in result.layers] == ["3"]
+    assert any("recomputed before each forward" in u for u in result.unsupported)

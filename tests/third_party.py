@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,35 +31,50 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fetch_wheel(name: str, version: str, wheel: str, sha256: str) -> Path:
-    """The cached wheel, downloaded first if needed; ``pytest.skip`` when it cannot be had."""
-    cache = resolve_cache_dir() / "third_party"
-    cached = cache / wheel
+def fetch(
+    name: str,
+    version: str,
+    filename: str,
+    sha256: str,
+    *,
+    sdist: bool = False,
+    folder: str = "third_party",
+) -> Path:
+    """A pinned distribution file (a wheel, or the sdist) from the registry, cached under the
+    package's cache directory (``folder``) and checked against ``sha256``; ``pytest.skip``
+    with the reason when it cannot be had."""
+    cache = resolve_cache_dir() / folder
+    cached = cache / filename
     if cached.is_file() and _sha256(cached) == sha256:
         return cached
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+        kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+        command = [sys.executable, "-m", "pip", "download", *kind, "--no-deps"]
         command += ["--retries", "1", "--timeout", "30", "-q", "-d", tmp, f"{name}=={version}"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             pytest.skip(
-                f"the package registry could not be reached: `pip download {name}` timed out"
+                f"the package registry could not be reached: `pip download` of {name} {version} timed out"
             )
-        got = Path(tmp) / wheel
+        got = Path(tmp) / filename
         if done.returncode != 0 or not got.is_file():
             why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"the package registry could not be reached: `pip download {name}`: {why}")
-        if _sha256(got) != sha256:
-            pytest.fail(f"{wheel} from the registry does not have the pinned SHA-256")
+            pytest.skip(
+                f"the package registry could not be reached: `pip download` of {name} {version} failed: {why}"
+            )
+        digest = _sha256(got)
+        assert digest == sha256, f"{filename} has SHA-256 {digest}, expected {sha256}"
         cache.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(got.read_bytes())
+        part = cache / f".{filename}.{os.getpid()}.part"
+        shutil.copyfile(got, part)
+        os.replace(part, cached)  # atomic: a concurrent run sees the whole file or none
     return cached
 
 
 def timm() -> ModuleType:
     """timm 1.0.31, imported from its wheel."""
-    wheel = fetch_wheel("timm", TIMM_VERSION, TIMM_WHEEL, TIMM_SHA256)
+    wheel = fetch("timm", TIMM_VERSION, TIMM_WHEEL, TIMM_SHA256)
     if str(wheel) not in sys.path:
         sys.path.insert(0, str(wheel))
     module = importlib.import_module("timm")

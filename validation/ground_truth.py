@@ -85,13 +85,16 @@ def _populations(info: Any) -> list[tuple[str, FaultPopulation, list[int]]]:
     stored = np.arange(min(per, 16))
     every = list(range(32))
     high = [30, 29, 31]
-    return [
+    out = [
         ("flip", FaultPopulation(info, "weights", "flip", weights), every),
         ("stuck-at", FaultPopulation(info, "weights", "stuck-at", weights), high),
-        ("flip", FaultPopulation(info, "operands", "flip", operand_sites(info, neurons)), every),
         ("flip", FaultPopulation(info, "stored", "flip", stored), every),
         ("stuck-at", FaultPopulation(info, "stored", "stuck-at", stored), high),
     ]
+    if _known_geometry(info):  # else it pads inside its forward: operands refused, the reason
+        sites = operand_sites(info, neurons)
+        out.insert(2, ("flip", FaultPopulation(info, "operands", "flip", sites), every))
+    return out
 
 
 def _row_of(
@@ -198,8 +201,6 @@ def run(out: Path) -> list[dict[str, Any]]:
         engine, oracle = SimulationEngine(model, images, **options), Oracle(model, images)
         for info in engine.catalogue:
             for _, pop, bits in _populations(info):
-                if pop.target == "operands" and not _known_geometry(info):
-                    continue  # pads inside its forward: refused with the reason
                 rows.append({**_row_of(pop, bits, engine, oracle), "model": name})
                 print(
                     f"{name} {info.name} {pop.target} {pop.fault_model}: {rows[-1]['faults']} "

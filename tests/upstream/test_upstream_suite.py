@@ -26,20 +26,17 @@ Without the registry (and no cached sdist) the test is skipped with the reason, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pytorchfi_deepvigor.zoo.cache import resolve_cache_dir
+from third_party import fetch
 
 HERE = Path(__file__).parent
 VERSION = "0.6.0"
@@ -83,40 +80,9 @@ _SWAPS["test_neuron_error_models.py"] = [
 ]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fetch_sdist() -> Path:
     """The cached sdist, downloaded first if needed; ``pytest.skip`` when it cannot be had."""
-    cache = resolve_cache_dir() / "upstream"
-    cached = cache / SDIST
-    if cached.is_file() and _sha256(cached) == SDIST_SHA256:
-        return cached
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
-        command += ["--retries", "1", "--timeout", "30", "-q", "-d", tmp, f"pytorchfi=={VERSION}"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            pytest.skip(
-                f"the package registry could not be reached: `pip download` of pytorchfi {VERSION} timed out"
-            )
-        got = Path(tmp) / SDIST
-        if done.returncode != 0 or not got.is_file():
-            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(
-                f"the package registry could not be reached: `pip download` of pytorchfi {VERSION} failed: {why}"
-            )
-        digest = _sha256(got)
-        assert digest == SDIST_SHA256, (
-            f"pytorchfi {VERSION} sdist has SHA-256 {digest}, expected {SDIST_SHA256}"
-        )
-        cache.mkdir(parents=True, exist_ok=True)
-        part = cache / f".{SDIST}.{os.getpid()}.part"
-        shutil.copyfile(got, part)
-        os.replace(part, cached)  # atomic: a concurrent run sees the whole file or none
-    return cached
+    return fetch("pytorchfi", VERSION, SDIST, SDIST_SHA256, sdist=True, folder="upstream")
 
 
 def extract_tests(sdist: Path, into: Path) -> Path:
