@@ -61,6 +61,7 @@ def build(out: Path) -> str:
             "fig10_batches",
             "outside_models",
             "ground_truth",
+            "ground_truth_zoo",
             "coverage",
         )
     }
@@ -87,7 +88,7 @@ def build(out: Path) -> str:
         models_section(read["models"]),
         batch_line(read["models"]),
         "## Ground truth: fault injection against the user's own model (issue 21)\n",
-        ground_truth(read["ground_truth"], read["coverage"]),
+        ground_truth(read["ground_truth"], read["coverage"], read["ground_truth_zoo"]),
         "## Targets (issues 6 and 16)\n",
         targets(read),
         "## Table III: complete weights analysis vs exhaustive weight FI\n",
