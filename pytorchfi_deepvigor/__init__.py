@@ -11,6 +11,7 @@ from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.bits import flip_all_bits, flip_bit, lsb_first, msb_first, stuck_at
 from pytorchfi_deepvigor.campaigns import ExhaustiveCampaign, StatisticalCampaign
 from pytorchfi_deepvigor.catalogue import LayerInfo, build_catalogue
+from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import Outcome, SimulationEngine
 from pytorchfi_deepvigor.injector import DeepVigorFI
 from pytorchfi_deepvigor.perturbations import ChannelAdd, ChannelSet, NeuronAdd, NeuronSet
@@ -20,6 +21,7 @@ from pytorchfi_deepvigor.results import (
     LayerResult,
     OutcomeCounts,
     VulnerabilityResult,
+    WeightCoverage,
     compare,
 )
 
@@ -42,6 +44,7 @@ __all__ = [
     "SimulationEngine",
     "StatisticalCampaign",
     "VulnerabilityResult",
+    "WeightCoverage",
     "__version__",
     "build_catalogue",
     "compare",
@@ -50,4 +53,5 @@ __all__ = [
     "lsb_first",
     "msb_first",
     "stuck_at",
+    "weight_coverage",
 ]

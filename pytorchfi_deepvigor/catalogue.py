@@ -32,7 +32,13 @@ from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
 
-__all__ = ["LayerInfo", "SUPPORTED_LAYERS", "build_catalogue", "unsupported_layers"]
+__all__ = [
+    "LayerInfo",
+    "SUPPORTED_LAYERS",
+    "build_catalogue",
+    "unsupported_layers",
+    "unsupported_parts",
+]
 
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -216,17 +222,27 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
     """Weight-carrying parts of ``model`` that cannot be analysed, each as ``"name (Type: why)"``.
 
     Listed: leaf modules of other types holding a weight of two or more dimensions (Conv1d,
-    Conv3d, LSTM, ...), ``nn.MultiheadAttention`` (its packed projections), and parameters that
-    the forward feeds to a convolution or matrix product outside a catalogued layer (``F.conv2d(x,
-    self.w)``, ``F.linear(x, self.w)``): those are found by running ``example_input`` (default:
-    what the last :func:`build_catalogue` of this model saw).
+    Conv3d, LSTM, ...), ``nn.MultiheadAttention`` (its packed projections), and parameters or
+    buffers that the forward feeds to a convolution or matrix product outside a catalogued layer
+    (``F.conv2d(x, self.w)``, ``F.linear(x, self.w)``, ``torch.matmul(x, self.buffer)``): those
+    are found by running ``example_input`` (default: what the last :func:`build_catalogue` of
+    this model saw).
     """
-    out = []
+    return [
+        f"{name} ({what}: {why})" for name, what, why in unsupported_parts(model, example_input)
+    ]
+
+
+def unsupported_parts(
+    model: nn.Module, example_input: torch.Tensor | None = None
+) -> list[tuple[str, str, str]]:
+    """:func:`unsupported_layers` as ``(module or tensor name, type, why)`` triples."""
+    out: list[tuple[str, str, str]] = []
     covered: set[str] = set()
     for name, m in model.named_modules():
         reason = next((r for t, r in _MODULE_REASONS.items() if isinstance(m, t)), None)
         if reason is not None:
-            out.append(f"{name} ({type(m).__name__}: {reason})")
+            out.append((name, type(m).__name__, reason))
             covered.add(name)
             continue
         if list(m.children()) or isinstance(m, SUPPORTED_LAYERS):
@@ -234,15 +250,16 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
         if any(p.dim() >= 2 for p in m.parameters(recurse=False)) or (
             isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
         ):
-            out.append(f"{name} ({type(m).__name__}: only Conv2d and Linear are analysed)")
+            out.append((name, type(m).__name__, "only Conv2d and Linear are analysed"))
             covered.add(name)
     if example_input is not None:
         _, uses, _, shared, _ = _profile(model, example_input)
     else:
         uses, shared = None, _SHARED_INPUTS.get(model, [])
     modules = dict(model.named_modules())
+    buffers = {n for n, _ in model.named_buffers()}
     for name in shared:
-        out.append(f"{name} ({type(modules[name]).__name__}: {SHARED_INPUT_REASON})")
+        out.append((name, type(modules[name]).__name__, SHARED_INPUT_REASON))
     listed: set[str] = set()
     for param, func in uses if uses is not None else _FUNCTIONAL_USES.get(model, []):
         owner = param.rpartition(".")[0]
@@ -251,12 +268,11 @@ def unsupported_layers(model: nn.Module, example_input: torch.Tensor | None = No
         m = modules.get(owner)
         if isinstance(m, SUPPORTED_LAYERS):  # its parameters applied by another function
             listed.add(owner)
-            out.append(
-                f"{owner} ({type(m).__name__}: its weight is applied by {func} inside another "
-                "function, the module itself is never called)"
-            )
+            why = f"its weight is applied by {func} inside another function, the module itself is never called"
+            out.append((owner, type(m).__name__, why))
         else:
-            out.append(f"{param} (parameter: used by {func} outside a Conv2d/Linear module)")
+            kind = "buffer" if param in buffers else "parameter"
+            out.append((param, kind, f"used by {func} outside a Conv2d/Linear module"))
     return out
 
 
@@ -296,7 +312,11 @@ def _profile(
         if example_input.shape[0] >= 2
         else example_input[:1].repeat(2, *(1,) * (example_input.dim() - 1))
     )
-    mode = _ParameterUses({id(p): n for n, p in model.named_parameters()})
+    tensors = {id(p): n for n, p in model.named_parameters()}
+    tensors.update(  # a weight held in a buffer (ONNX conversions) is a weight too
+        {id(b): n for n, b in model.named_buffers() if b.is_floating_point() and b.dim() >= 2}
+    )
+    mode = _ParameterUses(tensors)
     try:
         for name, m in layers:
             handles.append(m.register_forward_hook(make_hook(name)))

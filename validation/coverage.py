@@ -60,8 +60,8 @@ FLIP_BITS = (0, 11, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
 SITES_PER_TARGET = 2  # per layer and target: x 12 bits = 24 faults, x 3 targets, x ~3 layers
 FIELDS = [
     "model", "status", "parameters", "input", "path", "catalogued", "nd_linears", "unsupported",
-    "layers", "faults", "extreme_faults", "mismatches", "rounding", "analysis_s", "fi_s",
-    "seconds", "why",
+    "layers", "faults", "extreme_faults", "mismatches", "rounding", "weight_coverage",
+    "not_covered", "analysis_s", "fi_s", "seconds", "why",
 ]  # fmt: skip
 
 
@@ -281,6 +281,9 @@ def run_model(name: str) -> dict[str, Any]:
             target="both", layers=layers, sampling=0.01, seed=0
         )
         row["analysis_s"] = round(time.perf_counter() - t, 1)
+        assert result.coverage is not None
+        row["weight_coverage"] = round(result.coverage.fraction, 6)
+        row["not_covered"] = len(result.coverage.missing)
         bad = [x.name for x in result.layers if not 0.0 <= x.lvf <= 1.0]
         step = "fault injection"
         t = time.perf_counter()
@@ -311,6 +314,25 @@ def run_model(name: str) -> dict[str, Any]:
         row["trace"] = traceback.format_exc(limit=3)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def coverage_only(name: str) -> dict[str, Any]:
+    """The weight coverage of one model (its catalogue only: no analysis, no FI)."""
+    from pytorchfi_deepvigor.catalogue import build_catalogue
+    from pytorchfi_deepvigor.coverage import weight_coverage
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    model, images = _build(name)
+    coverage = weight_coverage(model, build_catalogue(model, images))
+    return {"weight_coverage": round(coverage.fraction, 6), "not_covered": len(coverage.missing)}
+
+
+def _coverage_child(name: str, queue: Any) -> None:
+    try:
+        queue.put(coverage_only(name))
+    except Exception as exc:  # recorded, never raised: the row keeps its status
+        queue.put({"why_coverage": f"{type(exc).__name__}: {exc}"})
 
 
 def _child(name: str, queue: Any) -> None:
@@ -423,14 +445,17 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         '"mismatches": faults whose outcome on some image differs; "rounding": faults '
         "that differ only as masked vs non-critical SDC with logits equal to float rounding "
         "(the fault moved a logit by about the masking tolerance, 1e-5 of the largest golden "
-        "logit; the engine adds the exact delta, the full forward recomputes the dot product).",
+        "logit; the engine adds the exact delta, the full forward recomputes the dot product). "
+        '"weight coverage": the share of the model\'s weight elements (every floating-point '
+        "parameter or buffer of two or more dimensions) that are fault sites of catalogued "
+        "layers, and how many tensors are not (the analysis result lists each with the reason).",
         "",
         *(line for note in notes for line in (note.strip(), "")),
         "Totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
         "",
         "| model | status | params (M) | path | layers (catalogued / N-D Linear / unsupported) "
-        "| faults (mismatches / rounding) | s | why |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| weight coverage (tensors not covered) | faults (mismatches / rounding) | s | why |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         params = f"{int(r['parameters']) / 1e6:.1f}" if r.get("parameters") else ""
@@ -444,9 +469,14 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
             f"{r['faults']}{extreme} ({r['mismatches']} / {r['rounding']})" if "faults" in r else ""
         )
         why = str(r.get("why", "")).replace("|", "/")
+        cov = (
+            f"{100 * float(r['weight_coverage']):.2f}% ({r.get('not_covered', '')})"
+            if r.get("weight_coverage")
+            else ""
+        )
         lines.append(
-            f"| {r['model']} | {r['status']} | {params} | {r.get('path', '')} | {layers} | {fi} "
-            f"| {r.get('seconds', '')} | {why} |"
+            f"| {r['model']} | {r['status']} | {params} | {r.get('path', '')} | {layers} | {cov} "
+            f"| {fi} | {r.get('seconds', '')} | {why} |"
         )
     (out / "coverage.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -468,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--note",
         help='a paragraph "Run of <date> ..." added to coverage.md (when, the load, the commit)',
     )
+    parser.add_argument(
+        "--coverage-only",
+        action="store_true",
+        help="with --resume: fill the weight-coverage columns of the finished rows (catalogue "
+        "only, seconds per model) and rewrite the matrix",
+    )
     args = parser.parse_args(argv)
     notes = _notes(args.out)
     if args.note:
@@ -487,6 +523,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # run what was not reached
             done = [r for r in kept if not r["why"].startswith("not reached")]
         names = [n for n in names if n not in {r["model"] for r in done}]
+    if args.coverage_only:  # fill the coverage columns of the rows there, nothing else
+        ctx = mp.get_context("spawn")
+        for row in done:
+            if row["status"] != "works" or row.get("weight_coverage"):
+                continue
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_coverage_child, args=(row["model"], queue))
+            proc.start()
+            try:
+                row.update(queue.get(timeout=args.timeout))
+            except Exception:
+                pass
+            proc.join(timeout=30)
+            print(f"{row['model']}: coverage {row.get('weight_coverage', '?')}", flush=True)
+        write(done, args.out, notes)
+        return 0
     rows = run(names, args.timeout, args.out, done, notes)
     write(rows, args.out, notes)
     print(f"wrote {args.out / 'coverage.csv'} and coverage.md", flush=True)

@@ -31,6 +31,7 @@ from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
 from pytorchfi_deepvigor.catalogue import unsupported_layers
+from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import SEARCHES, candidate_grid, grid_summary
 from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost, VulnerabilityResult
@@ -248,5 +249,6 @@ class DeepVigorAnalyzer:
                 *unsupported_layers(self.engine.model),
                 *(f"{i.name} ({type(i.module).__name__}: {i.weight_transform})" for i in skipped),
             ],
+            coverage=weight_coverage(self.engine.model, self.engine.catalogue),
         )
         return dataclasses.replace(result, ranks=ranks) if ranks else result

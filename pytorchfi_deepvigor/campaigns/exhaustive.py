@@ -30,6 +30,7 @@ from pytorchfi_deepvigor.campaigns.faults import (
     operand_sites,
 )
 from pytorchfi_deepvigor.catalogue import LayerInfo
+from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import Cost, LayerResult, VulnerabilityResult
 
@@ -164,6 +165,7 @@ class ExhaustiveCampaign:
             cost=cost,
             n_images=self.engine.num_images,
             model_name=type(self.engine.model).__name__,
+            coverage=weight_coverage(self.engine.model, self.engine.catalogue),
         )
         return dataclasses.replace(result, ranks=done.ranks) if done.ranks else result
 

@@ -38,6 +38,7 @@ from pytorchfi_deepvigor.campaigns.faults import (
     operand_sites,
 )
 from pytorchfi_deepvigor.catalogue import LayerInfo
+from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
 
@@ -200,6 +201,7 @@ class StatisticalCampaign:
             cost=cost,
             n_images=self.engine.num_images,
             model_name=type(self.engine.model).__name__,
+            coverage=weight_coverage(self.engine.model, self.engine.catalogue),
         )
         ranks = distributed.merge_rank_costs(pilot.ranks, done.ranks)
         return dataclasses.replace(result, ranks=ranks) if ranks else result

@@ -229,6 +229,7 @@ def _merge(results: list[VulnerabilityResult], label: str) -> VulnerabilityResul
         cost=cost,
         n_images=first.n_images,
         model_name=label,
+        coverage=first.coverage,
     )
     return dataclasses.replace(
         merged, ranks=distributed.merge_rank_costs(*(r.ranks for r in results))

@@ -46,6 +46,7 @@ from pytorchfi_deepvigor.results import (
     Comparison,
     ComparisonWarning,
     VulnerabilityResult,
+    WeightCoverage,
     compare,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "COMPARISON_SCHEMA_VERSION",
     "LAYER_COLUMNS",
     "comparison_to_dict",
+    "coverage_line",
     "format_comparison",
     "format_rows",
     "format_summary",
@@ -218,9 +220,32 @@ def format_summary(result: VulnerabilityResult) -> str:
         f"image-evaluations, {cost.backwards:,} backwards, {cost.faults:,} faults, "
         f"{cost.wall_time_s:.1f} s",
     ]
+    if result.coverage is not None:
+        lines.append(coverage_line(result.coverage))
+        shown = result.coverage.missing[:5]
+        lines += [f"  not covered: {m}" for m in shown]
+        if len(result.coverage.missing) > len(shown):
+            lines.append(f"  ... and {len(result.coverage.missing) - len(shown)} more tensors")
     if result.unsupported:
         lines.append("not analysed (unsupported layer types): " + ", ".join(result.unsupported))
     return "\n".join(lines)
+
+
+def coverage_line(coverage: WeightCoverage) -> str:
+    """One line: the share of the model's weight elements that are fault sites, loud when it
+    is below 100%.
+
+    Example:
+        >>> print(coverage_line(WeightCoverage(total=200, covered=150, missing=("a", "b"))))
+        WEIGHT COVERAGE 75.00%: 50 of the model's 200 weight elements (2 tensors) are not fault sites
+    """
+    if coverage.complete:
+        return f"weight coverage 100%: every one of the model's {coverage.total:,} weight elements"
+    return (
+        f"WEIGHT COVERAGE {100 * coverage.fraction:.2f}%: "
+        f"{coverage.total - coverage.covered:,} of the model's {coverage.total:,} weight "
+        f"elements ({len(coverage.missing)} tensors) are not fault sites"
+    )
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:

@@ -6,11 +6,12 @@ An analysis (DeepVigor+) and a campaign (exhaustive or statistical FI) both retu
 EDMs, outcome counts and the achieved SFI margin. :func:`compare` lines two results up channel
 by channel.
 
-JSON schema (``schema_version`` 1), produced by ``to_dict``/``to_json`` and read back by
+JSON schema (``schema_version`` 2; a version-1 file reads with ``coverage`` None), produced by ``to_dict``/``to_json`` and read back by
 ``from_dict``/``from_json``:
 
 - a result is an object with one key per dataclass field; tuples become lists, ``Cost`` and
-  ``OutcomeCounts`` nested objects, ``options`` and ``versions`` plain objects;
+  ``OutcomeCounts`` and ``WeightCoverage`` nested objects, ``options`` and ``versions`` plain
+  objects;
 - ``null`` means an absent optional value (e.g. no per-neuron VFs);
 - non-finite floats are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``, in scalar
   fields and in arrays alike, so the file is strict JSON;
@@ -54,6 +55,7 @@ from pytorchfi_deepvigor.results._types import (
     RankCost,
     Target,
     VulnerabilityResult,
+    WeightCoverage,
     mvf,
 )
 
@@ -70,6 +72,7 @@ __all__ = [
     "Method",
     "OutcomeCounts",
     "RankCost",
+    "WeightCoverage",
     "Target",
     "VulnerabilityResult",
     "compare",

@@ -39,13 +39,49 @@ __all__ = [
     "mvf",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the weight coverage (a schema-1 file reads as coverage None)
 Target = Literal["weights", "activations", "stored"]
 Method = Literal[
     "deepvigor", "exhaustive", "sfi-network", "sfi-layer", "sfi-data-unaware", "sfi-data-aware"
 ]
 TARGETS: tuple[str, ...] = get_args(Target)
 METHODS: tuple[str, ...] = get_args(Method)
+
+
+@dataclass(frozen=True)
+class WeightCoverage:
+    """How much of a model's weight memory a result covers.
+
+    ``total``: elements of every floating-point parameter or buffer of two or more dimensions
+    (what a forward multiplies its data by, or adds and indexes: convolution and Linear
+    weights, attention projections, embeddings, position tables; not biases nor normalisation
+    statistics). ``covered``: those of the catalogued Conv2d/Linear weights, the fault sites of
+    the analysis and of fault injection. ``missing``: the rest, one ``"name (N elements):
+    reason"`` per tensor.
+
+    Example:
+        >>> c = WeightCoverage(total=1000, covered=990, missing=("pos (10 elements): added",))
+        >>> c.fraction, c.complete
+        (0.99, False)
+    """
+
+    total: int
+    covered: int
+    missing: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "missing", tuple(self.missing))
+        if not 0 <= self.covered <= self.total:
+            raise ValueError(f"expected 0 <= covered <= total, got {self.covered} of {self.total}")
+
+    @property
+    def fraction(self) -> float:
+        """Covered elements over all weight elements (1.0 for a model without weights)."""
+        return self.covered / self.total if self.total else 1.0
+
+    @property
+    def complete(self) -> bool:
+        return self.covered == self.total
 
 
 @dataclass(frozen=True)
@@ -297,6 +333,7 @@ class VulnerabilityResult:
     n_images: int = 0
     model_name: str = ""
     unsupported: tuple[str, ...] = ()
+    coverage: WeightCoverage | None = None
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=now_iso)
     versions: Mapping[str, str] = field(default_factory=package_versions)
@@ -335,6 +372,7 @@ class VulnerabilityResult:
         n_images: int = 0,
         model_name: str = "",
         unsupported: Iterable[str] = (),
+        coverage: WeightCoverage | None = None,
     ) -> VulnerabilityResult:
         """Assemble a result and compute its MVFs from the layers' LVFs."""
         layers = tuple(layers)
@@ -352,6 +390,7 @@ class VulnerabilityResult:
             n_images=n_images,
             model_name=model_name,
             unsupported=tuple(unsupported),
+            coverage=coverage,
         )
 
     def layer(self, layer_num: int, target: Target) -> LayerResult:
@@ -429,6 +468,8 @@ class VulnerabilityResult:
             if name in values:
                 values[name] = decode(values[name])
         values["unsupported"] = tuple(data.get("unsupported", ()))
+        if data.get("coverage") is not None:
+            values["coverage"] = WeightCoverage(**data["coverage"])
         values["ranks"] = tuple(
             RankCost(**{**r, "cost": Cost(**decode(r.get("cost", {})))})
             for r in data.get("ranks") or ()

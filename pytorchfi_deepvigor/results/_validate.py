@@ -129,6 +129,16 @@ def _cost(value: Any, where: str) -> None:
             (_int if kind == "count" else _seconds)(data[key], f"{where}.{key}")
 
 
+def _coverage(value: Any, where: str) -> None:
+    data = _object(value, where)
+    _known(data, where, ("total", "covered", "missing"), ("total", "covered"))
+    _int(data["total"], f"{where}.total")
+    _int(data["covered"], f"{where}.covered")
+    if data["covered"] > data["total"]:
+        _fail(f"{where}.covered", f"at most total ({data['total']})", data["covered"])
+    _optional(data, "missing", lambda v, w: _list(v, w, _str), f"{where}.")
+
+
 def _counts(value: Any, where: str) -> None:
     data = _object(value, where)
     _known(data, where, _COUNTS, _COUNTS)
@@ -222,6 +232,7 @@ def check_result(
     for key in ("model_name", "created"):
         _optional(data, key, _str, "")
     _optional(data, "unsupported", lambda v, w: _list(v, w, _str), "")
+    _optional(data, "coverage", _coverage, "")
     _optional(data, "ranks", lambda v, w: _list(v, w, _rank), "")
     versions = _object(data.get("versions", {}), "versions")
     for key, value in versions.items():

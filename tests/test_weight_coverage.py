@@ -1,0 +1,90 @@
+"""Coverage as a number (issue 25): every result says what share of the model's weight memory
+it covers, and names the rest with the reason."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from oracle_models import ORACLE_MODELS, oracle_images
+from tiny_models import TINY_MODELS, seeded_images
+from torch import nn
+
+from pytorchfi_deepvigor import (
+    DeepVigorAnalyzer,
+    ExhaustiveCampaign,
+    SimulationEngine,
+    StatisticalCampaign,
+    VulnerabilityResult,
+    weight_coverage,
+)
+from pytorchfi_deepvigor.coverage import NOT_MULTIPLIED, weight_tensors
+from pytorchfi_deepvigor.report import format_summary
+
+
+class BufferHead(nn.Module):
+    """An ONNX-converted shape: the classifier's weight is a buffer fed to a matmul, and a
+    position table is added to the feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 4, 10, 10) * 0.1)
+        self.register_buffer("w", torch.randn(4, 10))
+        self.register_buffer("b", torch.randn(10))  # 1-D: a bias, not a weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x) + self.pos).mean(dim=(2, 3))
+        return torch.matmul(h, self.w) + self.b
+
+
+def test_a_plain_cnn_is_covered_completely() -> None:
+    model = TINY_MODELS["resnet"]()
+    engine = SimulationEngine(model, seeded_images(4))
+    result = DeepVigorAnalyzer(engine).analyze(target="weights", sampling=0.5)
+    assert result.coverage is not None and result.coverage.complete
+    assert result.coverage.total == sum(t.numel() for _, t in weight_tensors(model))
+    assert "weight coverage 100%" in format_summary(result)
+    assert VulnerabilityResult.from_json(result.to_json()).coverage == result.coverage
+
+
+def test_buffers_positions_and_attention_are_counted_and_named() -> None:
+    model = BufferHead().eval()
+    engine = SimulationEngine(model, oracle_images())
+    coverage = weight_coverage(model, engine.catalogue)
+    assert (coverage.covered, coverage.total) == (36, 36 + 400 + 40)
+    assert coverage.missing[0] == f"pos (400 elements): {NOT_MULTIPLIED}"
+    assert coverage.missing[1].startswith("w (40 elements): buffer: used by torch.matmul")
+    tokens = ORACLE_MODELS["tokens"]()
+    attention = weight_coverage(tokens, SimulationEngine(tokens, oracle_images()).catalogue)
+    named = {m.split(" ")[0]: m for m in attention.missing}
+    assert set(named) == {"attn.in_proj_weight", "attn.out_proj.weight"}
+    assert "MultiheadAttention: packed in_proj_weight" in named["attn.in_proj_weight"]
+    assert attention.fraction == pytest.approx(1 - (192 + 64) / attention.total)
+
+
+def test_every_result_carries_it_and_the_summary_says_so_loudly() -> None:
+    model = BufferHead().eval()
+    engine = SimulationEngine(model, oracle_images())
+    results = [
+        DeepVigorAnalyzer(engine).analyze(target="both"),
+        ExhaustiveCampaign(engine).run("weights", channel_ratio=0.5),
+        StatisticalCampaign(engine).run("layer", target="weights", e=0.2),
+    ]
+    for result in results:
+        assert result.coverage == weight_coverage(model, engine.catalogue)
+        text = format_summary(result)
+        assert "WEIGHT COVERAGE 7.56%: 440 of the model's 476 weight elements" in text
+        assert "not covered: pos (400 elements)" in text
+
+
+def test_a_weight_recomputed_by_a_hook_is_not_a_fault_site() -> None:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = torch.nn.utils.weight_norm(nn.Conv2d(1, 4, 3, padding=1))
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(400, 10)).eval()
+    coverage = weight_coverage(model, SimulationEngine(model, oracle_images()).catalogue)
+    assert coverage.covered == 4000
+    assert [m.split(" ")[0] for m in coverage.missing] == ["0.weight_g", "0.weight_v"]
