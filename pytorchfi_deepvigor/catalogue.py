@@ -191,6 +191,15 @@ _SHARED_INPUTS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKe
 """Per model, the injectable layers whose input did not depend on the images in its last
 profiled forward (see :data:`SHARED_INPUT_REASON`)."""
 
+_REUSED: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
+"""Per model, the injectable layers its last profiled forward called more than once, with the
+number of calls (see :data:`REUSED_REASON`)."""
+
+REUSED_REASON = (
+    "called {n} times per forward (weight sharing): a fault in its weight reaches every call, "
+    "which the per-call analysis and FI do not model; give each use its own module to analyse it"
+)
+
 SHARED_INPUT_REASON = (
     "its input does not depend on the images: a tensor computed from parameters and buffers "
     "alone (batch 1 whatever the batch, e.g. SwinV2's continuous position bias MLP), shared by "
@@ -253,13 +262,17 @@ def unsupported_parts(
             out.append((name, type(m).__name__, "only Conv2d and Linear are analysed"))
             covered.add(name)
     if example_input is not None:
-        _, uses, _, shared, _ = _profile(model, example_input)
+        seen, uses, _, shared, _ = _profile(model, example_input)
+        reused = {n: len(c) for n, c in seen.items() if len(c) > 1}
     else:
         uses, shared = None, _SHARED_INPUTS.get(model, [])
+        reused = _REUSED.get(model, {})
     modules = dict(model.named_modules())
     buffers = {n for n, _ in model.named_buffers()}
     for name in shared:
         out.append((name, type(modules[name]).__name__, SHARED_INPUT_REASON))
+    for name, n in reused.items():
+        out.append((name, type(modules[name]).__name__, REUSED_REASON.format(n=n)))
     listed: set[str] = set()
     for param, func in uses if uses is not None else _FUNCTIONAL_USES.get(model, []):
         owner = param.rpartition(".")[0]
@@ -423,8 +436,9 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
         example_input: a batch of inputs; only its first element is used.
 
     Raises:
-        ValueError: if the model has no injectable layer, or a layer is called more than once
-            per forward (weight sharing), or a Linear layer sees more than two position dims.
+        ValueError: if the model has no injectable layer, or a Linear layer sees more than two
+            position dims. A layer called more than once per forward (weight sharing) is not
+            catalogued; :func:`unsupported_layers` lists it with the reason.
     """
     layers = _injectable(model)
     if not layers:
@@ -435,7 +449,8 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
     seen, uses, order, shared, first = _profile(model, example_input)
     _FUNCTIONAL_USES[model] = uses
     _SHARED_INPUTS[model] = shared
-    if [n for n in order if n in seen] != [n for n, _ in layers if seen[n]]:
+    _REUSED[model] = {n: len(c) for n, c in seen.items() if len(c) > 1}
+    if list(dict.fromkeys(n for n in order if n in seen)) != [n for n, _ in layers if seen[n]]:
         warnings.warn(
             "the execution order of the injectable layers differs from their registration order; "
             "layer numbers follow registration order (as PyTorchFI's weight injection does)",
@@ -455,10 +470,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
             )
             continue
         if len(calls) > 1:
-            raise ValueError(
-                f"layer {name!r} is called {len(calls)} times per forward (weight sharing); "
-                "give each use its own module to analyse it"
-            )
+            continue  # weight sharing: listed by unsupported_layers with the reason
         in_shape, out_shape = calls[0]
         if isinstance(m, nn.Conv2d):
             if len(out_shape) != 3:

@@ -88,3 +88,41 @@ def test_a_weight_recomputed_by_a_hook_is_not_a_fault_site() -> None:
     coverage = weight_coverage(model, SimulationEngine(model, oracle_images()).catalogue)
     assert coverage.covered == 4000
     assert [m.split(" ")[0] for m in coverage.missing] == ["0.weight_g", "0.weight_v"]
+
+
+class SharedConv(nn.Module):
+    """A convolution applied twice per forward (CoaT's shared positional convolution)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + self.shared(x)
+        x = x + self.shared(torch.relu(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_layer_called_twice_is_listed_not_the_whole_model_refused() -> None:
+    """It used to raise at engine construction; now the rest is analysed and injected, and the
+    shared layer is named with the reason and its share of the weights."""
+    from oracle import Oracle
+    from test_ground_truth import _compare
+
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation
+
+    torch.manual_seed(0)
+    model = SharedConv().eval()
+    engine = SimulationEngine(model, oracle_images())
+    assert [i.name for i in engine.catalogue] == ["stem", "head"]
+    result = DeepVigorAnalyzer(engine).analyze(target="both")
+    assert any(u.startswith("shared (Conv2d: called 2 times per forward") for u in result.unsupported)
+    assert result.coverage is not None
+    assert result.coverage.missing == (
+        f"shared.weight (36 elements): Conv2d: {result.unsupported[0].split(': ', 1)[1][:-1]}",
+    )
+    info = engine.layer(0)
+    _compare(Oracle(model, oracle_images()), engine, FaultPopulation(info, "weights", "flip", list(range(9))))
