@@ -285,7 +285,8 @@ def unsupported_parts(
             out.append((owner, type(m).__name__, why))
         else:
             kind = "buffer" if param in buffers else "parameter"
-            out.append((param, kind, f"used by {func} outside a Conv2d/Linear module"))
+            why = f"used by {func}, not as the weight of a catalogued Conv2d/Linear"
+            out.append((param, kind, why))
     return out
 
 

@@ -84,7 +84,8 @@ EXPECTED = {
     "mobilenet_v3": (0, 0),
     "convnext": (4, 0),  # two blocks x two pointwise Linears on (N, H, W, C)
     "swin": (5, 4),  # MLP and patch-merging Linears; qkv / proj applied inside the attention
-    "swin_v2": (5, 8),  # and per block two cpb_mlp Linears on a shared batch-1 buffer
+    "swin_v2": (5, 10),  # per block two cpb_mlp Linears on a shared batch-1 buffer, and that
+    # buffer (relative_coords_table, the position table they read)
     "vit": (4, 2),  # MLP Linears on (N, T, D); MultiheadAttention listed with the reason
 }
 
@@ -166,7 +167,7 @@ def test_the_matrix_keeps_its_run_notes_and_order(coverage, tmp_path):
     resumed = {"model": "b", "status": "refused", "why": "x", "catalogued": "", "faults": ""}
     coverage.write([*rows, resumed], tmp_path)  # "" fields: a row read back by --resume
     text = (tmp_path / "coverage.md").read_text()
-    assert "| b | refused |  |  |  |  |  | x |" in text
+    assert "| b | refused |  |  |  |  |  |  | x |" in text
     assert "\n\nRun of day 1 at commit abc.\n\nTotals: 1 refused, 2 works\n" in text
     assert text.index("| alexnet |") < text.index("| b |") < text.index("| vgg11 |")
     csv_models = [line.split(",")[0] for line in (tmp_path / "coverage.csv").read_text().split()]
