@@ -119,10 +119,16 @@ def test_a_layer_called_twice_is_listed_not_the_whole_model_refused() -> None:
     engine = SimulationEngine(model, oracle_images())
     assert [i.name for i in engine.catalogue] == ["stem", "head"]
     result = DeepVigorAnalyzer(engine).analyze(target="both")
-    assert any(u.startswith("shared (Conv2d: called 2 times per forward") for u in result.unsupported)
+    assert any(
+        u.startswith("shared (Conv2d: called 2 times per forward") for u in result.unsupported
+    )
     assert result.coverage is not None
     assert result.coverage.missing == (
         f"shared.weight (36 elements): Conv2d: {result.unsupported[0].split(': ', 1)[1][:-1]}",
     )
     info = engine.layer(0)
-    _compare(Oracle(model, oracle_images()), engine, FaultPopulation(info, "weights", "flip", list(range(9))))
+    _compare(
+        Oracle(model, oracle_images()),
+        engine,
+        FaultPopulation(info, "weights", "flip", list(range(9))),
+    )
