@@ -187,9 +187,15 @@ _FUNCTIONAL_USES: weakref.WeakKeyDictionary[nn.Module, list[tuple[str, str]]] = 
 )
 """Per model, the parameters its last profiled forward (:func:`build_catalogue`) fed to a
 convolution or matrix product outside a catalogued layer."""
-_SHARED_INPUTS: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
-"""Per model, the injectable layers whose input did not depend on the images in its last
-profiled forward (see :data:`SHARED_INPUT_REASON`)."""
+_SHARED_INPUTS: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
+"""Per model, the injectable layers whose input batch was not the images' in its last profiled
+forward, with that batch (see :data:`SHARED_INPUT_REASON` and :data:`FOLDED_REASON`)."""
+
+FOLDED_REASON = (
+    "its input folds windows or patches into the batch (2 images gave a batch of {n}, as Swin's "
+    "window attention or MobileViT's patches do): a neuron of one image is spread over several "
+    "rows, which the per-image analysis and FI do not model"
+)
 
 _REUSED: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
 """Per model, the injectable layers its last profiled forward called more than once, with the
@@ -265,12 +271,13 @@ def unsupported_parts(
         seen, uses, _, shared, _ = _profile(model, example_input)
         reused = {n: len(c) for n, c in seen.items() if len(c) > 1}
     else:
-        uses, shared = None, _SHARED_INPUTS.get(model, [])
+        uses, shared = None, _SHARED_INPUTS.get(model, {})
         reused = _REUSED.get(model, {})
     modules = dict(model.named_modules())
     buffers = {n for n, _ in model.named_buffers()}
-    for name in shared:
-        out.append((name, type(modules[name]).__name__, SHARED_INPUT_REASON))
+    for name, batch in shared.items():
+        why = SHARED_INPUT_REASON if batch == 1 else FOLDED_REASON.format(n=batch)
+        out.append((name, type(modules[name]).__name__, why))
     for name, n in reused.items():
         out.append((name, type(modules[name]).__name__, REUSED_REASON.format(n=n)))
     listed: set[str] = set()
@@ -296,18 +303,19 @@ def _profile(
     dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]],
     list[tuple[str, str]],
     list[str],
-    list[str],
+    dict[str, int],
     dict[str, torch.Tensor],
 ]:
     """One eval-mode forward of two inputs (the first one twice if there is one): per injectable
     layer its per-image (input, output) shapes per call, the parameters used by
     convolutions/matrix products outside called layers, the call order of the injectable layers,
-    the layers whose input had batch 1 (it does not depend on the images), and the first image
-    each injectable layer read."""
+    the layers whose input batch was not the images' (1: it does not depend on the images; more:
+    windows or patches folded into the batch), with that batch, and the first image each
+    injectable layer read."""
     layers = _injectable(model)
     seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {n: [] for n, _ in layers}
     order: list[str] = []
-    shared: list[str] = []
+    shared: dict[str, int] = {}
     first: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -316,8 +324,8 @@ def _profile(
             seen[name].append((tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
             order.append(name)
             first.setdefault(name, inputs[0][:1].detach().clone())
-            if inputs[0].shape[0] == 1 and name not in shared:
-                shared.append(name)
+            if inputs[0].shape[0] != batch.shape[0] and name not in shared:
+                shared[name] = int(inputs[0].shape[0])  # 1: shared; more: windows folded in
 
         return hook
 

@@ -132,3 +132,31 @@ def test_a_layer_called_twice_is_listed_not_the_whole_model_refused() -> None:
         engine,
         FaultPopulation(info, "weights", "flip", list(range(9))),
     )
+
+
+class Windows(nn.Module):
+    """Window attention's shape: 2x2 windows of a map folded into the batch before a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 8, 2, stride=2)
+        self.qkv = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)  # (B, 8, 5, 5) -> four windows of 2x2 (the last row/column dropped)
+        b = x.shape[0]
+        w = x[:, :, :4, :4].reshape(b, 8, 2, 2, 2, 2).permute(0, 2, 4, 3, 5, 1)
+        w = self.qkv(w.reshape(b * 4, 4, 8))  # (B * windows, tokens, C)
+        return self.head(w.reshape(b, 16, 8).mean(dim=1))
+
+
+def test_windows_folded_into_the_batch_are_listed_not_a_crash_later() -> None:
+    model = Windows().eval()
+    engine = SimulationEngine(model, oracle_images())
+    assert [i.name for i in engine.catalogue] == ["embed", "head"]
+    result = DeepVigorAnalyzer(engine).analyze(target="both")
+    assert any(u.startswith("qkv (Linear: its input folds windows") for u in result.unsupported)
+    assert result.coverage is not None and "qkv.weight (64 elements)" in result.coverage.missing[0]
+    fi = ExhaustiveCampaign(engine).run("weights", channel_ratio=0.5)
+    assert len(fi.layers) == 2
