@@ -148,11 +148,22 @@ class LayerInfo:
         }
 
 
+def _weightless_children(m: nn.Module) -> bool:
+    """Whether ``m``'s submodules hold no parameter or buffer (a padding child, an identity)."""
+    return all(
+        not list(c.parameters(recurse=False)) and not list(c.buffers(recurse=False))
+        for c in m.modules()
+        if c is not m
+    )
+
+
 def _injectable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Conv2d/Linear modules: leaves, or subclasses whose children hold no weights
+    (efficientnet_pytorch's ``Conv2dStaticSamePadding`` pads with a ``ZeroPad2d`` child)."""
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, SUPPORTED_LAYERS) and not list(m.children())
+        if isinstance(m, SUPPORTED_LAYERS) and _weightless_children(m)
     ]
 
 

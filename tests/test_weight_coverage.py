@@ -160,3 +160,47 @@ def test_windows_folded_into_the_batch_are_listed_not_a_crash_later() -> None:
     assert result.coverage is not None and "qkv.weight (64 elements)" in result.coverage.missing[0]
     fi = ExhaustiveCampaign(engine).run("weights", channel_ratio=0.5)
     assert len(fi.layers) == 2
+
+
+class StaticSamePadConv(nn.Conv2d):
+    """efficientnet_pytorch's ``Conv2dStaticSamePadding``: a ``ZeroPad2d`` child pads, then
+    ``F.conv2d`` on the module's own weight."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, image_size: int) -> None:
+        super().__init__(cin, cout, kernel, stride=stride)
+        out = -(-image_size // stride)
+        pad = max((out - 1) * stride + kernel - image_size, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.static_padding(x)
+        return torch.nn.functional.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+def test_a_conv_subclass_with_a_padding_child_is_injected_through_its_forward() -> None:
+    """Its 49 convolutions were listed as 'never called' (they are); now each is catalogued,
+    its weight faults run through its own forward (checked against the oracle), its operands
+    and the analysis are refused with the reason (the padding it applies is not recorded)."""
+    from oracle import Oracle
+    from test_ground_truth import _compare
+
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        StaticSamePadConv(1, 4, 3, 2, 10), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 10)
+    ).eval()
+    images = oracle_images()
+    engine = SimulationEngine(model, images)
+    conv = engine.layer(0)
+    assert conv.name == "0" and conv.weight_transform
+    result = DeepVigorAnalyzer(engine).analyze(target="weights")
+    assert [x.name for x in result.layers] == ["3"]
+    assert result.coverage is not None and result.coverage.complete  # every weight injectable
+    oracle = Oracle(model, images)
+    _compare(oracle, engine, FaultPopulation(conv, "weights", "flip", list(range(9))))
+    _compare(oracle, engine, FaultPopulation(conv, "stored", "stuck-at", list(range(10))))
+    with pytest.raises(ValueError, match="pads inside its forward"):
+        ExhaustiveCampaign(engine).run("operands", layers=[0], neurons={0: [[0, 0, 0]]})
