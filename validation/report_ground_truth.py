@@ -10,7 +10,8 @@ __all__ = ["ground_truth"]
 Rows = list[dict[str, str]]
 
 FIXED = """What the oracle found, and what was fixed (each a failing test on fd195da, the main of
-2026-12-06: 14 of the 23 tests of `tests/test_ground_truth.py` and all 5 of
+2026-12-06: 14 of the first 23 tests of `tests/test_ground_truth.py` (the suite has grown
+since, with the cases a review of the fixes found) and all 5 of
 `tests/test_ground_truth_timm.py` failed there):
 
 - **Layouts.** The CPU engine ran every suffix channels-last. `GroupNorm`'s channels-last
