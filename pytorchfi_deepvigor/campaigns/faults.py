@@ -297,9 +297,10 @@ class FaultEvaluator:
     ) -> Perturbation:
         weight = layer_weight(info).reshape(-1)
         w = weight[sites]
+        faulty = faulty_values(w, bit, value)
         if info.weight_transform:
-            return self._own_weights(info, sites, faulty_values(w, bit, value))
-        dw = faulty_values(w, bit, value) - w
+            return self._own_weights(info, sites, faulty)
+        dw = faulty - w
         k, j = sites // info.fan_in, sites % info.fan_in
         if info.kind == "Linear" and not info.channel_last:
             x = self.engine.layer_input(info.layer_num)[:, j].T  # [F, I]
@@ -332,11 +333,11 @@ class FaultEvaluator:
         self, info: LayerInfo, sites: torch.Tensor, faulty: torch.Tensor
     ) -> Perturbation:
         """Each fault through the layer's own forward, on every image: ``OutputSet``."""
+        if info.weight_derived:
+            raise ValueError(f"layer {info.name!r}: {info.weight_transform}")
         x = self.engine.layer_input(info.layer_num).contiguous()
         weight = layer_weight(info)
         outs = []
-        if info.weight_derived:
-            raise ValueError(f"layer {info.name!r}: {info.weight_transform}")
         for site, v in zip(sites.tolist(), faulty, strict=True):
             w = weight.clone()  # the weight's own memory format (a flat view may not exist)
             w[np.unravel_index(site, w.shape)] = v

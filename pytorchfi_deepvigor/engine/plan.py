@@ -51,9 +51,10 @@ what the contiguous ones compute (to float rounding, and the same outputs NaN or
 every value up to float32's maximum, +-Inf and NaN, and their output keeps their input's
 layout (``tests/test_engine_layouts.py`` sweeps them). Not here because they differ:
 ``GroupNorm`` (one value of 2^100 gives 216 NaN outputs channels-last, none contiguous; from
-about 2^64 on its statistics differ), ``MultiheadAttention`` (its fast path depends on the
-input's strides: a channel map of 2^32 moved the logits by 6.8 on a token model), ``GELU``
-(rounding of small outputs differs by 1e-4 relative)."""
+about 2^64 on its statistics differ), ``GELU`` (rounding of small outputs differs by 1e-4
+relative); and nothing after a flatten or a transpose into tokens may see other strides than
+in the model: adds and reductions there follow their inputs' strides, so huge values cancel in
+another order (a channel map of 2^32 moved a token model's logits by 6.8)."""
 CHANNELS_LAST_FUNCTIONS = frozenset(
     {
         F.relu, F.relu_, F.relu6, F.hardtanh, F.leaky_relu, F.silu, F.hardswish,

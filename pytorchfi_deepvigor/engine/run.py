@@ -188,7 +188,7 @@ class SimulationEngine:
         bound: list[str] | None = []
         if self._graph is not None and self.channels_last:
             with self._frozen():
-                bound = own_layouts(self._graph, self.images[:2])
+                bound = own_layouts(self._graph, self.images[:2].clone())  # in-place-safe
         if bound is None:  # in-place writes through views: the model's layout throughout
             self.channels_last = False
         self.layout_bound: list[str] = bound or []
