@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
+from .attention import refusals
 
 __all__ = [
     "LayerInfo",
@@ -265,8 +266,11 @@ def unsupported_parts(
     """:func:`unsupported_layers` as ``(module or tensor name, type, why)`` triples."""
     out: list[tuple[str, str, str]] = []
     covered: set[str] = set()
+    refused = refusals(model)
     for name, m in model.named_modules():
         reason = next((r for t, r in _MODULE_REASONS.items() if isinstance(m, t)), None)
+        if reason is not None and name in refused:
+            reason = f"{reason}; its projections are not analysed here: {refused[name]}"
         if reason is not None:
             out.append((name, type(m).__name__, reason))
             covered.add(name)
@@ -415,9 +419,11 @@ def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
             ]
             if all(_is_plain(m, xi, w, outs[k, j]) for k, j, w, xi in pairs):
                 return ""
-            tensors = all(isinstance(o, torch.Tensor) for o in outs.values())
-            if tensors and all(torch.equal(outs[0, j], outs[1, j]) for j in range(len(inputs))):
-                return WEIGHT_DERIVED.format(**names)  # the changed weight changed nothing
+            # a hook (weight norm) or a parametrization recomputes the weight: after a forward
+            # it is another tensor, or no longer what was written (a weight the forward merely
+            # scales by zero, as NFNet's zero-initialised gain does, is still a fault site)
+            if m.weight is not weight or not torch.equal(m.weight, changed):
+                return WEIGHT_DERIVED.format(**names)
             return WEIGHT_TRANSFORM.format(**names)
     finally:
         with torch.no_grad():

@@ -1,11 +1,15 @@
 """How much of a model's weight memory the analysis and fault injection cover, as a number.
 
 A bit flip in memory does not care whether PyTorch calls a tensor a parameter or a buffer, nor
-which module applies it. The weights of a model are every floating-point parameter or buffer
-of two or more dimensions; a result covers those of its catalogued Conv2d/Linear layers (their
-fault sites) and names each other tensor with its size and the reason (from
-:func:`~pytorchfi_deepvigor.catalogue.unsupported_parts`, or :data:`NOT_MULTIPLIED`: a layer
-scale, a position embedding, a class token).
+which module applies it. The weights of a model are the floating-point parameters and buffers
+of two or more dimensions that its forward multiplies its data by: those of its Conv2d/Linear
+modules (catalogued or not), the attention projections (:mod:`~pytorchfi_deepvigor.attention`),
+the tensors any convolution, matrix product or embedding lookup is applied with, the weights
+of other weight-carrying modules (Conv1d, LSTM, ...). A result covers those of its catalogued
+layers (their fault sites) and names each other weight with its size and the reason (from
+:func:`~pytorchfi_deepvigor.catalogue.unsupported_parts`). The other tensors of two or more
+dimensions (position embeddings, class tokens, position bias tables, layer scales: added,
+indexed or scaled by) are listed apart (:data:`NOT_MULTIPLIED`), not counted.
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from pytorchfi_deepvigor.catalogue import LayerInfo, unsupported_parts
+from pytorchfi_deepvigor.catalogue import SUPPORTED_LAYERS, LayerInfo, unsupported_parts
 from pytorchfi_deepvigor.results import WeightCoverage
 
 __all__ = ["NOT_MULTIPLIED", "weight_coverage", "weight_tensors"]
 
 NOT_MULTIPLIED = (
-    "not the weight of a catalogued Conv2d/Linear: the forward scales by it elementwise, adds, "
-    "indexes or transforms it (a layer scale, a position embedding, a class token, a bias "
-    "table, the factors of a weight norm)"
+    "not a weight: the forward adds it, indexes it, scales by it elementwise or transforms it "
+    "(a position embedding, a class token, a position bias table, a layer scale, the factors "
+    "of a weight norm); not counted, not a fault site"
 )
+DERIVED = (
+    "a factor of a weight the layer recomputes before each forward (a weight-norm hook): "
+    "fault injection refuses the layer's weights, the analysis skips it"
+)
+NEVER_CALLED = "a Conv2d/Linear the forward never calls (nor applies its weight)"
 
 
 def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -37,12 +46,13 @@ def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, t
 
 
-def _reason(name: str, parts: Sequence[tuple[str, str, str]]) -> str:
-    """Why tensor ``name`` is not covered: the unsupported part it is, or belongs to."""
+def _reason(name: str, parts: Sequence[tuple[str, str, str]]) -> str | None:
+    """Why weight ``name`` is not covered: the unsupported part it is, or belongs to (None:
+    it belongs to none, so the forward does not multiply by it)."""
     for part, what, why in parts:
         if name == part or name.startswith(part + "."):
             return f"{what}: {why}"
-    return NOT_MULTIPLIED
+    return None
 
 
 def weight_coverage(model: nn.Module, catalogue: Sequence[LayerInfo]) -> WeightCoverage:
@@ -60,17 +70,26 @@ def weight_coverage(model: nn.Module, catalogue: Sequence[LayerInfo]) -> WeightC
         ...         return self.fc(x + self.pos).mean(1)
         >>> net = Tokens()
         >>> c = weight_coverage(net, build_catalogue(net, torch.zeros(2, 4, 8)))
-        >>> c.covered, c.total, [m.split(":")[0] for m in c.missing]
-        (24, 56, ['pos (32 elements)'])
+        >>> c.covered, c.total, c.missing, [m.split(":")[0] for m in c.other]
+        (24, 24, (), ['pos (32 elements)'])
     """
     fault_sites = {id(i.module.weight) for i in catalogue if not i.weight_derived}
+    derived = {i.name for i in catalogue if i.weight_derived}
+    modules = dict(model.named_modules())
     parts = unsupported_parts(model)
     total = covered = 0
-    missing = []
+    missing, other = [], []
     for name, t in weight_tensors(model):
-        total += t.numel()
+        owner, _, attr = name.rpartition(".")
+        reason = _reason(name, parts)
         if id(t) in fault_sites:
-            covered += t.numel()
+            total, covered = total + t.numel(), covered + t.numel()
+        elif reason is not None or owner in derived:
+            total += t.numel()
+            missing.append(f"{name} ({t.numel():,} elements): {reason or DERIVED}")
+        elif attr == "weight" and isinstance(modules.get(owner), SUPPORTED_LAYERS):
+            total += t.numel()  # a Conv2d/Linear the forward never calls
+            missing.append(f"{name} ({t.numel():,} elements): {NEVER_CALLED}")
         else:
-            missing.append(f"{name} ({t.numel():,} elements): {_reason(name, parts)}")
-    return WeightCoverage(total=total, covered=covered, missing=tuple(missing))
+            other.append(f"{name} ({t.numel():,} elements): {NOT_MULTIPLIED}")
+    return WeightCoverage(total=total, covered=covered, missing=tuple(missing), other=tuple(other))

@@ -113,23 +113,37 @@ class Oracle:
     """Faults injected into ``model`` itself, judged by its own forward on ``images``.
 
     The model is left as it was (every change restored in ``finally``); it runs in eval mode.
+
+    ``view``: a model computing the same thing whose extra layers (the package's attention
+    twins: an ``in_proj`` Linear holding ``nn.MultiheadAttention``'s own ``in_proj_weight``)
+    are modules where ``model`` applies the weight inside one fused kernel. A weight fault of
+    such a layer is still written into the tensor ``model`` holds and judged by ``model``'s own
+    forward; a stored value or an operand, which ``model`` never materialises as a module
+    output, is changed by a hook on the view's layer and judged by the view's forward (the
+    tests check that the view's fault-free logits are ``model``'s). The same holds for a layer
+    ``model`` has but never calls as a module (``MultiheadAttention.out_proj``).
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, view: nn.Module | None = None
+    ) -> None:
         self.model, self.images = model, images
         self.modules = dict(model.named_modules())
+        self.view_modules = dict(view.named_modules()) if view is not None else {}
+        self.view = view
         self.golden = self._forward()
         assert bool(torch.isfinite(self.golden).all()), "the golden run is not finite"
         self.top1 = self.golden.argmax(dim=1)
 
-    def _forward(self) -> torch.Tensor:
-        was = self.model.training
-        self.model.eval()
+    def _forward(self, model: nn.Module | None = None) -> torch.Tensor:
+        model = self.model if model is None else model
+        was = model.training
+        model.eval()
         try:
             with torch.no_grad():
-                return self.model(self.images).float()
+                return model(self.images).float()
         finally:
-            self.model.train(was)
+            model.train(was)
 
     def critical_of(self, logits: torch.Tensor) -> torch.Tensor:
         """Per image: top-1 differs from the fault-free top-1, or a logit is NaN/Inf."""
@@ -138,16 +152,28 @@ class Oracle:
     def _hooked(
         self, layer: str, edit: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        module = self.modules[layer]
-        handle = module.register_forward_hook(lambda m, i, o: edit(m, i[0], o))
-        try:
-            return self._forward()
-        finally:
-            handle.remove()
+        calls = []
+
+        def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return edit(m, i[0], o)
+
+        # the model's own module first; the view's where the model never calls it as a module
+        for modules, model in ((self.modules, None), (self.view_modules, self.view)):
+            if layer not in modules:
+                continue
+            handle = modules[layer].register_forward_hook(hook)
+            try:
+                logits = self._forward(model)
+            finally:
+                handle.remove()
+            if calls:
+                return logits
+        raise AssertionError(f"the forward never called {layer!r}: the fault went nowhere")
 
     def logits(self, fault: Fault) -> torch.Tensor:
         """The model's logits ``(N, classes)`` with ``fault`` on every image."""
-        module = self.modules[fault.layer]
+        module = self.modules.get(fault.layer) or self.view_modules[fault.layer]
         if fault.target == "weights":
             weight = module.weight.data  # any memory format: index it, never a flat view
             at = tuple(int(i) for i in np.unravel_index(int(fault.site), weight.shape))  # type: ignore[arg-type]

@@ -58,7 +58,8 @@ def setup(request: pytest.FixtureRequest) -> tuple[str, Oracle, SimulationEngine
     if options.pop("channels_last_model", False):
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    return request.param, Oracle(model, images), SimulationEngine(model, images, **options)
+    engine = SimulationEngine(model, images, **options)
+    return request.param, Oracle(model, images, view=engine.model), engine
 
 
 def _package(engine: SimulationEngine, pop: FaultPopulation) -> np.ndarray:

@@ -180,7 +180,7 @@ def _fi(
 
     rng = np.random.default_rng(seed)
     evaluator = FaultEvaluator(engine)
-    oracle = Oracle(model, engine.images)
+    oracle = Oracle(model, engine.images, view=engine.model)
     faults = mismatches = rounding = 0
     notes: list[str] = []
     for num in layers:

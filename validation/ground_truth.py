@@ -199,7 +199,8 @@ def run(out: Path) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     rows = []
     for name, (model, images, options) in models().items():
-        engine, oracle = SimulationEngine(model, images, **options), Oracle(model, images)
+        engine = SimulationEngine(model, images, **options)
+        oracle = Oracle(model, images, view=engine.model)
         for info in engine.catalogue:
             for _, pop, bits in _populations(info):
                 rows.append({**_row_of(pop, bits, engine, oracle), "model": name})
@@ -235,7 +236,8 @@ def zoo_rows(seed: int = 0) -> list[dict[str, Any]]:
         torch.manual_seed(seed)
         model = zoo.build_model(name, width=width, num_classes=10, in_channels=1, input_size=32)
         model = model.eval()
-        engine, oracle = SimulationEngine(model, images), Oracle(model, images)
+        engine = SimulationEngine(model, images)
+        oracle = Oracle(model, images, view=engine.model)
         nums = sorted(set(np.linspace(0, len(engine.catalogue) - 1, 6).astype(int).tolist()))
         for num in nums:
             info = engine.layer(num)

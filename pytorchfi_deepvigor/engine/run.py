@@ -23,6 +23,7 @@ from .._guard import (
     check_positive_int,
     eval_mode,
 )
+from ..attention import attention_view
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
 from ..perturbations import Perturbation
@@ -164,6 +165,8 @@ class SimulationEngine:
         self.channels_last = bool(channels_last) and images.dim() == 4
         self.images = images.to(self.device)
         check_model_output(model, self.images)  # logits (N, classes), before any work
+        # attention modules whose projections are applied functionally: traceable twins
+        model = self.model = attention_view(model, self.images[:2])
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}

@@ -226,6 +226,11 @@ def format_summary(result: VulnerabilityResult) -> str:
         lines += [f"  not covered: {m}" for m in shown]
         if len(result.coverage.missing) > len(shown):
             lines.append(f"  ... and {len(result.coverage.missing) - len(shown)} more tensors")
+        if result.coverage.other:
+            lines.append(
+                f"not weights (added, indexed or scaled by; not fault sites): "
+                f"{len(result.coverage.other)} tensors, e.g. {result.coverage.other[0]}"
+            )
     if result.unsupported:
         lines.append("not analysed (unsupported layer types): " + ", ".join(result.unsupported))
     return "\n".join(lines)

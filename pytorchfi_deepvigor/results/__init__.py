@@ -6,7 +6,8 @@ An analysis (DeepVigor+) and a campaign (exhaustive or statistical FI) both retu
 EDMs, outcome counts and the achieved SFI margin. :func:`compare` lines two results up channel
 by channel.
 
-JSON schema (``schema_version`` 2; a version-1 file reads with ``coverage`` None), produced by ``to_dict``/``to_json`` and read back by
+JSON schema (``schema_version`` 3; a version-1 file reads with ``coverage`` None, a version-2
+file with no ``coverage.other``), produced by ``to_dict``/``to_json`` and read back by
 ``from_dict``/``from_json``:
 
 - a result is an object with one key per dataclass field; tuples become lists, ``Cost`` and

@@ -39,7 +39,9 @@ __all__ = [
     "mvf",
 ]
 
-SCHEMA_VERSION = 2  # 2: the weight coverage (a schema-1 file reads as coverage None)
+SCHEMA_VERSION = 3
+# 2: the weight coverage (a schema-1 file reads as coverage None); 3: its ``other`` tensors
+# (added or indexed, not multiplied: listed, not counted; a schema-2 file reads with none)
 Target = Literal["weights", "activations", "stored"]
 Method = Literal[
     "deepvigor", "exhaustive", "sfi-network", "sfi-layer", "sfi-data-unaware", "sfi-data-aware"
@@ -52,15 +54,18 @@ METHODS: tuple[str, ...] = get_args(Method)
 class WeightCoverage:
     """How much of a model's weight memory a result covers.
 
-    ``total``: elements of every floating-point parameter or buffer of two or more dimensions
-    (what a forward multiplies its data by, or adds and indexes: convolution and Linear
-    weights, attention projections, embeddings, position tables; not biases nor normalisation
+    ``total``: elements of the model's weights, every floating-point parameter or buffer of two
+    or more dimensions that the forward multiplies its data by (convolution and Linear weights,
+    attention projections, matrix products, embedding tables; not biases nor normalisation
     statistics). ``covered``: those of the catalogued Conv2d/Linear weights, the fault sites of
-    the analysis and of fault injection. ``missing``: the rest, one ``"name (N elements):
-    reason"`` per tensor.
+    the analysis and of fault injection. ``missing``: the rest of the weights, one ``"name (N
+    elements): reason"`` per tensor. ``other``: the tensors of two or more dimensions that are
+    not weights in this sense (added, indexed or scaled elementwise: position embeddings, class
+    tokens, position bias tables, layer scales), listed the same way; not counted, not fault
+    sites.
 
     Example:
-        >>> c = WeightCoverage(total=1000, covered=990, missing=("pos (10 elements): added",))
+        >>> c = WeightCoverage(total=1000, covered=990, missing=("w (10 elements): Conv1d",))
         >>> c.fraction, c.complete
         (0.99, False)
     """
@@ -68,9 +73,11 @@ class WeightCoverage:
     total: int
     covered: int
     missing: tuple[str, ...] = ()
+    other: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "missing", tuple(self.missing))
+        object.__setattr__(self, "other", tuple(self.other))
         if not 0 <= self.covered <= self.total:
             raise ValueError(f"expected 0 <= covered <= total, got {self.covered} of {self.total}")
 

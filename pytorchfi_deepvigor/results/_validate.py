@@ -131,12 +131,13 @@ def _cost(value: Any, where: str) -> None:
 
 def _coverage(value: Any, where: str) -> None:
     data = _object(value, where)
-    _known(data, where, ("total", "covered", "missing"), ("total", "covered"))
+    _known(data, where, ("total", "covered", "missing", "other"), ("total", "covered"))
     _int(data["total"], f"{where}.total")
     _int(data["covered"], f"{where}.covered")
     if data["covered"] > data["total"]:
         _fail(f"{where}.covered", f"at most total ({data['total']})", data["covered"])
     _optional(data, "missing", lambda v, w: _list(v, w, _str), f"{where}.")
+    _optional(data, "other", lambda v, w: _list(v, w, _str), f"{where}.")
 
 
 def _counts(value: Any, where: str) -> None:

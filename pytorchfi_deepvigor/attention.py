@@ -1,0 +1,415 @@
+"""Attention projections as layers: traceable twins of attention modules that apply their
+weights functionally.
+
+``nn.MultiheadAttention`` keeps its q, k and v projections packed in one ``in_proj_weight``
+(``3E x E``) and applies it, and ``out_proj``, inside ``F.multi_head_attention_forward`` (or one
+fused kernel); torchvision's Swin passes ``qkv.weight`` and ``proj.weight`` to
+``shifted_window_attention``, which applies them to windows folded into the batch. Neither is a
+``Conv2d``/``Linear`` call the catalogue, the engine, the analysis or fault injection can cut
+at. :func:`attention_view` gives the engine a *view* of the user's model in which each such
+module is replaced by a twin that computes the same thing with its projections as ``Linear``
+calls on per-image tokens:
+
+- ``MultiheadAttention`` (self-attention): ``in_proj`` is a ``Linear`` whose weight **is** the
+  module's ``in_proj_weight`` (the same tensor: a fault written into it is written into the
+  user's memory), its ``3E`` output features being the q, k and v features in that order;
+  ``out_proj`` is the module's own ``out_proj``. A fault in a q/k/v weight changes that feature
+  of every token; the attention that follows (scores, softmax, the weighted sum) is part of the
+  suffix the engine runs.
+- ``ShiftedWindowAttention`` (V1 and V2): ``qkv`` and ``proj`` run on the padded ``(N, H, W,
+  C)`` map, before the windows are formed and after they are merged back: a per-token linear
+  map commutes with the padding, the cyclic shift and the window partition, so every
+  projection output is the one the module computes, at a per-image position. (V2 zeroes the
+  key part of the qkv bias: its twin ``qkv`` holds the user's weight with that bias.)
+
+Nothing of the user's model is copied or changed: the view shares every module, parameter and
+buffer, and only the containers on the path to a replaced module are shallow copies. A twin is
+used only where it reproduces the module's output on the profiled images (to float rounding);
+otherwise, and for the cases it does not model (cross-attention, masks, ``add_bias_kv``,
+unbatched inputs), the module stays as it is and :func:`refusals` gives the reason, which the
+catalogue's ``unsupported`` list reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import weakref
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ._guard import eval_mode
+
+__all__ = ["attention_view", "refusals"]
+
+_REFUSALS: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def refusals(model: nn.Module) -> dict[str, str]:
+    """The attention modules the last :func:`attention_view` of ``model`` (or of the model it
+    is a view of) left as they are, with the reason."""
+    return dict(_REFUSALS.get(model, {}))
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A ``Linear`` holding ``weight`` itself (not a copy) and ``bias`` (a buffer when it is
+    not a parameter of the model: a derived bias)."""
+    out_features, in_features = weight.shape
+    lin = nn.Linear(in_features, out_features, bias=False, device="meta")
+    lin.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+    if isinstance(bias, nn.Parameter):
+        lin.bias = bias
+    else:
+        del lin.bias  # the None parameter nn.Linear(bias=False) registers
+        lin.register_buffer("bias", bias)
+    return lin
+
+
+# --------------------------------------------------------------------------- MultiheadAttention
+class MultiheadSelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` on self-attention, its packed projection an ``in_proj`` Linear.
+
+    Returns what the module returns: ``(output, weights)`` (``weights`` ``None`` unless
+    ``need_weights``), in the module's batch layout. The scores are computed in the order of
+    the kernel the module runs in evaluation: its fused fast path (batch first, an even number
+    of heads, a bias) and its weights path scale the queries before the product, the other
+    path calls ``scaled_dot_product_attention``; the order decides where extreme values
+    overflow (measured: an exponent-bit fault in ``in_proj_weight`` gave NaN logits in one
+    order and finite ones in the other).
+    """
+
+    def __init__(self, mha: Any) -> None:
+        super().__init__()
+        self.in_proj = _linear(mha.in_proj_weight, mha.in_proj_bias)
+        self.out_proj = mha.out_proj
+        self.num_heads = mha.num_heads
+        self.batch_first = mha.batch_first
+        self.training = mha.training
+        self.fused = (
+            mha.batch_first
+            and mha.num_heads % 2 == 0
+            and mha.in_proj_bias is not None
+            and torch.backends.mha.get_fastpath_enabled()
+        )
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = query if self.batch_first else query.transpose(0, 1)
+        n, t, e = x.shape
+        heads = self.num_heads
+        qkv = self.in_proj(x).reshape(n, t, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (N, heads, T, d)
+        weights = None
+        if need_weights or self.fused:
+            attn = torch.softmax((q * (e // heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+            out = attn @ v
+            if need_weights:
+                weights = attn.mean(dim=1) if average_attn_weights else attn
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = self.out_proj(out.transpose(1, 2).reshape(n, t, e))
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def _mha_refusal(m: Any, calls: list[tuple[tuple, dict]]) -> str:
+    """Why ``m``'s twin would not model it ("" when it does)."""
+    if not m._qkv_same_embed_dim or m.in_proj_weight is None:
+        return "separate q/k/v weights (kdim or vdim differ from embed_dim)"
+    if m.bias_k is not None or m.add_zero_attn:
+        return "add_bias_kv or add_zero_attn"
+    for args, kwargs in calls:
+        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        query, key, value = (given.get(k) for k in names[:3])
+        if not (query is key and key is value):
+            return "cross-attention (query, key and value are not the same tensor)"
+        if not isinstance(query, torch.Tensor) or query.dim() != 3:
+            return "unbatched input"
+        if any(given.get(k) is not None for k in ("key_padding_mask", "attn_mask")):
+            return "an attention or key padding mask"
+        if given.get("is_causal"):
+            return "is_causal"
+    return ""
+
+
+# --------------------------------------------------------------------------- Swin's windows
+@torch.fx.wrap
+def _pad_to_windows(x: torch.Tensor, window_size: list[int]) -> torch.Tensor:
+    """``x`` ``(N, H, W, C)`` zero-padded at the bottom and right to whole windows."""
+    pad_r = (window_size[1] - x.shape[2] % window_size[1]) % window_size[1]
+    pad_b = (window_size[0] - x.shape[1] % window_size[0]) % window_size[0]
+    return F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+
+
+@torch.fx.wrap
+def _crop_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` cropped to the height and width of ``like``."""
+    return x[:, : like.shape[1], : like.shape[2], :].contiguous()
+
+
+@torch.fx.wrap
+def _shifted_windows(
+    qkv: torch.Tensor,
+    relative_position_bias: torch.Tensor,
+    window_size: list[int],
+    shift_size: list[int],
+    num_heads: int,
+    logit_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """torchvision's ``shifted_window_attention`` between its two projections: from the
+    projected ``qkv`` ``(N, pH, pW, 3C)`` of the padded map to the attention output ``(N, pH,
+    pW, C)`` before ``proj``, windows merged and shifted back."""
+    n, pad_h, pad_w, c3 = qkv.shape
+    c = c3 // 3
+    shift = list(shift_size)
+    if window_size[0] >= pad_h:
+        shift[0] = 0
+    if window_size[1] >= pad_w:
+        shift[1] = 0
+    if sum(shift) > 0:
+        qkv = torch.roll(qkv, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    windows = (pad_h // window_size[0]) * (pad_w // window_size[1])
+    tokens = window_size[0] * window_size[1]
+    x = qkv.view(
+        n, pad_h // window_size[0], window_size[0], pad_w // window_size[1], window_size[1], c3
+    )
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(n * windows, tokens, c3)
+    x = x.reshape(n * windows, tokens, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = x[0], x[1], x[2]
+    if logit_scale is not None:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        attn = (q * (c // num_heads) ** -0.5).matmul(k.transpose(-2, -1))
+    attn = attn + relative_position_bias
+    if sum(shift) > 0:
+        mask = qkv.new_zeros((pad_h, pad_w))
+        h_slices = ((0, -window_size[0]), (-window_size[0], -shift[0]), (-shift[0], None))
+        w_slices = ((0, -window_size[1]), (-window_size[1], -shift[1]), (-shift[1], None))
+        count = 0
+        for h in h_slices:
+            for w in w_slices:
+                mask[h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+        mask = mask.view(
+            pad_h // window_size[0], window_size[0], pad_w // window_size[1], window_size[1]
+        )
+        mask = mask.permute(0, 2, 1, 3).reshape(windows, tokens)
+        mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+        mask = mask.masked_fill(mask != 0, (-100.0)).masked_fill(mask == 0, 0.0)
+        attn = attn.view(n, windows, num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, num_heads, tokens, tokens)
+    attn = F.softmax(attn, dim=-1)
+    x = attn.matmul(v).transpose(1, 2).reshape(n * windows, tokens, c)
+    x = x.view(
+        n, pad_h // window_size[0], pad_w // window_size[1], window_size[0], window_size[1], c
+    )
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(n, pad_h, pad_w, c)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return x
+
+
+class WindowAttention(nn.Module):
+    """torchvision's ``ShiftedWindowAttention`` (V1 or V2) with ``qkv`` and ``proj`` as Linear
+    calls on the padded ``(N, H, W, C)`` map of each image.
+
+    Holds the module's own children, parameters and buffers under their names (so the module's
+    ``get_relative_position_bias`` runs on it); V2's ``qkv`` is a Linear holding the module's
+    ``qkv.weight`` with the key part of the bias zeroed, as V2's forward does.
+    """
+
+    window_size: list[int]
+    shift_size: list[int]
+    num_heads: int
+    qkv: nn.Module
+    proj: nn.Module
+
+    def __init__(self, swa: Any) -> None:
+        super().__init__()
+        for name, child in swa.named_children():
+            self.add_module(name, child)
+        for name, p in swa.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in swa.named_buffers(recurse=False):
+            self.register_buffer(name, b, persistent=name not in swa._non_persistent_buffers_set)
+        for name in ("window_size", "shift_size", "num_heads", "training"):
+            setattr(self, name, copy.copy(getattr(swa, name)))
+        self._relative_position_bias = type(swa).get_relative_position_bias
+        if getattr(self, "logit_scale", None) is not None and swa.qkv.bias is not None:
+            bias = swa.qkv.bias.detach().clone()
+            length = bias.numel() // 3
+            bias[length : 2 * length] = 0
+            self.qkv = _linear(swa.qkv.weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = _pad_to_windows(x, self.window_size)
+        bias = self._relative_position_bias(self)
+        logit_scale = getattr(self, "logit_scale", None)
+        out = _shifted_windows(
+            self.qkv(padded), bias, self.window_size, self.shift_size, self.num_heads, logit_scale
+        )
+        return _crop_like(self.proj(out), x)
+
+
+def _swin_classes() -> tuple[type[nn.Module], ...]:
+    """torchvision's window attention classes, if torchvision's Swin is loaded (a model that
+    holds one has imported it)."""
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    return (swin.ShiftedWindowAttention,) if swin is not None else ()
+
+
+def _swin_refusal(m: nn.Module, calls: list[tuple[tuple, dict]]) -> str:
+    if (
+        getattr(m, "attention_dropout", 0.0)
+        and m.training
+        or getattr(m, "dropout", 0.0)
+        and m.training
+    ):
+        return "dropout in training mode"
+    for args, kwargs in calls:
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return "input is not (N, H, W, C)"
+    return ""
+
+
+# --------------------------------------------------------------------------- the view
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    swin = _swin_classes()
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if name and (isinstance(m, nn.MultiheadAttention) or (swin and isinstance(m, swin)))
+    ]
+
+
+def _calls(
+    model: nn.Module, modules: list[tuple[str, nn.Module]], example: torch.Tensor
+) -> dict[str, list[tuple[tuple, dict, object]]]:
+    """One eval-mode, no-grad forward of ``example``: each module's calls (args, kwargs, output)."""
+    calls: dict[str, list[tuple[tuple, dict, object]]] = {n: [] for n, _ in modules}
+    handles = []
+
+    def make_hook(name: str):  # type: ignore[no-untyped-def]
+        def hook(_m, args, kwargs, output):  # type: ignore[no-untyped-def]
+            calls[name].append((args, dict(kwargs), output))
+
+        return hook
+
+    try:
+        for name, m in modules:
+            handles.append(m.register_forward_hook(make_hook(name), with_kwargs=True))
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _same(got: object, want: object) -> bool:
+    """Whether the twin's output equals the module's to float rounding."""
+    if isinstance(want, (tuple, list)):
+        return (
+            isinstance(got, (tuple, list))
+            and len(got) == len(want)
+            and all(_same(g, w) for g, w in zip(got, want, strict=True))
+        )
+    if want is None or not isinstance(want, torch.Tensor):
+        return got is None if want is None else True
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return False
+    scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * scale))
+
+
+def _replace(model: nn.Module, twins: dict[str, nn.Module]) -> nn.Module:
+    """A shallow copy of ``model`` with the modules named in ``twins`` replaced; only the
+    containers on the paths to them are copied (new ``_modules`` dicts), everything else is
+    shared."""
+    copies: dict[str, nn.Module] = {}
+
+    def copied(path: str) -> nn.Module:
+        if path not in copies:
+            original = model.get_submodule(path)
+            c = copy.copy(original)
+            c._modules = dict(original._modules)
+            copies[path] = c
+            if path:
+                parent, _, child = path.rpartition(".")
+                copied(parent)._modules[child] = c
+        return copies[path]
+
+    for name, twin in twins.items():
+        parent, _, child = name.rpartition(".")
+        copied(parent)._modules[child] = twin
+    return copied("")
+
+
+def attention_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` with its attention modules replaced by twins whose projections are Linear
+    calls on per-image tokens (see the module docs); ``model`` itself when it has none.
+
+    Each twin is checked on ``example`` (two images: one eval-mode, no-grad forward) against
+    the module it replaces; a module the twin does not model is kept, with the reason in
+    :func:`refusals`. ``model`` is not changed.
+
+    Example:
+        >>> class Tokens(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        ...     def forward(self, x):
+        ...         return self.attn(x, x, x, need_weights=False)[0].mean(1)
+        >>> net = Tokens()
+        >>> view = attention_view(net, torch.randn(2, 5, 16))
+        >>> type(view.attn).__name__, view.attn.in_proj.weight is net.attn.in_proj_weight
+        ('MultiheadSelfAttention', True)
+        >>> type(net.attn).__name__  # the model itself is unchanged
+        'MultiheadAttention'
+    """
+    modules = _candidates(model)
+    if not modules:
+        return model
+    twins: dict[str, nn.Module] = {}
+    refused: dict[str, str] = {}
+    calls = _calls(model, modules, example)
+    for name, m in modules:
+        seen = [(a, k) for a, k, _ in calls[name]]
+        make: type[nn.Module]
+        if isinstance(m, nn.MultiheadAttention):
+            reason, make = _mha_refusal(m, seen), MultiheadSelfAttention
+        else:
+            reason, make = _swin_refusal(m, seen), WindowAttention
+        if not calls[name]:
+            continue  # never called: the catalogue says so
+        if not reason:
+            twin = make(m)
+            with eval_mode(twin), torch.no_grad():
+                for args, kwargs, output in calls[name]:
+                    if not _same(twin(*args, **kwargs), output):
+                        reason = "its traceable twin does not reproduce its output on the images"
+                        break
+        if reason:
+            refused[name] = reason
+        else:
+            twins[name] = twin
+    view = _replace(model, twins) if twins else model
+    _REFUSALS[model] = refused
+    _REFUSALS[view] = refused
+    return view
