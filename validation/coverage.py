@@ -49,7 +49,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -240,13 +240,18 @@ def _fi(
     bits: Sequence[int] = FLIP_BITS,
     n_sites: int = SITES_PER_TARGET,
     reference: Any = None,
+    refused: list[str] | None = None,
 ) -> tuple[int, int, int, list[str]]:
     """Faults on ``layers``: per target ``n_sites`` seeded sites x ``bits`` (flips), and the
     extreme site (:func:`_extreme_site`) with :data:`EXTREME_BITS` stuck at 0 and 1; the
     engine's outcomes against ``reference`` (default :func:`reference_logits`, the oracle).
-    Returns (faults, mismatches, rounding, notes on the first mismatches)."""
+    Returns (faults, mismatches, rounding, notes on the first mismatches). With ``refused``
+    (a list), a target of a layer that the package refuses (ValueError, TypeError: operand
+    faults of a conv that pads inside its forward, timm's ``Conv2dSame``) is appended there
+    with the reason and the other targets and layers still run; without it, the error
+    propagates."""
     reference = reference or reference_logits
-    from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
+    from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator
 
     rng = np.random.default_rng(seed)
     evaluator = FaultEvaluator(engine)
@@ -255,30 +260,70 @@ def _fi(
     notes: list[str] = []
     for num in layers:
         info = engine.layer(num)
-        for target in ("weights", "operands", "stored"):
-            if target == "weights":
-                sites = rng.choice(info.n_weights, n_sites, replace=False)
-                pool = rng.choice(info.n_weights, min(info.n_weights, 256), replace=False)
-            elif target == "stored":
-                sites = rng.choice(info.neurons_per_image, n_sites, replace=False)
-                pool = rng.choice(
-                    info.neurons_per_image, min(info.neurons_per_image, 256), replace=False
-                )
-            else:
-                neurons = rng.choice(info.neurons_per_image, 4, replace=False)
-                every = operand_sites(info, neurons)
-                sites = every[rng.choice(len(every), n_sites, replace=False)]
-                pool = sites
-            extreme = _extreme_site(engine, info, target, pool)
-            pops = [
-                (FaultPopulation(info, target, "flip", sites), bits),
-                (FaultPopulation(info, target, "stuck-at", extreme), EXTREME_BITS),
-            ]
-            for pop, pop_bits in pops:
-                ids = np.concatenate([list(pop.stratum(b)) for b in pop_bits])
-                m, r = _compare(engine, evaluator, oracle, pop, ids, notes, reference)
-                faults, mismatches, rounding = faults + len(ids), mismatches + m, rounding + r
+        targets: tuple[Literal["weights", "operands", "stored"], ...] = (
+            "weights",
+            "operands",
+            "stored",
+        )
+        for target in targets:
+            try:
+                work = _fi_target(engine, info, target, rng, bits, n_sites)
+                m, r, n = _compare_all(engine, evaluator, oracle, work, notes, reference)
+            except (ValueError, TypeError) as exc:
+                if refused is None:
+                    raise
+                text = " ".join(str(exc).split())[:300]
+                refused.append(f"{target} of {info.name}: {type(exc).__name__}: {text}")
+                continue
+            faults, mismatches, rounding = faults + n, mismatches + m, rounding + r
     return faults, mismatches, rounding, notes
+
+
+def _fi_target(
+    engine: Any,
+    info: Any,
+    target: Literal["weights", "operands", "stored"],
+    rng: np.random.Generator,
+    bits: Sequence[int],
+    n_sites: int,
+) -> list[tuple[Any, np.ndarray]]:
+    """The (population, fault ids) of one layer and target: ``n_sites`` seeded sites x ``bits``
+    (flips), and the extreme site with :data:`EXTREME_BITS` stuck at 0 and 1."""
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
+
+    if target == "weights":
+        sites = rng.choice(info.n_weights, n_sites, replace=False)
+        pool = rng.choice(info.n_weights, min(info.n_weights, 256), replace=False)
+    elif target == "stored":
+        sites = rng.choice(info.neurons_per_image, n_sites, replace=False)
+        pool = rng.choice(info.neurons_per_image, min(info.neurons_per_image, 256), replace=False)
+    else:
+        neurons = rng.choice(info.neurons_per_image, 4, replace=False)
+        every = operand_sites(info, neurons)
+        sites = every[rng.choice(len(every), n_sites, replace=False)]
+        pool = sites
+    extreme = _extreme_site(engine, info, target, pool)
+    pops = [
+        (FaultPopulation(info, target, "flip", sites), bits),
+        (FaultPopulation(info, target, "stuck-at", extreme), EXTREME_BITS),
+    ]
+    return [(pop, np.concatenate([list(pop.stratum(b)) for b in pb])) for pop, pb in pops]
+
+
+def _compare_all(
+    engine: Any,
+    evaluator: Any,
+    oracle: Oracle,
+    work: list[tuple[Any, np.ndarray]],
+    notes: list[str],
+    reference: Any,
+) -> tuple[int, int, int]:
+    """(mismatches, rounding, faults) of every (population, fault ids) of ``work``."""
+    mismatches = rounding = faults = 0
+    for pop, ids in work:
+        m, r = _compare(engine, evaluator, oracle, pop, ids, notes, reference)
+        faults, mismatches, rounding = faults + len(ids), mismatches + m, rounding + r
+    return mismatches, rounding, faults
 
 
 def _compare(
@@ -357,8 +402,9 @@ def run_model(name: str) -> dict[str, Any]:
         bad = [x.name for x in result.layers if not 0.0 <= x.lvf <= 1.0]
         step = "fault injection"
         t = time.perf_counter()
-        faults, mismatches, rounding, notes = _fi(engine, model, layers, seed=0)
-        row["extreme_faults"] = len(layers) * 3 * 2 * len(EXTREME_BITS)
+        refused: list[str] = []  # targets of layers the package refuses, with the reason
+        faults, mismatches, rounding, notes = _fi(engine, model, layers, seed=0, refused=refused)
+        row["extreme_faults"] = (len(layers) * 3 - len(refused)) * 2 * len(EXTREME_BITS)
         row["fi_s"] = round(time.perf_counter() - t, 1)
         row["faults"], row["mismatches"], row["rounding"] = faults, mismatches, rounding
         row["path"] = "fx" if engine.uses_fx else "hooks"
@@ -371,11 +417,18 @@ def run_model(name: str) -> dict[str, Any]:
                 f"unsupported: {unsupported[0]}"
                 + (f" (+{len(unsupported) - 1})" if len(unsupported) > 1 else "")
             )
+        if refused:  # the rest ran: its faults, mismatches and rounding are in the columns
+            why.append(
+                "fault injection refused: " + "; ".join(refused) + " (the other targets and "
+                "layers ran: the faults column)"
+            )
         if mismatches:
             why += notes
         if bad or changed:
             why.append(f"bad LVF {bad}, model changed {changed[:3]}")
-        row["status"] = "works" if not (mismatches or bad or changed) else "mismatch"
+        row["status"] = (
+            "mismatch" if mismatches or bad or changed else "refused" if refused else "works"
+        )
         row["why"] = "; ".join(why)
     except Exception as exc:  # the package refused, or something broke: record which and why
         row["status"] = "refused" if isinstance(exc, ValueError | TypeError) else "error"
@@ -506,11 +559,21 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         source = "timm" if r["model"].startswith(TIMM_PREFIX) else "torchvision"
         for key in ("all", source):
             counts[key][r["status"]] = counts[key].get(r["status"], 0) + 1
-    totals = "; ".join(
-        f"{key} ({sum(c.values())}): " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
-        for key, c in counts.items()
-        if c
-    )
+
+    def _count(c: dict[str, int]) -> str:
+        return ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+
+    totals = _count(counts["all"])
+    if counts["timm"]:  # and how they split
+        totals += (
+            " ("
+            + "; ".join(
+                f"{key} {sum(counts[key].values())}: {_count(counts[key])}"
+                for key in ("torchvision", "timm")
+                if counts[key]
+            )
+            + ")"
+        )
     lines = [
         "# Coverage: torchvision classifiers and timm models",
         "",
