@@ -1,8 +1,13 @@
-"""Coverage matrix: every torchvision classifier analysed and injected, or refused with the reason.
+"""Coverage matrix: every torchvision classifier, and a representative set of timm models, analysed
+and injected, or refused with the reason.
 
 For each name of ``torchvision.models.list_models(module=torchvision.models)``: the model with
 random seeded weights (``weights=None``, 10 classes, eval mode) on a few seeded random images of a
-small input (32x32; ViTs built for it; MaxViT at 64x64 with 2x2 partitions, see ``REDUCED``), then
+small input (32x32; ViTs built for it; MaxViT at 64x64 with 2x2 partitions, see ``REDUCED``).
+With ``--timm``, the models of :data:`TIMM_MODELS` instead (rows ``timm/<name>``): timm 1.0.31
+from the pinned, SHA-256-checked wheel of ``tests/third_party.py`` (imported from the wheel,
+nothing installed), ``pretrained=False``, 10 classes, 64x64 images unless the model needs more
+(the size and the timm arguments that build it for the small input are in ``REDUCED``). Then
 
 1. the engine and its catalogue (fx or hook path, the layers run on hooks, ``unsupported``);
 2. a sampled DeepVigor analysis (``target="both"``) of a few layers: the first, a middle one, the
@@ -25,6 +30,9 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python validation/coverage.py            # every model
     python validation/coverage.py --models resnet18 swin_t --out /tmp/cov  # a few
+    OMP_NUM_THREADS=1 nice -n 10 python validation/coverage.py --timm --resume \
+        validation/results/coverage.csv                                     # + the timm set
+    python validation/coverage.py --timm --models convnext_atto --out /tmp/cov  # one of them
 
 Writes ``validation/results/coverage.csv`` and ``coverage.md`` (``--out`` to change).
 """
@@ -41,7 +49,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +63,54 @@ REDUCED = {
     "partitions need 224x224, where one full forward of the 2 images takes 1.8 s on this machine: "
     "the 288 reference forwards alone ~520 s, the analysis ~100 s per layer and target)",
 }  # models built smaller than torchvision's, with why
+
+# timm 1.0.31: a representative model of each family, name -> (input size, timm arguments).
+# Cheap ones first, so that a run stopped at a time limit covers the most families.
+TIMM_PREFIX = "timm/"
+TIMM_SIZE = 64
+TIMM_MODELS: dict[str, tuple[int, dict[str, Any]]] = {
+    "mobilenetv3_small_100": (TIMM_SIZE, {}),
+    "regnety_002": (TIMM_SIZE, {}),
+    "convnext_atto": (TIMM_SIZE, {}),
+    "efficientnet_b0": (TIMM_SIZE, {}),
+    "tf_efficientnet_b0": (TIMM_SIZE, {}),  # TF "same" padding computed in forward
+    "resnet18": (TIMM_SIZE, {}),
+    "vit_tiny_patch16_224": (TIMM_SIZE, {"img_size": TIMM_SIZE}),
+    "deit_tiny_patch16_224": (TIMM_SIZE, {"img_size": TIMM_SIZE}),
+    "deit_tiny_distilled_patch16_224": (TIMM_SIZE, {"img_size": TIMM_SIZE}),  # 2 tokens, 2 heads
+    "mixer_s16_224": (TIMM_SIZE, {"img_size": TIMM_SIZE}),
+    "levit_128s": (TIMM_SIZE, {"img_size": TIMM_SIZE}),
+    "mobilevit_xxs": (TIMM_SIZE, {}),
+    "repvgg_a0": (TIMM_SIZE, {}),
+    "fastvit_t8": (TIMM_SIZE, {}),
+    "poolformer_s12": (TIMM_SIZE, {}),
+    "coat_tiny": (TIMM_SIZE, {"img_size": TIMM_SIZE}),
+    "swin_tiny_patch4_window7_224": (TIMM_SIZE, {"img_size": TIMM_SIZE, "window_size": 4}),
+    "resnetv2_50x1_bit": (TIMM_SIZE, {}),
+    "eca_nfnet_l0": (TIMM_SIZE, {}),
+    "efficientformer_l1": (224, {}),
+    "dm_nfnet_f0": (TIMM_SIZE, {}),  # ScaledStdConv2dSame: weight standardised, TF same padding
+}
+_TOKENS = (
+    "img_size=64: 4x4 patches of 16 pixels, 16 tokens (196 at 224), the same widths and depths"
+)
+REDUCED.update({
+    TIMM_PREFIX + "vit_tiny_patch16_224": f"built for 64x64: {_TOKENS} (position embedding of 17)",
+    TIMM_PREFIX + "deit_tiny_patch16_224": f"built for 64x64: {_TOKENS} (position embedding of 17)",
+    TIMM_PREFIX + "deit_tiny_distilled_patch16_224": f"built for 64x64: {_TOKENS} (position "
+    "embedding of 18: class and distillation tokens)",
+    TIMM_PREFIX + "mixer_s16_224": f"reduced: {_TOKENS}; its token-mixing MLPs are 16->64->16 "
+    "(196->256->196 at 224)",
+    TIMM_PREFIX + "levit_128s": "built for 64x64: img_size=64, attention biases of 4x4, 2x2 and 1x1 "
+    "maps (14x14, 7x7, 4x4 at 224), the same widths and depths",
+    TIMM_PREFIX + "coat_tiny": "built for 64x64: img_size=64, the same widths and depths",
+    TIMM_PREFIX + "swin_tiny_patch4_window7_224": "built for 64x64: img_size=64, window_size=4 "
+    "(7x7 windows tile the 56, 28, 14, 7 maps of 224x224 only; 4x4 windows tile the 16, 8, 4 "
+    "maps at 64 and the last stage's 2x2 map is one window, unshifted), the same widths and "
+    "depths; relative-position tables of 7x7 instead of 13x13",
+    TIMM_PREFIX + "efficientformer_l1": "input 224x224: its last stage's attention biases are "
+    "fixed at 7x7 (timm ignores img_size), so the map must be 224/32 = 7",
+})  # fmt: skip
 MAX_PARAMS = 250_000_000
 FLIP_BITS = (0, 11, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)
 SITES_PER_TARGET = 2  # per layer and target: x 12 bits = 24 faults, x 3 targets, x ~3 layers
@@ -96,7 +152,21 @@ def _extreme_site(engine: Any, info: Any, target: str, candidates: np.ndarray) -
 
 
 # ------------------------------------------------------------------------------ one model
+def _build_timm(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """A timm model (``name`` without the prefix) with random seeded weights, 10 classes."""
+    from third_party import import_timm
+
+    timm = import_timm()
+    size, kwargs = TIMM_MODELS.get(name, (TIMM_SIZE, {}))
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return model, images
+
+
 def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm(name[len(TIMM_PREFIX) :])
     import torchvision
 
     torch.manual_seed(0)
@@ -170,13 +240,18 @@ def _fi(
     bits: Sequence[int] = FLIP_BITS,
     n_sites: int = SITES_PER_TARGET,
     reference: Any = None,
+    refused: list[str] | None = None,
 ) -> tuple[int, int, int, list[str]]:
     """Faults on ``layers``: per target ``n_sites`` seeded sites x ``bits`` (flips), and the
     extreme site (:func:`_extreme_site`) with :data:`EXTREME_BITS` stuck at 0 and 1; the
     engine's outcomes against ``reference`` (default :func:`reference_logits`, the oracle).
-    Returns (faults, mismatches, rounding, notes on the first mismatches)."""
+    Returns (faults, mismatches, rounding, notes on the first mismatches). With ``refused``
+    (a list), a target of a layer that the package refuses (ValueError, TypeError: operand
+    faults of a conv that pads inside its forward, timm's ``Conv2dSame``) is appended there
+    with the reason and the other targets and layers still run; without it, the error
+    propagates."""
     reference = reference or reference_logits
-    from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
+    from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator
 
     rng = np.random.default_rng(seed)
     evaluator = FaultEvaluator(engine)
@@ -185,30 +260,70 @@ def _fi(
     notes: list[str] = []
     for num in layers:
         info = engine.layer(num)
-        for target in ("weights", "operands", "stored"):
-            if target == "weights":
-                sites = rng.choice(info.n_weights, n_sites, replace=False)
-                pool = rng.choice(info.n_weights, min(info.n_weights, 256), replace=False)
-            elif target == "stored":
-                sites = rng.choice(info.neurons_per_image, n_sites, replace=False)
-                pool = rng.choice(
-                    info.neurons_per_image, min(info.neurons_per_image, 256), replace=False
-                )
-            else:
-                neurons = rng.choice(info.neurons_per_image, 4, replace=False)
-                every = operand_sites(info, neurons)
-                sites = every[rng.choice(len(every), n_sites, replace=False)]
-                pool = sites
-            extreme = _extreme_site(engine, info, target, pool)
-            pops = [
-                (FaultPopulation(info, target, "flip", sites), bits),
-                (FaultPopulation(info, target, "stuck-at", extreme), EXTREME_BITS),
-            ]
-            for pop, pop_bits in pops:
-                ids = np.concatenate([list(pop.stratum(b)) for b in pop_bits])
-                m, r = _compare(engine, evaluator, oracle, pop, ids, notes, reference)
-                faults, mismatches, rounding = faults + len(ids), mismatches + m, rounding + r
+        targets: tuple[Literal["weights", "operands", "stored"], ...] = (
+            "weights",
+            "operands",
+            "stored",
+        )
+        for target in targets:
+            try:
+                work = _fi_target(engine, info, target, rng, bits, n_sites)
+                m, r, n = _compare_all(engine, evaluator, oracle, work, notes, reference)
+            except (ValueError, TypeError) as exc:
+                if refused is None:
+                    raise
+                text = " ".join(str(exc).split())[:300]
+                refused.append(f"{target} of {info.name}: {type(exc).__name__}: {text}")
+                continue
+            faults, mismatches, rounding = faults + n, mismatches + m, rounding + r
     return faults, mismatches, rounding, notes
+
+
+def _fi_target(
+    engine: Any,
+    info: Any,
+    target: Literal["weights", "operands", "stored"],
+    rng: np.random.Generator,
+    bits: Sequence[int],
+    n_sites: int,
+) -> list[tuple[Any, np.ndarray]]:
+    """The (population, fault ids) of one layer and target: ``n_sites`` seeded sites x ``bits``
+    (flips), and the extreme site with :data:`EXTREME_BITS` stuck at 0 and 1."""
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
+
+    if target == "weights":
+        sites = rng.choice(info.n_weights, n_sites, replace=False)
+        pool = rng.choice(info.n_weights, min(info.n_weights, 256), replace=False)
+    elif target == "stored":
+        sites = rng.choice(info.neurons_per_image, n_sites, replace=False)
+        pool = rng.choice(info.neurons_per_image, min(info.neurons_per_image, 256), replace=False)
+    else:
+        neurons = rng.choice(info.neurons_per_image, 4, replace=False)
+        every = operand_sites(info, neurons)
+        sites = every[rng.choice(len(every), n_sites, replace=False)]
+        pool = sites
+    extreme = _extreme_site(engine, info, target, pool)
+    pops = [
+        (FaultPopulation(info, target, "flip", sites), bits),
+        (FaultPopulation(info, target, "stuck-at", extreme), EXTREME_BITS),
+    ]
+    return [(pop, np.concatenate([list(pop.stratum(b)) for b in pb])) for pop, pb in pops]
+
+
+def _compare_all(
+    engine: Any,
+    evaluator: Any,
+    oracle: Oracle,
+    work: list[tuple[Any, np.ndarray]],
+    notes: list[str],
+    reference: Any,
+) -> tuple[int, int, int]:
+    """(mismatches, rounding, faults) of every (population, fault ids) of ``work``."""
+    mismatches = rounding = faults = 0
+    for pop, ids in work:
+        m, r = _compare(engine, evaluator, oracle, pop, ids, notes, reference)
+        faults, mismatches, rounding = faults + len(ids), mismatches + m, rounding + r
+    return mismatches, rounding, faults
 
 
 def _compare(
@@ -287,8 +402,9 @@ def run_model(name: str) -> dict[str, Any]:
         bad = [x.name for x in result.layers if not 0.0 <= x.lvf <= 1.0]
         step = "fault injection"
         t = time.perf_counter()
-        faults, mismatches, rounding, notes = _fi(engine, model, layers, seed=0)
-        row["extreme_faults"] = len(layers) * 3 * 2 * len(EXTREME_BITS)
+        refused: list[str] = []  # targets of layers the package refuses, with the reason
+        faults, mismatches, rounding, notes = _fi(engine, model, layers, seed=0, refused=refused)
+        row["extreme_faults"] = (len(layers) * 3 - len(refused)) * 2 * len(EXTREME_BITS)
         row["fi_s"] = round(time.perf_counter() - t, 1)
         row["faults"], row["mismatches"], row["rounding"] = faults, mismatches, rounding
         row["path"] = "fx" if engine.uses_fx else "hooks"
@@ -301,11 +417,18 @@ def run_model(name: str) -> dict[str, Any]:
                 f"unsupported: {unsupported[0]}"
                 + (f" (+{len(unsupported) - 1})" if len(unsupported) > 1 else "")
             )
+        if refused:  # the rest ran: its faults, mismatches and rounding are in the columns
+            why.append(
+                "fault injection refused: " + "; ".join(refused) + " (the other targets and "
+                "layers ran: the faults column)"
+            )
         if mismatches:
             why += notes
         if bad or changed:
             why.append(f"bad LVF {bad}, model changed {changed[:3]}")
-        row["status"] = "works" if not (mismatches or bad or changed) else "mismatch"
+        row["status"] = (
+            "mismatch" if mismatches or bad or changed else "refused" if refused else "works"
+        )
         row["why"] = "; ".join(why)
     except Exception as exc:  # the package refused, or something broke: record which and why
         row["status"] = "refused" if isinstance(exc, ValueError | TypeError) else "error"
@@ -340,6 +463,9 @@ def _child(name: str, queue: Any) -> None:
 
 
 def _param_count(name: str) -> int | None:
+    """torchvision's parameter count of its weights (None for timm models: they are small)."""
+    if name.startswith(TIMM_PREFIX):
+        return None
     import torchvision
 
     try:
@@ -428,15 +554,35 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    counts: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {"all": {}, "torchvision": {}, "timm": {}}
     for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        source = "timm" if r["model"].startswith(TIMM_PREFIX) else "torchvision"
+        for key in ("all", source):
+            counts[key][r["status"]] = counts[key].get(r["status"], 0) + 1
+
+    def _count(c: dict[str, int]) -> str:
+        return ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+
+    totals = _count(counts["all"])
+    if counts["timm"]:  # and how they split
+        totals += (
+            " ("
+            + "; ".join(
+                f"{key} {sum(counts[key].values())}: {_count(counts[key])}"
+                for key in ("torchvision", "timm")
+                if counts[key]
+            )
+            + ")"
+        )
     lines = [
-        "# Coverage: torchvision classifiers",
+        "# Coverage: torchvision classifiers and timm models",
         "",
         f"Written by `validation/coverage.py` (torch {torch.__version__}); random seeded weights, "
         f"10 classes, 2 images of {INPUT_SIZE}x{INPUT_SIZE} (MaxViT 64 with 2x2 partitions, Inception-v3 80, AlexNet 64), one "
-        'thread. Sampled analysis (`target="both"`, `sampling=0.01`) of the listed layers; FI: '
+        "thread. Rows `timm/<name>`: timm 1.0.31 (the pinned wheel of tests/third_party.py), "
+        f"`pretrained=False`, 10 classes, 2 images of {TIMM_SIZE}x{TIMM_SIZE} (EfficientFormer-L1 "
+        "224; the timm arguments that build a model for the small input are in its why column). "
+        'Sampled analysis (`target="both"`, `sampling=0.01`) of the listed layers; FI: '
         f"{SITES_PER_TARGET} sites x {len(FLIP_BITS)} bits per layer and target (weights, "
         "operands, stored), plus, in the rows that say so, the extreme faults (bits 30, 29, 31 "
         "stuck at 0 and 1 on the site that gives +-Inf, NaN or 2^64..2^128), every outcome "
@@ -451,7 +597,7 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         "layers, and how many tensors are not (the analysis result lists each with the reason).",
         "",
         *(line for note in notes for line in (note.strip(), "")),
-        "Totals: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+        f"Totals: {totals}",
         "",
         "| model | status | params (M) | path | layers (catalogued / N-D Linear / unsupported) "
         "| weight coverage (tensors not covered) | faults (mismatches / rounding) | s | why |",
@@ -485,7 +631,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torchvision
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", help="torchvision names (default: every classifier)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help="torchvision names (default: every classifier); with --timm, timm names (with or "
+        "without the timm/ prefix; default: every model of TIMM_MODELS)",
+    )
+    parser.add_argument(
+        "--timm",
+        action="store_true",
+        help="run the timm models (TIMM_MODELS, rows timm/<name>) instead of torchvision's; "
+        "with --resume the rows there are kept",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -508,20 +665,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = _notes(args.out)
     if args.note:
         notes.append(args.note if args.note.startswith("Run of") else f"Run of {args.note}")
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
-    # the smallest model of each family first, then the rest smallest first (torchvision's
-    # parameter counts): a run stopped early covers every family and the most models
-    names = sorted(names, key=lambda n: (_param_count(n) or 0, n))
-    firsts = list({_family(n): n for n in reversed(names)}.values())[::-1]
-    names = firsts + [n for n in names if n not in firsts]
+    if args.timm:  # in TIMM_MODELS' order (cheap first)
+        names = [TIMM_PREFIX + n for n in TIMM_MODELS]
+        if args.models:
+            names = [n if n.startswith(TIMM_PREFIX) else TIMM_PREFIX + n for n in args.models]
+        args.models = names if args.models else None
+    else:
+        names = args.models or torchvision.models.list_models(module=torchvision.models)
+        # the smallest model of each family first, then the rest smallest first (torchvision's
+        # parameter counts): a run stopped early covers every family and the most models
+        names = sorted(names, key=lambda n: (_param_count(n) or 0, n))
+        firsts = list({_family(n): n for n in reversed(names)}.values())[::-1]
+        names = firsts + [n for n in names if n not in firsts]
     done: list[dict[str, Any]] = []
     if args.resume is not None and args.resume.exists():
         with open(args.resume, encoding="utf-8") as handle:
             kept = list(csv.DictReader(handle))
         if args.models:  # rerun the named models, keep every other row (not reached ones too)
             done = [r for r in kept if r["model"] not in args.models]
-        else:  # run what was not reached
-            done = [r for r in kept if not r["why"].startswith("not reached")]
+        else:  # run what was not reached (rows of models not in this run are kept as they are)
+            done = [
+                r for r in kept if r["model"] not in names or not r["why"].startswith("not reached")
+            ]
         names = [n for n in names if n not in {r["model"] for r in done}]
     if args.coverage_only:  # fill the coverage columns of the rows there, nothing else
         ctx = mp.get_context("spawn")

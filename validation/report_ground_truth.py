@@ -121,8 +121,11 @@ def ground_truth(rows: Rows, coverage: Rows, zoo: Rows | None = None) -> str:
         bad = sum(int(r["mismatches"] or 0) for r in with_oracle)
         extreme = sum(int(r["extreme_faults"]) for r in with_oracle)
         names = ", ".join(r["model"] for r in with_oracle)
+        sources = "torchvision classifiers" + (
+            " and timm models" if any(r["model"].startswith("timm/") for r in with_oracle) else ""
+        )
         parts.append(
-            f"The coverage matrix (`coverage.py`, torchvision classifiers with random weights) "
+            f"The coverage matrix (`coverage.py`, {sources} with random weights) "
             f"compares with the same oracle: {len(with_oracle)} models rerun so far ({names}): "
             f"{num(faults)} faults of which {num(extreme)} extreme, {bad} mismatches "
             "(`coverage.md`).\n"
