@@ -140,6 +140,10 @@ def build(out: Path) -> str:
         "\n## Figures 8-10\n",
         figures(read["fig9_mvf"], read["fig10_batches"], out),
     ]
+    third_party = out / "third_party.md"  # written by third_party.py (issue 25)
+    if third_party.exists():
+        body = third_party.read_text(encoding="utf-8").split("\n", 1)[1]
+        parts += ["\n## Third-party pretrained networks (issue 25)\n", body.strip() + "\n"]
     if discussion.exists():
         parts += ["\n## Discussion\n", discussion.read_text(encoding="utf-8")]
     return "\n".join(parts) + "\n"
