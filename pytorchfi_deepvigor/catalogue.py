@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
-from .attention import refusals
+from .twins import refusals
 
 __all__ = [
     "LayerInfo",
@@ -57,7 +57,10 @@ class LayerInfo:
         input_shape: per-image shape of what the layer reads.
         output_shape: per-image shape of the layer's neurons, channel first: ``(C, H, W)``,
             ``(F,)``, or ``(F, *positions)`` for a Linear on N-D inputs.
-        groups, stride, padding, dilation: convolution parameters (Linear: 1, (1, 1), (0, 0), (1, 1)).
+        groups, stride, padding, dilation: convolution parameters (Linear: 1, (1, 1), (0, 0), (1, 1));
+            ``padding`` is ``(ph, pw)``, a string (``"same"``, ``"valid"``), or ``(left, right,
+            top, bottom)`` for a convolution that pads inside its forward (its twin records
+            what it applies, see :mod:`~pytorchfi_deepvigor.twins`).
         has_bias: whether the layer adds a bias.
         channel_last: the module writes its channels last (a Linear on N-D inputs): its real
             output is ``module_output_shape`` ``(*positions, F)``.
@@ -86,7 +89,7 @@ class LayerInfo:
     output_shape: tuple[int, ...]
     groups: int = 1
     stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] | str = (0, 0)
+    padding: tuple[int, ...] | str = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     has_bias: bool = False
     channel_last: bool = False
@@ -383,6 +386,9 @@ def _plain(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """What a plain Conv2d / Linear with ``weight`` computes on ``x``."""
     bias = m.bias if isinstance(m.bias, torch.Tensor) else None
     if isinstance(m, nn.Conv2d):
+        if isinstance(m.padding, tuple) and len(m.padding) == 4:  # a same-padding twin
+            x = F.pad(x, m.padding)  # type: ignore[arg-type]
+            return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
         if m.padding_mode != "zeros":
             x = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
             return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
@@ -449,9 +455,17 @@ def _weight(m: nn.Module) -> torch.Tensor:
 
 
 def _pair(v: object) -> tuple[int, int]:
-    if isinstance(v, tuple):
+    if isinstance(v, (tuple, list)):  # efficientnet_lite_pytorch keeps its strides in lists
         return (int(v[0]), int(v[1]))
     return (int(v), int(v))  # type: ignore[call-overload]
+
+
+def _padding(v: object) -> tuple[int, ...]:
+    """A Conv2d's numeric padding: ``(ph, pw)``, or ``(left, right, top, bottom)`` as a
+    :class:`~pytorchfi_deepvigor.twins.PaddedConv2d` records the padding it applies."""
+    if isinstance(v, (tuple, list)) and len(v) == 4:
+        return tuple(int(p) for p in v)
+    return _pair(v)
 
 
 def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
@@ -503,7 +517,7 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                 raise ValueError(
                     f"Conv2d {name!r} must see (N, C, H, W) inputs, got output {out_shape}"
                 )
-            pad = m.padding if isinstance(m.padding, str) else _pair(m.padding)
+            pad = m.padding if isinstance(m.padding, str) else _padding(m.padding)
             info = LayerInfo(
                 layer_num=len(catalogue),
                 name=name,

@@ -3,7 +3,7 @@
 A bit flip in memory does not care whether PyTorch calls a tensor a parameter or a buffer, nor
 which module applies it. The weights of a model are the floating-point parameters and buffers
 of two or more dimensions that its forward multiplies its data by: those of its Conv2d/Linear
-modules (catalogued or not), the attention projections (:mod:`~pytorchfi_deepvigor.attention`),
+modules (catalogued or not), the attention projections (:mod:`~pytorchfi_deepvigor.twins`),
 the tensors any convolution, matrix product or embedding lookup is applied with, the weights
 of other weight-carrying modules (Conv1d, LSTM, ...). A result covers those of its catalogued
 layers (their fault sites) and names each other weight with its size and the reason (from
@@ -55,9 +55,14 @@ def _reason(name: str, parts: Sequence[tuple[str, str, str]]) -> str | None:
     return None
 
 
-def weight_coverage(model: nn.Module, catalogue: Sequence[LayerInfo]) -> WeightCoverage:
+def weight_coverage(
+    model: nn.Module, catalogue: Sequence[LayerInfo], *, analysis: bool = False
+) -> WeightCoverage:
     """The :class:`~pytorchfi_deepvigor.results.WeightCoverage` of ``model`` by ``catalogue``
     (a weight that a hook recomputes before each forward is not a fault site: not covered).
+    ``analysis``: the coverage of the analysis, which skips the layers whose forward transforms
+    their weight (fault injection runs them through that forward): their weights are then not
+    covered, with the reason.
 
     Example:
         >>> from pytorchfi_deepvigor.catalogue import build_catalogue
@@ -73,7 +78,12 @@ def weight_coverage(model: nn.Module, catalogue: Sequence[LayerInfo]) -> WeightC
         >>> c.covered, c.total, c.missing, [m.split(":")[0] for m in c.other]
         (24, 24, (), ['pos (32 elements)'])
     """
-    fault_sites = {id(i.module.weight) for i in catalogue if not i.weight_derived}
+    skipped = {
+        id(i.module.weight): f"{i.kind} layer not analysed: {i.weight_transform}"
+        for i in catalogue
+        if analysis and i.weight_transform and not i.weight_derived
+    }
+    fault_sites = {id(i.module.weight) for i in catalogue if not i.weight_derived} - skipped.keys()
     derived = {i.name for i in catalogue if i.weight_derived}
     modules = dict(model.named_modules())
     parts = unsupported_parts(model)
@@ -84,6 +94,9 @@ def weight_coverage(model: nn.Module, catalogue: Sequence[LayerInfo]) -> WeightC
         reason = _reason(name, parts)
         if id(t) in fault_sites:
             total, covered = total + t.numel(), covered + t.numel()
+        elif id(t) in skipped:
+            total += t.numel()
+            missing.append(f"{name} ({t.numel():,} elements): {skipped[id(t)]}")
         elif reason is not None or owner in derived:
             total += t.numel()
             missing.append(f"{name} ({t.numel():,} elements): {reason or DERIVED}")

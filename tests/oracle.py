@@ -84,7 +84,30 @@ def _at(out: torch.Tensor, module: nn.Module, channel: int, position: int | None
     return (slice(None), channel, *pos)
 
 
-def _conv_input_position(m: nn.Conv2d, out_hw: tuple[int, int], neuron: int, operand: int):
+def _pad_before(m: nn.Conv2d, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """The zero padding before the first row and column that ``m`` applies: its own padding
+    where that gives its output size; else it pads inside its forward, and the padding is what
+    gives ``out_hw`` from ``in_hw`` the way TensorFlow's "same" (timm's ``Conv2dSame``,
+    efficientnet_pytorch's static same padding) splits it: half before, the odd one after."""
+    kh, kw = m.kernel_size
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return (0, 0)
+        return (m.dilation[0] * (kh - 1) // 2, m.dilation[1] * (kw - 1) // 2)
+    out = []
+    for n_in, n_out, k, s, d, p in zip(
+        in_hw, out_hw, m.kernel_size, m.stride, m.dilation, m.padding, strict=True
+    ):
+        if (n_in + 2 * p - d * (k - 1) - 1) // s + 1 == n_out:
+            out.append(p)
+        else:
+            out.append(((n_out - 1) * s + d * (k - 1) + 1 - n_in) // 2)
+    return (out[0], out[1])
+
+
+def _conv_input_position(
+    m: nn.Conv2d, in_hw: tuple[int, int], out_hw: tuple[int, int], neuron: int, operand: int
+):
     """(output channel, flat output position, input channel, input row, input col) of a conv
     operand; the input position is in the unpadded input (it may fall on the padding)."""
     ho, wo = out_hw
@@ -95,11 +118,7 @@ def _conv_input_position(m: nn.Conv2d, out_hw: tuple[int, int], neuron: int, ope
     r, q = divmod(p, wo)
     ci = (c // cout_g) * cin_g + operand // (kh * kw)
     kr, kc = divmod(operand % (kh * kw), kw)
-    if isinstance(m.padding, str):
-        pad_h = 0 if m.padding == "valid" else m.dilation[0] * (kh - 1) // 2
-        pad_w = 0 if m.padding == "valid" else m.dilation[1] * (kw - 1) // 2
-    else:
-        pad_h, pad_w = m.padding
+    pad_h, pad_w = _pad_before(m, in_hw, out_hw)
     return (
         c,
         p,
@@ -204,7 +223,9 @@ class Oracle:
             if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
                 # the operand of one multiplication: a reflected (or replicated, circular) copy
                 # of a stored value is its own operand, the value itself is not changed
-                c, p, ci, row, col = _conv_input_position(m, out.shape[2:], neuron, operand)
+                c, p, ci, row, col = _conv_input_position(
+                    m, x.shape[2:], out.shape[2:], neuron, operand
+                )
                 pads = m._reversed_padding_repeated_twice  # (left, right, top, bottom)
                 xp = torch.nn.functional.pad(x, pads, mode=m.padding_mode)
                 at = (slice(None), ci, row + pads[2], col + pads[0])
@@ -216,7 +237,9 @@ class Oracle:
                 out[idx] = y[idx]
                 return out
             if isinstance(m, nn.Conv2d):
-                c, p, ci, row, col = _conv_input_position(m, out.shape[2:], neuron, operand)
+                c, p, ci, row, col = _conv_input_position(
+                    m, x.shape[2:], out.shape[2:], neuron, operand
+                )
                 if not (0 <= row < x.shape[2] and 0 <= col < x.shape[3]):
                     raise ValueError("the operand reads the zero padding: not a fault site")
                 x[:, ci, row, col] = fault.faulty(x[:, ci, row, col])

@@ -2,7 +2,7 @@
 ``in_proj_weight`` and ``out_proj``, torchvision Swin's ``qkv``/``proj`` applied by
 ``F.linear`` on windows folded into the batch.
 
-The engine runs a view of the model with traceable twins (:mod:`pytorchfi_deepvigor.attention`).
+The engine runs a view of the model with traceable twins (:mod:`pytorchfi_deepvigor.twins`).
 Checked here: the view computes the model's logits; every weight is covered; weight faults
 fault for fault against the ground-truth oracle, which writes them into the model's own tensor
 and runs the model's own forward (the fused fast path of ``MultiheadAttention`` included, all
@@ -22,9 +22,9 @@ from test_ground_truth import _compare
 from torch import nn
 
 from pytorchfi_deepvigor import DeepVigorAnalyzer, ExhaustiveCampaign, SimulationEngine
-from pytorchfi_deepvigor.attention import MultiheadSelfAttention, WindowAttention, refusals
 from pytorchfi_deepvigor.campaigns.faults import FaultPopulation
 from pytorchfi_deepvigor.coverage import weight_coverage
+from pytorchfi_deepvigor.twins import MultiheadSelfAttention, WindowAttention, refusals
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models import VisionTransformer  # noqa: E402

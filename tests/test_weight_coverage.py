@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from oracle_models import ORACLE_MODELS, oracle_images
@@ -191,14 +191,17 @@ class StaticSamePadConv(nn.Conv2d):
         )
 
 
-def test_a_conv_subclass_with_a_padding_child_is_injected_through_its_forward() -> None:
-    """Its 49 convolutions were listed as 'never called' (they are); now each is catalogued,
-    its weight faults run through its own forward (checked against the oracle), its operands
-    and the analysis are refused with the reason (the padding it applies is not recorded)."""
+def test_a_conv_subclass_with_a_padding_child_is_analysed_and_injected() -> None:
+    """Its 49 convolutions were listed as 'never called' (they are called), then injected
+    through their own forward but neither analysed nor open to operand faults (the padding they
+    apply was not recorded). Now the engine's view holds a twin with the padding it applies
+    (TensorFlow's "same": the odd row and column after), so everything runs, checked against
+    the oracle on the model itself and against exhaustive FI."""
     from oracle import Oracle
     from test_ground_truth import _compare
 
-    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
+    from pytorchfi_deepvigor.twins import PaddedConv2d
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -207,15 +210,23 @@ def test_a_conv_subclass_with_a_padding_child_is_injected_through_its_forward() 
     images = oracle_images()
     engine = SimulationEngine(model, images)
     conv = engine.layer(0)
-    assert conv.name == "0" and conv.weight_transform
-    result = DeepVigorAnalyzer(engine).analyze(target="weights")
-    assert [x.name for x in result.layers] == ["3"]
-    assert result.coverage is not None and result.coverage.complete  # every weight injectable
-    oracle = Oracle(model, images)
+    assert conv.name == "0" and isinstance(conv.module, PaddedConv2d)
+    assert conv.padding == (0, 1, 0, 1) and not conv.weight_transform
+    assert conv.module.weight is model[0].weight and type(model[0]) is StaticSamePadConv
+    assert engine.uses_fx and not engine.hook_layers
+    analysis = DeepVigorAnalyzer(engine).analyze(target="both", layers=[0])
+    assert analysis.coverage is not None and analysis.coverage.complete
+    oracle = Oracle(model, images, view=engine.model)
     _compare(oracle, engine, FaultPopulation(conv, "weights", "flip", list(range(9))))
     _compare(oracle, engine, FaultPopulation(conv, "stored", "stuck-at", list(range(10))))
-    with pytest.raises(ValueError, match="pads inside its forward"):
-        ExhaustiveCampaign(engine).run("operands", layers=[0], neurons={0: [[0, 0, 0]]})
+    # the last row and column read the padding after the map: border operands included
+    sites = operand_sites(conv, np.array([0, 4, 20, 24, 99]))
+    _compare(oracle, engine, FaultPopulation(conv, "operands", "flip", sites))
+    for target in ("weights", "activations"):
+        fi = ExhaustiveCampaign(engine).run(target, layers=[0])
+        done = analysis.layer(0, target)
+        error = np.abs(np.subtract(done.cvf, fi.layers[0].cvf))
+        assert error.max() <= 0.01, (target, error)
 
 
 class ZeroGainConv(nn.Conv2d):
@@ -251,3 +262,19 @@ def test_a_weight_scaled_by_zero_is_still_a_fault_site() -> None:
     pop = FaultPopulation(info, "weights", "flip", [0, 5])
     want = _compare(Oracle(model, oracle_images()), engine, pop)
     assert want.any()  # the exponent's top bit gives Inf, Inf * 0 = NaN: critical
+
+
+def test_the_analysis_coverage_leaves_out_the_layers_it_skips() -> None:
+    """A weight-standardising convolution is injected through its own forward (a fault site of
+    FI) but not analysed: the analysis result says so in its coverage (EfficientNet-Lite0's
+    same-padding convolutions read 100% here while the analysis skipped 49 of 50 layers)."""
+    model = ORACLE_MODELS["stdconv"]()
+    engine = SimulationEngine(model, oracle_images())
+    skipped = [i for i in engine.catalogue if i.weight_transform]
+    assert skipped
+    analysis = DeepVigorAnalyzer(engine).analyze(target="weights", sampling=0.5)
+    fi = ExhaustiveCampaign(engine).run("weights", channel_ratio=0.25)
+    assert fi.coverage is not None and fi.coverage.complete
+    assert analysis.coverage is not None
+    assert analysis.coverage.total - analysis.coverage.covered == sum(i.n_weights for i in skipped)
+    assert all("layer not analysed: Conv2d.forward of StdConv2d" in m for m in analysis.coverage.missing)

@@ -10,6 +10,13 @@ windows, shifted in the second block). For every projection layer: the default a
 channels (the engine's FI, checked fault for fault against the ground-truth oracle by
 ``tests/test_attention.py``), per-channel absolute error, and times.
 
+Trained: the zoo's ViT trained on the digits (``zoo.get_trained_model("vit")``), twice: as
+the zoo builds it (``qkv``/``proj`` Linear modules, as timm's ViT) and ported to
+``nn.MultiheadAttention`` with the very same trained weights (``in_proj_weight`` is the ``qkv``
+weight, ``out_proj`` the ``proj``: the packing is the same), so its projections go through the
+twin and the fused kernel; 64 digits; the two must agree, and both are judged against
+exhaustive FI. Random-weight models say little (their q/k faults are rarely critical); these do.
+
 Usage::
 
     OMP_NUM_THREADS=1 python validation/attention.py            # writes results/attention.csv
@@ -30,8 +37,50 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
 
 from test_attention import MODELS, PROJECTIONS  # noqa: E402
+from torch import nn  # noqa: E402
 
-from pytorchfi_deepvigor import DeepVigorAnalyzer, ExhaustiveCampaign, SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor import (  # noqa: E402
+    DeepVigorAnalyzer,
+    ExhaustiveCampaign,
+    SimulationEngine,
+    zoo,  # noqa: E402
+)
+
+
+class _PortedAttention(nn.Module):
+    """The zoo ViT's attention on ``nn.MultiheadAttention``, with the zoo module's weights."""
+
+    def __init__(self, zoo_attention: nn.Module) -> None:
+        super().__init__()
+        qkv, proj = zoo_attention.qkv, zoo_attention.proj
+        self.attn = nn.MultiheadAttention(qkv.in_features, zoo_attention.heads, batch_first=True)
+        with torch.no_grad():
+            self.attn.in_proj_weight.copy_(qkv.weight)
+            self.attn.in_proj_bias.copy_(qkv.bias)
+            self.attn.out_proj.weight.copy_(proj.weight)
+            self.attn.out_proj.bias.copy_(proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def trained_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The trained zoo ViT and its port to ``nn.MultiheadAttention``, on 64 digits."""
+    import copy
+
+    model, _ = zoo.get_trained_model("vit")
+    model.eval()
+    ported = copy.deepcopy(model)
+    for block in ported.blocks:
+        block.attn = _PortedAttention(block.attn)
+    ported.eval()
+    images = zoo.analysis_batch(64).images
+    with torch.no_grad():
+        a, b = model(images), ported(images)
+    assert torch.equal(a.argmax(1), b.argmax(1)), "the port changed a prediction"
+    print(f"trained vit: port max |logit difference| {float((a - b).abs().max()):.2e}")
+    return {"trained-vit-linear": (model, images), "trained-vit-mha": (ported, images)}
+
 
 COLUMNS = [
     "model",
@@ -59,16 +108,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--sampling", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "attention.csv")
+    parser.add_argument("--random-only", action="store_true", help="skip the trained ViT")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
+    runs = {}
     for key, (make, size, _) in MODELS.items():
         torch.manual_seed(0)
-        model = make().eval()
         images = torch.randn(args.images, 3, size, size, generator=torch.Generator().manual_seed(1))
+        runs[key] = (make().eval(), images)
+    if not args.random_only:
+        runs.update(trained_models())
+    for key, (model, images) in runs.items():
         engine = SimulationEngine(model, images)
         for info in engine.catalogue:
-            if not info.name.endswith(PROJECTIONS):
+            if not info.name.endswith(PROJECTIONS + ("attn.qkv", "attn.proj")):
                 continue
             for target in ("weights", "activations"):
                 t = time.perf_counter()
@@ -103,12 +157,16 @@ def main() -> None:
                         }
                     )
                     print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as handle:
+                _write(args.out, rows)  # after every layer: a stopped run keeps what it did
+    print(f"wrote {args.out}")
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

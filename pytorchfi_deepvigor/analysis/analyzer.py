@@ -249,6 +249,6 @@ class DeepVigorAnalyzer:
                 *unsupported_layers(self.engine.model),
                 *(f"{i.name} ({type(i.module).__name__}: {i.weight_transform})" for i in skipped),
             ],
-            coverage=weight_coverage(self.engine.model, self.engine.catalogue),
+            coverage=weight_coverage(self.engine.model, self.engine.catalogue, analysis=True),
         )
         return dataclasses.replace(result, ranks=ranks) if ranks else result

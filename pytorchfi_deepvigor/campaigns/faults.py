@@ -166,6 +166,9 @@ def _pads(info: LayerInfo) -> tuple[int, int, int, int]:
         kh, kw = info.weight_shape[2:]
         th, tw = info.dilation[0] * (kh - 1), info.dilation[1] * (kw - 1)
         return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    if len(info.padding) == 4:  # (left, right, top, bottom): a same-padding twin
+        left, right, top, bottom = info.padding
+        return (top, bottom, left, right)
     ph, pw = info.padding
     return (ph, ph, pw, pw)
 

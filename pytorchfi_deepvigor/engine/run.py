@@ -23,10 +23,10 @@ from .._guard import (
     check_positive_int,
     eval_mode,
 )
-from ..attention import attention_view
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
 from ..perturbations import Perturbation
+from ..twins import LEAF_TWINS, twin_view
 from .outcomes import EngineStats, Outcome, classify
 from .plan import (
     DEAD,
@@ -72,6 +72,14 @@ class _Cut:
     root_ins: list[torch.Tensor]  # one image of each shape root (1, ...), expanded per call
     suffix: Callable[..., torch.Tensor] | None  # None: hook path
     segments: list[_Segment]
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, keeping the layer twins of :mod:`~pytorchfi_deepvigor.twins` (a
+    convolution that pads first) as modules: the layers the plan cuts at."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, LEAF_TWINS) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _stand_in(first: torch.Tensor, n: int) -> torch.Tensor:
@@ -166,7 +174,7 @@ class SimulationEngine:
         self.images = images.to(self.device)
         check_model_output(model, self.images)  # logits (N, classes), before any work
         # attention modules whose projections are applied functionally: traceable twins
-        model = self.model = attention_view(model, self.images[:2])
+        model = self.model = twin_view(model, self.images[:2])
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}
@@ -178,7 +186,7 @@ class SimulationEngine:
         if use_fx:
             try:
                 with eval_mode(model):
-                    self._graph = torch.fx.symbolic_trace(model)
+                    self._graph = torch.fx.GraphModule(model, _Tracer().trace(model))
             except Exception as exc:  # tracing fails on data-dependent control flow
                 logger.info("torch.fx cannot trace the model (%s); using the hook path", exc)
         if self._graph is not None:  # layers nothing reads: every fault masked, no suffix run

@@ -78,7 +78,8 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def conv_geometry(conv: nn.Conv2d) -> ConvGeometry:
-    """Resolve a Conv2d's padding (numbers, ``"same"``, ``"valid"``) into explicit pads."""
+    """Resolve a Conv2d's padding (numbers, ``"same"``, ``"valid"``, or the ``(left, right,
+    top, bottom)`` of :class:`~pytorchfi_deepvigor.twins.PaddedConv2d`) into explicit pads."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
     kh, kw = _pair(conv.kernel_size)
@@ -88,6 +89,8 @@ def conv_geometry(conv: nn.Conv2d) -> ConvGeometry:
         pad = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     elif conv.padding == "valid":
         pad = (0, 0, 0, 0)
+    elif len(conv.padding) == 4:  # (left, right, top, bottom), as a same-padding twin applies
+        pad = tuple(int(p) for p in conv.padding)  # type: ignore[assignment]
     else:
         ph, pw = _pair(conv.padding)  # type: ignore[arg-type]
         pad = (pw, pw, ph, ph)

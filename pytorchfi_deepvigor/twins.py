@@ -1,12 +1,12 @@
-"""Attention projections as layers: traceable twins of attention modules that apply their
-weights functionally.
+"""Layers the engine can cut at: traceable twins of modules that apply their weights
+functionally or pad inside their forward.
 
 ``nn.MultiheadAttention`` keeps its q, k and v projections packed in one ``in_proj_weight``
 (``3E x E``) and applies it, and ``out_proj``, inside ``F.multi_head_attention_forward`` (or one
 fused kernel); torchvision's Swin passes ``qkv.weight`` and ``proj.weight`` to
 ``shifted_window_attention``, which applies them to windows folded into the batch. Neither is a
 ``Conv2d``/``Linear`` call the catalogue, the engine, the analysis or fault injection can cut
-at. :func:`attention_view` gives the engine a *view* of the user's model in which each such
+at. :func:`twin_view` gives the engine a *view* of the user's model in which each such
 module is replaced by a twin that computes the same thing with its projections as ``Linear``
 calls on per-image tokens:
 
@@ -21,6 +21,12 @@ calls on per-image tokens:
   map commutes with the padding, the cyclic shift and the window partition, so every
   projection output is the one the module computes, at a per-image position. (V2 zeroes the
   key part of the qkv bias: its twin ``qkv`` holds the user's weight with that bias.)
+
+- A convolution that pads inside its forward (timm's ``Conv2dSame``, efficientnet_pytorch's
+  ``Conv2dStaticSamePadding``): a :class:`PaddedConv2d` holding its weight, with the padding it
+  really applies recorded, so its operands and the analysis know which input each weight meets;
+  any other ``Conv2d`` subclass whose forward is the plain convolution: a plain ``Conv2d``
+  holding its weight (torch.fx traces through a subclass, leaving no layer to cut at).
 
 Nothing of the user's model is copied or changed: the view shares every module, parameter and
 buffer, and only the containers on the path to a replaced module are shallow copies. A twin is
@@ -45,13 +51,13 @@ from torch import nn
 
 from ._guard import eval_mode
 
-__all__ = ["attention_view", "refusals"]
+__all__ = ["LEAF_TWINS", "PaddedConv2d", "refusals", "same_pads", "twin_view"]
 
 _REFUSALS: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def refusals(model: nn.Module) -> dict[str, str]:
-    """The attention modules the last :func:`attention_view` of ``model`` (or of the model it
+    """The attention modules the last :func:`twin_view` of ``model`` (or of the model it
     is a view of) left as they are, with the reason."""
     return dict(_REFUSALS.get(model, {}))
 
@@ -288,13 +294,124 @@ def _swin_refusal(m: nn.Module, calls: list[tuple[tuple, dict]]) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- same padding
+class PaddedConv2d(nn.Conv2d):
+    """A ``Conv2d`` that zero-pads its input by explicit ``padding`` ``(left, right, top,
+    bottom)`` (as ``F.pad`` takes it) and convolves without padding: the twin of a convolution
+    that pads inside its forward (timm's ``Conv2dSame``, efficientnet_pytorch's
+    ``Conv2dStaticSamePadding``: TensorFlow's "same", the extra row and column at the bottom
+    and right), holding the module's own weight and bias. The engine traces it as a leaf, so it
+    is a layer the catalogue, the analysis and fault injection know the geometry of.
+    """
+
+    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=False,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.register_parameter("bias", conv.bias)  # type: ignore[arg-type]
+        self.padding = pads  # type: ignore[assignment]
+        self.training = conv.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            F.pad(x, self.padding),  # type: ignore[arg-type]
+            self.weight,
+            self.bias,
+            self.stride,
+            0,
+            self.dilation,
+            self.groups,
+        )
+
+
+LEAF_TWINS: tuple[type[nn.Module], ...] = (PaddedConv2d,)
+"""Twins the engine's tracer keeps as modules (the layers themselves)."""
+
+
+def same_pads(
+    conv: nn.Conv2d, in_hw: tuple[int, ...], out_hw: tuple[int, ...]
+) -> tuple[int, int, int, int] | None:
+    """The ``(left, right, top, bottom)`` zero padding that gives ``conv`` (its kernel, stride
+    and dilation, no padding of its own) ``out_hw`` maps from ``in_hw`` ones, TensorFlow's way
+    (half before, the odd one after); ``None`` when its recorded padding already does or none
+    would."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    pads = []
+    for i, (n_in, n_out) in enumerate(zip(in_hw, out_hw, strict=True)):
+        k, s, d, p = conv.kernel_size[i], conv.stride[i], conv.dilation[i], conv.padding[i]
+        if (n_in + 2 * p - d * (k - 1) - 1) // s + 1 == n_out:
+            return None
+        total = (n_out - 1) * s + d * (k - 1) + 1 - n_in
+        if total < 0:
+            return None
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return (left, right, top, bottom)
+
+
+def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` with ``m``'s geometry, holding its weight and bias."""
+    twin = nn.Conv2d(
+        m.in_channels,
+        m.out_channels,
+        m.kernel_size,  # type: ignore[arg-type]
+        stride=m.stride,  # type: ignore[arg-type]
+        padding=m.padding,  # type: ignore[arg-type]
+        dilation=m.dilation,  # type: ignore[arg-type]
+        groups=m.groups,
+        bias=False,
+        padding_mode=m.padding_mode,
+        device="meta",
+    )
+    twin.weight = m.weight
+    twin.register_parameter("bias", m.bias)  # type: ignore[arg-type]
+    twin.training = m.training
+    return twin
+
+
+def _pad_twin(m: nn.Module, calls: list[tuple[tuple, dict, object]]) -> nn.Module | None:
+    """For a Conv2d subclass called once: a :class:`PaddedConv2d` if it pads inside its
+    forward, a plain ``nn.Conv2d`` if its forward is the plain one (efficientnet_pytorch's 1x1
+    convolutions with an empty padding child; torch.fx would trace through the subclass and
+    leave no layer to cut at), each only if it reproduces the module's output on the images;
+    ``None`` otherwise (a weight transform: the catalogue records it)."""
+    if len(calls) != 1 or not isinstance(m.weight, nn.Parameter):
+        return None
+    (args, kwargs, output) = calls[0]
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not isinstance(output, torch.Tensor):
+        return None
+    pads = same_pads(m, tuple(x.shape[2:]), tuple(output.shape[2:]))  # type: ignore[arg-type]
+    twin: nn.Conv2d
+    if pads is not None:
+        twin = PaddedConv2d(m, pads)  # type: ignore[arg-type]
+    else:  # its own geometry: a plain Conv2d if that is what its forward computes
+        twin = _plain_conv(m)  # type: ignore[arg-type]
+    with eval_mode(twin), torch.no_grad():
+        return twin if _same(twin(x), output) else None
+
+
 # --------------------------------------------------------------------------- the view
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     swin = _swin_classes()
     return [
         (name, m)
         for name, m in model.named_modules()
-        if name and (isinstance(m, nn.MultiheadAttention) or (swin and isinstance(m, swin)))
+        if name
+        and (
+            isinstance(m, nn.MultiheadAttention)
+            or (swin and isinstance(m, swin))
+            or (isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d)
+        )
     ]
 
 
@@ -361,7 +478,7 @@ def _replace(model: nn.Module, twins: dict[str, nn.Module]) -> nn.Module:
     return copied("")
 
 
-def attention_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """``model`` with its attention modules replaced by twins whose projections are Linear
     calls on per-image tokens (see the module docs); ``model`` itself when it has none.
 
@@ -377,7 +494,7 @@ def attention_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
         ...     def forward(self, x):
         ...         return self.attn(x, x, x, need_weights=False)[0].mean(1)
         >>> net = Tokens()
-        >>> view = attention_view(net, torch.randn(2, 5, 16))
+        >>> view = twin_view(net, torch.randn(2, 5, 16))
         >>> type(view.attn).__name__, view.attn.in_proj.weight is net.attn.in_proj_weight
         ('MultiheadSelfAttention', True)
         >>> type(net.attn).__name__  # the model itself is unchanged
@@ -390,6 +507,11 @@ def attention_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
     refused: dict[str, str] = {}
     calls = _calls(model, modules, example)
     for name, m in modules:
+        if isinstance(m, nn.Conv2d):
+            padded = _pad_twin(m, calls[name])
+            if padded is not None:
+                twins[name] = padded
+            continue
         seen = [(a, k) for a, k, _ in calls[name]]
         make: type[nn.Module]
         if isinstance(m, nn.MultiheadAttention):
