@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
-from .twins import refusals
+from .twins import refusals, same_pads
 
 __all__ = [
     "LayerInfo",
@@ -518,6 +518,11 @@ def build_catalogue(model: nn.Module, example_input: torch.Tensor) -> list[Layer
                     f"Conv2d {name!r} must see (N, C, H, W) inputs, got output {out_shape}"
                 )
             pad = m.padding if isinstance(m.padding, str) else _padding(m.padding)
+            # a conv that pads inside its forward and also transforms its weight (timm's
+            # ScaledStdConv2dSame: no twin): the padding that gives its output size
+            fixed = isinstance(pad, str) or len(pad) == 4
+            inferred = None if fixed else same_pads(m, in_shape[1:], out_shape[1:])
+            pad = pad if inferred is None else inferred
             info = LayerInfo(
                 layer_num=len(catalogue),
                 name=name,

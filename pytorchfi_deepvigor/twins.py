@@ -1,14 +1,15 @@
 """Layers the engine can cut at: traceable twins of modules that apply their weights
 functionally or pad inside their forward.
 
-``nn.MultiheadAttention`` keeps its q, k and v projections packed in one ``in_proj_weight``
-(``3E x E``) and applies it, and ``out_proj``, inside ``F.multi_head_attention_forward`` (or one
-fused kernel); torchvision's Swin passes ``qkv.weight`` and ``proj.weight`` to
-``shifted_window_attention``, which applies them to windows folded into the batch. Neither is a
-``Conv2d``/``Linear`` call the catalogue, the engine, the analysis or fault injection can cut
-at. :func:`twin_view` gives the engine a *view* of the user's model in which each such
-module is replaced by a twin that computes the same thing with its projections as ``Linear``
-calls on per-image tokens:
+Some weights are never the weight of a ``Conv2d``/``Linear`` call the catalogue, the engine,
+the analysis or fault injection can cut at: ``nn.MultiheadAttention`` keeps its q, k and v
+projections packed in one ``in_proj_weight`` (``3E x E``) and applies it, and ``out_proj``,
+inside ``F.multi_head_attention_forward`` (or one fused kernel); torchvision's Swin passes
+``qkv.weight`` and ``proj.weight`` to ``shifted_window_attention``, which applies them to
+windows folded into the batch; a convolution that pads inside its forward hides which input
+each weight meets; an ONNX conversion hands a buffer to a ``MatMul`` module.
+:func:`twin_view` gives the engine a *view* of the user's model in which each such module is
+replaced by a twin that computes the same thing as layers it can cut at:
 
 - ``MultiheadAttention`` (self-attention): ``in_proj`` is a ``Linear`` whose weight **is** the
   module's ``in_proj_weight`` (the same tensor: a fault written into it is written into the
@@ -21,12 +22,14 @@ calls on per-image tokens:
   map commutes with the padding, the cyclic shift and the window partition, so every
   projection output is the one the module computes, at a per-image position. (V2 zeroes the
   key part of the qkv bias: its twin ``qkv`` holds the user's weight with that bias.)
-
 - A convolution that pads inside its forward (timm's ``Conv2dSame``, efficientnet_pytorch's
   ``Conv2dStaticSamePadding``): a :class:`PaddedConv2d` holding its weight, with the padding it
   really applies recorded, so its operands and the analysis know which input each weight meets;
   any other ``Conv2d`` subclass whose forward is the plain convolution: a plain ``Conv2d``
   holding its weight (torch.fx traces through a subclass, leaving no layer to cut at).
+- A weightless module handed a weight of the model as its second input and computing ``x @ W``
+  (an ONNX conversion's ``MatMul`` on a buffer): an :class:`ArgumentLinear` holding ``W.T``, a
+  view of the same memory.
 
 Nothing of the user's model is copied or changed: the view shares every module, parameter and
 buffer, and only the containers on the path to a replaced module are shallow copies. A twin is
@@ -51,7 +54,14 @@ from torch import nn
 
 from ._guard import eval_mode
 
-__all__ = ["LEAF_TWINS", "PaddedConv2d", "refusals", "same_pads", "twin_view"]
+__all__ = [
+    "LEAF_TWINS",
+    "ArgumentLinear",
+    "PaddedConv2d",
+    "refusals",
+    "same_pads",
+    "twin_view",
+]
 
 _REFUSALS: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
 
@@ -332,10 +342,6 @@ class PaddedConv2d(nn.Conv2d):
         )
 
 
-LEAF_TWINS: tuple[type[nn.Module], ...] = (PaddedConv2d,)
-"""Twins the engine's tracer keeps as modules (the layers themselves)."""
-
-
 def same_pads(
     conv: nn.Conv2d, in_hw: tuple[int, ...], out_hw: tuple[int, ...]
 ) -> tuple[int, int, int, int] | None:
@@ -400,6 +406,51 @@ def _pad_twin(m: nn.Module, calls: list[tuple[tuple, dict, object]]) -> nn.Modul
         return twin if _same(twin(x), output) else None
 
 
+# --------------------------------------------------------------------------- a weight as an argument
+class ArgumentLinear(nn.Linear):
+    """A module that multiplies its input by a weight it is handed as an argument (a model
+    converted from ONNX: ``MatMul(x, W)`` with ``W`` a buffer of the model, ``x @ W``), as a
+    Linear holding that very weight (``W.T``: a view of the same memory, so a fault written
+    into it is written into the model's buffer). Called as the module was, ``(x, W)``; the
+    handed weight is not read again."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__(w.shape[0], w.shape[1], bias=False, device="meta")
+        del self.weight
+        self.register_buffer("weight", w.detach().t(), persistent=False)
+
+    def forward(self, x: torch.Tensor, *handed: object) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+LEAF_TWINS: tuple[type[nn.Module], ...] = (PaddedConv2d, ArgumentLinear)
+"""Twins the engine's tracer keeps as modules (the layers themselves)."""
+
+
+def _weights_of(model: nn.Module) -> dict[int, torch.Tensor]:
+    """The model's floating-point parameters and buffers of two dimensions, by identity."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return {id(t): t for t in tensors if t.is_floating_point() and t.dim() == 2}
+
+
+def _argument_twin(
+    m: nn.Module, calls: list[tuple[tuple, dict, object]], weights: dict[int, torch.Tensor]
+) -> nn.Module | None:
+    """An :class:`ArgumentLinear` for a weightless module called once as ``m(x, W)`` with ``W``
+    a 2-D weight of the model, whose output is ``x @ W``; ``None`` otherwise."""
+    if len(calls) != 1 or not _weightless(m):
+        return None
+    args, kwargs, output = calls[0]
+    if kwargs or len(args) != 2 or id(args[1]) not in weights:
+        return None
+    x, w = args[0], weights[id(args[1])]
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != w.shape[0]:
+        return None  # not a product x @ W (an add of a table, say)
+    twin = ArgumentLinear(w)
+    with torch.no_grad():
+        return twin if _same(twin(*args), output) else None
+
+
 # --------------------------------------------------------------------------- the view
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     swin = _swin_classes()
@@ -411,8 +462,26 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
             isinstance(m, nn.MultiheadAttention)
             or (swin and isinstance(m, swin))
             or (isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d)
+            or (not list(m.children()) and _weightless(m) and _takes_two(m))
         )
     ]
+
+
+def _weightless(m: nn.Module) -> bool:
+    return not list(m.parameters(recurse=False)) and not list(m.buffers(recurse=False))
+
+
+def _takes_two(m: nn.Module) -> bool:
+    """Whether ``m.forward`` takes (at least) two positional inputs: a matrix product of its
+    input and a handed weight could be one."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(m.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def _calls(
@@ -479,8 +548,8 @@ def _replace(model: nn.Module, twins: dict[str, nn.Module]) -> nn.Module:
 
 
 def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """``model`` with its attention modules replaced by twins whose projections are Linear
-    calls on per-image tokens (see the module docs); ``model`` itself when it has none.
+    """``model`` with the modules above replaced by their twins (see the module docs);
+    ``model`` itself when it has none.
 
     Each twin is checked on ``example`` (two images: one eval-mode, no-grad forward) against
     the module it replaces; a module the twin does not model is kept, with the reason in
@@ -506,11 +575,15 @@ def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
     twins: dict[str, nn.Module] = {}
     refused: dict[str, str] = {}
     calls = _calls(model, modules, example)
+    weights = _weights_of(model)
     for name, m in modules:
-        if isinstance(m, nn.Conv2d):
-            padded = _pad_twin(m, calls[name])
-            if padded is not None:
-                twins[name] = padded
+        if isinstance(m, nn.Conv2d) or not isinstance(m, (nn.MultiheadAttention, *_swin_classes())):
+            if isinstance(m, nn.Conv2d):
+                twin = _pad_twin(m, calls[name])
+            else:
+                twin = _argument_twin(m, calls[name], weights)
+            if twin is not None:
+                twins[name] = twin
             continue
         seen = [(a, k) for a, k, _ in calls[name]]
         make: type[nn.Module]
@@ -529,7 +602,7 @@ def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
                         break
         if reason:
             refused[name] = reason
-        else:
+        elif twin is not None:
             twins[name] = twin
     view = _replace(model, twins) if twins else model
     _REFUSALS[model] = refused

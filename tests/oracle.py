@@ -175,6 +175,7 @@ class Oracle:
 
         def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> torch.Tensor:
             calls.append(1)
+            self._handed = i[1:]  # a weight handed to the layer (an ONNX MatMul's): kept
             return edit(m, i[0], o)
 
         # the model's own module first; the view's where the model never calls it as a module
@@ -192,7 +193,9 @@ class Oracle:
 
     def logits(self, fault: Fault) -> torch.Tensor:
         """The model's logits ``(N, classes)`` with ``fault`` on every image."""
-        module = self.modules.get(fault.layer) or self.view_modules[fault.layer]
+        module = self.modules.get(fault.layer)
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            module = self.view_modules[fault.layer]  # the model hands this layer its weight
         if fault.target == "weights":
             weight = module.weight.data  # any memory format: index it, never a flat view
             at = tuple(int(i) for i in np.unravel_index(int(fault.site), weight.shape))  # type: ignore[arg-type]
@@ -250,7 +253,7 @@ class Oracle:
                 at = (slice(None), *pos, operand)
                 x[at] = fault.faulty(x[at])
             idx = _at(out, m, c, p)
-            out[idx] = m.forward(x)[idx]  # its own forward (no hooks), this neuron only
+            out[idx] = m.forward(x, *self._handed)[idx]  # its own forward, this neuron only
             return out
 
         return self._hooked(fault.layer, edit_operand)

@@ -70,3 +70,44 @@ def test_operand_and_stored_faults(bit: tuple[Oracle, SimulationEngine], layer: 
     _compare(oracle, engine, FaultPopulation(info, "operands", "flip", sites))
     _compare(oracle, engine, FaultPopulation(info, "stored", "stuck-at", np.arange(12)))
     assert _oracle(oracle, FaultPopulation(info, "stored", "flip", np.arange(2))).shape == (64, 12)
+
+
+class SamePadded(nn.Module):
+    """tf_EfficientNet's and dm_NFNet's stems: timm's ``Conv2dSame`` and
+    ``ScaledStdConv2dSame`` with stride 2 pad inside their forward (the odd row and column
+    after the map). Their operands were refused ("pads inside its forward"): now the first is a
+    twin with the padding it applies (analysed too), the second, which also standardises its
+    weight, keeps its own forward with the padding recorded."""
+
+    def __init__(self, layers) -> None:
+        super().__init__()
+        self.stem = layers.Conv2dSame(1, 6, 3, stride=2)
+        self.conv = layers.ScaledStdConv2dSame(6, 6, 3, stride=2, padding="same")
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv(F.relu(self.stem(x))))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_same_padding_inside_forward_operands_against_the_oracle() -> None:
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+    from pytorchfi_deepvigor.twins import PaddedConv2d
+
+    layers = timm().layers
+    torch.manual_seed(0)
+    model = SamePadded(layers).eval()
+    images = oracle_images()
+    engine = SimulationEngine(model, images)
+    oracle = Oracle(model, images, view=engine.model)
+    stem, conv = engine.layer(0), engine.layer(1)
+    assert isinstance(stem.module, PaddedConv2d) and not stem.weight_transform
+    assert conv.weight_transform and len(conv.padding) == 4
+    for info in (stem, conv):
+        last = info.neurons_per_channel - 1  # the bottom-right neuron reads the padding after
+        sites = operand_sites(info, np.array([0, last, 2 * info.neurons_per_channel + 3]))
+        _compare(oracle, engine, FaultPopulation(info, "operands", "flip", sites))
+        _compare(oracle, engine, FaultPopulation(info, "weights", "flip", np.arange(4)))
+    analysis = DeepVigorAnalyzer(engine).analyze(target="both", layers=[0])
+    fi = ExhaustiveCampaign(engine).run("weights", layers=[0])
+    assert np.abs(np.subtract(analysis.layer(0, "weights").cvf, fi.layers[0].cvf)).max() <= 0.01

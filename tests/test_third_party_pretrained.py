@@ -52,7 +52,8 @@ def _study(p: Pretrained, layer: int, n_channels: int) -> VulnerabilityResult:
         assert c.max_abs_err <= MAX_CHANNEL_ERROR, (analysis.layers[0].cvf, fi.layers[0].cvf)
         sites = channels[0] * info.fan_in + np.array([0, info.fan_in - 1])
         pop = FaultPopulation(info, "weights", "flip", sites)
-        critical = _compare(Oracle(p.model, p.images), engine, pop)  # fails on any difference
+        oracle = Oracle(p.model, p.images, view=engine.model)
+        critical = _compare(oracle, engine, pop)  # fails on any difference
         assert critical.shape == (64, len(p.images))
         return analysis
 
@@ -78,18 +79,21 @@ def test_mtcnn_rnet_face_classifier() -> None:
 def test_ppocr_direction_classifier_from_onnx() -> None:
     """PP-OCR's text-direction classifier (MobileNetV3: depthwise 5x5, squeeze-excitation,
     hard-swish), converted from the ONNX file of rapidocr-onnxruntime by onnx2torch, on line
-    crops of a scanned page: the classifier's MatMul weight is reported as not covered; a
-    late depthwise channel within the bound."""
+    crops of a scanned page: a late depthwise channel within the bound. Its classifier is a
+    ``MatMul`` module handed a buffer (it was reported not covered): now a Linear twin holding
+    that buffer's memory, analysed, its weight faults equal to the oracle's on the model."""
+    from pytorchfi_deepvigor.twins import ArgumentLinear
+
     p = load("ppocr_direction", 2)
     with torch.no_grad():
         top1 = p.model(p.images).argmax(1)
     assert p.truth is not None and torch.equal(top1, p.truth)  # upright vs turned text
     depthwise = 48  # Conv@48: 5x5 depthwise, 200 channels, near the end
     analysis = _study(p, depthwise, 1)
-    assert analysis.coverage is not None
-    assert analysis.coverage.total - analysis.coverage.covered == 400  # the 200x2 classifier
-    assert len(analysis.coverage.missing) == 1
-    assert "torch.matmul" in analysis.coverage.missing[0]
+    assert analysis.coverage is not None and analysis.coverage.complete
+    head = _study(p, 53, 2)  # MatMul@0: the 200x2 classifier on a buffer
+    assert head.layers[0].name == "MatMul@0"
+    assert isinstance(SimulationEngine(p.model, p.images).layer(53).module, ArgumentLinear)
 
 
 def test_efficientnet_lite0_as_shipped() -> None:

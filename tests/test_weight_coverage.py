@@ -277,4 +277,57 @@ def test_the_analysis_coverage_leaves_out_the_layers_it_skips() -> None:
     assert fi.coverage is not None and fi.coverage.complete
     assert analysis.coverage is not None
     assert analysis.coverage.total - analysis.coverage.covered == sum(i.n_weights for i in skipped)
-    assert all("layer not analysed: Conv2d.forward of StdConv2d" in m for m in analysis.coverage.missing)
+    assert all(
+        "layer not analysed: Conv2d.forward of StdConv2d" in m for m in analysis.coverage.missing
+    )
+
+
+class MatMul(nn.Module):
+    """An ONNX conversion's ``MatMul``: no weight of its own, handed one."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class HandedHead(nn.Module):
+    """A model converted from ONNX: its classifier is a buffer handed to a ``MatMul``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.register_buffer("w", torch.randn(4, 10))
+        self.matmul = MatMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(torch.relu(self.conv(x)).mean(dim=(2, 3)), self.w)
+
+
+def test_a_buffer_handed_to_a_matmul_module_is_analysed_and_injected() -> None:
+    """The blind spot of ONNX conversions (PP-OCR's classifier): the buffer is the weight of a
+    Linear twin sharing its memory; weight, stored and operand faults equal the oracle's (the
+    weight written into the model's buffer, its own forward), the analysis matches
+    exhaustive FI."""
+    from oracle import Oracle
+    from test_ground_truth import _compare
+
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
+    from pytorchfi_deepvigor.twins import ArgumentLinear
+
+    torch.manual_seed(0)
+    model = HandedHead().eval()
+    images = oracle_images()
+    engine = SimulationEngine(model, images)
+    head = engine.layer(1)
+    assert head.name == "matmul" and isinstance(head.module, ArgumentLinear)
+    assert head.module.weight.data_ptr() == model.w.data_ptr() and head.weight_shape == (10, 4)
+    assert weight_coverage(engine.model, engine.catalogue).complete
+    oracle = Oracle(model, images, view=engine.model)
+    _compare(oracle, engine, FaultPopulation(head, "weights", "flip", [0, 7, 39]))
+    _compare(oracle, engine, FaultPopulation(head, "stored", "flip", [0, 9]))
+    _compare(oracle, engine, FaultPopulation(head, "operands", "flip", operand_sites(head, [3])))
+    analysis = DeepVigorAnalyzer(engine).analyze(target="both", layers=[1])
+    for target in ("weights", "activations"):
+        fi = ExhaustiveCampaign(engine).run(target, layers=[1])
+        error = np.abs(np.subtract(analysis.layer(1, target).cvf, fi.layers[0].cvf))
+        assert error.max() <= 0.01, (target, error)
+    assert type(model.matmul) is MatMul and not model.matmul._forward_hooks

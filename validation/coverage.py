@@ -369,6 +369,7 @@ def run_model(name: str) -> dict[str, Any]:
     """One row of the matrix (never raises: a failure is the row's status and reason)."""
     from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
     from pytorchfi_deepvigor.catalogue import unsupported_layers
+    from pytorchfi_deepvigor.coverage import weight_coverage
     from pytorchfi_deepvigor.engine import SimulationEngine
 
     torch.set_num_threads(1)
@@ -386,7 +387,7 @@ def run_model(name: str) -> dict[str, Any]:
         cat = engine.catalogue
         row["catalogued"] = len(cat)
         row["nd_linears"] = sum(i.channel_last for i in cat)
-        unsupported = unsupported_layers(model)
+        unsupported = unsupported_layers(engine.model)  # the engine's view: its twins
         row["unsupported"] = len(unsupported)
         layers = _choose_layers(cat)
         row["layers"] = " ".join(f"{n}:{cat[n].name}({cat[n].kind})" for n in layers)
@@ -397,8 +398,9 @@ def run_model(name: str) -> dict[str, Any]:
         )
         row["analysis_s"] = round(time.perf_counter() - t, 1)
         assert result.coverage is not None
-        row["weight_coverage"] = round(result.coverage.fraction, 6)
-        row["not_covered"] = len(result.coverage.missing)
+        sites = weight_coverage(engine.model, cat)  # fault sites (FI); the analysis' may be less
+        row["weight_coverage"] = round(sites.fraction, 6)
+        row["not_covered"] = len(sites.missing)
         bad = [x.name for x in result.layers if not 0.0 <= x.lvf <= 1.0]
         step = "fault injection"
         t = time.perf_counter()
@@ -441,13 +443,14 @@ def run_model(name: str) -> dict[str, Any]:
 
 def coverage_only(name: str) -> dict[str, Any]:
     """The weight coverage of one model (its catalogue only: no analysis, no FI)."""
-    from pytorchfi_deepvigor.catalogue import build_catalogue
+    from pytorchfi_deepvigor import SimulationEngine
     from pytorchfi_deepvigor.coverage import weight_coverage
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     model, images = _build(name)
-    coverage = weight_coverage(model, build_catalogue(model, images))
+    engine = SimulationEngine(model, images)  # its view holds the twins (attention, padding)
+    coverage = weight_coverage(engine.model, engine.catalogue)
     return {"weight_coverage": round(coverage.fraction, 6), "not_covered": len(coverage.missing)}
 
 
@@ -592,9 +595,15 @@ def write(rows: list[dict[str, Any]], out: Path, notes: Sequence[str] | None = N
         "that differ only as masked vs non-critical SDC with logits equal to float rounding "
         "(the fault moved a logit by about the masking tolerance, 1e-5 of the largest golden "
         "logit; the engine adds the exact delta, the full forward recomputes the dot product). "
-        '"weight coverage": the share of the model\'s weight elements (every floating-point '
-        "parameter or buffer of two or more dimensions) that are fault sites of catalogued "
-        "layers, and how many tensors are not (the analysis result lists each with the reason).",
+        '"weight coverage": the share of the model\'s weight elements that are fault sites of '
+        "catalogued layers (of the engine's view, with its twins: attention projections, "
+        "convolutions that pad in their forward, weights handed to a MatMul), and how many "
+        "tensors are not (the result lists each with the reason). Weights: since 310cd04 the "
+        "floating-point parameters and buffers of two or more dimensions the forward multiplies "
+        "by (position embeddings, class tokens and bias tables are listed apart, not counted; "
+        "before, every such tensor counted); rows run before say so in their paragraph. From "
+        "the run after 8fdece7 on, fault sites of FI: the analysis' own coverage leaves out the "
+        "weight-transforming layers it skips (NFNet's ScaledStdConv2d).",
         "",
         *(line for note in notes for line in (note.strip(), "")),
         f"Totals: {totals}",
