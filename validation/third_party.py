@@ -220,7 +220,7 @@ def run_model(name: str) -> list[dict[str, Any]]:
         base["engine_s"] = round(time.perf_counter() - t, 1)
         base["path"] = "fx" if engine.uses_fx else "hooks"
         base["catalogued"] = len(engine.catalogue)
-        oracle = Oracle(p.model, p.images)
+        oracle = Oracle(p.model, p.images, view=engine.model)  # twins: the layers of its view
         step = "layers"
         rows = [
             {**base, **run_layer(engine, oracle, name, layer, k)}
@@ -281,8 +281,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "0 or 180 degrees; rapidocr-onnxruntime 1.4.4's ONNX file through onnx2torch 1.5.15), on",
         "16 line crops of scikit-image's scanned page (8 upright, 8 turned). Golden label: the",
         "model's own fault-free top-1 (golden acc.: its agreement with the data's labels).",
-        "`efficientnet_lite0_tuple_strides` is the same network with its list strides made tuples",
-        "(the same forward), since the package refuses the list strides.",
+        "EfficientNet-Lite0 runs as shipped (its list strides were refused before 310cd04, and",
+        "its same-padding convolutions were not analysed: they are twins with the padding they",
+        "apply since then); PP-OCR's MatMul classifier on a buffer is a layer since 3e6576a.",
         "",
         "| model | status | imgs | golden acc. | coverage | layer | kind | channels | FI faults "
         "| CVF analysis | CVF FI | MAE | max | oracle (mismatch/faults) | analysis s | FI s "
@@ -344,7 +345,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=[m for m in MODELS if m != "efficientnet_lite0_tuple_strides"],
+        choices=list(MODELS),
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--from-csv", action="store_true", help="only render third_party.md from the CSV"
