@@ -32,6 +32,7 @@ from pytorchfi_deepvigor.cli._load import default_width, load_setup, train_zoo_m
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.results import ComparisonWarning, Cost, VulnerabilityResult
 from pytorchfi_deepvigor.results import compare as compare_results
+from pytorchfi_deepvigor.twins import twin_view
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
 from pytorchfi_deepvigor.zoo.models import (
     DEFAULT_WIDTHS,
@@ -346,7 +347,8 @@ def zoo(args: argparse.Namespace) -> int:
     width = default_width(name, args.width)
     size = args.input_size or (224 if name.startswith(TORCHVISION_PREFIX) else 32)
     model = build_model(name, width=width, in_channels=args.in_channels, input_size=size).eval()
-    catalogue = build_catalogue(model, torch.zeros(1, args.in_channels, size, size))
+    example = torch.zeros(1, args.in_channels, size, size)
+    catalogue = build_catalogue(twin_view(model, example), example)  # numbered as the engine
     rows = [[r["layer"], r["name"], r["type"], r["weight_shape"], r["output_shape"],
              f"{r['neurons']:,}", f"{r['weights']:,}"] for r in (i.as_row() for i in catalogue)]  # fmt: skip
     print(f"{name} at width {width:g}, input {args.in_channels}x{size}x{size}: "
