@@ -290,13 +290,8 @@ def _swin_classes() -> tuple[type[nn.Module], ...]:
 
 
 def _swin_refusal(m: nn.Module, calls: list[tuple[tuple, dict]]) -> str:
-    if (
-        getattr(m, "attention_dropout", 0.0)
-        and m.training
-        or getattr(m, "dropout", 0.0)
-        and m.training
-    ):
-        return "dropout in training mode"
+    """Why ``m``'s twin would not model it ("" when it does; the engine runs in eval mode, so
+    its dropouts do nothing)."""
     for args, kwargs in calls:
         x = args[0] if args else kwargs.get("x")
         if not isinstance(x, torch.Tensor) or x.dim() != 4:

@@ -38,6 +38,56 @@ from validation.report_tables import (  # noqa: E402
 from validation.report_targets import targets  # noqa: E402
 from validation.specs import RESULTS_DIR, read_csv, write_text  # noqa: E402
 
+ATTENTION_MODEL = """\
+The q, k and v projections of `nn.MultiheadAttention` (its packed `in_proj_weight`, `3E` output
+features: q, then k, then v) and of torchvision's Swin (`qkv`), and the output projections
+(`out_proj`, `proj`), are Linear layers on the tokens of each image in the engine's view of the
+model (`pytorchfi_deepvigor/twins.py`; Swin's run on the padded map, where a per-token map
+commutes with the shift and the windows). What a weight fault does there is what it does in any
+token-wise Linear: flipping weight `j` of row `r` adds `d * x_t[j]` to feature `r` of every token
+`t`. The analysis judges that token pattern as one channel-wide constant (the default
+`aggregate="equivalent"`: its mean, or its signed parts over the read tokens). For a v row and
+an output projection the feature flows on linearly and this is what it is for any Linear; for a
+q or k row it enters a softmax, which the constant does not represent: a constant added to a
+key feature of every token shifts every score of a query by the same amount, which the softmax
+ignores, while the fault's pattern does not; cosine attention (Swin V2) normalises q and k, so a
+huge constant and a huge pattern saturate differently. FI (the engine's, checked fault for fault
+against the oracle, which writes the weight into the model's own tensor and runs its own fused
+kernel, by `tests/test_attention.py`) is the truth below; "part" is the projection the analysed
+channels belong to. Errors are absolute, in VF (0.01 = 1 point).
+"""
+
+
+def attention_section(rows: list[dict[str, str]]) -> str:
+    """The attention table: analysis against exhaustive FI per model, layer, part, target."""
+    lines = [
+        ATTENTION_MODEL,
+        "| model | layer | part | target | channels | images | FI mean CVF | MAE | max error | "
+        "analysis s | FI s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {r['part']} | {r['target']} | {r['channels']} | "
+            f"{r['images']} | {r['fi_mean_cvf']} | {r['mae']} | {r['max_error']} | "
+            f"{r['analysis_s']} | {r['exhaustive_s']} |"
+        )
+    worst = {}
+    for r in rows:
+        key = (r["part"] in ("q", "k"), r["target"])
+        worst[key] = max(worst.get(key, 0.0), float(r["mae"]))
+    lines.append("")
+    lines.append(
+        "Worst MAE: q/k weights {:.4f}, v and output weights {:.4f}, q/k operands {:.4f}, v and "
+        "output operands {:.4f} (targets for the zoo: weights 0.003, operands 0.0005).".format(
+            worst.get((True, "weights"), 0.0),
+            worst.get((False, "weights"), 0.0),
+            worst.get((True, "activations"), 0.0),
+            worst.get((False, "activations"), 0.0),
+        )
+    )
+    return "\n".join(lines) + "\n"
+
 
 def build(out: Path) -> str:
     read = {
@@ -140,6 +190,9 @@ def build(out: Path) -> str:
         "\n## Figures 8-10\n",
         figures(read["fig9_mvf"], read["fig10_batches"], out),
     ]
+    attention = out / "attention.csv"  # written by attention.py (issue 25)
+    if attention.exists():
+        parts += ["\n## Attention projections (issue 25)\n", attention_section(read_csv(attention))]
     third_party = out / "third_party.md"  # written by third_party.py (issue 25)
     if third_party.exists():
         body = third_party.read_text(encoding="utf-8").split("\n", 1)[1]
