@@ -76,7 +76,8 @@ class _Cut:
 
 class _Tracer(torch.fx.Tracer):
     """torch.fx's tracer, keeping the layer twins of :mod:`~pytorchfi_deepvigor.twins` (a
-    convolution that pads first) as modules: the layers the plan cuts at."""
+    convolution that pads first, a Linear holding a handed weight) as modules: the layers the
+    plan cuts at."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, LEAF_TWINS) or super().is_leaf_module(m, module_qualified_name)
@@ -103,7 +104,9 @@ class SimulationEngine:
     """Golden cache and suffix execution for one model and one analysis batch.
 
     Args:
-        model: any ``nn.Module`` classifier (float32); it is never changed. If ``device`` differs
+        model: any ``nn.Module`` classifier (float32); it is never changed. ``engine.model``
+            is the view the engine runs (:func:`~pytorchfi_deepvigor.twins.twin_view`: shares
+            every tensor, some modules replaced by twins). If ``device`` differs
             from the model's device, the engine works on its own copy.
         images: the analysis batch, float32 ``(I, ...)``.
         device: where to compute (default: the model's device; under torchrun a GPU given without an
@@ -173,7 +176,8 @@ class SimulationEngine:
         self.channels_last = bool(channels_last) and images.dim() == 4
         self.images = images.to(self.device)
         check_model_output(model, self.images)  # logits (N, classes), before any work
-        # attention modules whose projections are applied functionally: traceable twins
+        # the view the engine runs (twins.py): attention projections, convolutions that pad in
+        # their forward and weights handed to a MatMul as layers; ``model`` itself without any
         model = self.model = twin_view(model, self.images[:2])
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
