@@ -46,6 +46,13 @@ def weight_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, t
 
 
+def _memory(t: torch.Tensor | nn.Module) -> tuple[int, int]:
+    """The memory a tensor holds (a layer of the engine's view may hold a view of the model's
+    tensor, e.g. its transpose, or a parameter made of its buffer)."""
+    assert isinstance(t, torch.Tensor)
+    return t.data_ptr(), t.numel()
+
+
 def _reason(name: str, parts: Sequence[tuple[str, str, str]]) -> str | None:
     """Why weight ``name`` is not covered: the unsupported part it is, or belongs to (None:
     it belongs to none, so the forward does not multiply by it)."""
@@ -79,11 +86,12 @@ def weight_coverage(
         (24, 24, (), ['pos (32 elements)'])
     """
     skipped = {
-        id(i.module.weight): f"{i.kind} layer not analysed: {i.weight_transform}"
+        _memory(i.module.weight): f"{i.kind} layer not analysed: {i.weight_transform}"
         for i in catalogue
         if analysis and i.weight_transform and not i.weight_derived
     }
-    fault_sites = {id(i.module.weight) for i in catalogue if not i.weight_derived} - skipped.keys()
+    fault_sites = {_memory(i.module.weight) for i in catalogue if not i.weight_derived}
+    fault_sites -= skipped.keys()
     derived = {i.name for i in catalogue if i.weight_derived}
     modules = dict(model.named_modules())
     parts = unsupported_parts(model)
@@ -92,11 +100,11 @@ def weight_coverage(
     for name, t in weight_tensors(model):
         owner, _, attr = name.rpartition(".")
         reason = _reason(name, parts)
-        if id(t) in fault_sites:
+        if _memory(t) in fault_sites:
             total, covered = total + t.numel(), covered + t.numel()
-        elif id(t) in skipped:
+        elif _memory(t) in skipped:
             total += t.numel()
-            missing.append(f"{name} ({t.numel():,} elements): {skipped[id(t)]}")
+            missing.append(f"{name} ({t.numel():,} elements): {skipped[_memory(t)]}")
         elif reason is not None or owner in derived:
             total += t.numel()
             missing.append(f"{name} ({t.numel():,} elements): {reason or DERIVED}")

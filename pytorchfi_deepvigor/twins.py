@@ -30,6 +30,12 @@ replaced by a twin that computes the same thing as layers it can cut at:
 - A weightless module handed a weight of the model as its second input and computing ``x @ W``
   (an ONNX conversion's ``MatMul`` on a buffer): an :class:`ArgumentLinear` holding ``W.T``, a
   view of the same memory.
+- A module (the model itself included) whose own forward applies a weight of its own with
+  ``F.linear``, ``F.conv2d`` or a matrix product ``x @ W`` (found in the torch.fx trace of its
+  own code, its children kept as calls): a ``torch.fx.GraphModule`` of that code in which each
+  such product is a call of a ``Linear``/``Conv2d`` child ``<weight>_layer`` holding the weight
+  (``x @ W``: an :class:`ArgumentLinear`); a ``Linear`` subclass whose forward is the plain
+  one: a plain ``Linear`` holding its weight and bias.
 
 Nothing of the user's model is copied or changed: the view shares every module, parameter and
 buffer, and only the containers on the path to a replaced module are shallow copies. A twin is
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import sys
 import weakref
 from typing import Any
@@ -51,6 +58,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
 
@@ -446,20 +454,213 @@ def _argument_twin(
         return twin if _same(twin(*args), output) else None
 
 
+# --------------------------------------------------------------------------- functional layers
+_MAC_OPS: dict[object, tuple[str, ...]] = {
+    F.linear: ("input", "weight", "bias"),
+    F.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    torch.matmul: ("input", "other"),
+    operator.matmul: ("input", "other"),
+    "matmul": ("input", "other"),  # Tensor.matmul
+}
+"""The products on a module's own weight that :func:`_functional_twin` makes layers of, with
+their argument names."""
+
+
+class _FunctionalUses(TorchFunctionMode):
+    """Records the tensors passed to ``F.linear``, ``F.conv2d`` and matrix products."""
+
+    _FUNCS = (F.linear, F.conv2d, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in self._FUNCS:
+            self.used.update(
+                id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)
+            )
+        return func(*args, **kwargs)
+
+
+class _OwnCode(torch.fx.Tracer):
+    """Traces one module's own forward: every child module stays one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _conv2d(weight: torch.Tensor, bias: torch.Tensor | None, given: dict[str, Any]) -> nn.Conv2d:
+    """A ``Conv2d`` holding ``weight`` itself and ``bias``, with the geometry ``F.conv2d`` was
+    given."""
+    groups = given.get("groups", 1)
+    conv = nn.Conv2d(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),  # type: ignore[arg-type]
+        stride=given.get("stride", 1),
+        padding=given.get("padding", 0),
+        dilation=given.get("dilation", 1),
+        groups=groups,
+        bias=False,
+        device="meta",
+    )
+    conv.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+    del conv.bias
+    if isinstance(bias, nn.Parameter):
+        conv.bias = bias
+    else:
+        conv.register_buffer("bias", bias)
+    return conv
+
+
+def _own_attr(a: object, own: dict[str, torch.Tensor]) -> bool:
+    """Whether ``a`` reads a tensor of the traced module's own, and nothing else reads it."""
+    return (
+        isinstance(a, torch.fx.Node)
+        and a.op == "get_attr"
+        and a.target in own
+        and len(a.users) == 1
+    )
+
+
+def _op_layer(node: torch.fx.Node, own: dict[str, torch.Tensor]) -> tuple[str, nn.Module] | None:
+    """For a product of ``node``'s input and a weight of the traced module's own (``F.linear``,
+    ``F.conv2d``, ``x @ W``), read nowhere else: the weight's name and a layer computing it."""
+    names = _MAC_OPS.get(node.target) if node.op in ("call_function", "call_method") else None
+    if names is None or (node.op == "call_method") != (node.target == "matmul"):
+        return None
+    given = {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+    weight, bias = given.pop("weight", given.pop("other", None)), given.pop("bias", None)
+    given.pop("input", None)
+    if not _own_attr(weight, own) or (bias is not None and not _own_attr(bias, own)):
+        return None
+    if any(isinstance(v, torch.fx.Node) for v in given.values()):
+        return None  # a geometry computed in the forward
+    assert isinstance(weight, torch.fx.Node)
+    w = own[str(weight.target)]
+    b = own[str(bias.target)] if isinstance(bias, torch.fx.Node) else None
+    if not w.is_floating_point() or (b is not None and b.dim() != 1):
+        return None
+    if node.target is F.conv2d:
+        return (str(weight.target), _conv2d(w, b, given)) if w.dim() == 4 else None
+    if w.dim() != 2:
+        return None
+    if node.target is F.linear:
+        return str(weight.target), _linear(w, b)
+    return str(weight.target), ArgumentLinear(w)
+
+
+def _registration(
+    graph: torch.fx.Graph, children: list[str], layers: dict[str, nn.Module]
+) -> list[str]:
+    """The module's children in their order, each new layer registered just before the first
+    child its forward calls after it (at the end if none): the layer numbering (registration
+    order, as PyTorchFI's) of the module's own layers does not change."""
+    called = [str(n.target).split(".")[0] for n in graph.nodes if n.op == "call_module"]
+    order = list(children)
+    for i, name in enumerate(called):
+        if name not in layers:
+            continue
+        after = next((c for c in called[i + 1 :] if c in children), None)
+        order.insert(order.index(after) if after is not None else len(order), name)
+    return order
+
+
+def _functional_twin(m: nn.Module, calls: list[tuple[tuple, dict, object]]) -> nn.Module | None:
+    """``m`` with every ``F.linear``/``F.conv2d``/``x @ W`` of its own forward on a weight of
+    its own made a call of a ``Linear``/``Conv2d`` child holding that weight (named after it,
+    ``<weight>_layer``): a ``torch.fx.GraphModule`` of ``m``'s own code, its other children
+    called as they were; ``None`` where its forward does not trace, has no such product, or the
+    twin does not reproduce its output on the images."""
+    if not calls:
+        return None
+    own = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
+    try:
+        with eval_mode(m):
+            graph = _OwnCode().trace(m)
+    except Exception:  # noqa: BLE001 - a forward torch.fx cannot trace keeps its module
+        return None
+    layers: dict[str, nn.Module] = {}
+    for node in list(graph.nodes):
+        found = _op_layer(node, own)
+        if found is None or f"{found[0]}_layer" in layers or hasattr(m, f"{found[0]}_layer"):
+            continue
+        name = f"{found[0]}_layer"
+        layers[name] = found[1]
+        with graph.inserting_before(node):
+            call = graph.call_module(name, (node.args[0] if node.args else node.kwargs["input"],))
+        attrs = [a for a in node.all_input_nodes if a.op == "get_attr"]
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        for a in attrs:
+            if not a.users:
+                graph.erase_node(a)
+    if not layers:
+        return None
+    holder = copy.copy(m)
+    holder._modules = {**layers, **m._modules}
+    twin = torch.fx.GraphModule(holder, graph, class_name=type(m).__name__)
+    twin._modules = {n: holder._modules[n] for n in _registration(graph, list(m._modules), layers)}
+    twin.training = m.training
+    with eval_mode(twin), torch.no_grad():
+        ok = all(_same(twin(*args, **kwargs), out) for args, kwargs, out in calls)
+    return twin if ok else None
+
+
 # --------------------------------------------------------------------------- the view
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     swin = _swin_classes()
     return [
         (name, m)
         for name, m in model.named_modules()
-        if name
+        if (not name and _functional(m))
+        or name
         and (
             isinstance(m, nn.MultiheadAttention)
             or (swin and isinstance(m, swin))
             or (isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d)
             or (not list(m.children()) and _weightless(m) and _takes_two(m))
+            or _functional(m)
+            or _linear_subclass(m)
         )
     ]
+
+
+def _own_code(m: nn.Module) -> bool:
+    """Whether ``m``'s class is not one of PyTorch's own (whose forwards the engine knows)."""
+    return not type(m).__module__.startswith("torch.")
+
+
+def _functional(m: nn.Module) -> bool:
+    """Whether ``m`` (not a Conv2d or Linear) holds a 2-D or 4-D floating-point tensor of its
+    own that its own code may apply functionally."""
+    own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+    return (
+        _own_code(m)
+        and not isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention, *_swin_classes()))
+        and any(t.is_floating_point() and t.dim() in (2, 4) for t in own)
+    )
+
+
+def _linear_subclass(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) and type(m) is not nn.Linear and _own_code(m)
+
+
+def _linear_twin(m: nn.Linear, calls: list[tuple[tuple, dict, object]]) -> nn.Module | None:
+    """A plain ``nn.Linear`` holding the weight and bias of a ``Linear`` subclass whose forward
+    is the plain one (torch.fx would trace through the subclass and leave no layer to cut at),
+    only if it reproduces the module's output on the images."""
+    if not calls:
+        return None
+    twin = _linear(m.weight, m.bias)
+    twin.training = m.training
+    with torch.no_grad():
+        ok = all(
+            len(args) == 1 and not kwargs and _same(twin(*args), out) for args, kwargs, out in calls
+        )
+    return twin if ok else None
 
 
 def _weightless(m: nn.Module) -> bool:
@@ -480,9 +681,13 @@ def _takes_two(m: nn.Module) -> bool:
 
 
 def _calls(
-    model: nn.Module, modules: list[tuple[str, nn.Module]], example: torch.Tensor
+    model: nn.Module,
+    modules: list[tuple[str, nn.Module]],
+    example: torch.Tensor,
+    uses: _FunctionalUses,
 ) -> dict[str, list[tuple[tuple, dict, object]]]:
-    """One eval-mode, no-grad forward of ``example``: each module's calls (args, kwargs, output)."""
+    """One eval-mode, no-grad forward of ``example``: each module's calls (args, kwargs,
+    output); ``uses`` records the tensors applied functionally."""
     calls: dict[str, list[tuple[tuple, dict, object]]] = {n: [] for n, _ in modules}
     handles = []
 
@@ -495,7 +700,7 @@ def _calls(
     try:
         for name, m in modules:
             handles.append(m.register_forward_hook(make_hook(name), with_kwargs=True))
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), uses:
             model(example)
     finally:
         for h in handles:
@@ -536,6 +741,8 @@ def _replace(model: nn.Module, twins: dict[str, nn.Module]) -> nn.Module:
                 copied(parent)._modules[child] = c
         return copies[path]
 
+    if "" in twins:
+        return twins[""]
     for name, twin in twins.items():
         parent, _, child = name.rpartition(".")
         copied(parent)._modules[child] = twin
@@ -569,12 +776,21 @@ def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
         return model
     twins: dict[str, nn.Module] = {}
     refused: dict[str, str] = {}
-    calls = _calls(model, modules, example)
+    uses = _FunctionalUses()
+    calls = _calls(model, modules, example, uses)
     weights = _weights_of(model)
+    functional = []
     for name, m in modules:
+        if _functional(m):
+            own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+            if any(id(t) in uses.used for t in own):
+                functional.append(name)
+            continue
         if isinstance(m, nn.Conv2d) or not isinstance(m, (nn.MultiheadAttention, *_swin_classes())):
             if isinstance(m, nn.Conv2d):
                 twin = _pad_twin(m, calls[name])
+            elif isinstance(m, nn.Linear):
+                twin = _linear_twin(m, calls[name])
             else:
                 twin = _argument_twin(m, calls[name], weights)
             if twin is not None:
@@ -600,6 +816,14 @@ def twin_view(model: nn.Module, example: torch.Tensor) -> nn.Module:
         elif twin is not None:
             twins[name] = twin
     view = _replace(model, twins) if twins else model
+    for name in sorted(functional, key=lambda n: -n.count(".") - bool(n)):  # innermost first
+        try:
+            m = view.get_submodule(name)
+        except AttributeError:  # inside a twin
+            continue
+        twin = _functional_twin(m, calls[name])
+        if twin is not None:
+            view = _replace(view, {name: twin})
     _REFUSALS[model] = refused
     _REFUSALS[view] = refused
     return view

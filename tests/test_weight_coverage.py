@@ -50,8 +50,25 @@ def test_a_plain_cnn_is_covered_completely() -> None:
     assert VulnerabilityResult.from_json(result.to_json()).coverage == result.coverage
 
 
+class UntraceableBufferHead(BufferHead):
+    """:class:`BufferHead` whose forward branches on a value: torch.fx cannot trace it, so its
+    matmul cannot be made a layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x) + self.pos).mean(dim=(2, 3))
+        if bool(h.sum() > -1e30):
+            h = h * 1.0
+        return torch.matmul(h, self.w) + self.b
+
+
 def test_buffers_are_weights_positions_are_listed_apart() -> None:
     model = BufferHead().eval()
+    engine = SimulationEngine(model, oracle_images())
+    coverage = weight_coverage(model, engine.catalogue)
+    assert (coverage.covered, coverage.total) == (76, 76)  # the buffer under matmul is a layer
+    assert engine.layer(1).module.weight.data_ptr() == model.w.data_ptr()
+    assert coverage.other == (f"pos (400 elements): {NOT_MULTIPLIED}",)  # added: not a weight
+    model = UntraceableBufferHead().eval()
     engine = SimulationEngine(model, oracle_images())
     coverage = weight_coverage(model, engine.catalogue)
     assert (coverage.covered, coverage.total) == (36, 36 + 40)  # the buffer under matmul counts
@@ -76,7 +93,7 @@ def test_attention_projections_are_covered_on_the_engines_view() -> None:
 
 
 def test_every_result_carries_it_and_the_summary_says_so_loudly() -> None:
-    model = BufferHead().eval()
+    model = UntraceableBufferHead().eval()
     engine = SimulationEngine(model, oracle_images())
     results = [
         DeepVigorAnalyzer(engine).analyze(target="both"),
@@ -331,3 +348,92 @@ def test_a_buffer_handed_to_a_matmul_module_is_analysed_and_injected() -> None:
         error = np.abs(np.subtract(analysis.layer(1, target).cvf, fi.layers[0].cvf))
         assert error.max() <= 0.01, (target, error)
     assert type(model.matmul) is MatMul and not model.matmul._forward_hooks
+
+
+class FunctionalConv(nn.Module):
+    """A block applying its own weight with ``F.conv2d`` (stride 2, padding 1) in its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.5)
+        self.b = nn.Parameter(torch.randn(4) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(F.conv2d(x, self.w, self.b, stride=2, padding=1))
+
+
+class HeadLinear(nn.Linear):
+    """A Linear subclass with the plain forward (timm's ``Linear``): torch.fx traces through it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class FunctionalNet(nn.Module):
+    """Weights applied in custom forwards: ``F.conv2d`` in a child, ``F.linear`` on a parameter
+    and ``x @ W`` on a buffer in the model's own forward, a Linear subclass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = FunctionalConv()
+        self.w1 = nn.Parameter(torch.randn(12, 4) * 0.5)
+        self.mid = HeadLinear(12, 12)
+        self.register_buffer("head", torch.randn(12, 10) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).mean(dim=(2, 3))
+        h = torch.relu(self.mid(torch.relu(F.linear(h, self.w1))))
+        return h @ self.head
+
+
+def test_weights_applied_functionally_in_custom_forwards_are_layers() -> None:
+    """``F.conv2d``/``F.linear``/``@`` on a module's own weight, found in its traced forward, is
+    a layer holding that weight: analysed and injected, every fault equal to the oracle's (the
+    weight written into the model's own tensor, its own forward), the analysis matching
+    exhaustive FI; the model is left as it was."""
+    from oracle import Oracle
+    from test_ground_truth import _compare
+
+    from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
+
+    torch.manual_seed(0)
+    model = FunctionalNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = oracle_images()
+    engine = SimulationEngine(model, images)
+    names = [(i.name, type(i.module).__name__) for i in engine.catalogue]
+    assert names == [
+        ("features.w_layer", "Conv2d"),
+        ("w1_layer", "Linear"),
+        ("mid", "Linear"),
+        ("head_layer", "ArgumentLinear"),
+    ]
+    conv = engine.layer(0)
+    assert (
+        conv.stride == (2, 2) and conv.padding == (1, 1) and conv.module.weight is model.features.w
+    )
+    assert (
+        engine.layer(1).module.weight is model.w1
+        and engine.layer(2).module.weight is model.mid.weight
+    )
+    assert engine.uses_fx and not engine.hook_layers
+    assert weight_coverage(model, engine.catalogue).complete
+    oracle = Oracle(model, images, view=engine.model)
+    for info in engine.catalogue:
+        n_w = int(np.prod(info.weight_shape))
+        weights = list(range(0, n_w, max(1, n_w // 5)))
+        _compare(oracle, engine, FaultPopulation(info, "weights", "flip", weights))
+        neurons = np.arange(0, info.neurons_per_image, max(1, info.neurons_per_image // 3))
+        _compare(oracle, engine, FaultPopulation(info, "stored", "stuck-at", list(neurons)))
+        _compare(
+            oracle, engine, FaultPopulation(info, "operands", "flip", operand_sites(info, neurons))
+        )
+    analysis = DeepVigorAnalyzer(engine).analyze(target="both")
+    for target in ("weights", "activations"):
+        fi = ExhaustiveCampaign(engine).run(target)
+        for n in range(len(engine.catalogue)):
+            error = np.abs(np.subtract(analysis.layer(n, target).cvf, fi.layers[n].cvf))
+            assert error.max() <= 0.02, (n, target, error)
+    assert type(model.features) is FunctionalConv and type(model.mid) is HeadLinear
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
