@@ -185,7 +185,12 @@ class CheckedSearch:
 
 
 def checked_search(
-    members: Tensor, oracle: Oracle, first: int | None = None, scope: Tensor | None = None
+    members: Tensor,
+    oracle: Oracle,
+    first: int | None = None,
+    scope: Tensor | None = None,
+    start: Tensor | None = None,
+    unchecked: Tensor | None = None,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -198,6 +203,15 @@ def checked_search(
         scope: long ``(R,)``: the target of each row; rows without a critical candidate are
             scanned where a row of the same target failed the check. ``None``: every row is
             its own target.
+        start: long ``(R,)``: a guess of each row's answer, as a rank among its members (the
+            number of members below it; ``-1``: none). The search probes it first and gallops
+            from there (steps of 1, 2, 4, ... away from it until the answer is bracketed, then
+            bisects the bracket): two probes where the guess is right, instead of a bisection's
+            ``log2`` of the members. The answer does not depend on the guess, only the probes
+            spent, as long as criticality is monotone (checked as below).
+        unchecked: bool ``(R,)``: rows whose largest member is not probed first: their
+            criticality is taken as monotone (known from elsewhere, e.g. the same faults on
+            other images), so they are neither checked nor scanned.
 
     Returns:
         :class:`CheckedSearch`.
@@ -218,6 +232,8 @@ def checked_search(
     dev = members.device
     ar = torch.arange(k, device=dev)
     largest = torch.where(members, ar, -1).amax(dim=1) if k else torch.full((n_rows,), -1)
+    if unchecked is not None:
+        largest = torch.where(unchecked.to(dev), -1, largest)  # not probed: no check
     probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
     top = torch.zeros(n_rows, dtype=torch.bool, device=dev)
     top_fp: Tensor | None = None
@@ -245,7 +261,7 @@ def checked_search(
     lo = torch.zeros(n_rows, dtype=torch.long, device=dev)
     hi = torch.where(top, rank_top, n)  # the answer's rank lies in [lo, hi]; n means none
 
-    def step(rows: Tensor, rank: Tensor) -> None:
+    def step(rows: Tensor, rank: Tensor) -> Tensor:
         nonlocal rounds
         crit = top[rows] & (rank == rank_top[rows])  # known at L
         ask = rank != rank_top[rows]
@@ -263,10 +279,13 @@ def checked_search(
         lo[rows] = torch.where(crit, lo[rows], rank + 1)
         done = rows[saturated]
         lo[done], hi[done] = n[done], n[done]
+        return crit
 
     if first is not None and bool(nonempty.any()):
         rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
         step(rows, cand[rows, :first].sum(dim=1))
+    if start is not None:
+        _gallop(start.to(dev), lo, hi, step)
     while True:
         rows = (lo < hi).nonzero().squeeze(1)
         if rows.numel() == 0:
@@ -280,7 +299,7 @@ def checked_search(
     if scope is not None and bool(non_monotone.any()):
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
-        scan |= failed[scope] & ~found  # a band may hide between the probes
+        scan |= failed[scope] & ~found & (largest >= 0)  # a band may hide between the probes
     above = ar.view(1, -1) > torch.where(found, index, -1).view(-1, 1)
     want = members & scan.view(-1, 1) & above
     has_top = largest >= 0
@@ -297,6 +316,30 @@ def checked_search(
         probes += want.sum(dim=1)
         rounds += 1
     return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
+
+
+def _gallop(
+    start: Tensor, lo: Tensor, hi: Tensor, step: Callable[[Tensor, Tensor], Tensor]
+) -> None:
+    """Narrow ``[lo, hi]`` around each row's guessed rank ``start`` (``-1``: no guess): probe
+    the guess, then ranks 1, 2, 4, ... away from it, down while critical, up while not, until
+    the answer is bracketed (``step(rows, rank)`` probes and updates ``lo``/``hi``)."""
+    rows = ((start >= 0) & (lo < hi)).nonzero().squeeze(1)
+    down = torch.zeros_like(start, dtype=torch.bool)
+    gap = torch.ones_like(start)
+    if rows.numel():
+        rank = torch.minimum(torch.maximum(start[rows], lo[rows]), hi[rows] - 1)
+        down[rows] = step(rows, rank)
+    while rows.numel():
+        rows = rows[lo[rows] < hi[rows]]
+        if rows.numel() == 0:
+            break
+        d = down[rows]
+        rank = torch.where(d, hi[rows] - gap[rows], lo[rows] + gap[rows] - 1)
+        rank = torch.minimum(torch.maximum(rank, lo[rows]), hi[rows] - 1)
+        crit = step(rows, rank)
+        gap[rows] *= 2
+        rows = rows[crit == d]  # still on the guess's side: gallop on; else bracketed
 
 
 def full_scan(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:

@@ -196,3 +196,49 @@ def test_checked_search_stops_where_the_outcome_saturates(seed: int) -> None:
     assert (fast.probes <= base.probes).all()
     assert fast.probes[short].sum() < base.probes[short].sum()
     assert fast.probes[~short].equal(base.probes[~short])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_guessed_start_changes_the_probes_not_the_answer(seed: int) -> None:
+    """Galloping from a guess: the answer equals the bisection's on monotone rows whatever
+    the guess (right, off by a few, far off, 'none', no guess); two probes below the check
+    where the guess is right, and never many more than the bisection where it is wrong."""
+    members, threshold = random_rows(seed)
+    n = members.sum(1)
+    ar = torch.arange(K)
+    truth = (members & (ar < threshold[:, None])).sum(1)  # the answer's rank among members
+    gen = torch.Generator().manual_seed(seed)
+    plain = checked_search(members, CountingOracle(threshold))
+    for guess in (truth, truth + torch.randint(-3, 4, truth.shape, generator=gen),
+                  torch.randint(-1, K + 1, truth.shape, generator=gen), n, torch.full_like(n, -1)):  # fmt: skip
+        oracle = CountingOracle(threshold)
+        out = checked_search(members, oracle, start=guess)
+        assert out.index.equal(plain.index) and out.critical.equal(plain.critical)
+        rows = torch.cat([c[0] for c in oracle.calls])
+        gs = torch.cat([c[1] for c in oracle.calls])
+        assert len(set(zip(rows.tolist(), gs.tolist(), strict=True))) == rows.numel()
+        assert (out.probes <= plain.probes + 2 * torch.ceil(torch.log2(n + 1)) + 1).all()
+    right = checked_search(members, CountingOracle(threshold), start=truth)
+    inner = (truth > 0) & (truth < n - 1)  # neither end: the guess and one neighbour
+    assert (right.probes[inner] <= 3).all()
+    assert right.probes.sum() < plain.probes.sum()
+
+
+def test_unchecked_rows_skip_the_largest_member_and_are_never_scanned() -> None:
+    """Rows known to be monotone (the same faults on other images) are not checked: without a
+    guess they cost the bisection alone; with the right guess two probes; a band the check
+    would have caught is not scanned (what the caller accepts by passing them)."""
+    members, threshold = random_rows(4)
+    ar = torch.arange(K)
+    unchecked = torch.ones(members.shape[0], dtype=torch.bool)
+    out = checked_search(members, CountingOracle(threshold), unchecked=unchecked)
+    plain = bisect_search(members, CountingOracle(threshold))
+    assert out.index.equal(plain.index) and out.probes.equal(plain.probes)
+    assert not out.non_monotone.any() and not out.scanned.any()
+    truth = (members & (ar < threshold[:, None])).sum(1)
+    guided = checked_search(members, CountingOracle(threshold), start=truth, unchecked=unchecked)
+    assert guided.index.equal(plain.index) and (guided.probes <= 2).all()
+    band = threshold.clone()
+    oracle = lambda rows, g: (g >= band[rows]) & (g < band[rows] + 2)  # noqa: E731
+    lone = checked_search(members, oracle, unchecked=unchecked)
+    assert not lone.scanned.any()
