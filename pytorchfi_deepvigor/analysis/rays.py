@@ -21,15 +21,13 @@ for ``0.0``) changes nothing.
 A ray's faults are the same on every image; only where along it criticality starts differs,
 so the images are searched in two stages (:func:`_guided_search`): the first
 :data:`GUIDE_IMAGES` of each (channel, ray, sign) by the checked bisection, the others
-galloping from the median of the guides' answers (two probes where the guess is right, instead
-of ``log2`` of the ray's faults plus the check). Criticality is not monotone at the top of a
-ray, where the faults of different weights are all huge (exponent flips to ``2^64 .. 2^128``
-or Inf) and which of them is critical depends on the weight's pattern, not on ``|d|``: where a
-guide showed that, the other images probe every fault from the lowest rank critical in such a
-guide one by one (the *band*), and search below it, checked; elsewhere they are not checked.
-Measured (``validation/ray_cost.py``): the zoo's VGG-11 first layer, 3,967 -> 599 image-evaluations
-per channel (the paper mode: 301), MTCNN RNet's RGB first layer 24,224 -> 3,291 (paper mode
-215), both within 0.06 points of exhaustive FI, as before within 0.04.
+galloping from the median of the guides' answers where their largest fault is critical (two
+probes where the guess is right, instead of ``log2`` of the ray's faults). Criticality is not
+monotone at the top of a ray, where the faults of different weights are all huge (exponent
+flips to ``2^64 .. 2^128`` or Inf) and which of them is critical depends on the weight's
+pattern, not on ``|d|``: where a guide showed that, the other images probe every fault from
+the lowest rank critical in such a guide one by one (the *band*), and search below it. Costs
+and errors against exhaustive FI: ``validation/results/ray_cost.md``.
 
 Approximated: only the order of the unprobed faults, by ``|d|`` across the weights of one input
 channel (their patterns differ by a shift), and the monotone bisection between probes
@@ -210,15 +208,16 @@ def _guided_search(
     members: Tensor, oracle: Oracle, shape: tuple[int, int, int, int]
 ) -> tuple[Tensor, Tensor, int]:
     """:func:`checked_search` of the ``(T, C, 2, I)`` rows, by ``(T, C, 2)`` group (a ray's
-    faults of one sign), in two stages. A ray's members are the same faults on every image; only where
-    criticality starts differs, and where it is not monotone: at the top, where faults of
+    faults of one sign), in two stages. A ray's members are the same faults on every image;
+    only where criticality starts differs, and where it is not monotone: at the top, where faults of
     different weights are all huge (exponent flips to ``2^64 .. 2^128`` or Inf), which of them
     is critical depends on the weight's pattern, not on ``|d|``. The first
     :data:`GUIDE_IMAGES` images of each group are searched as :func:`checked_search` does
-    (checked, scanned where the check fails); the others gallop from the median rank of the
-    guides' answers, and where a guide was not monotone, every member from the lowest rank
-    critical in such a guide (the *band*) is probed one by one, the search running below it.
-    Returns the critical members, the probes per row and the non-monotone rows."""
+    (checked, scanned where the check fails); the others too, but galloping from the median
+    rank of the guides' answers where their largest member is critical, and where a guide was
+    not monotone, every member from the lowest rank critical in such a guide (the *band*) is
+    probed one by one, the search running below it. Returns the critical members, the probes
+    per row and the non-monotone rows."""
     n_img, k = shape[3], members.shape[1]
     group = torch.arange(members.shape[0]) // n_img
     guide = torch.arange(members.shape[0]) % n_img < min(GUIDE_IMAGES, n_img)
@@ -248,12 +247,7 @@ def _guided_search(
         probes.index_add_(0, r, torch.ones_like(r))
     lower = members[rows] & ~upper
     start = torch.minimum(guess[group[rows]], lower.sum(dim=1))
-    monotone = torch.ones(n_groups, dtype=torch.bool)
-    monotone[group[guide][res.non_monotone]] = False
-    res = checked_search(
-        lower, lambda r, g: oracle(rows[r], g), start=start,
-        unchecked=monotone[group[rows]],
-    )  # fmt: skip
+    res = checked_search(lower, lambda r, g: oracle(rows[r], g), start=start)
     critical[rows] |= res.critical & lower
     probes[rows] += res.probes
     return critical, probes, n_bad + int(res.non_monotone.sum())

@@ -190,7 +190,6 @@ def checked_search(
     first: int | None = None,
     scope: Tensor | None = None,
     start: Tensor | None = None,
-    unchecked: Tensor | None = None,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -207,11 +206,11 @@ def checked_search(
             number of members below it; ``-1``: none). The search probes it first and gallops
             from there (steps of 1, 2, 4, ... away from it until the answer is bracketed, then
             bisects the bracket): two probes where the guess is right, instead of a bisection's
-            ``log2`` of the members. The answer does not depend on the guess, only the probes
-            spent, as long as criticality is monotone (checked as below).
-        unchecked: bool ``(R,)``: rows whose largest member is not probed first: their
-            criticality is taken as monotone (known from elsewhere, e.g. the same faults on
-            other images), so they are neither checked nor scanned.
+            ``log2`` of the members. Only where the largest member is critical: where it is
+            not, a critical band may lie below it, which a gallop from the guess would walk
+            away from and the bisection's probes may find (then scanned, as below). The answer
+            does not depend on the guess, only the probes spent, as long as criticality is
+            monotone.
 
     Returns:
         :class:`CheckedSearch`.
@@ -232,8 +231,6 @@ def checked_search(
     dev = members.device
     ar = torch.arange(k, device=dev)
     largest = torch.where(members, ar, -1).amax(dim=1) if k else torch.full((n_rows,), -1)
-    if unchecked is not None:
-        largest = torch.where(unchecked.to(dev), -1, largest)  # not probed: no check
     probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
     top = torch.zeros(n_rows, dtype=torch.bool, device=dev)
     top_fp: Tensor | None = None
@@ -284,8 +281,8 @@ def checked_search(
     if first is not None and bool(nonempty.any()):
         rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
         step(rows, cand[rows, :first].sum(dim=1))
-    if start is not None:
-        _gallop(start.to(dev), lo, hi, step)
+    if start is not None:  # where the largest member is not critical, a band may lie below
+        _gallop(torch.where(top | (largest < 0), start.to(dev), -1), lo, hi, step)
     while True:
         rows = (lo < hi).nonzero().squeeze(1)
         if rows.numel() == 0:
@@ -299,7 +296,7 @@ def checked_search(
     if scope is not None and bool(non_monotone.any()):
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
-        scan |= failed[scope] & ~found & (largest >= 0)  # a band may hide between the probes
+        scan |= failed[scope] & ~found  # a band may hide between the probes
     above = ar.view(1, -1) > torch.where(found, index, -1).view(-1, 1)
     want = members & scan.view(-1, 1) & above
     has_top = largest >= 0

@@ -222,23 +222,3 @@ def test_a_guessed_start_changes_the_probes_not_the_answer(seed: int) -> None:
     inner = (truth > 0) & (truth < n - 1)  # neither end: the guess and one neighbour
     assert (right.probes[inner] <= 3).all()
     assert right.probes.sum() < plain.probes.sum()
-
-
-def test_unchecked_rows_skip_the_largest_member_and_are_never_scanned() -> None:
-    """Rows known to be monotone (the same faults on other images) are not checked: without a
-    guess they cost the bisection alone; with the right guess two probes; a band the check
-    would have caught is not scanned (what the caller accepts by passing them)."""
-    members, threshold = random_rows(4)
-    ar = torch.arange(K)
-    unchecked = torch.ones(members.shape[0], dtype=torch.bool)
-    out = checked_search(members, CountingOracle(threshold), unchecked=unchecked)
-    plain = bisect_search(members, CountingOracle(threshold))
-    assert out.index.equal(plain.index) and out.probes.equal(plain.probes)
-    assert not out.non_monotone.any() and not out.scanned.any()
-    truth = (members & (ar < threshold[:, None])).sum(1)
-    guided = checked_search(members, CountingOracle(threshold), start=truth, unchecked=unchecked)
-    assert guided.index.equal(plain.index) and (guided.probes <= 2).all()
-    band = threshold.clone()
-    oracle = lambda rows, g: (g >= band[rows]) & (g < band[rows] + 2)  # noqa: E731
-    lone = checked_search(members, oracle, unchecked=unchecked)
-    assert not lone.scanned.any()
