@@ -230,7 +230,10 @@ def _guided_search(
     rank_of = members.cumsum(dim=1) - 1  # a member's rank in its row
     answer = (members[rows] & (torch.arange(k) < res.index.view(-1, 1))).sum(dim=1)
     n_groups = int(group.max()) + 1
-    guess = answer.view(n_groups, -1).median(dim=1).values
+    found = (res.index < k).view(n_groups, -1)
+    guess = torch.where(found, answer.view(n_groups, -1).double(), torch.nan).nanmedian(dim=1)
+    guess = guess.values.nan_to_num(nan=k).long()  # where the guides found a critical fault
+    floor = torch.where(found, answer.view(n_groups, -1), k).amin(dim=1)
     lowest = torch.where(res.critical & members[rows], rank_of[rows], k).amin(dim=1)
     band = torch.full((n_groups,), k, dtype=torch.long)
     bad = res.non_monotone
@@ -246,8 +249,10 @@ def _guided_search(
         critical[r, g] = crit[0] if isinstance(crit, tuple) else crit
         probes.index_add_(0, r, torch.ones_like(r))
     lower = members[rows] & ~upper
-    start = torch.minimum(guess[group[rows]], lower.sum(dim=1))
-    res = checked_search(lower, lambda r, g: oracle(rows[r], g), start=start)
+    n_lower = lower.sum(dim=1)
+    start = torch.minimum(guess[group[rows]], n_lower)
+    low = torch.minimum(floor[group[rows]], n_lower)
+    res = checked_search(lower, lambda r, g: oracle(rows[r], g), start=start, floor=low)
     critical[rows] |= res.critical & lower
     probes[rows] += res.probes
     return critical, probes, n_bad + int(res.non_monotone.sum())

@@ -190,6 +190,7 @@ def checked_search(
     first: int | None = None,
     scope: Tensor | None = None,
     start: Tensor | None = None,
+    floor: Tensor | None = None,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -206,11 +207,14 @@ def checked_search(
             number of members below it; ``-1``: none). The search probes it first and gallops
             from there (steps of 1, 2, 4, ... away from it until the answer is bracketed, then
             bisects the bracket): two probes where the guess is right, instead of a bisection's
-            ``log2`` of the members. Only where the largest member is critical: where it is
-            not, a critical band may lie below it, which a gallop from the guess would walk
-            away from and the bisection's probes may find (then scanned, as below). The answer
-            does not depend on the guess, only the probes spent, as long as criticality is
-            monotone.
+            ``log2`` of the members. That is where the largest member is critical; where it
+            is not (monotone: none is critical), ``floor`` and the guess are probed alone:
+            one critical reveals a band below the largest member, bisected and scanned as
+            below; neither, the row ends with none (no bisection: its probes would only find a
+            band by chance, where the guesses stand for where bands start). With monotone
+            criticality the answer does not depend on the guesses, only the probes spent.
+        floor: long ``(R,)``: with ``start``, a lower guess (e.g. the lowest answer seen
+            elsewhere), probed first where the largest member is not critical.
 
     Returns:
         :class:`CheckedSearch`.
@@ -281,8 +285,18 @@ def checked_search(
     if first is not None and bool(nonempty.any()):
         rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
         step(rows, cand[rows, :first].sum(dim=1))
-    if start is not None:  # where the largest member is not critical, a band may lie below
-        _gallop(torch.where(top | (largest < 0), start.to(dev), -1), lo, hi, step)
+    if start is not None:
+        start = start.to(dev)
+        _gallop(torch.where(top | (largest < 0), start, -1), lo, hi, step)
+        spot = ((start >= 0) & (largest >= 0) & ~top & (lo < hi)).nonzero().squeeze(1)
+        low = start if floor is None else torch.minimum(floor.to(dev), start)
+        for guess in (low, start):  # the largest member is not critical: probe the guesses
+            ask = spot[(guess[spot] >= lo[spot]) & (guess[spot] < rank_top[spot])]
+            ask = ask[hi[ask] == n[ask]]  # no critical one found yet
+            if ask.numel():
+                step(ask, guess[ask])
+        none = spot[hi[spot] == n[spot]]  # neither critical: none
+        lo[none] = n[none]
     while True:
         rows = (lo < hi).nonzero().squeeze(1)
         if rows.numel() == 0:

@@ -222,3 +222,31 @@ def test_a_guessed_start_changes_the_probes_not_the_answer(seed: int) -> None:
     inner = (truth > 0) & (truth < n - 1)  # neither end: the guess and one neighbour
     assert (right.probes[inner] <= 3).all()
     assert right.probes.sum() < plain.probes.sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_guesses_find_a_band_below_a_non_critical_largest_member(seed: int) -> None:
+    """Where the largest member is not critical, the guesses alone are probed: a band that holds
+    either is found and scanned (those rows exact), a row where neither is critical ends with
+    none after at most three probes."""
+    members, lo, hi = band_rows(seed)
+    ar = torch.arange(K)
+    truth = (ar >= lo[:, None]) & (ar < hi[:, None]) & members
+    rank_of = members.cumsum(1) - 1
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, K // 2, (members.shape[0],), generator=gen)
+    floor = start // 2
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    out = checked_search(members, oracle, start=start, floor=floor)
+    largest = torch.where(members, ar, -1).amax(1)
+    top_critical = truth[torch.arange(members.shape[0]), largest.clamp_min(0)] & (largest >= 0)
+    below = (largest >= 0) & ~top_critical
+    at = lambda guess: (truth & (rank_of == guess[:, None])).any(1)  # noqa: E731
+    hit = below & (at(start) | at(floor))
+    assert hit.any() and (~hit & below).any()
+    assert ((out.critical & members)[hit] == truth[hit]).all()  # found, then scanned: exact
+    missed = below & ~hit
+    assert not (out.critical & members)[missed].any() and (out.probes[missed] <= 3).all()
