@@ -194,14 +194,23 @@ def _center_crop(a: np.ndarray, size: int) -> Image.Image:
     return im.crop(box).resize((size, size), Image.BICUBIC)
 
 
+def _parts(a: np.ndarray) -> list[np.ndarray]:
+    """The whole photo, its left and right halves, top and bottom halves and four quarters."""
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    halves = [a[:, :w], a[:, w:], a[:h], a[h:]]
+    return [a, *halves, a[:h, :w], a[:h, w:], a[h:, :w], a[h:, w:]]
+
+
 def photos(n: int, size: int = 224) -> torch.Tensor:
-    """``n`` photos (centre crops, then their left halves' crops), RGB in [0, 255]."""
+    """``n`` photos, RGB in [0, 255]: the centre crops of the photos, then of their left halves,
+    right halves, top halves, bottom halves and quarters (108 in all; the first 24 are the
+    centre crops and the left halves' crops)."""
     arrays = [skimage_rgb(f) if src == "skimage" else matplotlib_rgb(f) for src, f in PHOTOS]
-    crops = [_center_crop(a, size) for a in arrays]
-    crops += [_center_crop(a[:, : a.shape[1] // 2], size) for a in arrays]
-    if n > len(crops):
-        raise ValueError(f"expected at most {len(crops)} photos, got {n}")
-    x = np.stack([np.asarray(c, dtype=np.float32) for c in crops[:n]])
+    parts = [_parts(a) for a in arrays]
+    sources = [p[i] for i in range(len(parts[0])) for p in parts]
+    if n > len(sources):
+        raise ValueError(f"expected at most {len(sources)} photos, got {n}")
+    x = np.stack([np.asarray(_center_crop(a, size), dtype=np.float32) for a in sources[:n]])
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 

