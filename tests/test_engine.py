@@ -180,6 +180,10 @@ def test_fingerprints_tell_bitwise_different_logits_apart() -> None:
     near[3] = torch.where(near[3] > 0, -torch.zeros(()), near[3])  # -0.0 is not 0.0
     differs = fingerprint(near) != keys
     assert differs[:4].all() and not differs[4:].any()
+    wide = torch.randn(2, 100_000, generator=gen)  # more halves than one exact float64 sum takes
+    last = wide.clone()
+    last[1, -1] = -last[1, -1]
+    assert (fingerprint(last) != fingerprint(wide)).tolist() == [False, True]
     with pytest.raises(ValueError, match=r"expected float32 logits \(B, classes\)"):
         fingerprint(logits.double())
 
