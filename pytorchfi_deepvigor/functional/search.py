@@ -314,27 +314,28 @@ def checked_search(
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
         scan |= failed[scope] & ~found  # a band may hide between the probes
-    above = ar.view(1, -1) > torch.where(found, index, -1).view(-1, 1)
-    want = members & scan.view(-1, 1) & above
-    has_top = largest >= 0
-    want[has_top.nonzero().squeeze(1), largest[has_top]] = False  # probed first
-    if bool(scan.any()):
-        critical[scan] = False
+    left = scan.nonzero().squeeze(1)  # the rows to scan: every member above the answer
+    if left.numel():
+        critical[left] = False
         hit = scan & found
         critical[hit, index[hit]] = True
-        top_rows = (scan & has_top).nonzero().squeeze(1)
+        top_rows = (scan & (largest >= 0)).nonzero().squeeze(1)
         critical[top_rows, largest[top_rows]] = top[top_rows]
+    answer = torch.where(found, index, -1)[left]
+    want = members[left] & (ar.view(1, -1) > answer.view(-1, 1))  # (S, K): scanned rows only
+    tops = largest[left]
+    want[(tops >= 0).nonzero().squeeze(1), tops[tops >= 0]] = False  # probed first
     per_row = want.sum(dim=1)
-    probes += per_row
-    left = per_row.nonzero().squeeze(1)  # the rows to scan, in calls of whole rows
-    ends = per_row[left].cumsum(0)  # of about SCAN_PROBES (row, candidate) pairs each
+    probes[left] += per_row
+    keep = per_row > 0
+    left, want = left[keep], want[keep]
+    ends = per_row[keep].cumsum(0)  # asked in calls of whole rows, about SCAN_PROBES pairs each
     start = 0
     while start < left.numel():
         before = int(ends[start - 1]) if start else 0
         stop = max(start + 1, int(torch.searchsorted(ends, before + SCAN_PROBES, right=True)))
-        block = left[start:stop]
-        sub, g_s = want[block].nonzero(as_tuple=True)
-        rows_s = block[sub]
+        sub, g_s = want[start:stop].nonzero(as_tuple=True)
+        rows_s = left[start:stop][sub]
         critical[rows_s, g_s] = _ask_fp(oracle, rows_s, g_s)[0]
         rounds += 1
         start = stop
