@@ -21,11 +21,12 @@ import pytorchfi_deepvigor
 
 ROOT = Path(pytorchfi_deepvigor.__file__).resolve().parents[1]
 
-# A depthwise 7x7 layer of 64 channels on 16 images of 8x8, then a normalisation over channels
-# group (its criticality is not monotone in the error: the search scans whole channels, about
-# 130k probes in one call) and a 1000-class head. Keeping the logits of the probes peaked at
-# +0.81 GiB here (and +1.76 GiB for a 5% analysis of two depthwise layers of a 1000-class
-# mobilenet_v3_small on 16 images of 96x96); streamed, about +0.15 GiB (+0.07 GiB).
+# A depthwise 7x7 layer of 64 channels on 16 images of 8x8, then a normalisation over a group
+# of channels (its criticality is not monotone in the error: the search scans whole channels,
+# about 80k probes in all) and a 1000-class head; about 7 s. Keeping the logits of the probes
+# added 0.72-0.77 GiB here (1.76 GiB for a 5% analysis of two depthwise layers of a 1000-class
+# mobilenet_v3_small on 16 images of 96x96); now 0.18-0.21 GiB (0.07 GiB), most of it the
+# engine's chunks at its default budget.
 SCRIPT = """
 import json, os, threading, time
 import torch
