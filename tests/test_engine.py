@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_models import TINY_MODELS, seeded_images
 from torch import nn
 
 from pytorchfi_deepvigor.bits import flip_bit
-from pytorchfi_deepvigor.engine import Outcome, SimulationEngine, classify
+from pytorchfi_deepvigor.engine import Outcome, SimulationEngine, classify, fingerprint
 from pytorchfi_deepvigor.perturbations import ChannelAdd, ChannelSet, NeuronAdd, NeuronSet
 
 
@@ -134,6 +136,56 @@ def test_chunking_does_not_change_results():
     torch.testing.assert_close(a.run(1, img, pert), b.run(1, img, pert), rtol=1e-5, atol=1e-5)
     assert a.stats.batched_forwards == 18 and b.stats.batched_forwards == 1
     assert a.stats.image_evaluations == b.stats.image_evaluations == 18
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["live", "dead-layer"])
+def test_verdicts_keep_what_judge_decides_and_a_fingerprint_of_its_logits(dead: bool) -> None:
+    """verdicts: judge's criticality and fingerprint(logits), chunk by chunk; a callable builds
+    each chunk's perturbations (the same elements as the whole perturbation)."""
+    model = TINY_MODELS["mobilenet"]()
+    eng = SimulationEngine(model, seeded_images(6), max_batch=4)
+    layer = eng.catalogue[1].layer_num
+    if dead:  # a layer nothing reads: every element golden
+        eng.catalogue[layer] = dataclasses.replace(eng.catalogue[layer], dead="unread")
+    img = torch.arange(6).repeat(3)
+    pert = ChannelAdd(torch.arange(18) % 4, torch.linspace(-3e38, 3e38, 18))
+    crit, logits = eng.judge(layer, img, pert)
+    assert crit.any() or dead
+    got = eng.verdicts(layer, img, pert)
+    assert got[0].equal(crit) and got[1].equal(fingerprint(logits))
+    built: list[tuple[int, int]] = []
+
+    def elements(a: int, b: int) -> ChannelAdd:
+        built.append((a, b))
+        return ChannelAdd(pert.channel[a:b], pert.value[a:b])
+
+    lazy = eng.verdicts(layer, img, elements)
+    assert lazy[0].equal(crit) and lazy[1].equal(got[1])
+    assert built == ([] if dead else [(a, min(a + 4, 18)) for a in range(0, 18, 4)])
+    assert eng.run(layer, img, elements).view(torch.int32).equal(logits.view(torch.int32))
+    with pytest.raises(ValueError, match="batch mismatch: 1 perturbations built for elements 0:4"):
+        eng.verdicts(0, img, lambda a, b: ChannelAdd(torch.zeros(1, dtype=torch.long), [0.0]))
+
+
+def test_fingerprints_tell_bitwise_different_logits_apart() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4096, 1000, generator=gen)
+    keys = fingerprint(logits)
+    assert keys.dtype == torch.int64 and keys.unique().numel() == 4096
+    assert fingerprint(logits.clone()).equal(keys)
+    near = logits.clone()
+    near[0, 7] = torch.nextafter(near[0, 7], torch.tensor(float("inf")))  # one ulp
+    near[1, 3] = -near[1, 3]  # a sign
+    near[2] = torch.where(near[2] > 0, torch.zeros(()), near[2])
+    near[3] = torch.where(near[3] > 0, -torch.zeros(()), near[3])  # -0.0 is not 0.0
+    differs = fingerprint(near) != keys
+    assert differs[:4].all() and not differs[4:].any()
+    wide = torch.randn(2, 100_000, generator=gen)  # more halves than one exact float64 sum takes
+    last = wide.clone()
+    last[1, -1] = -last[1, -1]
+    assert (fingerprint(last) != fingerprint(wide)).tolist() == [False, True]
+    with pytest.raises(ValueError, match=r"expected float32 logits \(B, classes\)"):
+        fingerprint(logits.double())
 
 
 def test_engine_leaves_model_unchanged_and_restores_train_mode():

@@ -3,8 +3,9 @@
 The analysers build EDMs for a group of targets (neurons or channels) and hand them here with
 a function that turns (target, candidate value) pairs into an engine perturbation. All
 (target, image, sign) searches of the group run together: every bisection round is one
-``engine.critical`` call carrying every unfinished search (the engine chunks it to its memory
-budget), so a round costs a few batched forwards whatever the number of targets.
+``engine.verdicts`` call carrying every unfinished search (the engine chunks it to its memory
+budget and keeps of each outcome its criticality and a fingerprint, never the logits), so a
+round costs a few batched forwards whatever the number of targets.
 
 The optional zero-gradient skip (the paper's Fig. 6 box 4) uses the gradient of the margin
 loss with respect to the layer's output, computed once per layer by :func:`output_gradient`
@@ -143,8 +144,8 @@ def search_group(
     def judged(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         sign = torch.where(rows < half, 1.0, -1.0)
         pert = make(targets[rows], sign * values[g])
-        crit, logits = engine.judge(layer_num, images[rows], pert)
-        return crit.cpu(), logits.cpu()
+        crit, keys = engine.verdicts(layer_num, images[rows], pert)  # no logits kept
+        return crit.cpu(), keys.cpu()
 
     first = first_probe_index(grid)
     if not checked:
@@ -213,7 +214,7 @@ def _outer_bins(
     if t.numel():
         n = t.numel()
         values = torch.tensor(_OUTER_VALUES, dtype=torch.float32).repeat_interleave(n)
-        c = engine.judge(layer_num, i.repeat(3), make(t.repeat(3), values))[0].cpu().view(3, n)
+        c = engine.critical(layer_num, i.repeat(3), make(t.repeat(3), values)).cpu().view(3, n)
         top[t, i] = c[0] | c[1]
         bottom[t, i] = c[2]
     return top, bottom, asked

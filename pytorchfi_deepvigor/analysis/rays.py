@@ -38,6 +38,13 @@ reads at most :data:`RAY_IN_CHANNELS` input channels (first layers on images, de
 convolutions), so they cost about what the channel's VV search costs, and where a 1x1 filter
 reads at most :data:`RAY_IN_CHANNELS_1X1` (a ray is then exact up to the bisection; about
 ``C`` times the channel's VV search for ``C`` input channels, paid only by narrow layers).
+
+Memory: a probe's pattern is gathered from the layer's input when its engine chunk runs
+(:func:`~pytorchfi_deepvigor.functional.receptive.conv_weight_patterns`), and of its outcome
+only the criticality and a fingerprint are kept
+(:meth:`~pytorchfi_deepvigor.engine.SimulationEngine.verdicts`): what a search holds grows with
+its rows and candidates (at most ``_ROW_BUDGET`` rows per group), never with the classes, the
+images' size or the probes of a call.
 """
 
 from __future__ import annotations
@@ -45,10 +52,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns
 from pytorchfi_deepvigor.functional.search import Oracle, checked_search
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
@@ -150,12 +157,14 @@ def _search_channels(
     engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int
 ) -> tuple[Tensor, Tensor, int]:
     """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone."""
+    assert isinstance(info.module, nn.Conv2d)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
     out_shape = tuple(info.output_shape[1:])
     n_rays = info.fan_in // per_ray
     ch = channels.to(x_in.device)
-    ops, w, valid = handler_for(info.module).weight_operands(x_in, info.module, ch, None)
+    patterns = conv_weight_patterns(x_in, info.module, ch)  # gathered per probe, on demand
+    w = patterns.weights
     n_t = w.shape[0]
     d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
     d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
@@ -167,22 +176,25 @@ def _search_channels(
            for k, n in enumerate(shape)]  # fmt: skip
     row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-    def probe(
-        t: Tensor, i: Tensor, value: Tensor, pattern: Tensor, real: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        # a zero-padded position adds nothing (not d * 0: NaN for d = +-Inf), as the model's
-        # batched convolution computes and fault injection follows
-        delta = value.unsqueeze(-1).to(pattern.device) * pattern
-        delta = torch.where(real.to(delta.device), delta, torch.zeros((), dtype=delta.dtype))
-        pert = ChannelAdd(ch[t.to(ch.device)], delta.reshape(-1, *out_shape))
-        crit, logits = engine.judge(info.layer_num, i, pert)
-        return crit.cpu(), logits.cpu()
+    def probe(t: Tensor, i: Tensor, value: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+        """Criticality and outcome key of the patterns ``value * X_j`` of channels ``t`` on
+        images ``i``; each engine chunk's patterns are gathered when the chunk runs."""
+
+        def elements(a: int, b: int) -> ChannelAdd:
+            pattern, real = patterns(i[a:b], t[a:b], j[a:b])
+            # a zero-padded position adds nothing (not d * 0: NaN for d = +-Inf), as the model's
+            # batched convolution computes and fault injection follows
+            delta = value[a:b].unsqueeze(-1).to(pattern.device) * pattern
+            delta = torch.where(real, delta, torch.zeros((), dtype=delta.dtype))
+            return ChannelAdd(ch[t[a:b].to(ch.device)], delta.reshape(-1, *out_shape))
+
+        crit, keys = engine.verdicts(info.layer_num, i, elements)
+        return crit.cpu(), keys.cpu()
 
     def oracle(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         t, c, i = row_t[rows], row_c[rows], row_i[rows]
         f = order[t, c, row_s[rows], g]
-        j = c * per_ray + f // 32
-        return probe(t, i, d_ray[t, c, f], ops[i, t, j], valid[t, j])
+        return probe(t, i, d_ray[t, c, f], c * per_ray + f // 32)
 
     critical, row_probes, n_bad = _guided_search(members, oracle, shape)
     hit = (critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
@@ -192,7 +204,7 @@ def _search_channels(
         t = nan_t.repeat_interleave(n_img)
         j, bit = nan_j.repeat_interleave(n_img), nan_b.repeat_interleave(n_img)
         i = torch.arange(n_img).repeat(nan_t.numel())
-        crit = probe(t, i, d[t, j, bit], ops[i, t, j], valid[t, j])[0]
+        crit = probe(t, i, d[t, j, bit], j)[0]
         hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
     return hit.double() / (info.fan_in * 32), probes, n_bad

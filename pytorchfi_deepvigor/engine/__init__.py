@@ -34,17 +34,29 @@ that depends on that output is recomputed:
 Outcomes (:class:`Outcome`): masked (logits equal the golden logits within a float tolerance of
 ``1e-5`` relative to the largest golden logit), non-critical SDC (logits differ, same top-1),
 critical (top-1 differs from the golden top-1 of that image), DUE (a NaN or Inf logit; DUEs
-count as critical).
+count as critical). A search that only needs to decide takes
+:meth:`SimulationEngine.verdicts`: per element its criticality and an int64
+:func:`fingerprint` of its logits, each chunk's logits dropped once reduced, so its memory
+stays within the engine's budget whatever the number of elements and classes.
 
 The code is in three rooms: :mod:`.plan` (where the graph is cut, what each value is, the
 prefix), :mod:`.run` (:class:`SimulationEngine`: the golden cache and the batched runs),
-:mod:`.outcomes` (:class:`Outcome`, :func:`classify`, :class:`EngineStats`).
+:mod:`.outcomes` (:class:`Outcome`, :func:`classify`, :func:`fingerprint`,
+:class:`EngineStats`).
 """
 
 from __future__ import annotations
 
-from .outcomes import EngineStats, Outcome, classify
+from .outcomes import EngineStats, Outcome, classify, fingerprint
 from .plan import _plan as _plan  # the tests inspect plans
-from .run import DEFAULT_MEMORY_BYTES, SimulationEngine
+from .run import DEFAULT_MEMORY_BYTES, Elements, SimulationEngine
 
-__all__ = ["SimulationEngine", "Outcome", "EngineStats", "classify", "DEFAULT_MEMORY_BYTES"]
+__all__ = [
+    "SimulationEngine",
+    "Outcome",
+    "EngineStats",
+    "classify",
+    "fingerprint",
+    "Elements",
+    "DEFAULT_MEMORY_BYTES",
+]

@@ -39,6 +39,8 @@ __all__ = [
     "conv_patches",
     "conv_operands",
     "conv_weight_operands",
+    "conv_weight_patterns",
+    "WeightPatterns",
     "conv_operand_means",
     "linear_operands",
     "linear_weight_operands",
@@ -256,6 +258,85 @@ def conv_weight_operands(
         n_pos = out_hw[0] * out_hw[1]
         positions = torch.arange(n_pos, device=x.device).expand(channels.numel(), -1)
     return _gather(x, conv, channels, positions)
+
+
+@dataclass(frozen=True)
+class WeightPatterns:
+    """The operand maps of the weights of some Conv2d filters, gathered per element on demand.
+
+    ``patterns(image, target, weight)`` gives what
+    ``conv_weight_operands(x, conv, channels)`` holds at ``[image, target, weight]`` (the
+    operands of every output position, and their validity) for ``B`` triples at once: ``B x P``
+    values, never the ``I x T x J x P`` of them all. Built by :func:`conv_weight_patterns`.
+
+    Attributes:
+        x: the layer's input ``(I, C_in, H, W)``, not copied (any memory layout).
+        weights: the filters ``(T, J)``.
+        cin: long ``(T, J)``: the input channel each weight reads.
+        rows, cols: long ``(J, P)``: where in ``x`` weight ``j`` meets output position ``p``
+            (0 at zero padding).
+        real: bool ``(J, P)``: ``False`` at zero padding.
+    """
+
+    x: Tensor
+    weights: Tensor
+    cin: Tensor
+    rows: Tensor
+    cols: Tensor
+    real: Tensor
+
+    def __call__(self, image: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Operands ``(B, P)`` (0 at zero padding) and validity ``(B, P)`` of ``B`` triples."""
+        dev = self.x.device
+        image, target, weight = image.to(dev), target.to(dev), weight.to(dev)
+        rows, cols, real = self.rows[weight], self.cols[weight], self.real[weight]
+        ops = self.x[image.unsqueeze(1), self.cin[target, weight].unsqueeze(1), rows, cols]
+        return torch.where(real, ops, torch.zeros((), dtype=ops.dtype, device=dev)), real
+
+
+def conv_weight_patterns(x: Tensor, conv: nn.Conv2d, channels: Tensor) -> WeightPatterns:
+    """:func:`conv_weight_operands` at every position, as a gather per element.
+
+    The padded positions are mapped back onto the input (by padding a map of the input's
+    indices the way the layer pads), so nothing of the size of the input is copied.
+
+    Args:
+        x: the layer's golden input ``(I, C_in, H, W)``.
+        conv: the layer.
+        channels: long ``(T,)`` output channels.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(2, 4, 3, padding=1, groups=2); x = torch.randn(5, 2, 4, 4)
+        >>> ops, _, valid = conv_weight_operands(x, conv, torch.tensor([3, 0]))
+        >>> pat, real = conv_weight_patterns(x, conv, torch.tensor([3, 0]))(
+        ...     torch.tensor([4]), torch.tensor([1]), torch.tensor([7]))
+        >>> bool(pat[0].equal(ops[4, 1, 7])), bool(real[0].equal(valid[1, 7]))
+        (True, True)
+    """
+    geom = conv_geometry(conv)
+    _check_input(x, geom)
+    dev = x.device
+    h, w = x.shape[2:]
+    index = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+    src = torch.stack(index).unsqueeze(0).double()  # (1, 2, H, W): each position's (row, col)
+    if geom.padding_mode == "zeros":
+        src = F.pad(src, geom.pad, value=-1.0)  # -1: a padded zero
+    else:  # padded operands are copies of stored values: the positions they copy
+        src = F.pad(src, geom.pad, mode=geom.padding_mode)
+    src = src[0].long()
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    h_out = (src.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (src.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    pos = torch.arange(h_out * w_out, device=dev)
+    cg = geom.in_channels // geom.groups
+    j = torch.arange(cg * kh * kw, device=dev)
+    pr = (pos // w_out * sh).unsqueeze(0) + ((j % (kh * kw)) // kw * dh).unsqueeze(1)  # (J, P)
+    pc = (pos % w_out * sw).unsqueeze(0) + (j % kw * dw).unsqueeze(1)
+    rows, cols = src[0][pr, pc], src[1][pr, pc]
+    group = channels.long().to(dev) // (geom.out_channels // geom.groups)
+    cin = (group * cg).unsqueeze(1) + j // (kh * kw)  # (T, J)
+    weights = conv.weight.detach()[channels.long()].reshape(channels.numel(), -1)
+    return WeightPatterns(x, weights, cin, rows.clamp_min(0), cols.clamp_min(0), rows >= 0)
 
 
 def linear_weight_operands(

@@ -20,10 +20,11 @@ channels (GroupNorm, LayerNorm) a huge error saturates, and the class flips for 
 ``2^8`` and ``2^64`` but no longer beyond. :func:`checked_search` detects and handles that: it
 probes the largest member of every row first (the largest non-empty bin); where that is not
 critical and the bisection still finds a critical candidate below it, the monotone assumption
-failed, and every member above the bisection's answer is probed (one call). A target (rows
-sharing a ``scope`` id: its images and signs) where any row failed also has its rows without a
-critical candidate scanned, as a critical band may lie between the bisection's probes; a row's
-answer never depends on which other targets share the call. Given the outcomes' fingerprints,
+failed, and every member above the bisection's answer is probed (one call; a large scan in
+calls of at most :data:`SCAN_PROBES` pairs). A target (rows sharing a ``scope`` id: its images
+and signs) where any row failed also has its rows without a critical candidate scanned, as a
+critical band may lie between the bisection's probes; a row's answer never depends on which
+other targets share the call. Given the outcomes' fingerprints (one int64 key per outcome),
 a row whose bisection meets the largest member's very outcome stops there (saturation; see
 :func:`checked_search`). It returns the criticality of every candidate, not only the smallest
 critical one, so the VF counts exactly the bins found critical.
@@ -53,6 +54,7 @@ __all__ = [
     "Oracle",
     "SearchResult",
     "CheckedSearch",
+    "SCAN_PROBES",
     "bisect_search",
     "checked_search",
     "full_scan",
@@ -62,8 +64,17 @@ __all__ = [
 
 Oracle = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, Tensor]"]
 """``oracle(rows, grid_idx) -> critical``: long ``(P,)``, long ``(P,)`` -> bool ``(P,)``; for
-:func:`checked_search` optionally ``(critical, fingerprint)`` with a float32 ``(P, F)``
-fingerprint of each outcome (the logits)."""
+:func:`checked_search` optionally ``(critical, fingerprint)`` with an int64 ``(P,)`` key of each
+outcome, equal exactly where the outcomes are bitwise equal (a hash of the logits' bytes:
+:func:`~pytorchfi_deepvigor.engine.outcomes.fingerprint`; a search keeps one key per row, never
+the logits)."""
+
+_TABLE_CELLS = 1 << 20  # (row, candidate) cells sorted at once building a rank table
+
+SCAN_PROBES = 1 << 18
+"""Probes per oracle call of :func:`checked_search`'s scan: the scan of a large group is
+issued in calls of at most this many (row, candidate) pairs, so the oracle's work and answers
+stay bounded whatever the number of rows and candidates."""
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,9 @@ def _ask_fp(oracle: Oracle, rows: Tensor, grid_idx: Tensor) -> tuple[Tensor, Ten
     fp = None
     if isinstance(out, tuple):
         out, fp = out
-        if fp.shape[0] != rows.shape[0] or fp.dtype != torch.float32:
+        if fp.shape != rows.shape or fp.dtype != torch.int64:
             raise ValueError(
-                f"oracle fingerprints must be float32 ({rows.numel()}, F), got {fp.dtype} "
+                f"oracle fingerprints must be int64 ({rows.numel()},), got {fp.dtype} "
                 f"{tuple(fp.shape)}"
             )
     if out.shape != rows.shape or out.dtype != torch.bool:
@@ -112,6 +123,32 @@ def _ask_fp(oracle: Oracle, rows: Tensor, grid_idx: Tensor) -> tuple[Tensor, Ten
             f"oracle must return bool ({rows.numel()},), got {out.dtype} {tuple(out.shape)}"
         )
     return out, fp
+
+
+def _rank_table(cand: Tensor) -> Tensor:
+    """Per row, the grid indices of its candidates in increasing order, then ``K`` (none).
+
+    ``(R, K + 1)``: int16 (int32 from ``K = 2^15 - 1`` on), sorted a block of rows at a time,
+    so building it costs a few bytes per (row, candidate), not the 8 of a long.
+    """
+    n_rows, k = cand.shape
+    dtype = torch.int16 if k < 2**15 - 1 else torch.int32
+    table = torch.full((n_rows, k + 1), k, dtype=dtype, device=cand.device)
+    ar = torch.arange(k, dtype=dtype, device=cand.device)
+    none = torch.tensor(k, dtype=dtype, device=cand.device)
+    step = max(1, _TABLE_CELLS // max(1, k))
+    for a in range(0, n_rows, step):
+        table[a : a + step, :k] = torch.sort(torch.where(cand[a : a + step], ar, none)).values
+    return table
+
+
+def _largest(members: Tensor) -> Tensor:
+    """The largest member of each row, ``-1`` for an empty row: long ``(R,)``."""
+    n_rows, k = members.shape
+    if not k:
+        return torch.full((n_rows,), -1, dtype=torch.long, device=members.device)
+    last = k - 1 - members.flip(1).to(torch.uint8).argmax(dim=1)  # the first maximum's index
+    return torch.where(members.any(dim=1), last, -1)
 
 
 def bisect_search(members: Tensor, oracle: Oracle, first: int | None = None) -> SearchResult:
@@ -133,9 +170,7 @@ def bisect_search(members: Tensor, oracle: Oracle, first: int | None = None) -> 
     if first is not None:
         cand[nonempty, first] = True
     n = cand.sum(dim=1)
-    ar = torch.arange(k, device=dev)
-    table = torch.sort(torch.where(cand, ar, k + ar), dim=1).values.clamp_max(k)  # rank -> g
-    table = torch.cat([table, torch.full((n_rows, 1), k, device=dev)], dim=1)
+    table = _rank_table(cand)  # rank -> g
     lo = torch.zeros(n_rows, dtype=torch.long, device=dev)
     hi = n.clone()  # the answer's rank lies in [lo, hi]; rank n means none
     probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
@@ -153,12 +188,12 @@ def bisect_search(members: Tensor, oracle: Oracle, first: int | None = None) -> 
         if rows.numel() == 0:
             break
         mid = (lo[rows] + hi[rows]) // 2
-        crit = _ask(oracle, rows, table[rows, mid])
+        crit = _ask(oracle, rows, table[rows, mid].long())
         hi[rows] = torch.where(crit, mid, hi[rows])
         lo[rows] = torch.where(crit, lo[rows], mid + 1)
         probes[rows] += 1
         rounds += 1
-    index = table.gather(1, lo.unsqueeze(1)).squeeze(1)
+    index = table.gather(1, lo.unsqueeze(1)).squeeze(1).long()
     return SearchResult(index=index, probes=probes, rounds=rounds)
 
 
@@ -197,7 +232,7 @@ def checked_search(
     Args:
         members: bool ``(R, K)``: the candidates of each row.
         oracle: evaluates a batch of (row, grid index) pairs; it may return ``(critical,
-            fingerprint)``, a float ``(P, F)`` fingerprint of each outcome (the logits), which
+            fingerprint)``, an int64 ``(P,)`` key of each outcome (see :data:`Oracle`), which
             lets a row stop early where the outcome is saturated (see below).
         first: the first probe of the bisection (see :func:`bisect_search`).
         scope: long ``(R,)``: the target of each row; rows without a critical candidate are
@@ -234,7 +269,7 @@ def checked_search(
     n_rows, k = _check(members, first)
     dev = members.device
     ar = torch.arange(k, device=dev)
-    largest = torch.where(members, ar, -1).amax(dim=1) if k else torch.full((n_rows,), -1)
+    largest = _largest(members)
     probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
     top = torch.zeros(n_rows, dtype=torch.bool, device=dev)
     top_fp: Tensor | None = None
@@ -244,7 +279,7 @@ def checked_search(
         crit, fp = _ask_fp(oracle, rows, largest[rows])
         top[rows] = crit
         if fp is not None:
-            top_fp = fp.new_zeros((n_rows, fp.shape[1]))
+            top_fp = fp.new_zeros(n_rows)
             top_fp[rows] = fp
         probes[rows] += 1
         rounds += 1
@@ -254,8 +289,7 @@ def checked_search(
     if first is not None:
         cand[nonempty, first] = True
     n = cand.sum(dim=1)
-    table = torch.sort(torch.where(cand, ar, k + ar), dim=1).values.clamp_max(k)
-    table = torch.cat([table, torch.full((n_rows, 1), k, device=dev)], dim=1)
+    table = _rank_table(cand)
     rank_top = torch.where(
         largest >= 0, (cand & (ar.view(1, -1) < largest.view(-1, 1))).sum(dim=1), -1
     )
@@ -269,13 +303,12 @@ def checked_search(
         saturated = torch.zeros_like(crit)
         if bool(ask.any()):
             r = rows[ask]
-            c, fp = _ask_fp(oracle, r, table[r, rank[ask]])
+            c, fp = _ask_fp(oracle, r, table[r, rank[ask]].long())
             crit[ask] = c
             probes[r] += 1
             rounds += 1
             if fp is not None and top_fp is not None:
-                same = (fp.view(torch.int32) == top_fp[r].view(torch.int32)).all(dim=1)
-                saturated[ask] = ~c & same & ~top[r]
+                saturated[ask] = ~c & (fp == top_fp[r]) & ~top[r]
         hi[rows] = torch.where(crit, rank, hi[rows])
         lo[rows] = torch.where(crit, lo[rows], rank + 1)
         done = rows[saturated]
@@ -302,7 +335,7 @@ def checked_search(
         if rows.numel() == 0:
             break
         step(rows, (lo[rows] + hi[rows]) // 2)
-    index = table.gather(1, lo.unsqueeze(1)).squeeze(1)
+    index = table.gather(1, lo.unsqueeze(1)).squeeze(1).long()
     found = index < k
     critical = ar.view(1, -1) >= index.view(-1, 1)
     non_monotone = found & ~top & (largest > index)
@@ -311,21 +344,31 @@ def checked_search(
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
         scan |= failed[scope] & ~found  # a band may hide between the probes
-    above = ar.view(1, -1) > torch.where(found, index, -1).view(-1, 1)
-    want = members & scan.view(-1, 1) & above
-    has_top = largest >= 0
-    want[has_top.nonzero().squeeze(1), largest[has_top]] = False  # probed first
-    if bool(scan.any()):
-        critical[scan] = False
+    left = scan.nonzero().squeeze(1)  # the rows to scan: every member above the answer
+    if left.numel():
+        critical[left] = False
         hit = scan & found
         critical[hit, index[hit]] = True
-        top_rows = (scan & has_top).nonzero().squeeze(1)
+        top_rows = (scan & (largest >= 0)).nonzero().squeeze(1)
         critical[top_rows, largest[top_rows]] = top[top_rows]
-    rows_s, g_s = want.nonzero(as_tuple=True)
-    if rows_s.numel():
+    answer = torch.where(found, index, -1)[left]
+    want = members[left] & (ar.view(1, -1) > answer.view(-1, 1))  # (S, K): scanned rows only
+    tops = largest[left]
+    want[(tops >= 0).nonzero().squeeze(1), tops[tops >= 0]] = False  # probed first
+    per_row = want.sum(dim=1)
+    probes[left] += per_row
+    keep = per_row > 0
+    left, want = left[keep], want[keep]
+    ends = per_row[keep].cumsum(0)  # asked in calls of whole rows, about SCAN_PROBES pairs each
+    start = 0
+    while start < left.numel():
+        before = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(torch.searchsorted(ends, before + SCAN_PROBES, right=True)))
+        sub, g_s = want[start:stop].nonzero(as_tuple=True)
+        rows_s = left[start:stop][sub]
         critical[rows_s, g_s] = _ask_fp(oracle, rows_s, g_s)[0]
-        probes += want.sum(dim=1)
         rounds += 1
+        start = stop
     return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
 
 

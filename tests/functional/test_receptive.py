@@ -12,6 +12,7 @@ from pytorchfi_deepvigor.functional.receptive import (
     conv_operands,
     conv_patches,
     conv_weight_operands,
+    conv_weight_patterns,
     linear_operand_means,
     linear_operands,
     linear_weight_operands,
@@ -125,6 +126,27 @@ def test_operand_means_are_the_gathered_operands_mean_over_real_positions(name: 
     assert torch.equal(w, w2) and torch.equal(n_real, valid.sum(-1).to(n_real.dtype))
     want = ops.sum(-1) / valid.sum(-1).clamp_min(1)
     assert means.shape == want.shape and torch.allclose(means, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("name", list(CONVS))
+def test_weight_patterns_are_the_gathered_operands_bit_for_bit(name: str, layout: str) -> None:
+    """Gathered per (image, filter, weight) on demand: the very operands and validity of
+    conv_weight_operands (zeros at padding), whatever the input's memory layout."""
+    torch.manual_seed(0)
+    conv = CONVS[name]()
+    x = _input(conv)
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    channels = torch.tensor([conv.out_channels - 1, 0, 1])
+    ops, w, valid = conv_weight_operands(x, conv, channels)
+    patterns = conv_weight_patterns(x, conv, channels)
+    grid = torch.meshgrid(*(torch.arange(n) for n in ops.shape[:3]), indexing="ij")
+    i, t, j = (v.flatten() for v in grid)
+    got, real = patterns(i, t, j)
+    assert torch.equal(patterns.weights, w) and torch.equal(real, valid[t, j])
+    assert torch.equal(got.view(torch.int32), ops[i, t, j].view(torch.int32))
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (3, 4, 5), (3, 2, 3, 5)], ids=["2-D", "tokens", "maps"])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pytorchfi_deepvigor.functional import search
 from pytorchfi_deepvigor.functional.search import (
     bisect_search,
     checked_search,
@@ -98,6 +99,10 @@ def test_search_input_errors() -> None:
         bisect_search(torch.ones(2, K, dtype=torch.bool), lambda r, g: r > 0, first=K)
     with pytest.raises(ValueError, match="oracle must return bool"):
         bisect_search(torch.ones(2, K, dtype=torch.bool), lambda r, g: r.float())
+    with pytest.raises(ValueError, match=r"oracle fingerprints must be int64 \(2,\)"):
+        checked_search(
+            torch.ones(2, K, dtype=torch.bool), lambda r, g: (r > 0, torch.zeros(r.numel(), 3))
+        )
 
 
 def test_margin_loss_is_the_sum_of_golden_minus_other_logits() -> None:
@@ -184,7 +189,7 @@ def test_checked_search_stops_where_the_outcome_saturates(seed: int) -> None:
 
     def judged(rows: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         level = torch.where(saturates[rows], torch.minimum(g, sat[rows]), g)
-        return plain(rows, g), torch.stack([level.float(), rows.float()], dim=1)
+        return plain(rows, g), level * members.shape[0] + rows  # one int64 key per outcome
 
     never = threshold == K  # rows whose outcome is never critical
     threshold[~never & saturates] = K  # saturation only where nothing is critical
@@ -250,3 +255,44 @@ def test_guesses_find_a_band_below_a_non_critical_largest_member(seed: int) -> N
     assert ((out.critical & members)[hit] == truth[hit]).all()  # found, then scanned: exact
     missed = below & ~hit
     assert not (out.critical & members)[missed].any() and (out.probes[missed] <= 3).all()
+
+
+def test_a_large_scan_is_asked_in_pieces_of_whole_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's (row, candidate) pairs go to the oracle in calls of at most SCAN_PROBES
+    (whole rows; a longer row alone): the same answers as in one call."""
+    members, lo, hi = band_rows(0)
+    scope = torch.arange(members.shape[0]) // 4
+    calls: list[torch.Tensor] = []
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        calls.append(rows)
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    whole = checked_search(members, oracle, first=ONE, scope=scope)
+    assert whole.scanned.any() and calls[-1].numel() > 7
+    scan = calls[whole.rounds - 1 :]  # one call
+    calls.clear()
+    monkeypatch.setattr(search, "SCAN_PROBES", 7)  # below some rows' own length
+    pieces = checked_search(members, oracle, first=ONE, scope=scope)
+    assert pieces.critical.equal(whole.critical) and pieces.probes.equal(whole.probes)
+    parts = calls[whole.rounds - 1 :]
+    assert pieces.rounds == len(calls) and len(parts) > 1
+    assert torch.cat(parts).equal(scan[0])  # the same pairs, in the same order
+    assert all(p.numel() <= 7 or p.unique().numel() == 1 for p in parts)
+    ends = [int(p[-1]) for p in parts[:-1]]
+    assert all(int(p[0]) > e for p, e in zip(parts[1:], ends, strict=True))  # whole rows
+
+
+@pytest.mark.parametrize("k", [K, 2**15 + 3], ids=["int16-table", "int32-table"])
+def test_searches_on_long_candidate_lists(k: int) -> None:
+    """The rank table is int16 below 2^15 - 1 candidates, int32 beyond: the same answers."""
+    gen = torch.Generator().manual_seed(4)
+    members = torch.rand(6, k, generator=gen) < 0.3
+    members[0] = False
+    members[1, : k - 1] = False  # only the last candidate
+    threshold = torch.randint(0, k + 1, (6,), generator=gen)
+    fast = bisect_search(members, CountingOracle(threshold))
+    assert fast.index.equal(full_scan(members, CountingOracle(threshold)).index)
+    checked = checked_search(members, CountingOracle(threshold))
+    assert checked.index.equal(fast.index) and fast.index.dtype == torch.long
+    assert checked.critical.equal(torch.arange(k) >= checked.index[:, None])
