@@ -390,17 +390,18 @@ def analyse(
     model and images is given), instrumented."""
     started = Seconds.now()
     eng = engine or SimulationEngine(model, images, device=s.device)
-    inner, seconds, flops = eng.run, {}, {}
+    # every suffix run (run, judge, critical, verdicts) goes through the engine's chunk loop
+    inner, seconds, flops = eng._each_chunk, {}, {}
 
-    def run(layer_num: int, image_idx: Tensor, perturbation: Any) -> Tensor:
+    def chunks(layer_num: int, image_idx: Tensor, perturbation: Any, reduce: Any) -> Any:
         before = eng.stats.suffix_flops
-        out, dt = timed(s.device, inner, layer_num, image_idx, perturbation)
+        out, dt = timed(s.device, inner, layer_num, image_idx, perturbation, reduce)
         seconds[layer_num] = seconds.get(layer_num, 0.0) + dt.wall
         f = eng.stats.suffix_flops - before  # executed: early exits do not count
         flops[layer_num] = flops.get(layer_num, 0.0) + f
         return out
 
-    eng.run = run  # type: ignore[method-assign]
+    eng._each_chunk = chunks  # type: ignore[method-assign]
     try:
         res = DeepVigorAnalyzer(eng).analyze(
             target=target,
@@ -410,7 +411,7 @@ def analyse(
             **options,  # type: ignore[arg-type]
         )
     finally:
-        del eng.run  # the engine's own method again
+        del eng._each_chunk  # the engine's own method again
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     first = eng.catalogue[0]
