@@ -243,8 +243,8 @@ def _guided_search(
     answer = (members[rows] & (torch.arange(k) < res.index.view(-1, 1))).sum(dim=1)
     n_groups = int(group.max()) + 1
     found = (res.index < k).view(n_groups, -1)
-    guess = torch.where(found, answer.view(n_groups, -1).double(), torch.nan).nanmedian(dim=1)
-    guess = guess.values.nan_to_num(nan=k).long()  # where the guides found a critical fault
+    median = torch.where(found, answer.view(n_groups, -1).double(), torch.nan).nanmedian(dim=1)
+    guess = median.values.nan_to_num(nan=k).long()  # where the guides found a critical fault
     floor = torch.where(found, answer.view(n_groups, -1), k).amin(dim=1)
     lowest = torch.where(res.critical & members[rows], rank_of[rows], k).amin(dim=1)
     band = torch.full((n_groups,), k, dtype=torch.long)

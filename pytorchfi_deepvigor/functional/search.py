@@ -360,15 +360,15 @@ def checked_search(
     keep = per_row > 0
     left, want = left[keep], want[keep]
     ends = per_row[keep].cumsum(0)  # asked in calls of whole rows, about SCAN_PROBES pairs each
-    start = 0
-    while start < left.numel():
-        before = int(ends[start - 1]) if start else 0
-        stop = max(start + 1, int(torch.searchsorted(ends, before + SCAN_PROBES, right=True)))
-        sub, g_s = want[start:stop].nonzero(as_tuple=True)
-        rows_s = left[start:stop][sub]
+    a = 0
+    while a < left.numel():
+        before = int(ends[a - 1]) if a else 0
+        b = max(a + 1, int(torch.searchsorted(ends, before + SCAN_PROBES, right=True)))
+        sub, g_s = want[a:b].nonzero(as_tuple=True)
+        rows_s = left[a:b][sub]
         critical[rows_s, g_s] = _ask_fp(oracle, rows_s, g_s)[0]
         rounds += 1
-        start = stop
+        a = b
     return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
 
 
