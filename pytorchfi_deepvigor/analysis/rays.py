@@ -56,7 +56,7 @@ from pytorchfi_deepvigor.bits import flip_all_bits
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns
-from pytorchfi_deepvigor.functional.search import Oracle, checked_search
+from pytorchfi_deepvigor.functional.search import SCAN_PROBES, Oracle, checked_search
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
 __all__ = [
@@ -255,8 +255,8 @@ def _guided_search(
         return critical, probes, n_bad
     upper = members[rows] & (rank_of[rows] >= band[group[rows]].view(-1, 1))
     r_u, g_u = upper.nonzero(as_tuple=True)
-    for a in range(0, r_u.numel(), _ROW_BUDGET):  # the band: each member its own probe
-        r, g = rows[r_u[a : a + _ROW_BUDGET]], g_u[a : a + _ROW_BUDGET]
+    for a in range(0, r_u.numel(), SCAN_PROBES):  # the band: each member its own probe,
+        r, g = rows[r_u[a : a + SCAN_PROBES]], g_u[a : a + SCAN_PROBES]  # in the search's pieces
         crit = oracle(r, g)
         critical[r, g] = crit[0] if isinstance(crit, tuple) else crit
         probes.index_add_(0, r, torch.ones_like(r))
