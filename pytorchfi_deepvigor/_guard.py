@@ -7,7 +7,7 @@ restored afterwards, also when the call raises.
 The argument checks are shared by the engine, the analyser, the campaigns and the CLI, so one
 argument gets one validation and one message everywhere: :func:`check_layers`,
 :func:`check_positive_int`, :func:`check_device`, :func:`check_images`,
-:func:`check_float32_model`, :func:`check_model_output` (a classifier's logits ``(N, classes)``,
+:func:`check_float_model`, :func:`check_model_output` (a classifier's logits ``(N, classes)``,
 checked on two images before any work) and :func:`check_output_dir`.
 """
 
@@ -22,10 +22,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pytorchfi_deepvigor.bits import SUPPORTED_DTYPES
+
 __all__ = [
     "DEVICE_HINT",
     "check_device",
-    "check_float32_model",
+    "check_float_model",
     "check_images",
     "check_layers",
     "check_model_output",
@@ -67,25 +69,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def check_float32_model(model: nn.Module) -> None:
-    """Raise ``TypeError`` unless every floating parameter and buffer of ``model`` is float32."""
+def check_float_model(model: nn.Module) -> torch.dtype:
+    """The one float format of ``model`` (float32, float16 or bfloat16), or ``TypeError``.
+
+    Every floating parameter and buffer must share it: the fault model's words are the model's
+    own (a float16 weight is a 16-bit word), and the suffix runs in that format so an overflow
+    to Inf happens where the model's overflows.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    found: dict[torch.dtype, str] = {}
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and tensor.dtype != torch.float32:
-            raise TypeError(
-                f"fp32 fault models need a float32 model, but {name!r} is {tensor.dtype}; "
-                "convert it with model.float()"
-            )
+        if tensor.is_floating_point():
+            found.setdefault(tensor.dtype, name)
+    unsupported = [d for d in found if d not in SUPPORTED_DTYPES]
+    if unsupported:
+        raise TypeError(
+            f"fault models need float32, float16 or bfloat16 words, but "
+            f"{found[unsupported[0]]!r} is {unsupported[0]}; convert the model with "
+            "model.float(), model.half() or model.bfloat16()"
+        )
+    if len(found) > 1:
+        names = ", ".join(f"{n!r} is {d}" for d, n in found.items())
+        raise TypeError(
+            f"the model mixes float formats ({names}); convert it to one with model.float(), "
+            "model.half() or model.bfloat16()"
+        )
+    return next(iter(found), torch.float32)
 
 
-def check_images(images: object) -> torch.Tensor:
-    """Validate an analysis batch: a non-empty, finite float32 tensor with a batch dimension."""
+def check_images(images: object, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Validate an analysis batch: a non-empty, finite tensor of the model's float format
+    ``dtype`` with a batch dimension."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"expected images as a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.float32:
+    if images.dtype != dtype:
+        convert = {torch.float32: "float()", torch.float16: "half()", torch.bfloat16: "bfloat16()"}
         raise TypeError(
-            f"expected float32 images, got {images.dtype}; convert them with images.float()"
+            f"expected {dtype} images (the model's format), got {images.dtype}; convert them "
+            f"with images.{convert.get(dtype, 'float()')}"
         )
     if images.dim() < 2:
         raise ValueError(

@@ -19,19 +19,24 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_FAULT_MODEL",
+    "FAULT_KINDS",
     "SUPPORTED_DTYPES",
+    "FaultModel",
     "bit_field",
     "bit_width",
     "flip_all_bits",
     "flip_bit",
     "lsb_first",
     "msb_first",
+    "parse_fault_model",
     "stuck_at",
 ]
 
@@ -202,3 +207,243 @@ def bit_field(bit: int, dtype: torch.dtype = torch.float32) -> BitField:
     if bit == width - 1:
         return "sign"
     return "exponent" if bit >= mantissa else "mantissa"
+
+
+# ----------------------------------------------------------------------------- fault models
+FAULT_KINDS: tuple[str, ...] = ("flip", "stuck-at", "mbu2", "mbu3")
+"""The kinds of fault a :class:`FaultModel` injects into one stored word:
+
+* ``"flip"``: one bit inverted (a single-event upset);
+* ``"stuck-at"``: one bit forced to 0 and, as another fault, to 1 (two faults per bit);
+* ``"mbu2"``, ``"mbu3"``: 2 or 3 adjacent bits of the word inverted together (the common shape
+  of a multi-bit upset: one particle strike across neighbouring cells).
+"""
+
+DEFAULT_FAULT_MODEL = "flip"
+"""The default: single bit flips, every bit of the model's own float format."""
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _field_bits(name: str, dtype: torch.dtype) -> range:
+    _, width, mantissa = _layout(dtype)
+    if name == "sign":
+        return range(width - 1, width)
+    if name == "exponent":
+        return range(mantissa, width - 1)
+    return range(0, mantissa)
+
+
+def _parse_bits(text: str, dtype: torch.dtype) -> tuple[int, ...]:
+    """``"exponent,31"`` or ``"23-30"`` -> the sorted bit positions (LSB = 0)."""
+    width = bit_width(dtype)
+    chosen: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if part in ("sign", "exponent", "mantissa"):
+            chosen.update(_field_bits(part, dtype))
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(
+                f"bad bit selection {part!r} in {text!r}: expected sign, exponent, mantissa, "
+                "a bit (e.g. 30) or a range (e.g. 23-30), comma separated"
+            ) from None
+        a, b = min(a, b), max(a, b)
+        if a < 0 or b >= width:
+            raise ValueError(f"bit selection {part!r} outside [0, {width - 1}] for {dtype}")
+        chosen.update(range(a, b + 1))
+    if not chosen:
+        raise ValueError(f"empty bit selection in {text!r}")
+    return tuple(sorted(chosen))
+
+
+def _ranges(bits: tuple[int, ...]) -> str:
+    """``(23, 24, 25, 31)`` -> ``"23-25,31"``."""
+    out, start = [], bits[0]
+    for prev, cur in zip(bits, (*bits[1:], None), strict=True):
+        if cur != prev + 1 if cur is not None else True:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            if cur is not None:
+                start = cur
+    return ",".join(out)
+
+
+def _signed(mask: int, width: int) -> int:
+    return mask - 2**width if mask >= 2 ** (width - 1) else mask
+
+
+@dataclass(frozen=True)
+class FaultModel:
+    """Which faulty values a fault writes into one stored word: shared by FI and the analysis.
+
+    A fault model is a list of *patterns*: pattern ``p`` touches the bits of ``masks[p //
+    multiplicity]`` of the word, by inversion (``flip``, ``mbu2``, ``mbu3``) or by forcing them
+    to ``p % multiplicity`` (``stuck-at``: two patterns per bit). The word is the value in the
+    model's own float format ``dtype`` (float32, float16 or bfloat16): a float16 model's weight
+    is a 16-bit word. Every fault of a site is one pattern; a campaign's population is sites x
+    patterns, and a VF is the critical fraction of those faults.
+
+    Build one from its name with :func:`parse_fault_model` (``"flip"``, ``"stuck-at"``,
+    ``"mbu2"``, ``"mbu3"``, each optionally restricted to some bits: ``"flip:exponent"``,
+    ``"mbu2:23-30"``, ``"stuck-at:31"``).
+
+    Attributes:
+        kind: one of :data:`FAULT_KINDS`.
+        dtype: the float format of the stored words.
+        bits: the bits the faults may touch, ascending (LSB = 0); a multi-bit upset touches
+            ``n`` adjacent bits that all lie in ``bits``.
+
+    Example:
+        >>> m = parse_fault_model("mbu2:29-31")
+        >>> m.name, m.n_patterns, [m.pattern_bits(p) for p in range(m.n_patterns)]
+        ('mbu2:29-31', 2, [(29, 30), (30, 31)])
+        >>> m.faulty(torch.tensor([1.0]), torch.tensor([0]))  # 0x3F800000 -> 0x5F800000
+        tensor([1.8447e+19])
+    """
+
+    kind: str
+    dtype: torch.dtype = torch.float32
+    bits: tuple[int, ...] = ()
+    masks: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"expected a fault kind in {FAULT_KINDS}, got {self.kind!r}")
+        width = bit_width(self.dtype)
+        bits = tuple(sorted(set(self.bits))) if self.bits else tuple(range(width))
+        if bits[0] < 0 or bits[-1] >= width:
+            raise ValueError(f"bits {bits} outside [0, {width - 1}] for {self.dtype}")
+        object.__setattr__(self, "bits", bits)
+        span = {"mbu2": 2, "mbu3": 3}.get(self.kind, 1)
+        chosen = set(bits)
+        masks = tuple(
+            ((1 << span) - 1) << b for b in bits if all(b + i in chosen for i in range(span))
+        )
+        if not masks:
+            raise ValueError(
+                f"{self.kind} needs {span} adjacent bits inside the selection {_ranges(bits)}"
+            )
+        object.__setattr__(self, "masks", masks)
+
+    @property
+    def width(self) -> int:
+        """Bits of one stored word: 32 or 16."""
+        return bit_width(self.dtype)
+
+    @property
+    def multiplicity(self) -> int:
+        """Patterns per mask: 2 for stuck-at (0 and 1), else 1."""
+        return 2 if self.kind == "stuck-at" else 1
+
+    @property
+    def n_patterns(self) -> int:
+        """Faults per site."""
+        return len(self.masks) * self.multiplicity
+
+    @property
+    def name(self) -> str:
+        """The model's name as :func:`parse_fault_model` reads it (the format is separate)."""
+        if self.bits == tuple(range(self.width)):
+            return self.kind
+        return f"{self.kind}:{_ranges(self.bits)}"
+
+    @property
+    def format(self) -> str:
+        """``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+        return _DTYPE_NAMES[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.format})"
+
+    def with_dtype(self, dtype: torch.dtype) -> FaultModel:
+        """The same kind and bits in another format (the bits must exist there)."""
+        if dtype == self.dtype:
+            return self
+        if self.bits == tuple(range(self.width)):
+            return FaultModel(self.kind, dtype)
+        return FaultModel(self.kind, dtype, self.bits)
+
+    def pattern_bits(self, pattern: int) -> tuple[int, ...]:
+        """The bit positions pattern ``pattern`` touches (LSB = 0)."""
+        mask = self.masks[pattern // self.multiplicity]
+        return tuple(b for b in range(self.width) if mask >> b & 1)
+
+    def pattern_value(self, pattern: int) -> int:
+        """-1 for an inversion, else the level a stuck-at pattern forces (0 or 1)."""
+        return pattern % 2 if self.kind == "stuck-at" else -1
+
+    def _int_masks(self, device: torch.device) -> Tensor:
+        int_dtype, width, _ = _layout(self.dtype)
+        values = [_signed(m, width) for m in self.masks]
+        return torch.tensor(values, dtype=torch.int64, device=device).to(int_dtype)
+
+    def _check(self, x: Tensor) -> Tensor:
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"the fault model {self} faults {self.dtype} words, got a {x.dtype} tensor"
+            )
+        return x
+
+    def all_faulty(self, x: Tensor) -> Tensor:
+        """Every pattern of every element: ``(*x.shape, n_patterns)``, in ``x``'s dtype."""
+        ints = self._check(x).view(_layout(self.dtype)[0]).unsqueeze(-1)
+        masks = self._int_masks(x.device)
+        if self.kind != "stuck-at":
+            return torch.bitwise_xor(ints, masks).view(self.dtype)
+        low = torch.bitwise_and(ints, ~masks)
+        high = torch.bitwise_or(ints, masks)
+        return torch.stack([low, high], dim=-1).flatten(-2).view(self.dtype)
+
+    def faulty(self, x: Tensor, pattern: Tensor) -> Tensor:
+        """``x`` with pattern ``pattern[i]`` applied to element ``i`` (broadcast), x's dtype."""
+        pattern = torch.as_tensor(pattern, device=x.device)
+        if pattern.numel() and (int(pattern.min()) < 0 or int(pattern.max()) >= self.n_patterns):
+            raise ValueError(f"patterns outside [0, {self.n_patterns}) of {self}")
+        ints = self._check(x).view(_layout(self.dtype)[0])
+        masks = self._int_masks(x.device)[pattern // self.multiplicity]
+        if self.kind != "stuck-at":
+            return torch.bitwise_xor(ints, masks).view(self.dtype)
+        high = (pattern % 2).bool()
+        out = torch.where(high, torch.bitwise_or(ints, masks), torch.bitwise_and(ints, ~masks))
+        return out.view(self.dtype)
+
+    def deltas(self, x: Tensor) -> Tensor:
+        """float32 ``faulty - x`` of every pattern: ``(*x.shape, n_patterns)``.
+
+        float16 and bfloat16 values are exact in float32, so the difference is the change the
+        fault makes, rounded once (an overflow to +-Inf is one, as in the model).
+        """
+        return self.all_faulty(x).float() - x.float().unsqueeze(-1)
+
+
+def parse_fault_model(
+    spec: str | FaultModel = DEFAULT_FAULT_MODEL, dtype: torch.dtype = torch.float32
+) -> FaultModel:
+    """A :class:`FaultModel` from its name, in the float format ``dtype``.
+
+    Args:
+        spec: ``"<kind>"`` or ``"<kind>:<bits>"``, kind in :data:`FAULT_KINDS`, bits a comma
+            list of ``sign``, ``exponent``, ``mantissa``, bit numbers and ranges ``a-b``
+            (LSB = 0, in the format's own numbering: float16's exponent is 10-14). A
+            :class:`FaultModel` is returned in ``dtype``.
+        dtype: float32, float16 or bfloat16: the format of the words the faults hit.
+
+    Raises:
+        ValueError: for an unknown kind or a bad bit selection, naming what is accepted.
+    """
+    _layout(dtype)
+    if isinstance(spec, FaultModel):
+        return spec.with_dtype(dtype)
+    if not isinstance(spec, str):
+        raise TypeError(f"expected a fault model name (str), got {type(spec).__name__}")
+    kind, sep, rest = spec.strip().partition(":")
+    if kind not in FAULT_KINDS:
+        raise ValueError(
+            f"unknown fault model {spec!r}: expected one of {', '.join(FAULT_KINDS)}, "
+            "optionally with bits after a colon (e.g. 'flip:exponent', 'mbu2:23-30')"
+        )
+    if not sep:
+        return FaultModel(kind, dtype)
+    return FaultModel(kind, dtype, _parse_bits(rest, dtype))

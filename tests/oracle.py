@@ -33,36 +33,59 @@ from torch import nn
 __all__ = ["Fault", "Oracle", "flip", "stuck"]
 
 
-def flip(x: torch.Tensor, bit: int) -> torch.Tensor:
-    """``x`` (float32) with bit ``bit`` (LSB = 0) flipped, through numpy's uint32 view."""
-    a = x.detach().cpu().numpy().astype(np.float32).copy()
-    a.view(np.uint32)[...] ^= np.uint32(1 << bit)
-    return torch.from_numpy(a).to(x.device)
+def _words(x: torch.Tensor) -> np.ndarray:
+    """The stored words of ``x`` (float32, float16 or bfloat16) as numpy unsigned ints."""
+    if x.dtype == torch.float32:
+        return x.detach().cpu().numpy().copy().view(np.uint32)
+    if x.dtype == torch.float16:
+        return x.detach().cpu().numpy().copy().view(np.uint16)
+    if x.dtype == torch.bfloat16:  # numpy has no bfloat16: its 16 bits, read through int16
+        return x.detach().cpu().view(torch.int16).numpy().copy().view(np.uint16)
+    raise TypeError(f"the oracle has no words for {x.dtype}")
 
 
-def stuck(x: torch.Tensor, bit: int, level: int) -> torch.Tensor:
-    """``x`` (float32) with bit ``bit`` stuck at ``level`` (0 or 1)."""
-    a = x.detach().cpu().numpy().astype(np.float32).copy()
-    u = a.view(np.uint32)
+def _values(words: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    if like.dtype == torch.float32:
+        return torch.from_numpy(words.view(np.float32)).to(like.device)
+    if like.dtype == torch.float16:
+        return torch.from_numpy(words.view(np.float16)).to(like.device)
+    return torch.from_numpy(words.view(np.int16)).view(torch.bfloat16).to(like.device)
+
+
+def flip(x: torch.Tensor, bit: int, mask: int | None = None) -> torch.Tensor:
+    """``x`` with bit ``bit`` (LSB = 0), or every bit of ``mask``, inverted in its own word."""
+    u = _words(x)
+    u ^= u.dtype.type(1 << bit if mask is None else mask)
+    return _values(u, x)
+
+
+def stuck(x: torch.Tensor, bit: int, level: int, mask: int | None = None) -> torch.Tensor:
+    """``x`` with bit ``bit`` (or every bit of ``mask``) stuck at ``level`` (0 or 1)."""
+    u = _words(x)
+    m = u.dtype.type(1 << bit if mask is None else mask)
     if level:
-        u[...] |= np.uint32(1 << bit)
+        u |= m
     else:
-        u[...] &= ~np.uint32(1 << bit)
-    return torch.from_numpy(a).to(x.device)
+        u &= ~m
+    return _values(u, x)
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``value`` -1 is a bit flip, 0/1 a stuck-at."""
+    """One fault: ``value`` -1 is an inversion, 0/1 a stuck-at; of bit ``bit``, or of every
+    bit of ``mask`` when it is given (a multi-bit upset)."""
 
     target: str
     layer: str
     site: int | tuple[int, int]
     bit: int
     value: int = -1
+    mask: int | None = None
 
     def faulty(self, x: torch.Tensor) -> torch.Tensor:
-        return flip(x, self.bit) if self.value < 0 else stuck(x, self.bit, self.value)
+        if self.value < 0:
+            return flip(x, self.bit, self.mask)
+        return stuck(x, self.bit, self.value, self.mask)
 
 
 def _positions(out: torch.Tensor, module: nn.Module) -> tuple[int, ...]:

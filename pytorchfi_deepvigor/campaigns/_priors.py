@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pytorchfi_deepvigor.campaigns import _run
-from pytorchfi_deepvigor.campaigns.faults import BITS, FaultEvaluator, FaultPopulation, layer_weight
+from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, layer_weight
 from pytorchfi_deepvigor.functional.sfi import weight_bit_prior
 
 __all__ = ["Pilot", "PriorSpec", "check_prior", "resolve_priors"]
@@ -47,15 +47,17 @@ def check_prior(prior: PriorSpec) -> None:
         return
     if isinstance(prior, str):
         raise ValueError(
-            f"expected prior None, 'bit-statistics', 'pilot', a Pilot or 32 floats, got {prior!r}"
+            "expected prior None, 'bit-statistics', 'pilot', a Pilot or one float per mask of "
+            f"the fault model (32 for float32 flips), got {prior!r}"
         )
     try:
         values = np.asarray(prior, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"expected prior as 32 floats (index = bit), got {prior!r}") from exc
-    if values.shape != (BITS,):
+        raise TypeError(f"expected prior as floats (index = bit), got {prior!r}") from exc
+    if values.ndim != 1 or values.size == 0:
         raise ValueError(
-            f"expected a prior of 32 values (index = bit, LSB = 0), got shape {values.shape}"
+            "expected a prior of one value per mask of the fault model (32 for float32 "
+            f"flips: index = bit, LSB = 0), got shape {values.shape}"
         )
     if not ((values > 0.0) & (values < 1.0)).all():
         raise ValueError(
@@ -81,21 +83,28 @@ def resolve_priors(
     chunks: Mapping[int, int],
     log: _run.RankedLog | None = None,
 ) -> tuple[list[np.ndarray], _run.Executed]:
-    """One 32-vector of priors per population, and the pilot's work (empty without a pilot).
+    """One vector of priors per population (one value per mask of its fault model: 32 for
+    float32 flips), and the pilot's work (empty without a pilot).
 
     A pilot draws its faults from ``rng`` before the campaign draws its sample.
     """
     none = _run.Executed({})
     if prior is None or (isinstance(prior, str) and prior == "bit-statistics"):
-        return [weight_bit_prior(_values(evaluator, p)).numpy() for p in pops], none
+        return [weight_bit_prior(_values(evaluator, p), p.model).numpy() for p in pops], none
     if not (isinstance(prior, Pilot) or (isinstance(prior, str) and prior == "pilot")):
         vector = np.asarray(prior, dtype=np.float64)
+        for p in pops:
+            if vector.shape != (p.n_strata,):
+                raise ValueError(
+                    f"the prior has {vector.size} values, but the fault model {p.model} has "
+                    f"{p.n_strata} masks: give one value per mask (index = mask, LSB first)"
+                )
         return [vector.copy() for _ in pops], none
     pilot = prior if isinstance(prior, Pilot) else Pilot()
     units = []
     for pop in pops:
         ids = []
-        for bit in range(BITS):
+        for bit in range(pop.n_strata):
             stratum = pop.stratum(bit)
             k = min(pilot.faults_per_bit, len(stratum))
             ids.append(np.sort(rng.choice(len(stratum), k, replace=False)) + stratum.start)

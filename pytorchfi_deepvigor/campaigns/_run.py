@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_layers as _check_layers
+from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 from pytorchfi_deepvigor.campaigns.faults import (
-    FAULT_MODELS,
     FaultEvaluator,
     FaultPopulation,
     chunk_size,
@@ -77,10 +78,10 @@ def check_target(target: str) -> str:
     return target
 
 
-def check_fault_model(fault_model: str) -> str:
-    if fault_model not in FAULT_MODELS:
-        raise ValueError(f"expected fault_model in {FAULT_MODELS}, got {fault_model!r}")
-    return fault_model
+def check_fault_model(fault_model: str | FaultModel, dtype: torch.dtype) -> FaultModel:
+    """The fault model named ``fault_model`` in the model's format ``dtype`` (a clear
+    ``ValueError`` naming the accepted names otherwise)."""
+    return parse_fault_model(fault_model, dtype)
 
 
 def check_seed(seed: object) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytorchfi_deepvigor.campaigns import _run
-from pytorchfi_deepvigor.campaigns.faults import BITS, FaultPopulation
+from pytorchfi_deepvigor.campaigns.faults import FaultPopulation
 from pytorchfi_deepvigor.functional.sfi import (
     MarginExceededWarning,
     sample_size,
@@ -82,7 +82,7 @@ def plan(
     else:
         for i, p in enumerate(pops):
             n_b = len(p.stratum(0))
-            for bit in range(BITS):
+            for bit in range(p.n_strata):
                 prior = 0.5 if priors is None else float(priors[i][bit])
                 strata.append(
                     Stratum(p.layer.layer_num, bit, n_b, sample_size(n_b, e, t, prior), prior)

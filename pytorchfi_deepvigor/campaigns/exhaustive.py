@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pytorchfi_deepvigor._guard import check_positive_int
+from pytorchfi_deepvigor.bits import FaultModel
 from pytorchfi_deepvigor.campaigns import _run
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
@@ -71,7 +72,7 @@ class ExhaustiveCampaign:
         channels: Channels = None,
         channel_ratio: float | None = None,
         neurons: Neurons = None,
-        fault_model: str = "flip",
+        fault_model: str | FaultModel = "flip",
         seed: int = 0,
         progress_dir: str | Path | None = None,
         progress: bool = False,
@@ -87,7 +88,10 @@ class ExhaustiveCampaign:
                 layer without replacement (the paper: 0.15). Default: every channel.
             neurons: operands only: ``{layer: [(c, h, w), ...]}`` (``h = w = 0`` for Linear), or
                 ``"all"``; default: ``max(1, floor(log2(H * W)))`` seeded neurons per channel.
-            fault_model: ``"flip"`` or ``"stuck-at"`` (stuck-at-0 and stuck-at-1).
+            fault_model: the fault model's name (:func:`~pytorchfi_deepvigor.bits.parse_fault_model`:
+                ``"flip"``, ``"stuck-at"``, ``"mbu2"``, ``"mbu3"``, optionally with bits, e.g.
+                ``"flip:exponent"``) or a ``FaultModel``; faults hit words of the model's
+                own float format (16-bit words in a float16 or bfloat16 model).
             seed: seed of every random draw (channels, neurons).
             progress_dir: directory of the progress file; a rerun with the same arguments
                 continues from it.
@@ -101,7 +105,7 @@ class ExhaustiveCampaign:
         """
         started = time.perf_counter()
         target = _run.check_target(target)
-        fault_model = _run.check_fault_model(fault_model)
+        model = _run.check_fault_model(fault_model, self.engine.dtype)
         seed = _run.check_seed(seed)
         if layers is None:  # a {layer: ...} mapping names the layers it covers
             given = neurons if isinstance(neurons, Mapping) else channels
@@ -121,13 +125,14 @@ class ExhaustiveCampaign:
             info = self.engine.layer(num)
             chans = _channels(info, channels, channel_ratio, rng)
             sites, picked = _sites(info, target, chans, neurons, rng)
-            population = FaultPopulation(info, target, fault_model, sites)  # type: ignore[arg-type]
+            population = FaultPopulation(info, target, model, sites)  # type: ignore[arg-type]
             units.append(_run.WorkUnit(f"L{num}", population, np.arange(population.size)))
             picks[num] = (chans, picked)
         chunks = _run.chunk_sizes(self.engine, layer_nums, self.faults_per_chunk)
         options = {
             "target": target,
-            "fault_model": fault_model,
+            "fault_model": model.name,
+            "number_format": model.format,
             "layers": layer_nums,
             "channel_ratio": channel_ratio,
             "channels": {str(n): [int(c) for c in p[0]] for n, p in picks.items()},

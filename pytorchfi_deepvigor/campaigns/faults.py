@@ -1,10 +1,15 @@
 """Fault populations and the one per-fault evaluation shared by every campaign.
 
-A :class:`FaultPopulation` is every single fault of one target over a set of sites of one
-layer: each (site, bit) pair with a bit flip, or with stuck-at-0 and stuck-at-1 (population x 2,
-as Ruospo et al. count). Faults are numbered so that each bit is one contiguous stratum::
+A :class:`FaultPopulation` is every fault of one target over a set of sites of one layer under
+one :class:`~pytorchfi_deepvigor.bits.FaultModel`: each (site, pattern) pair. The default model
+flips one bit (32 patterns in float32, 16 in float16/bfloat16); stuck-at has stuck-at-0 and
+stuck-at-1 per bit (population x 2, as Ruospo et al. count); a multi-bit upset inverts 2 or 3
+adjacent bits. Faults are numbered so that each mask (a bit, or a run of adjacent bits) is one
+contiguous stratum::
 
-    fault_id = (bit * multiplicity + polarity) * n_sites + site
+    fault_id = (mask * multiplicity + polarity) * n_sites + site
+
+For the single-bit models the stratum is the bit.
 
 Sites, per target:
 
@@ -32,7 +37,7 @@ input with the operand flipped, the neuron's value replaced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -40,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from pytorchfi_deepvigor._guard import eval_mode
-from pytorchfi_deepvigor.bits import flip_bit, stuck_at
+from pytorchfi_deepvigor.bits import FaultModel, flip_bit, parse_fault_model, stuck_at
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.perturbations import (
@@ -63,10 +68,11 @@ __all__ = [
 ]
 
 FaultTarget = Literal["weights", "operands", "stored"]
-FaultModel = Literal["flip", "stuck-at"]
 FAULT_TARGETS: tuple[str, ...] = ("weights", "operands", "stored")
-FAULT_MODELS: tuple[str, ...] = ("flip", "stuck-at")
+FAULT_MODELS: tuple[str, ...] = ("flip", "stuck-at", "mbu2", "mbu3")
+"""The fault kinds; each takes an optional bit selection (``"flip:exponent"``)."""
 BITS = 32
+"""Bits of a float32 word (the default format)."""
 _Index = TypeVar("_Index", np.ndarray, torch.Tensor)
 
 
@@ -77,7 +83,10 @@ class FaultPopulation:
     Attributes:
         layer: the catalogue entry of the layer.
         target: ``"weights"``, ``"operands"`` or ``"stored"``.
-        fault_model: ``"flip"`` or ``"stuck-at"`` (stuck-at-0 and stuck-at-1 per bit).
+        fault_model: the fault model's name (``"flip"``, ``"stuck-at"``, ``"mbu2:23-30"``...,
+            see :func:`~pytorchfi_deepvigor.bits.parse_fault_model`) or a
+            :class:`~pytorchfi_deepvigor.bits.FaultModel`; kept as its name, the model itself
+            in :attr:`model`, in the format of the layer's weight (the model's own dtype).
         sites: int64 site coordinates, ``[S]`` (weights, stored) or ``[S, 2]`` (operands).
 
     Example:
@@ -90,14 +99,16 @@ class FaultPopulation:
 
     layer: LayerInfo
     target: FaultTarget
-    fault_model: FaultModel
+    fault_model: str | FaultModel
     sites: np.ndarray
+    model: FaultModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.target not in FAULT_TARGETS:
             raise ValueError(f"expected target in {FAULT_TARGETS}, got {self.target!r}")
-        if self.fault_model not in FAULT_MODELS:
-            raise ValueError(f"expected fault_model in {FAULT_MODELS}, got {self.fault_model!r}")
+        model = parse_fault_model(self.fault_model, layer_weight(self.layer).dtype)
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "fault_model", model.name)
         sites = np.asarray(self.sites, dtype=np.int64)
         if sites.ndim != (2 if self.target == "operands" else 1):
             raise ValueError(f"unexpected site array of shape {sites.shape} for {self.target}")
@@ -109,29 +120,40 @@ class FaultPopulation:
 
     @property
     def multiplicity(self) -> int:
-        """Faults per (site, bit): 1 for flips, 2 for stuck-at-0/1."""
-        return 2 if self.fault_model == "stuck-at" else 1
+        """Faults per (site, mask): 1 for inversions, 2 for stuck-at-0/1."""
+        return self.model.multiplicity
+
+    @property
+    def n_strata(self) -> int:
+        """Masks of the fault model: the bits of a single-bit model (32 in float32)."""
+        return len(self.model.masks)
 
     @property
     def size(self) -> int:
-        """Number of faults: sites x 32 bits x multiplicity."""
-        return self.n_sites * BITS * self.multiplicity
+        """Number of faults: sites x patterns (32 bit flips per float32 site)."""
+        return self.n_sites * self.model.n_patterns
 
-    def stratum(self, bit: int) -> range:
-        """The fault ids of one bit (both polarities for stuck-at): a contiguous range."""
+    def stratum(self, mask: int) -> range:
+        """The fault ids of one mask (both polarities for stuck-at): a contiguous range."""
         width = self.multiplicity * self.n_sites
-        return range(bit * width, (bit + 1) * width)
+        return range(mask * width, (mask + 1) * width)
 
     def decode(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(site index, bit, value) of each fault id; value -1 is a flip, 0/1 a stuck-at."""
+        """(site index, mask, value) of each fault id; value -1 is an inversion, 0/1 a
+        stuck-at. For the single-bit models the mask is the bit (LSB = 0)."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.size):
             raise ValueError(f"fault ids out of range [0, {self.size})")
         site = ids % self.n_sites
         rest = ids // self.n_sites
-        bit, polarity = rest // self.multiplicity, rest % self.multiplicity
-        value = polarity if self.fault_model == "stuck-at" else np.full_like(ids, -1)
-        return site, bit, value
+        mask, polarity = rest // self.multiplicity, rest % self.multiplicity
+        value = polarity if self.model.kind == "stuck-at" else np.full_like(ids, -1)
+        return site, mask, value
+
+    def patterns(self, ids: np.ndarray) -> np.ndarray:
+        """The fault model's pattern of each fault id (:meth:`FaultModel.faulty`)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids // self.n_sites
 
     def channels(self, ids: np.ndarray) -> np.ndarray:
         """Output channel (or Linear feature) each fault of ``ids`` affects."""
@@ -156,6 +178,14 @@ def faulty_values(x: torch.Tensor, bit: torch.Tensor, value: torch.Tensor) -> to
         flip_bit(x, bit),
         torch.where(value == 0, stuck_at(x, bit, 0), stuck_at(x, bit, 1)),
     )
+
+
+@dataclass(frozen=True)
+class _Faults:
+    """A batch's faults: the model and each fault's pattern."""
+
+    model: FaultModel
+    pattern: torch.Tensor
 
 
 def _pads(info: LayerInfo) -> tuple[int, int, int, int]:
@@ -274,16 +304,15 @@ class FaultEvaluator:
         self, population: FaultPopulation, ids: np.ndarray
     ) -> tuple[torch.Tensor, Perturbation]:
         """Image indices and perturbation of a batch: fault-major, every image per fault."""
-        site_idx, bit_np, value_np = population.decode(ids)
+        site_idx = population.decode(ids)[0]
         device = self.engine.device
         sites = torch.as_tensor(population.sites[site_idx], device=device)
-        bit = torch.as_tensor(bit_np, device=device)
-        value = torch.as_tensor(value_np, device=device)
+        fault = _Faults(population.model, torch.as_tensor(population.patterns(ids), device=device))
         n_img = self.engine.num_images
         image_idx = torch.arange(n_img, device=device).repeat(len(site_idx))
         make = {"weights": self._weights, "operands": self._operands, "stored": self._stored}
         with torch.no_grad():
-            return image_idx, make[population.target](population.layer, sites, bit, value)
+            return image_idx, make[population.target](population.layer, sites, fault)
 
     def counts(self, population: FaultPopulation, ids: np.ndarray) -> np.ndarray:
         """Per fault, how many images end masked, SDC, critical, DUE: int64 ``[F, 4]``."""
@@ -295,13 +324,13 @@ class FaultEvaluator:
         return out.numpy()
 
     # ------------------------------------------------------------------ per target
-    def _weights(
-        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
-    ) -> Perturbation:
+    def _weights(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
         weight = layer_weight(info).reshape(-1)
         w = weight[sites]
-        faulty = faulty_values(w, bit, value)
-        if info.weight_transform:
+        faulty = fault.model.faulty(w, fault.pattern)
+        if info.weight_transform or w.dtype != torch.float32:
+            # float16/bfloat16: the layer's own kernel with the faulty weight (its rounding
+            # of the sum, not the golden output's rounding plus the change's)
             return self._own_weights(info, sites, faulty)
         dw = faulty - w
         k, j = sites // info.fan_in, sites % info.fan_in
@@ -349,9 +378,7 @@ class FaultEvaluator:
             outs.append(y.movedim(-1, 1) if info.channel_last else y)
         return OutputSet(torch.cat(outs))
 
-    def _own_operands(
-        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
-    ) -> Perturbation:
+    def _own_operands(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
         """Each operand fault through the layer's own forward: the input value the operand
         reads flipped, the neuron's value taken from the result (``NeuronSet``)."""
         if getattr(info.module, "padding_mode", "zeros") != "zeros":
@@ -382,7 +409,7 @@ class FaultEvaluator:
         for f, at in enumerate(where):
             xf = flat.clone()
             idx: tuple[slice | int, ...] = (slice(None), *at)
-            xf[idx] = faulty_values(xf[idx], bit[f : f + 1], value[f : f + 1])
+            xf[idx] = fault.model.faulty(xf[idx], fault.pattern[f : f + 1])
             with eval_mode(info.module):
                 y = info.module(xf.reshape(x.shape))
             y = y.movedim(-1, 1) if info.channel_last else y
@@ -391,11 +418,9 @@ class FaultEvaluator:
             values.append(y[:, int(channel[f]), p])
         return self._neuron(NeuronSet, channel, row, col, torch.stack(values, 1))
 
-    def _operands(
-        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
-    ) -> Perturbation:
-        if info.weight_transform:
-            return self._own_operands(info, sites, bit, value)
+    def _operands(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
+        if info.weight_transform or layer_weight(info).dtype != torch.float32:
+            return self._own_operands(info, sites, fault)
         neuron, j = sites[:, 0], sites[:, 1]
         if info.kind == "Linear" and not info.channel_last:
             channel, row, col = neuron, torch.zeros_like(neuron), torch.zeros_like(neuron)
@@ -409,18 +434,16 @@ class FaultEvaluator:
             channel, row, col, ci, prow, pcol = _operand_coords(info, neuron, j)
             x = self._padded_input(info)[:, ci, prow, pcol]
         w = layer_weight(info).reshape(-1)[channel * info.fan_in + j]
-        delta = (faulty_values(x, bit[None, :], value[None, :]) - x) * w[None, :]
+        delta = (fault.model.faulty(x, fault.pattern[None, :]) - x) * w[None, :]
         return self._neuron(NeuronAdd, channel, row, col, delta)
 
-    def _stored(
-        self, info: LayerInfo, sites: torch.Tensor, bit: torch.Tensor, value: torch.Tensor
-    ) -> Perturbation:
+    def _stored(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
         out = self.engine.layer_output(info.layer_num)
         x = out.reshape(out.shape[0], -1)[:, sites]  # [I, F]
         per_channel = info.neurons_per_channel
         channel, pos = sites // per_channel, sites % per_channel
         width = info.output_shape[2] if len(info.output_shape) == 3 else 1
-        faulty = faulty_values(x, bit[None, :], value[None, :])
+        faulty = fault.model.faulty(x, fault.pattern[None, :])
         return self._neuron(NeuronSet, channel, pos // width, pos % width, faulty)
 
     def _neuron(

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_positive_int
+from pytorchfi_deepvigor.bits import FaultModel
 from pytorchfi_deepvigor.campaigns import _run, _sampling
 from pytorchfi_deepvigor.campaigns._priors import Pilot, PriorSpec, check_prior, resolve_priors
 from pytorchfi_deepvigor.campaigns._sampling import SamplingPlan, Stratum
@@ -90,11 +92,11 @@ class StatisticalCampaign:
         e: float = 0.01,
         t: float = 2.58,
         prior: PriorSpec = None,
-        fault_model: str = "flip",
+        fault_model: str | FaultModel = "flip",
         seed: int = 0,
     ) -> SamplingPlan:
         """The strata and sample sizes :meth:`run` would use (a pilot prior runs its pilot)."""
-        args = _check(variant, target, e, t, prior, fault_model, seed)
+        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
         pops = self._populations(args.target, args.fault_model, layers)
         rng = np.random.default_rng(args.seed)
         priors = None
@@ -120,7 +122,7 @@ class StatisticalCampaign:
         e: float = 0.01,
         t: float = 2.58,
         prior: PriorSpec = None,
-        fault_model: str = "flip",
+        fault_model: str | FaultModel = "flip",
         seed: int = 0,
         progress_dir: str | Path | None = None,
         progress: bool = False,
@@ -135,8 +137,11 @@ class StatisticalCampaign:
             t: confidence quantile (2.58: 99%).
             prior: data-aware only: ``None``/``"bit-statistics"`` (from the bit statistics of
                 the layer's weights, or its golden input/output values for operand/stored
-                faults), a 32-vector (index = bit, LSB = 0), ``"pilot"`` or a :class:`Pilot`.
-            fault_model: ``"flip"`` or ``"stuck-at"`` (stuck-at-0 and stuck-at-1).
+                faults), one value per mask of the fault model (32 for float32 flips: index = bit,
+                LSB = 0), ``"pilot"`` or a :class:`Pilot`.
+            fault_model: the fault model's name or a ``FaultModel``, as in
+                :meth:`ExhaustiveCampaign.run`; strata are its masks (the bits of a single-bit
+                model).
             seed: seed of every draw (pilot and sample).
             progress_dir: directory of the progress file; a rerun continues from it.
             progress: show a tqdm progress bar.
@@ -145,7 +150,7 @@ class StatisticalCampaign:
             A ``VulnerabilityResult`` (method ``"sfi-<variant>"``) with per-layer margins.
         """
         started = time.perf_counter()
-        args = _check(variant, target, e, t, prior, fault_model, seed)
+        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
         pops = self._populations(args.target, args.fault_model, layers)
         nums = [p.layer.layer_num for p in pops]
         chunks = _run.chunk_sizes(self.engine, nums, self.faults_per_chunk)
@@ -214,11 +219,19 @@ class _Args:
     e: float
     t: float
     fault_model: str
+    number_format: str
     seed: int
 
 
 def _check(
-    variant: str, target: str, e: float, t: float, prior: PriorSpec, fault_model: str, seed: int
+    variant: str,
+    target: str,
+    e: float,
+    t: float,
+    prior: PriorSpec,
+    fault_model: str | FaultModel,
+    seed: int,
+    dtype: torch.dtype,
 ) -> _Args:
     if variant not in VARIANTS:
         raise ValueError(f"expected variant in {VARIANTS}, got {variant!r}")
@@ -229,12 +242,21 @@ def _check(
     if prior is not None and variant != "data-aware":
         raise ValueError(f"prior only applies to variant='data-aware', not {variant!r}")
     check_prior(prior)
+    model = _run.check_fault_model(fault_model, dtype)
+    if prior is not None and not isinstance(prior, str | Pilot):
+        given = np.asarray(prior, dtype=np.float64).size
+        if given != len(model.masks):
+            raise ValueError(
+                f"expected a prior of {len(model.masks)} values, one per mask of the fault "
+                f"model {model} (index = bit, LSB = 0, for single-bit models), got {given}"
+            )
     return _Args(
         variant=variant,
         target=_run.check_target(target),
         e=float(e),
         t=float(t),
-        fault_model=_run.check_fault_model(fault_model),
+        fault_model=model.name,
+        number_format=model.format,
         seed=_run.check_seed(seed),
     )
 

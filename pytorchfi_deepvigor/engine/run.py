@@ -18,7 +18,7 @@ from torch import nn
 
 from .._guard import (
     check_device,
-    check_float32_model,
+    check_float_model,
     check_images,
     check_model_output,
     check_positive_int,
@@ -167,8 +167,8 @@ class SimulationEngine:
         fold_batchnorm: bool = False,
         channels_last: bool | None = None,
     ) -> None:
-        check_float32_model(model)
-        check_images(images)
+        self.dtype = check_float_model(model)
+        check_images(images, self.dtype)
         max_batch = check_positive_int(max_batch, "max_batch")
         memory_bytes = check_positive_int(memory_bytes, "memory_bytes")
         device = check_device(device)

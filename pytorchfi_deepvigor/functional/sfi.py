@@ -34,7 +34,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from pytorchfi_deepvigor.bits import bit_width, flip_all_bits
+from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, FaultModel, parse_fault_model
 
 __all__ = [
     "RUOSPO_PRIOR",
@@ -232,7 +232,13 @@ def stratified_margin(
     return margin
 
 
-def weight_bit_prior(weights: Tensor, *, threshold: float = 1.0, floor: float = 1e-4) -> Tensor:
+def weight_bit_prior(
+    weights: Tensor,
+    fault_model: FaultModel | None = None,
+    *,
+    threshold: float = 1.0,
+    floor: float = 1e-4,
+) -> Tensor:
     """A data-aware per-bit prior from a layer's weight bit statistics.
 
     A flip is *dangerous* when it moves a weight by more than ``threshold`` times the layer's
@@ -247,15 +253,21 @@ def weight_bit_prior(weights: Tensor, *, threshold: float = 1.0, floor: float = 
     that can only shrink a weight, larger values for the sign and for exponent bits that grow
     a weight by 4x-16x.
 
+    Under another fault model the same holds per mask (a bit, or a run of adjacent bits; both
+    levels of a stuck-at), and a mask with the exponent's MSB gets 0.5.
+
     Args:
         weights: a layer's weights, float32/float16/bfloat16, any shape, finite.
+        fault_model: the faults (default: single bit flips in the weights' format).
         threshold: danger threshold relative to ``max|w|`` (> 0).
         floor: smallest prior (in (0, 0.5]).
 
     Returns:
-        float64 tensor ``[bits]``, index = bit (LSB = 0).
+        float64 tensor ``[masks]``: index = bit (LSB = 0) for single-bit models.
     """
-    width = bit_width(weights.dtype)
+    model = parse_fault_model(
+        DEFAULT_FAULT_MODEL if fault_model is None else fault_model, weights.dtype
+    )
     if weights.numel() == 0:
         raise ValueError("expected a non-empty weight tensor for the bit prior")
     if not bool(torch.isfinite(weights).all()):
@@ -266,10 +278,12 @@ def weight_bit_prior(weights: Tensor, *, threshold: float = 1.0, floor: float = 
         raise ValueError(f"expected floor in (0, 0.5], got {floor}")
     flat = weights.detach().reshape(-1)
     limit = threshold * float(flat.abs().max())
-    dangerous = torch.zeros(width, dtype=torch.float64, device=flat.device)
+    dangerous = torch.zeros(model.n_patterns, dtype=torch.float64, device=flat.device)
     for chunk in flat.split(_CHUNK):
-        delta = (flip_all_bits(chunk).double() - chunk.double().unsqueeze(-1)).abs()
+        delta = model.deltas(chunk).double().abs()
         dangerous += (delta.nan_to_num(nan=math.inf) > limit).sum(0)
-    prior = (dangerous / flat.numel()).clamp(floor, 0.5)
-    prior[width - 2] = 0.5
+    per_mask = dangerous.view(-1, model.multiplicity).mean(1)
+    prior = (per_mask / flat.numel()).clamp(floor, 0.5)
+    msb = 1 << (model.width - 2)
+    prior[torch.tensor([bool(m & msb) for m in model.masks])] = 0.5
     return prior.cpu()

@@ -135,7 +135,7 @@ def test_each_layer_records_its_cost() -> None:
     "kwargs, error, match",
     [
         ({"target": "bias"}, ValueError, "expected target 'weights'"),
-        ({"fault_model": "bitflip"}, ValueError, "expected fault_model in"),
+        ({"fault_model": "bitflip"}, ValueError, "unknown fault model"),
         ({"channel_ratio": 1.5}, ValueError, r"channel_ratio in \(0, 1\], got 1.5"),
         ({"channel_ratio": 0.0}, ValueError, r"channel_ratio in \(0, 1\]"),
         ({"channels": [0], "channel_ratio": 0.5}, ValueError, "either channels or channel_ratio"),

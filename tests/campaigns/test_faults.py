@@ -114,7 +114,7 @@ def test_population_rejects_bad_arguments() -> None:
     info = SimulationEngine(nn.Linear(3, 2), torch.zeros(1, 3)).layer(0)
     with pytest.raises(ValueError, match="expected target in"):
         FaultPopulation(info, "bias", "flip", np.arange(2))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="expected fault_model in"):
+    with pytest.raises(ValueError, match="unknown fault model"):
         FaultPopulation(info, "weights", "stuck", np.arange(2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fault ids out of range"):
         FaultPopulation(info, "weights", "flip", np.arange(2)).decode(np.array([64]))

@@ -129,7 +129,7 @@ def test_same_seed_same_result_other_seed_other_sample(vgg_truth) -> None:
         ({"variant": "data-aware", "prior": [0.0] * 32}, ValueError, r"prior value in \(0, 1\)"),
         ({"variant": "data-aware", "prior": "oracle"}, ValueError, "expected prior None"),
         ({"target": "bias"}, ValueError, "expected target 'weights'"),
-        ({"fault_model": "stuck"}, ValueError, "expected fault_model in"),
+        ({"fault_model": "stuck"}, ValueError, "unknown fault model"),
         ({"seed": -1}, ValueError, "non-negative int"),
         ({"layers": [9]}, ValueError, "out of range"),
         ({"progress_dir": 3}, TypeError, "progress_dir as a str or Path"),

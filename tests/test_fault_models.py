@@ -1,0 +1,250 @@
+"""Fault models beyond float32 single bit flips (issue 23): the words, then FI against the oracle.
+
+1. :class:`~pytorchfi_deepvigor.bits.FaultModel` against a brute-force definition: every value
+   packed with ``struct`` (``<f`` for float32, ``<e`` for float16, the top half of ``<f`` for
+   bfloat16), the pattern applied with Python integer arithmetic, unpacked.
+2. Fault injection in float16 and bfloat16 models and under multi-bit upsets and stuck-at,
+   fault for fault against :mod:`oracle` (the word changed in the user's own model, its own
+   forward in its own format).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from oracle import Fault, Oracle
+from oracle_models import ORACLE_MODELS, oracle_images
+
+from pytorchfi_deepvigor import ExhaustiveCampaign, SimulationEngine
+from pytorchfi_deepvigor.bits import FAULT_KINDS, FaultModel, parse_fault_model
+from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
+from pytorchfi_deepvigor.engine import Outcome
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WIDTH = {"fp32": 32, "fp16": 16, "bf16": 16}
+# (sign, exponent bits, mantissa bits) per format, LSB = 0
+FIELDS = {"fp32": (31, range(23, 31), range(0, 23)), "fp16": (15, range(10, 15), range(0, 10)),
+          "bf16": (15, range(7, 15), range(0, 7))}  # fmt: skip
+
+SPECIALS = [0.0, -0.0, 1.0, -1.5, 3.0e-5, 6.0e-8, 65504.0, 1e-40, math.inf, -math.inf, math.nan]
+
+
+def _word(value: float, fmt: str) -> int:
+    if fmt == "fp32":
+        return struct.unpack("<I", struct.pack("<f", value))[0]
+    if fmt == "fp16":
+        return struct.unpack("<H", struct.pack("<e", value))[0]
+    return struct.unpack("<I", struct.pack("<f", value))[0] >> 16  # bf16: exact inputs only
+
+
+def _bits(t: torch.Tensor) -> list[int]:
+    width = 32 if t.dtype == torch.float32 else 16
+    view = torch.int32 if width == 32 else torch.int16
+    return [v & (2**width - 1) for v in t.contiguous().view(view).reshape(-1).tolist()]
+
+
+def _expected_masks(kind: str, bits: list[int]) -> list[int]:
+    """The masks of a kind over a selection of bits, from the definition."""
+    span = {"mbu2": 2, "mbu3": 3}.get(kind, 1)
+    chosen = set(bits)
+    return [
+        sum(1 << (b + i) for i in range(span))
+        for b in sorted(chosen)
+        if all(b + i in chosen for i in range(span))
+    ]
+
+
+def _reference(word: int, mask: int, kind: str, level: int) -> int:
+    if kind == "stuck-at":
+        return word | mask if level else word & ~mask
+    return word ^ mask
+
+
+SELECTIONS = {
+    "": lambda fmt: list(range(WIDTH[fmt])),
+    ":exponent": lambda fmt: list(FIELDS[fmt][1]),
+    ":sign,mantissa": lambda fmt: [FIELDS[fmt][0], *FIELDS[fmt][2]],
+    ":3-6,9": lambda fmt: [3, 4, 5, 6, 9],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(DTYPES))
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+@pytest.mark.parametrize("selection", sorted(SELECTIONS))
+def test_patterns_against_struct(fmt: str, kind: str, selection: str) -> None:
+    dtype = DTYPES[fmt]
+    bits = SELECTIONS[selection](fmt)
+    masks = _expected_masks(kind, bits)
+    if not masks:
+        with pytest.raises(ValueError, match="adjacent bits"):
+            parse_fault_model(kind + selection, dtype)
+        return
+    model = parse_fault_model(kind + selection, dtype)
+    assert list(model.masks) == masks
+    levels = (0, 1) if kind == "stuck-at" else (-1,)
+    assert model.n_patterns == len(masks) * len(levels)
+    gen = torch.Generator().manual_seed(len(fmt) + len(kind) + len(selection))
+    values = torch.cat([torch.tensor(SPECIALS), torch.randn(64, generator=gen) * 3]).to(dtype)
+    words = _bits(values)
+    got = model.all_faulty(values)
+    assert got.shape == (*values.shape, model.n_patterns) and got.dtype == dtype
+    for p in range(model.n_patterns):
+        mask, level = masks[p // len(levels)], levels[p % len(levels)]
+        want = [_reference(w, mask, kind, level) for w in words]
+        assert _bits(got[..., p]) == want, (fmt, kind, selection, p)
+        assert model.pattern_bits(p) == tuple(b for b in range(WIDTH[fmt]) if mask >> b & 1)
+        assert model.pattern_value(p) == level
+        one = model.faulty(values, torch.full(values.shape, p))
+        assert _bits(one) == want
+    delta = model.deltas(values)
+    assert delta.dtype == torch.float32
+    finite = torch.isfinite(values)
+    ref = got[finite].float() - values[finite].float().unsqueeze(-1)
+    assert torch.equal(delta[finite].nan_to_num(7.0), ref.nan_to_num(7.0))
+
+
+def test_float32_words_against_struct_floats() -> None:
+    """The float32 flip of 1.0's exponent MSB is +Inf; float16's is 65504's neighbour: Inf."""
+    assert parse_fault_model("flip").faulty(torch.tensor([1.0]), torch.tensor([30])).item() == (
+        math.inf
+    )
+    half = parse_fault_model("flip", torch.float16)
+    assert half.faulty(torch.tensor([1.0], dtype=torch.float16), torch.tensor([14])).item() == (
+        math.inf
+    )
+    assert _word(1.0, "fp16") ^ (1 << 14) == 0x7C00  # +Inf in float16
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("flop", "unknown fault model"),
+        ("flip:40", "outside"),
+        ("flip:exp", "bad bit selection"),
+        ("mbu3:3,5,7", "adjacent bits"),
+    ],
+)
+def test_bad_names_say_what_is_accepted(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_fault_model(spec)
+
+
+def test_names_round_trip() -> None:
+    for fmt, dtype in DTYPES.items():
+        for spec in ("flip", "stuck-at", "mbu2", "mbu3", "flip:exponent", "mbu2:sign,exponent"):
+            model = parse_fault_model(spec, dtype)
+            assert parse_fault_model(model.name, dtype) == model
+            assert model.format == fmt
+    assert parse_fault_model("flip:exponent").name == "flip:23-30"
+    assert parse_fault_model("flip:exponent", torch.float16).name == "flip:10-14"
+    assert isinstance(parse_fault_model(FaultModel("mbu2"), torch.bfloat16), FaultModel)
+
+
+# ------------------------------------------------------------------- FI against the oracle
+def _package(engine: SimulationEngine, pop: FaultPopulation) -> np.ndarray:
+    evaluator = FaultEvaluator(engine)
+    out = []
+    for ids in np.array_split(np.arange(pop.size), max(1, pop.size // 64)):
+        image_idx, perturbation = evaluator.perturbation(pop, ids)
+        codes = engine.outcomes(pop.layer.layer_num, image_idx, perturbation)
+        out.append((codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _oracle(oracle: Oracle, pop: FaultPopulation, kind: str, masks: list[int]) -> np.ndarray:
+    levels = (0, 1) if kind == "stuck-at" else (-1,)
+    rows = []
+    for f in range(pop.size):
+        s, p = f % pop.n_sites, f // pop.n_sites
+        mask, level = masks[p // len(levels)], levels[p % len(levels)]
+        where = pop.sites[s]
+        site = tuple(int(a) for a in where) if where.ndim else int(where)
+        fault = Fault(pop.target, pop.layer.name, site, 0, level, mask)
+        rows.append(oracle.critical(fault).cpu().numpy())
+    return np.stack(rows)
+
+
+CASES = [
+    ("norms", "fp16", "flip"),
+    ("norms", "bf16", "flip"),
+    ("norms", "fp32", "mbu2"),
+    ("norms", "fp16", "mbu3"),
+    ("norms", "bf16", "stuck-at:exponent"),
+    ("tokens", "fp16", "flip"),
+    ("tokens", "bf16", "mbu2"),
+    ("convnext", "fp32", "mbu3"),
+]
+
+
+@pytest.mark.parametrize("name, fmt, spec", CASES)
+def test_fault_injection_matches_the_oracle(name: str, fmt: str, spec: str) -> None:
+    torch.set_num_threads(1)
+    dtype = DTYPES[fmt]
+    model = ORACLE_MODELS[name]().to(dtype)
+    images = oracle_images().to(dtype)
+    engine = SimulationEngine(model, images)
+    oracle = Oracle(model, images, view=engine.model)
+    kind, _, selection = spec.partition(":")
+    bits = SELECTIONS[":" + selection if selection else ""](fmt)
+    masks = _expected_masks(kind, bits)
+    nums = [i.layer_num for i in engine.catalogue]
+    checked = 0
+    for num in dict.fromkeys([nums[0], nums[len(nums) // 2], nums[-1]]):
+        info = engine.layer(num)
+        k = info.out_channels // 2
+        per = info.neurons_per_channel
+        pops = [
+            FaultPopulation(info, "weights", spec, k * info.fan_in + np.arange(min(6, info.fan_in))),
+            FaultPopulation(info, "stored", spec, k * per + np.arange(min(per, 4))),
+        ]
+        try:
+            sites = operand_sites(info, np.array([k * per + per // 2]))
+        except ValueError:  # pads inside its forward: operands refused (test_ground_truth)
+            sites = None
+        if sites is not None:
+            pops.append(FaultPopulation(info, "operands", spec, sites[:5]))
+        for pop in pops:
+            assert list(pop.model.masks) == masks and pop.model.dtype == dtype
+            got, want = _package(engine, pop), _oracle(oracle, pop, kind, masks)
+            differ = np.flatnonzero((got != want).any(axis=1))
+            assert not differ.size, (
+                f"{name} {fmt} {spec} {info.name} {pop.target}: {differ.size} of {pop.size} "
+                f"faults differ, e.g. fault {differ[:5].tolist()}"
+            )
+            checked += pop.size
+    assert checked > 0
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_campaign_counts_equal_the_oracle_and_record_the_model(fmt: str) -> None:
+    torch.set_num_threads(1)
+    dtype = DTYPES[fmt]
+    model = ORACLE_MODELS["norms"]().to(dtype)
+    images = oracle_images().to(dtype)
+    engine = SimulationEngine(model, images)
+    oracle = Oracle(model, images, view=engine.model)
+    info = engine.catalogue[0]
+    result = ExhaustiveCampaign(engine).run("weights", layers=[0], channels=[1], fault_model="mbu2")
+    every = FaultPopulation(info, "weights", "mbu2", info.fan_in + np.arange(info.fan_in))
+    full = _oracle(oracle, every, "mbu2", _expected_masks("mbu2", list(range(16))))
+    assert result.layers[0].cvf[0] == pytest.approx(full.mean(), abs=0)
+    assert result.options["fault_model"] == "mbu2"
+    assert result.options["number_format"] == fmt
+    assert result.layers[0].n_faults == info.fan_in * 15
+
+
+def test_mixed_or_unsupported_formats_are_refused_before_work() -> None:
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    net[2].half()
+    with pytest.raises(TypeError, match="mixes float formats"):
+        SimulationEngine(net, torch.zeros(2, 4))
+    net.double()
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        SimulationEngine(net, torch.zeros(2, 4, dtype=torch.float64))
+    net.half()
+    with pytest.raises(TypeError, match=r"images\.half\(\)"):
+        SimulationEngine(net, torch.zeros(2, 4))
