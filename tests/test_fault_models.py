@@ -248,3 +248,54 @@ def test_mixed_or_unsupported_formats_are_refused_before_work() -> None:
     net.half()
     with pytest.raises(TypeError, match=r"images\.half\(\)"):
         SimulationEngine(net, torch.zeros(2, 4))
+
+
+# ------------------------------------------------------------ the analysis against FI
+ANALYSIS_CASES = [
+    ("fp32", "mbu2"),
+    ("fp32", "stuck-at"),
+    ("fp32", "flip:exponent"),
+    ("fp16", "flip"),
+    ("fp16", "mbu3"),
+    ("bf16", "flip"),
+    ("bf16", "stuck-at:sign,exponent"),
+]
+
+
+def _tiny(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
+    gen = torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 6, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 4 * 4, 4),
+    ).eval()
+    images = torch.randn(12, 3, 6, 6, generator=gen)
+    return model.to(dtype), images.to(dtype)
+
+
+@pytest.mark.parametrize("fmt, spec", ANALYSIS_CASES)
+def test_analysis_against_exhaustive_fi_per_fault_model(fmt: str, spec: str) -> None:
+    """Every layer's VF within reach of exhaustive FI under the same fault model, and the
+    model recorded in the result."""
+    torch.set_num_threads(1)
+    model, images = _tiny(DTYPES[fmt])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = SimulationEngine(model, images)
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+
+    analysis = DeepVigorAnalyzer(engine).analyze("both", fault_model=spec)
+    assert analysis.options["fault_model"] == parse_fault_model(spec, DTYPES[fmt]).name
+    assert analysis.options["number_format"] == fmt
+    bound = {"weights": 0.02, "activations": 0.004}
+    for target, fi_target in (("weights", "weights"), ("activations", "operands")):
+        fi = ExhaustiveCampaign(engine).run(fi_target, fault_model=spec)
+        mine = [layer for layer in analysis.layers if layer.target == target]
+        assert len(mine) == len(fi.layers) == 3
+        for got, want in zip(mine, fi.layers, strict=True):
+            assert abs(got.lvf - want.lvf) <= bound[target], (fmt, spec, target, got.name,
+                                                               got.lvf, want.lvf)  # fmt: skip
+            assert want.lvf > 0.0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

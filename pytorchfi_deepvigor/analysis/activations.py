@@ -18,6 +18,7 @@ from torch import Tensor
 from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.analysis.probing import search_defaults, search_group
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
+from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import operand_edm
@@ -43,6 +44,7 @@ def analyze_activations(
     checked: bool | None = None,
     keep_edm: bool = False,
     group_rows: int | None = None,
+    faults: FaultModel | None = None,
 ) -> tuple[LayerResult, int]:
     """Activations analysis of one layer.
 
@@ -57,12 +59,14 @@ def analyze_activations(
         keep_edm: keep the EDMs ``(neurons, images, 2K + 1)`` in the result.
         group_rows: (neuron, image) pairs searched together (default: 16384, fewer for a fine grid,
             about 4 million EDM cells per group).
+        faults: the fault model (default: every single bit flip of the operands' format).
 
     Returns:
         ``(layer_result, faults)`` with ``faults`` the number of single faults the EDMs cover.
     """
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
+    model = parse_fault_model("flip" if faults is None else faults, x_in.dtype)
     n_img = engine.num_images
     checked, group_rows = search_defaults(grid, checked, group_rows)
     pos_per_ch = sites.position_matrix()
@@ -75,12 +79,12 @@ def analyze_activations(
         flat = grad.reshape(n_img, info.out_channels, -1)[:, chan, pos]
         skip = (flat == 0).all(dim=0).cpu()
     step = max(1, group_rows // n_img)
-    plus, minus, nvf, edms, faults = [], [], [], [], 0
+    plus, minus, nvf, edms, n_faults = [], [], [], [], 0
     for a in range(0, chan.numel(), step):
         ch, ps = chan[a : a + step], pos[a : a + step]
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
-        counts = operand_edm(ops, w, grid, valid)
-        faults += 32 * int(valid.sum())
+        counts = operand_edm(ops, w, grid, valid, model)
+        n_faults += model.n_patterns * int(valid.sum())
         r, c = row[a : a + step], col[a : a + step]
 
         def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
@@ -120,4 +124,4 @@ def analyze_activations(
         edm=torch.cat(edms).numpy() if keep_edm else None,
         cvf_spread=cvf_spread(cvf),
     )
-    return result, faults
+    return result, n_faults

@@ -30,6 +30,7 @@ from pytorchfi_deepvigor.analysis.probing import margin_gradient, output_gradien
 from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
+from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, FaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import unsupported_layers
 from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -104,6 +105,7 @@ class DeepVigorAnalyzer:
         skip_zero_gradient: bool = False,
         keep_edm: bool = False,
         progress: bool = False,
+        fault_model: str | FaultModel = DEFAULT_FAULT_MODEL,
     ) -> VulnerabilityResult:
         """Run the analysis.
 
@@ -127,6 +129,12 @@ class DeepVigorAnalyzer:
             skip_zero_gradient: skip targets whose margin-loss gradient is zero on every image.
             keep_edm: keep every target's EDMs in the result (memory: targets x images x 2K+1).
             progress: show a tqdm progress bar over layers.
+            fault_model: the faults whose VF is derived, by name
+                (:func:`~pytorchfi_deepvigor.bits.parse_fault_model`: ``"flip"`` (default),
+                ``"stuck-at"``, ``"mbu2"``, ``"mbu3"``, each optionally restricted to some bits,
+                e.g. ``"flip:exponent"``) or a ``FaultModel``; the words are the model's own
+                format (a float16 model's weights and activations are 16-bit words, and the
+                network after the layer runs in float16).
 
         Returns:
             The :class:`~pytorchfi_deepvigor.results.VulnerabilityResult`.
@@ -143,6 +151,7 @@ class DeepVigorAnalyzer:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
         check_ratio(sampling)
+        words = parse_fault_model(fault_model, self.engine.dtype)
         for flag, name in (
             (skip_zero_gradient, "skip_zero_gradient"),
             (keep_edm, "keep_edm"),
@@ -184,7 +193,13 @@ class DeepVigorAnalyzer:
             for kind in item_kinds:
                 if kind == "activations":
                     layer, n_faults = analyze_activations(
-                        self.engine, info, sites[num], grid, grad=grad, keep_edm=keep_edm
+                        self.engine,
+                        info,
+                        sites[num],
+                        grid,
+                        grad=grad,
+                        keep_edm=keep_edm,
+                        faults=words,
                     )
                 else:
                     margin = None
@@ -201,6 +216,7 @@ class DeepVigorAnalyzer:
                         grad=grad,
                         margin_grad=margin,
                         keep_edm=keep_edm,
+                        faults=words,
                     )
                 spent = self.engine.stats - layer_stats
                 layer_cost = Cost(
@@ -236,6 +252,8 @@ class DeepVigorAnalyzer:
             "aggregate": aggregate,
             "skip_zero_gradient": skip_zero_gradient,
             "first_probe": 1.0,
+            "fault_model": words.name,
+            "number_format": words.format,
         }
         result = VulnerabilityResult.from_layers(
             "deepvigor",

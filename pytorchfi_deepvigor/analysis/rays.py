@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pytorchfi_deepvigor.bits import flip_all_bits
+from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns
@@ -127,13 +127,19 @@ def _rank(d: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(order, dim=2), torch.stack(member, dim=2)
 
 
-def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> RayOutcome:
+def ray_search(
+    engine: SimulationEngine,
+    info: LayerInfo,
+    channels: Tensor,
+    faults: FaultModel | None = None,
+) -> RayOutcome:
     """Critical fraction of every single weight fault of ``channels``, ray by ray.
 
     Args:
         engine: the simulation engine.
         info: a Conv2d layer (see :func:`uses_rays`).
         channels: long ``(T,)`` output channels.
+        faults: the fault model (default: every single bit flip of the weights' format).
 
     Returns:
         :class:`RayOutcome`.
@@ -141,12 +147,13 @@ def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> R
     module = info.module
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"ray search needs a Conv2d layer, got {type(module).__name__}")
+    model = parse_fault_model("flip" if faults is None else faults, module.weight.dtype)
     kh, kw = module.kernel_size
     n_rays = info.fan_in // (kh * kw)  # one ray per input channel of the filter's group
     step = max(1, _ROW_BUDGET // (n_rays * 2 * engine.num_images))
     crit_all, probes_all, non_mono = [], [], 0
     for a in range(0, channels.numel(), step):
-        crit, probes, n_bad = _search_channels(engine, info, channels[a : a + step], kh * kw)
+        crit, probes, n_bad = _search_channels(engine, info, channels[a : a + step], kh * kw, model)
         crit_all.append(crit)
         probes_all.append(probes)
         non_mono += n_bad
@@ -154,7 +161,7 @@ def ray_search(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> R
 
 
 def _search_channels(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int, model: FaultModel
 ) -> tuple[Tensor, Tensor, int]:
     """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone."""
     assert isinstance(info.module, nn.Conv2d)
@@ -166,10 +173,11 @@ def _search_channels(
     patterns = conv_weight_patterns(x_in, info.module, ch)  # gathered per probe, on demand
     w = patterns.weights
     n_t = w.shape[0]
-    d = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-    d_ray = d.reshape(n_t, n_rays, per_ray * 32)  # fault f = (offset, bit)
+    n_p = model.n_patterns
+    d = model.deltas(w)  # (T, J, patterns)
+    d_ray = d.reshape(n_t, n_rays, per_ray * n_p)  # fault f = (offset, pattern)
     order, member = _rank(d_ray)  # (T, C, 2, F)
-    n_f = per_ray * 32
+    n_f = per_ray * n_p
     shape = (n_t, n_rays, 2, n_img)
     members = member.unsqueeze(3).expand(*shape, n_f).reshape(-1, n_f)
     idx = [torch.arange(n).view([-1 if i == k else 1 for i in range(4)]).expand(shape)
@@ -194,7 +202,7 @@ def _search_channels(
     def oracle(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         t, c, i = row_t[rows], row_c[rows], row_i[rows]
         f = order[t, c, row_s[rows], g]
-        return probe(t, i, d_ray[t, c, f], c * per_ray + f // 32)
+        return probe(t, i, d_ray[t, c, f], c * per_ray + f // n_p)
 
     critical, row_probes, n_bad = _guided_search(members, oracle, shape)
     hit = (critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
@@ -207,7 +215,7 @@ def _search_channels(
         crit = probe(t, i, d[t, j, bit], j)[0]
         hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
-    return hit.double() / (info.fan_in * 32), probes, n_bad
+    return hit.double() / (info.fan_in * n_p), probes, n_bad
 
 
 GUIDE_IMAGES = 8

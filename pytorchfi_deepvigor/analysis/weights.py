@@ -71,7 +71,7 @@ from pytorchfi_deepvigor.analysis.probing import (
 )
 from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import flip_all_bits
+from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
@@ -89,7 +89,9 @@ _GATHER_ELEMENTS = 1 << 24  # operands gathered at once (64 MiB of float32)
 _VANISHING = 1e-6  # |sum G| <= this * sum |G|: no first-order equivalent, use the plain mean
 
 
-def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None) -> Tensor:
+def equivalent_errors(
+    ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None, faults: FaultModel | None = None
+) -> Tensor:
     """First-order channel-wide equivalent errors of every single bit flip of the filters.
 
     Args:
@@ -98,11 +100,13 @@ def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None
         valid: bool ``(T, J, P)``: ``False`` at zero padding.
         grad: the margin's gradient at the ``T`` channels' positions, ``(I, T, P)``, or
             ``None`` for the plain mean of the real operands.
+        faults: the fault model (default: every single bit flip of ``w``'s format).
 
     Returns:
-        float32 ``(T, I, J * 32)``: ``d * sum_p G X_j / sum_p G`` per (weight, bit), or the
-        plain mean of the real operands where ``sum_p G`` vanishes.
+        float32 ``(T, I, J * patterns)``: ``d * sum_p G X_j / sum_p G`` per (weight,
+        pattern), or the plain mean of the real operands where ``sum_p G`` vanishes.
     """
+    ops = ops.float()
     n_real = valid.sum(dim=-1).clamp_min(1).to(ops.dtype)  # (T, J)
     ratio = ops.sum(dim=-1) / n_real  # (I, T, J): the plain mean
     if grad is not None:
@@ -111,21 +115,22 @@ def equivalent_errors(ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None
         total = g.sum(dim=-1, keepdim=True)  # (I, T, 1)
         seen = total.abs() > _VANISHING * g.abs().sum(dim=-1, keepdim=True)
         ratio = torch.where(seen, weighted / torch.where(seen, total, 1.0), ratio)
-    return errors_of_scales(ratio, w)
+    return errors_of_scales(ratio, w, faults)
 
 
-def errors_of_scales(scale: Tensor, w: Tensor) -> Tensor:
-    """Channel-wide errors ``d * scale[i, t, j]`` of every bit flip ``d`` of the filters.
+def errors_of_scales(scale: Tensor, w: Tensor, faults: FaultModel | None = None) -> Tensor:
+    """Channel-wide errors ``d * scale[i, t, j]`` of every fault ``d`` of the filters.
 
     Args:
         scale: ``(I, T, J)``: per image, the factor a weight's change is multiplied by.
-        w: the filters ``(T, J)``.
+        w: the filters ``(T, J)``, in the model's format.
+        faults: the fault model (default: every single bit flip of ``w``'s format).
 
     Returns:
-        float32 ``(T, I, J * 32)``.
+        float32 ``(T, I, J * patterns)`` (32 patterns for float32 flips).
     """
-    eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-    err = eps.unsqueeze(0) * scale.unsqueeze(-1)  # (I, T, J, 32)
+    eps = parse_fault_model("flip" if faults is None else faults, w.dtype).deltas(w)
+    err = eps.unsqueeze(0) * scale.float().unsqueeze(-1)  # (I, T, J, patterns)
     return err.transpose(0, 1).flatten(2)
 
 
@@ -176,11 +181,11 @@ def _split(engine: SimulationEngine, info: LayerInfo) -> bool:
 
 
 def _signed_errors(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, faults: FaultModel
 ) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
     """The default model's two channel-wide errors of every fault, in memory-bounded pieces.
 
-    Yields ``(start, stop, pos, neg)`` for ``channels[start:stop]``: float32 ``(T, I, J * 32)``
+    Yields ``(start, stop, pos, neg)`` for ``channels[start:stop]``: float32 ``(T, I, J * P)``
     each, ``d * mean_p X_j^+`` and ``d * mean_p X_j^-``, the means of the pattern's positive and
     negative parts over the real positions (for a channels-last Linear, over the tokens the
     network reads); a part that is empty gives ``d * 0``: 0, or NaN for an infinite or NaN
@@ -191,7 +196,7 @@ def _signed_errors(
     x_in = engine.layer_input(info.layer_num)
     parts = (x_in.clamp_min(0), x_in.clamp_max(0)) if _split(engine, info) else (x_in,)
     read = read_positions(engine, info) if info.channel_last else None
-    step = max(1, _GATHER_ELEMENTS // max(1, engine.num_images * info.fan_in * 32))
+    step = max(1, _GATHER_ELEMENTS // max(1, engine.num_images * info.fan_in * faults.n_patterns))
     for a in range(0, channels.numel(), step):
         ch = channels[a : a + step].to(x_in.device)
         errors = []
@@ -201,18 +206,23 @@ def _signed_errors(
             else:
                 assert isinstance(info.module, nn.Linear)  # only channels-last Linears have reads
                 means, w, _ = linear_operand_means(part, info.module, ch, read)
-            errors.append(errors_of_scales(means, w))  # (T, I, J * 32)
+            errors.append(errors_of_scales(means, w, faults))  # (T, I, J * patterns)
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
 
 
 def _signed_vf(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor, grid: Tensor, out: GroupOutcome
+    engine: SimulationEngine,
+    info: LayerInfo,
+    channels: Tensor,
+    grid: Tensor,
+    out: GroupOutcome,
+    faults: FaultModel,
 ) -> Tensor:
     """CVFs under the default model: a fault is critical where either signed part's bin is."""
     assert out.bins is not None
     bins = out.bins
     cvf = []
-    for a, b, pos, neg in _signed_errors(engine, info, channels):
+    for a, b, pos, neg in _signed_errors(engine, info, channels, faults):
         crit = bins[a:b].to(pos.device)
         hit = crit.gather(-1, bin_index(pos, grid).long())
         if neg is not None:
@@ -228,6 +238,7 @@ def _edms(
     positions: Tensor | None,
     grid: Tensor,
     aggregate: str,
+    faults: FaultModel,
     margin_grad: Tensor | None = None,
 ) -> Tensor:
     """EDMs ``(T, I, 2K + 1)`` of a group of channels, gathered in memory-bounded pieces."""
@@ -237,7 +248,7 @@ def _edms(
         return torch.cat(
             [
                 histogram(pos, grid).cpu() + (0 if neg is None else histogram(neg, grid).cpu())
-                for _, _, pos, neg in _signed_errors(engine, info, channels)
+                for _, _, pos, neg in _signed_errors(engine, info, channels, faults)
             ]
         )
     if aggregate == "gradient":
@@ -255,9 +266,9 @@ def _edms(
         if aggregate == "gradient":
             assert margin_grad is not None
             g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)].to(ops.device)
-            out.append(histogram(equivalent_errors(ops, w, valid, g), grid).cpu())
+            out.append(histogram(equivalent_errors(ops, w, valid, g, faults), grid).cpu())
         else:
-            out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate).cpu())
+            out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate, faults=faults).cpu())
     return torch.cat(out)
 
 
@@ -273,6 +284,7 @@ def analyze_weights(
     checked: bool | None = None,
     keep_edm: bool = False,
     group_rows: int | None = None,
+    faults: FaultModel | None = None,
 ) -> tuple[LayerResult, int]:
     """Weights analysis of one layer.
 
@@ -291,10 +303,12 @@ def analyze_weights(
         keep_edm: keep the EDMs ``(channels, images, 2K + 1)`` in the result.
         group_rows: (channel, image) pairs searched together (default: 16384, fewer for a fine grid,
             about 4 million EDM cells per group).
+        faults: the fault model (default: every single bit flip of the weights' format).
 
     Returns:
         ``(layer_result, faults)`` with ``faults`` the number of single weight faults covered.
     """
+    model = parse_fault_model("flip" if faults is None else faults, info.module.weight.dtype)
     if aggregate not in AGGREGATES:
         raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
@@ -312,11 +326,11 @@ def analyze_weights(
     signed = aggregate == "equivalent" and not rays and _split(engine, info)  # once per layer
     plus, minus, cvf, edms = [], [], [], []
     if rays:
-        cvf.append(ray_search(engine, info, channels).critical.mean(dim=1))
+        cvf.append(ray_search(engine, info, channels, model).critical.mean(dim=1))
     for a in range(0, 0 if rays else channels.numel(), step):
         ch = channels[a : a + step]
         ps = None if positions is None else positions[a : a + step]
-        counts = _edms(engine, info, ch, ps, grid, aggregate, margin_grad)
+        counts = _edms(engine, info, ch, ps, grid, aggregate, model, margin_grad)
 
         def make(t: Tensor, value: Tensor, ch: Tensor = ch) -> ChannelAdd:
             return ChannelAdd(ch[t], value)
@@ -332,7 +346,7 @@ def analyze_weights(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        cvf.append(_signed_vf(engine, info, ch, grid, out) if signed else out.vf)
+        cvf.append(_signed_vf(engine, info, ch, grid, out, model) if signed else out.vf)
         if keep_edm:
             edms.append(counts)
     cvf_all = torch.cat(cvf).numpy()
@@ -360,4 +374,5 @@ def analyze_weights(
         edm=torch.cat(edms).numpy() if keep_edm and not rays else None,
         cvf_spread=cvf_spread(cvf_all),
     )
-    return result, len(sites.channels) * (info.n_weights // info.out_channels) * 32
+    n_faults = len(sites.channels) * (info.n_weights // info.out_channels) * model.n_patterns
+    return result, n_faults

@@ -27,6 +27,7 @@ from typing import NoReturn
 import torch
 
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES
+from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, parse_fault_model
 from pytorchfi_deepvigor.cli import _commands as commands
 from pytorchfi_deepvigor.cli._load import DATASETS
 from pytorchfi_deepvigor.functional.edm import SEARCHES
@@ -160,6 +161,14 @@ def _parents() -> dict[str, _Parser]:
     group.add_argument(
         "--num-classes", type=_positive_int, help="model outputs (default: the data set's classes)"
     )
+    group.add_argument(
+        "--format",
+        dest="number_format",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="convert the model (and the images) to this number format before the run: faults "
+        "hit its 32- or 16-bit words and the network runs in it (default: the model's own)",
+    )
 
     data = _Parser(add_help=False)
     group = data.add_argument_group("data")
@@ -229,6 +238,28 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
         "Linears on signed tokens by the pattern's signed parts over the read tokens), gradient "
         "(first-order), position (the paper) or fault (largest positional error)",
     )
+    _add_fault_model(group)
+
+
+def _fault_model(text: str) -> str:
+    """A fault model's name, its syntax checked (its bits against fp32 here, against the
+    model's own format once the model is loaded, before the engine is built)."""
+    try:
+        parse_fault_model(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_fault_model(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--fault-model",
+        type=_fault_model,
+        default=DEFAULT_FAULT_MODEL,
+        help="flip (default: every single bit flip), stuck-at (stuck-at-0 and -1 of every "
+        "bit), mbu2 or mbu3 (2 or 3 adjacent bits flipped), each optionally limited to some "
+        "bits of the model's format: flip:exponent, mbu2:23-30, stuck-at:sign,exponent",
+    )
 
 
 def _add_inject_options(parser: argparse.ArgumentParser) -> None:
@@ -262,12 +293,7 @@ def _add_inject_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="exhaustive: a seeded fraction of each layer's channels (default all)",
     )
-    group.add_argument(
-        "--fault-model",
-        choices=("flip", "stuck-at"),
-        default="flip",
-        help="bit flips (default) or stuck-at-0 and stuck-at-1",
-    )
+    _add_fault_model(group)
     group.add_argument(
         "--chunk",
         type=_positive_int,

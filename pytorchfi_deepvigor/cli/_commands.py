@@ -78,6 +78,7 @@ def _run_analysis(args: argparse.Namespace) -> VulnerabilityResult:
         aggregate=args.aggregate,
         seed=args.seed,
         progress=args.progress,
+        fault_model=args.fault_model,
     )
     return _with_run_info(result, setup.info, args)
 

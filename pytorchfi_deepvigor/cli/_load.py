@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytorchfi_deepvigor.bits import parse_fault_model
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
 from pytorchfi_deepvigor.zoo.checkpoint import ALLOW_PICKLE_HINT, NAME_HINT, load_checkpoint
 from pytorchfi_deepvigor.zoo.datasets import (
@@ -227,4 +228,27 @@ def load_setup(args: argparse.Namespace) -> Setup:
             epochs=record.config.epochs,
             train_seed=record.config.seed,
         )
-    return Setup(model=model, images=images, label=label, info=info)
+    return _in_format(Setup(model=model, images=images, label=label, info=info), args)
+
+
+FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""``--format``: the number format the model is converted to (its words are what faults hit)."""
+
+
+def _in_format(setup: Setup, args: argparse.Namespace) -> Setup:
+    """The model in ``--format`` (default: its own), the images in the model's format."""
+    fmt = getattr(args, "number_format", None)
+    model = setup.model
+    if fmt is not None:
+        model = model.to(FORMATS[fmt])
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype not in FORMATS.values():
+        raise ValueError(
+            f"the model's parameters are {dtype}; fault models need fp32, fp16 or bf16 words: "
+            "pass --format fp32 (or fp16, bf16)"
+        )
+    if getattr(args, "fault_model", None) is not None:
+        parse_fault_model(args.fault_model, dtype)  # its bits exist in this format
+    info = {**setup.info, "number_format": next(k for k, v in FORMATS.items() if v == dtype)}
+    images = dataclasses.replace(setup.images, images=setup.images.images.to(dtype))
+    return dataclasses.replace(setup, model=model, images=images, info=info)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pytorchfi_deepvigor.bits import flip_all_bits
+from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 
 __all__ = [
     "GRIDS",
@@ -245,32 +245,47 @@ def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tens
     return _count(_keys_of(errors, shift), grid, valid, shift)
 
 
-def operand_edm(x: Tensor, w: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
+def _model(faults: FaultModel | None, dtype: torch.dtype) -> FaultModel:
+    return parse_fault_model("flip" if faults is None else faults, dtype)
+
+
+def operand_edm(
+    x: Tensor,
+    w: Tensor,
+    grid: Tensor,
+    valid: Tensor | None = None,
+    faults: FaultModel | None = None,
+) -> Tensor:
     """EDMs of operand targets (output neurons): errors ``(flip_b(x_j) - x_j) * w_j``.
 
     Args:
-        x: the operands of each target on each image, float32 ``(I, T, J)``.
-        w: the weights they multiply, float32 ``(T, J)``.
+        x: the operands of each target on each image, ``(I, T, J)``, in the model's format.
+        w: the weights they multiply, ``(T, J)``.
         grid: candidate magnitudes.
         valid: bool ``(T, J)``; ``False`` marks operands that are not fault sites (zero padding).
+        faults: the fault model (default: every single bit flip of ``x``'s format); its
+            patterns replace the bit flips: ``(faulty_p(x_j) - x_j) * w_j``.
 
     Returns:
-        int64 counts ``(T, I, 2K + 1)``; each row sums to ``32 * valid[t].sum()``.
+        int64 counts ``(T, I, 2K + 1)``; each row sums to ``P * valid[t].sum()`` (``P``
+        patterns per operand: 32 for float32 flips).
     """
     if x.dim() != 3 or w.dim() != 2 or x.shape[1:] != w.shape:
         raise ValueError(
             f"expected x (I, T, J) and w (T, J), got {tuple(x.shape)} and {tuple(w.shape)}"
         )
     _check_grid(grid)
+    model = _model(faults, x.dtype)
     shift = key_shift(grid)
     n_img, n_tgt, n_ops = x.shape
     mask = None if valid is None else valid.to(x.device).view(n_tgt, 1, n_ops, 1)
     xt = x.transpose(0, 1)  # (T, I, J)
+    wf = w.float()
     out = []
-    step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * 32))
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * model.n_patterns))
     for a in range(0, n_tgt, step):
         xs = xt[a : a + step]
-        err = flip_all_bits(xs).sub_(xs.unsqueeze(-1)).mul_(w[a : a + step, None, :, None])
+        err = model.deltas(xs).mul_(wf[a : a + step, None, :, None])
         m = None if mask is None else mask[a : a + step].expand_as(err)
         keys = _raw_keys(err, shift).flatten(2)
         out.append(_count(keys, grid, None if m is None else m.flatten(2), shift))
@@ -292,6 +307,7 @@ def weight_edm(
     grid: Tensor,
     valid: Tensor | None = None,
     aggregate: str = "position",
+    faults: FaultModel | None = None,
 ) -> Tensor:
     """EDMs of weight targets (output channels): errors ``(flip_b(w_j) - w_j) * x_{j,p}``.
 
@@ -304,6 +320,7 @@ def weight_edm(
         aggregate: ``"position"`` (one error per weight, bit and position, the paper) or
             ``"fault"`` (one error per weight and bit: the positional error of largest magnitude,
             i.e. the error at the first position of largest operand magnitude).
+        faults: the fault model (default: every single bit flip of ``w``'s format).
 
     Returns:
         int64 counts ``(T, I, 2K + 1)``.
@@ -317,12 +334,13 @@ def weight_edm(
     _check_grid(grid)
     shift = key_shift(grid)
     n_img, n_tgt, n_w, n_pos = x.shape
-    eps = flip_all_bits(w) - w.unsqueeze(-1)  # (T, J, 32)
-    xt = x.transpose(0, 1)  # (T, I, J, P)
+    model = _model(faults, w.dtype)
+    eps = model.deltas(w)  # (T, J, patterns)
+    xt = x.float().transpose(0, 1)  # (T, I, J, P)
     vt = None if valid is None else valid.to(x.device).unsqueeze(1)  # (T, 1, J, P)
     if aggregate == "fault":
         xm = _largest(xt, vt)  # (T, I, J)
-        keys = _raw_keys(eps.unsqueeze(1) * xm.unsqueeze(-1), shift)  # (T, I, J, 32)
+        keys = _raw_keys(eps.unsqueeze(1) * xm.unsqueeze(-1), shift)  # (T, I, J, patterns)
         if vt is None:
             return _count(keys.flatten(2), grid, shift=shift)
         m = vt.any(dim=-1, keepdim=True).expand_as(keys)  # a weight that meets only padding
@@ -330,13 +348,13 @@ def weight_edm(
     if vt is not None:  # padding: no error counted (removed from the counts below)
         xt = xt.masked_fill(~vt, 0.0)
     out = []
-    per_img = n_w * 32 * n_pos
+    per_img = n_w * model.n_patterns * n_pos
     step_i = max(1, min(n_img, _CHUNK_ELEMENTS // max(1, per_img)))
     for t in range(n_tgt):
         rows = []
         for a in range(0, n_img, step_i):
             err = eps[t, None, :, :, None] * xt[t, a : a + step_i, :, None, :]
-            keys = _raw_keys(err, shift).flatten(1)  # err: (i, J, 32, P)
+            keys = _raw_keys(err, shift).flatten(1)  # err: (i, J, patterns, P)
             rows.append(_count(keys, grid, shift=shift))
         out.append(torch.cat(rows))
     if not out:

@@ -164,6 +164,8 @@ def _title(result: VulnerabilityResult) -> str:
         extra.append(f"channel ratio {opts['channel_ratio']:g}")
     if opts.get("fault_model") not in (None, "flip"):
         extra.append(f"fault model {opts['fault_model']}")
+    if opts.get("number_format") not in (None, "fp32"):
+        extra.append(f"{opts['number_format']} words")
     return (
         f"{what}{model} on {result.n_images} images ({'; '.join([f'seed {result.seed}', *extra])})"
     )
