@@ -198,7 +198,9 @@ def test_fault_injection_matches_the_oracle(name: str, fmt: str, spec: str) -> N
         k = info.out_channels // 2
         per = info.neurons_per_channel
         pops = [
-            FaultPopulation(info, "weights", spec, k * info.fan_in + np.arange(min(6, info.fan_in))),
+            FaultPopulation(
+                info, "weights", spec, k * info.fan_in + np.arange(min(6, info.fan_in))
+            ),
             FaultPopulation(info, "stored", spec, k * per + np.arange(min(per, 4))),
         ]
         try:
@@ -235,6 +237,33 @@ def test_campaign_counts_equal_the_oracle_and_record_the_model(fmt: str) -> None
     assert result.options["fault_model"] == "mbu2"
     assert result.options["number_format"] == fmt
     assert result.layers[0].n_faults == info.fan_in * 15
+    # the VF of each 2-bit mask: the oracle's, fault ids being mask-major
+    per_mask = full.reshape(15, info.fan_in, -1).mean(axis=(1, 2))
+    assert result.layers[0].bit_vf == pytest.approx(per_mask.tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("fmt, spec", [("fp32", "flip"), ("fp16", "stuck-at"), ("bf16", "mbu2")])
+def test_bit_maps_of_the_analysis_against_fi(fmt: str, spec: str) -> None:
+    """The analysis' VF per mask (per bit for flips) averages to its layer VF and follows
+    exhaustive FI bit by bit; the exponent's top bit dominates both."""
+    torch.set_num_threads(1)
+    model, images = _tiny(DTYPES[fmt])
+    engine = SimulationEngine(model, images)
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+
+    analysis = DeepVigorAnalyzer(engine).analyze("weights", fault_model=spec)
+    fi = ExhaustiveCampaign(engine).run("weights", fault_model=spec)
+    n_masks = len(parse_fault_model(spec, DTYPES[fmt]).masks)
+    top = WIDTH[fmt] - 2  # the exponent's MSB (its mask, for mbu2: bits top-1 and top)
+    for got, want in zip(analysis.layers, fi.layers, strict=True):
+        assert got.bit_vf is not None and want.bit_vf is not None
+        assert len(got.bit_vf) == len(want.bit_vf) == n_masks
+        assert np.mean(want.bit_vf) == pytest.approx(want.lvf, abs=1e-12)
+        assert np.mean(got.bit_vf) == pytest.approx(got.lvf, abs=1e-9)
+        err = np.abs(np.array(got.bit_vf) - np.array(want.bit_vf))
+        assert err.max() <= 0.1, (got.name, err.round(3).tolist())
+        hottest = top - 1 if spec == "mbu2" else top
+        assert int(np.argmax(want.bit_vf)) in (hottest, hottest - 1, hottest + 1)
 
 
 def test_mixed_or_unsupported_formats_are_refused_before_work() -> None:

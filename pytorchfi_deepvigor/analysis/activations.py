@@ -22,7 +22,7 @@ from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import operand_edm
-from pytorchfi_deepvigor.functional.vf import vv_values
+from pytorchfi_deepvigor.functional.vf import mask_vf, pattern_hits, vv_values
 from pytorchfi_deepvigor.perturbations import NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
@@ -32,6 +32,24 @@ __all__ = ["analyze_activations", "cvf_spread"]
 def cvf_spread(cvf: np.ndarray) -> float | None:
     """Standard deviation of the CVFs across a layer's analysed channels (``None`` below two)."""
     return float(np.std(cvf, ddof=1)) if cvf.size > 1 else None
+
+
+_CHUNK_ELEMENTS = 1 << 20  # errors per piece of the per-pattern count
+
+
+def _operand_hits(
+    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: FaultModel
+) -> Tensor:
+    """Critical (neuron, image, operand) triples per fault pattern, in memory-bounded pieces."""
+    n_img, n_tgt, n_ops = ops.shape
+    xt, wf = ops.transpose(0, 1), w.float()
+    out = torch.zeros(model.n_patterns, dtype=torch.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * model.n_patterns))
+    for a in range(0, n_tgt, step):
+        err = model.deltas(xt[a : a + step]).mul_(wf[a : a + step, None, :, None])
+        real = None if valid is None else valid[a : a + step, None, :, None]
+        out += pattern_hits(err, bins[a : a + step], grid, real)[1].cpu()
+    return out
 
 
 def analyze_activations(
@@ -80,6 +98,7 @@ def analyze_activations(
         skip = (flat == 0).all(dim=0).cpu()
     step = max(1, group_rows // n_img)
     plus, minus, nvf, edms, n_faults = [], [], [], [], 0
+    hits = torch.zeros(model.n_patterns, dtype=torch.int64)  # critical faults per pattern
     for a in range(0, chan.numel(), step):
         ch, ps = chan[a : a + step], pos[a : a + step]
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
@@ -102,6 +121,8 @@ def analyze_activations(
         plus.append(out.plus)
         minus.append(out.minus)
         nvf.append(out.vf)
+        assert out.bins is not None
+        hits += _operand_hits(ops, w, valid, out.bins, grid, model)
         if keep_edm:
             edms.append(counts.cpu())
     nvf_all = torch.cat(nvf).numpy()
@@ -122,6 +143,7 @@ def analyze_activations(
         vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
         vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
         edm=torch.cat(edms).numpy() if keep_edm else None,
+        bit_vf=mask_vf(hits, n_faults // model.n_patterns * n_img, model),
         cvf_spread=cvf_spread(cvf),
     )
     return result, n_faults

@@ -100,12 +100,17 @@ class RayOutcome:
         critical: float64 ``(T, I)``: fraction of the channel's (weight, bit) faults critical.
         probes: long ``(T,)``: pattern probes per channel (all weights, images and signs).
         non_monotone: rays whose criticality contradicted the bisection.
+        pattern_hits: long ``(P,)``: critical (channel, image, weight) triples per pattern of
+            the fault model (per bit, for single-bit models).
     """
 
-    def __init__(self, critical: Tensor, probes: Tensor, non_monotone: int) -> None:
+    def __init__(
+        self, critical: Tensor, probes: Tensor, non_monotone: int, pattern_hits: Tensor
+    ) -> None:
         self.critical = critical
         self.probes = probes
         self.non_monotone = non_monotone
+        self.pattern_hits = pattern_hits
 
 
 def _rank(d: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,18 +157,23 @@ def ray_search(
     n_rays = info.fan_in // (kh * kw)  # one ray per input channel of the filter's group
     step = max(1, _ROW_BUDGET // (n_rays * 2 * engine.num_images))
     crit_all, probes_all, non_mono = [], [], 0
+    hits = torch.zeros(model.n_patterns, dtype=torch.int64)
     for a in range(0, channels.numel(), step):
-        crit, probes, n_bad = _search_channels(engine, info, channels[a : a + step], kh * kw, model)
+        crit, probes, n_bad, per_pattern = _search_channels(
+            engine, info, channels[a : a + step], kh * kw, model
+        )
         crit_all.append(crit)
         probes_all.append(probes)
         non_mono += n_bad
-    return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono)
+        hits += per_pattern
+    return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono, hits)
 
 
 def _search_channels(
     engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int, model: FaultModel
-) -> tuple[Tensor, Tensor, int]:
-    """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone."""
+) -> tuple[Tensor, Tensor, int, Tensor]:
+    """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone,
+    critical faults per pattern."""
     assert isinstance(info.module, nn.Conv2d)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
@@ -205,7 +215,10 @@ def _search_channels(
         return probe(t, i, d_ray[t, c, f], c * per_ray + f // n_p)
 
     critical, row_probes, n_bad = _guided_search(members, oracle, shape)
-    hit = (critical & members).view(*shape, n_f).sum(dim=(1, 2, 4))  # (T, I)
+    both = (critical & members).view(*shape, n_f)  # by rank g: fault f = order[t, c, s, g]
+    hit = both.sum(dim=(1, 2, 4))  # (T, I)
+    pattern = (order % n_p).unsqueeze(3).expand(*shape, n_f)
+    per_pattern = torch.bincount(pattern[both], minlength=n_p)
     probes = row_probes.view(shape).sum(dim=(1, 2, 3))
     nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)
     if nan_t.numel():  # not on a ray: each with its own weight's pattern
@@ -214,8 +227,9 @@ def _search_channels(
         i = torch.arange(n_img).repeat(nan_t.numel())
         crit = probe(t, i, d[t, j, bit], j)[0]
         hit.index_put_((t.cpu(), i), crit.long(), accumulate=True)
+        per_pattern.index_put_((bit.cpu(),), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
-    return hit.double() / (info.fan_in * n_p), probes, n_bad
+    return hit.double() / (info.fan_in * n_p), probes, n_bad, per_pattern
 
 
 GUIDE_IMAGES = 8

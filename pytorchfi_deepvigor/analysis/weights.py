@@ -76,7 +76,7 @@ from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
 from pytorchfi_deepvigor.functional.receptive import linear_operand_means
-from pytorchfi_deepvigor.functional.vf import vv_values
+from pytorchfi_deepvigor.functional.vf import mask_vf, vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
@@ -210,25 +210,28 @@ def _signed_errors(
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
 
 
-def _signed_vf(
+def _equivalent_hits(
     engine: SimulationEngine,
     info: LayerInfo,
     channels: Tensor,
     grid: Tensor,
     out: GroupOutcome,
     faults: FaultModel,
-) -> Tensor:
-    """CVFs under the default model: a fault is critical where either signed part's bin is."""
+) -> tuple[Tensor, Tensor]:
+    """CVFs under the default model (a fault is critical where either signed part's bin is),
+    and the critical (channel, image, weight) triples per fault pattern."""
     assert out.bins is not None
     bins = out.bins
-    cvf = []
+    cvf, per_pattern = [], torch.zeros(faults.n_patterns, dtype=torch.int64)
+    n_img, n_p = engine.num_images, faults.n_patterns
     for a, b, pos, neg in _signed_errors(engine, info, channels, faults):
         crit = bins[a:b].to(pos.device)
         hit = crit.gather(-1, bin_index(pos, grid).long())
         if neg is not None:
             hit |= crit.gather(-1, bin_index(neg, grid).long())
         cvf.append(hit.double().mean(dim=(1, 2)).cpu())
-    return torch.cat(cvf)
+        per_pattern += hit.view(b - a, n_img, -1, n_p).sum(dim=(0, 1, 2)).cpu()
+    return torch.cat(cvf), per_pattern
 
 
 def _edms(
@@ -308,7 +311,9 @@ def analyze_weights(
     Returns:
         ``(layer_result, faults)`` with ``faults`` the number of single weight faults covered.
     """
-    model = parse_fault_model("flip" if faults is None else faults, info.module.weight.dtype)
+    weight = info.module.weight
+    assert isinstance(weight, Tensor)
+    model = parse_fault_model("flip" if faults is None else faults, weight.dtype)
     if aggregate not in AGGREGATES:
         raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
@@ -325,8 +330,11 @@ def analyze_weights(
     step = max(1, group_rows // n_img)
     signed = aggregate == "equivalent" and not rays and _split(engine, info)  # once per layer
     plus, minus, cvf, edms = [], [], [], []
+    hits: Tensor | None = None  # critical faults per pattern (the default model only)
     if rays:
-        cvf.append(ray_search(engine, info, channels, model).critical.mean(dim=1))
+        found = ray_search(engine, info, channels, model)
+        cvf.append(found.critical.mean(dim=1))
+        hits = found.pattern_hits
     for a in range(0, 0 if rays else channels.numel(), step):
         ch = channels[a : a + step]
         ps = None if positions is None else positions[a : a + step]
@@ -346,7 +354,12 @@ def analyze_weights(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        cvf.append(_signed_vf(engine, info, ch, grid, out, model) if signed else out.vf)
+        if aggregate == "equivalent":
+            part, per_pattern = _equivalent_hits(engine, info, ch, grid, out, model)
+            cvf.append(part if signed else out.vf)
+            hits = per_pattern if hits is None else hits + per_pattern
+        else:
+            cvf.append(out.vf)
         if keep_edm:
             edms.append(counts)
     cvf_all = torch.cat(cvf).numpy()
@@ -373,6 +386,8 @@ def analyze_weights(
         vv_plus=None if rays else vv_values(torch.cat(plus), grid, 1).numpy(),
         edm=torch.cat(edms).numpy() if keep_edm and not rays else None,
         cvf_spread=cvf_spread(cvf_all),
+        bit_vf=None if hits is None else mask_vf(hits, len(sites.channels) * n_img * info.fan_in,
+                                                 model),
     )
     n_faults = len(sites.channels) * (info.n_weights // info.out_channels) * model.n_patterns
     return result, n_faults

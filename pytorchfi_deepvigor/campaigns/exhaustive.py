@@ -259,6 +259,10 @@ def _layer_result(
         # a neuron that reads only padding has no operand fault site: it is not listed
         kept = tuple(n for n in neurons if key[n] in by_flat)
         nvf = tuple(by_flat[key[n]] for n in kept)
+    masks, per_mask = _run.weighted_vf(counts, pop.decode(unit.ids)[1])
+    bit_vf = None
+    if len(masks) == pop.n_strata:  # every mask of the fault model injected
+        bit_vf = tuple(float(v) for v in per_mask)
     return LayerResult(
         layer_num=info.layer_num,
         name=info.name,
@@ -273,4 +277,5 @@ def _layer_result(
         nvf=nvf,
         counts=_run.outcome_counts(counts),
         n_faults=len(unit.ids),
+        bit_vf=bit_vf,
     )

@@ -34,7 +34,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pytorchfi_deepvigor.bits import FaultModel
+from pytorchfi_deepvigor.functional.edm import bin_index
+
 __all__ = [
+    "mask_vf",
+    "pattern_hits",
     "non_critical_mass",
     "critical_bins_mass",
     "bin_criticality",
@@ -193,3 +198,49 @@ def total_mvf(
         raise ValueError("expected non-negative counts with N_l + W_l > 0 for every layer")
     per_layer = (n * a + m * w) / (n + m)
     return float(per_layer.mean())
+
+
+def pattern_hits(
+    errors: Tensor, bins: Tensor, grid: Tensor, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Which errors fall in a critical bin, counted per target and per fault pattern.
+
+    Args:
+        errors: float32 ``(T, I, S, P)``: the error of every fault site ``S`` and pattern ``P``
+            (a bit, for single-bit models) of ``T`` targets on ``I`` images.
+        bins: bool ``(T, I, 2K + 1)``: the bins found (or assumed) critical.
+        grid: the ``K`` candidate magnitudes.
+        valid: optional bool broadcastable to ``(T, I, S, 1)``: ``False`` marks sites that are
+            not fault sites (zero padding): never counted.
+
+    Returns:
+        ``(per_target, per_pattern)``: int64 ``(T,)`` and ``(P,)`` counts of critical
+        (image, site, pattern) and (target, image, site) triples.
+
+    Example:
+        >>> grid = torch.tensor([1.0, 2.0], dtype=torch.float64)  # bins: <-2, -2, -1, 1, >=2
+        >>> bins = torch.tensor([[[True, False, False, False, True]]])
+        >>> errors = torch.tensor([[[[0.5, 3.0], [-5.0, 1.5]]]])  # 1 target, 1 image, 2 sites
+        >>> [t.tolist() for t in pattern_hits(errors, bins, grid)]
+        [[2], [1, 1]]
+    """
+    n_t, n_i, n_s, n_p = errors.shape
+    idx = bin_index(errors.reshape(n_t, n_i, n_s * n_p), grid).long()
+    hit = bins.to(errors.device).gather(-1, idx).view(n_t, n_i, n_s, n_p)
+    if valid is not None:
+        hit &= valid.to(hit.device)
+    return hit.sum(dim=(1, 2, 3)), hit.sum(dim=(0, 1, 2))
+
+
+def mask_vf(hits: Tensor, faults_per_pattern: int, model: FaultModel) -> tuple[float, ...]:
+    """The VF of each mask of a fault model (each bit, for single-bit models; LSB first) from
+    critical counts per pattern, ``faults_per_pattern`` (site, image) pairs each; a stuck-at
+    mask averages its two levels.
+
+    Example:
+        >>> from pytorchfi_deepvigor.bits import parse_fault_model
+        >>> mask_vf(torch.tensor([0, 2, 4, 4]), 4, parse_fault_model("stuck-at:30-31"))
+        (0.25, 1.0)
+    """
+    per = hits.double().view(-1, model.multiplicity).mean(dim=1) / max(1, faults_per_pattern)
+    return tuple(float(v) for v in per)

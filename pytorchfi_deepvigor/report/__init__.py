@@ -13,7 +13,10 @@ Files written by :func:`write_report` into one folder:
 - ``layers.csv``: one row per (layer, target): :data:`LAYER_COLUMNS`.
 - ``channels.csv``: one row per (layer, target, channel): :data:`CHANNEL_COLUMNS`.
 - ``neurons.csv``: one row per analysed neuron, only when the result has per-neuron VFs.
-- ``lvf.png`` (LVF per layer and target) and ``mvf.png`` (MVF of activations, weights, total).
+- ``bits.csv``: the VF of each bit (each mask of the fault model) per (layer, target), where
+  the result has bit maps: :data:`BIT_COLUMNS`.
+- ``lvf.png`` (LVF per layer and target) and ``mvf.png`` (MVF of activations, weights, total);
+  ``bit_vf.png``: the bit maps as a heat map (rows: layer and target, columns: bits).
 
 :func:`write_comparison` writes ``comparison.json`` (:data:`COMPARISON_FORMAT`, version
 :data:`COMPARISON_SCHEMA_VERSION`: the two results' identities with the (layer, target) pairs
@@ -40,6 +43,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from pytorchfi_deepvigor.bits import FaultModel, bit_field, parse_fault_model
 from pytorchfi_deepvigor.report import _plots
 from pytorchfi_deepvigor.results import (
     Compared,
@@ -51,6 +57,7 @@ from pytorchfi_deepvigor.results import (
 )
 
 __all__ = [
+    "BIT_COLUMNS",
     "CHANNEL_COLUMNS",
     "COMPARISON_FORMAT",
     "COMPARISON_SCHEMA_VERSION",
@@ -61,10 +68,13 @@ __all__ = [
     "format_rows",
     "format_summary",
     "format_table",
+    "bit_rows",
     "layer_rows",
+    "plot_bit_vf",
     "plot_cvf_scatter",
     "plot_lvf",
     "plot_mvf",
+    "result_fault_model",
     "write_channels_csv",
     "write_comparison",
     "write_json",
@@ -82,6 +92,7 @@ COMPARISON_FORMAT = "pytorchfi-deepvigor comparison"
 COMPARISON_SCHEMA_VERSION = 1
 
 plot_lvf = _plots.plot_lvf
+plot_bit_vf = _plots.plot_bit_vf
 plot_mvf = _plots.plot_mvf
 plot_cvf_scatter = _plots.plot_cvf_scatter
 
@@ -295,6 +306,35 @@ def _write_neurons_csv(result: VulnerabilityResult, path: Path) -> Path | None:
     return _write_csv(path, columns, rows)
 
 
+def result_fault_model(result: VulnerabilityResult) -> FaultModel:
+    """The fault model a result records (single float32 bit flips when it records none)."""
+    fmt = str(result.options.get("number_format") or "fp32")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt]
+    return parse_fault_model(str(result.options.get("fault_model") or "flip"), dtype)
+
+
+def bit_rows(result: VulnerabilityResult) -> list[dict[str, Any]]:
+    """One row per (layer, target, mask) of the layers with a bit map (:data:`BIT_COLUMNS`)."""
+    model = result_fault_model(result)
+    rows = []
+    for x in result.layers:
+        if x.bit_vf is None or len(x.bit_vf) != len(model.masks):
+            continue
+        for m, vf in enumerate(x.bit_vf):
+            bits = model.pattern_bits(m * model.multiplicity)
+            fields = sorted({bit_field(b, model.dtype) for b in bits})
+            rows.append(
+                {"layer": x.layer_num, "name": x.name, "target": x.target, "mask": m,
+                 "bits": "+".join(str(b) for b in bits), "field": "+".join(fields),
+                 "bit_vf": vf}
+            )  # fmt: skip
+    return rows
+
+
+BIT_COLUMNS = ("layer", "name", "target", "mask", "bits", "field", "bit_vf")
+"""``bits.csv``: the VF of each mask of the fault model (each bit, for single-bit models)."""
+
+
 def write_json(result: VulnerabilityResult, path: str | Path) -> Path:
     """Write the whole result as strict JSON (``VulnerabilityResult.to_json``)."""
     path = Path(path)
@@ -319,9 +359,14 @@ def write_report(result: VulnerabilityResult, out_dir: str | Path) -> dict[str, 
     neurons = _write_neurons_csv(result, out / "neurons.csv")
     if neurons is not None:
         files["neurons"] = neurons
+    bits = bit_rows(result)
+    if bits:
+        files["bits"] = _write_csv(out / "bits.csv", BIT_COLUMNS, bits)
     if result.layers:
         files["lvf_plot"] = plot_lvf(result, out / "lvf.png")
         files["mvf_plot"] = plot_mvf(result, out / "mvf.png")
+    if bits:
+        files["bit_plot"] = plot_bit_vf(bits, _title(result), out / "bit_vf.png")
     return files
 
 

@@ -59,6 +59,34 @@ def plot_lvf(result: VulnerabilityResult, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_bit_vf(rows: list[dict], title: str, path: str | Path) -> Path:
+    """Heat map of the VF per bit (per mask of the fault model): one row per (layer, target).
+
+    Args:
+        rows: :func:`~pytorchfi_deepvigor.report.bit_rows` of a result.
+        title: the figure's title (the result's).
+
+    Returns:
+        The PNG's path.
+    """
+    keys = list(dict.fromkeys((r["layer"], r["target"]) for r in rows))
+    masks = sorted({r["mask"] for r in rows})
+    labels = {r["mask"]: r["bits"] for r in rows}
+    grid = np.full((len(keys), len(masks)), np.nan)
+    for r in rows:
+        grid[keys.index((r["layer"], r["target"])), masks.index(r["mask"])] = r["bit_vf"]
+    fig = Figure(figsize=(max(5.0, 0.28 * len(masks) + 2.5), max(2.5, 0.3 * len(keys) + 1.5)))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid[:, ::-1], aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(masks)), [labels[m] for m in masks[::-1]], fontsize=6, rotation=90)
+    ax.set_yticks(range(len(keys)), [f"{n} {t[0]}" for n, t in keys], fontsize=6)
+    ax.set_xlabel("bit (MSB left)")
+    ax.set_ylabel("layer, target (a: activations, w: weights)")
+    ax.set_title(f"VF per bit\n{title}", fontsize=7)
+    fig.colorbar(image, ax=ax, label="VF")
+    return _save(fig, path)
+
+
 def plot_mvf(result: VulnerabilityResult, path: str | Path) -> Path:
     """Bars: MVF of activations, weights and the total of Eq. 15 (paper Fig. 9)."""
     bars = [

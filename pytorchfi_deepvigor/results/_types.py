@@ -199,6 +199,8 @@ class LayerResult:
     with targets in the order of ``neurons`` (activations) or ``channels`` (weights). FI
     results fill ``counts``, ``n_faults`` and, for SFI, ``margin``. ``cost`` is the work this
     layer and target took (``None`` where it was not recorded, e.g. in older files).
+    ``bit_vf`` is the VF of each mask of the fault model, LSB first (each bit of the word, for
+    single-bit models): exhaustive FI and the analysis' default models fill it.
 
     Example:
         >>> LayerResult(layer_num=1, name="fc", kind="Linear", target="activations",
@@ -225,6 +227,7 @@ class LayerResult:
     margin: float | None = None
     cvf_spread: float | None = None
     cost: Cost | None = None
+    bit_vf: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -243,7 +246,13 @@ class LayerResult:
             raise ValueError("expected neurons as (channel, row, col) triples")
         if self.nvf is not None and (self.neurons is None or len(self.nvf) != len(self.neurons)):
             raise ValueError("expected one nvf per neuron (nvf given without aligned neurons)")
-        for name, values in (("cvf", self.cvf), ("nvf", self.nvf or ()), ("lvf", (self.lvf,))):
+        set_(self, "bit_vf", _tuple(self.bit_vf, float))
+        for name, values in (
+            ("cvf", self.cvf),
+            ("nvf", self.nvf or ()),
+            ("lvf", (self.lvf,)),
+            ("bit_vf", self.bit_vf or ()),
+        ):
             bad = next((v for v in values if not -VF_SLACK <= v <= 1.0 + VF_SLACK), None)
             if bad is not None:
                 raise ValueError(f"expected every {name} in [0, 1], got {bad}")

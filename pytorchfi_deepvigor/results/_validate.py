@@ -189,6 +189,7 @@ def check_layer(data: Any, where: str, targets: tuple[str, ...], fields: Collect
     _optional(data, "margin", _number, at)
     _optional(data, "cvf_spread", _number, at)
     _optional(data, "cost", _cost, at)
+    _optional(data, "bit_vf", lambda v, w: _list(v, w, _vf), at)
 
 
 def check_result(

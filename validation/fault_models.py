@@ -1,0 +1,304 @@
+"""Fault models beyond fp32 single bit flips (issue 23): the analysis against exhaustive FI,
+and that FI against the oracle, per model, number format and fault model.
+
+For each model (the validation set's CNNs and the zoo's ViT) and each case (fp16 and bf16
+single bit flips; 2- and 3-bit adjacent upsets and stuck-at in fp32 on two models; exponent-only
+flips), the model and the analysis images are converted to the case's format and:
+
+1. **FI against the oracle**: a seeded sample of weight, operand and stored-value faults of the
+   first, a middle and the last layer, each evaluated by the package's FI and by
+   ``tests/oracle.py`` (the word changed in the converted model, its own forward): mismatching
+   (fault, image) pairs are counted (must be 0).
+2. **Analysis against exhaustive FI**: per layer, a seeded draw of channels (weights; every
+   weight fault of those channels) and of one neuron per drawn channel (operands; every operand
+   fault of it), within a fault budget per model and target; the default analysis of exactly
+   those channels and neurons, compared channel by channel: MAE, max error, Spearman rho (where
+   there are >= 5 channels), in VF points (fractions x 100).
+
+Writes ``fault_models.csv`` (one row per model, case and target), ``fault_models_pairs.csv``
+(per channel) and ``fault_models.md`` (the table REPORT.md quotes).
+
+Run: ``python validation/fault_models.py --set validation,transformers [--models vgg11,...]
+[--cases fp16,...] [--budget N]`` (``--quick``: the quick VGG-11, 16 images, seconds).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from oracle import Fault, Oracle  # noqa: E402
+
+from pytorchfi_deepvigor.analysis.activations import analyze_activations  # noqa: E402
+from pytorchfi_deepvigor.analysis.sampling import LayerSites  # noqa: E402
+from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
+from pytorchfi_deepvigor.bits import parse_fault_model  # noqa: E402
+from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
+from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
+    FaultEvaluator,
+    FaultPopulation,
+    check_geometry,
+    operand_sites,
+)
+from pytorchfi_deepvigor.engine import Outcome, SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
+from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
+from validation.common import Context, ModelSpec, parse_args  # noqa: E402
+from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
+
+FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CASES = {
+    # name: (format, fault model, models it runs on: None = every model)
+    "fp16": ("fp16", "flip", None),
+    "bf16": ("bf16", "flip", None),
+    "mbu2": ("fp32", "mbu2", ("vgg11", "resnet18")),
+    "mbu3": ("fp32", "mbu3", ("vgg11", "resnet18")),
+    "stuck-at": ("fp32", "stuck-at", ("vgg11", "resnet18")),
+    "fp16-exponent": ("fp16", "flip:exponent", ("vgg11", "mobilenetv2")),
+}
+MODELS = (*(m for m in FULL_MODELS if m.key != "vgg16"), TRANSFORMER_MODELS[0])
+COLUMNS = ["model", "case", "format", "fault_model", "target", "layers", "channels",
+           "faults_fi", "mae_pts", "max_err_pts", "spearman", "vf_fi_pts", "oracle_faults",
+           "oracle_mismatches", "fi_seconds", "analysis_seconds"]  # fmt: skip
+PAIR_COLUMNS = ["model", "case", "target", "layer", "layer_name", "channel", "vf_analysis",
+                "vf_fi"]  # fmt: skip
+ORACLE_SITES = 6  # sites per (layer, target) checked against the oracle
+
+
+def _engine(ctx: Context, spec: ModelSpec, fmt: str) -> tuple[SimulationEngine, torch.nn.Module]:
+    model = ctx.model(spec)[0]
+    dtype = FORMATS[fmt]
+    converted = model if dtype == torch.float32 else _copy(model).to(dtype)
+    images = ctx.images(spec).to(dtype)
+    return SimulationEngine(converted, images), converted
+
+
+def _copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _per_site_faults(engine: SimulationEngine, num: int, spec: str) -> int:
+    info = engine.layer(num)
+    return parse_fault_model(spec, engine.dtype).n_patterns * info.fan_in
+
+
+def _draw(engine: SimulationEngine, spec: str, budget: int, seed: int) -> dict[int, list[int]]:
+    """Channels per layer, round-robin over layers, every weight fault of each within budget."""
+    rng = np.random.default_rng(seed)
+    nums = [i.layer_num for i in engine.catalogue]
+    order = {n: list(rng.permutation(engine.layer(n).out_channels)) for n in nums}
+    picks: dict[int, list[int]] = {n: [] for n in nums}
+    spent = 0
+    while any(order.values()):
+        for n in nums:
+            if not order[n]:
+                continue
+            cost = _per_site_faults(engine, n, spec)
+            if spent + cost > budget and any(picks.values()):
+                order[n] = []
+                continue
+            picks[n].append(int(order[n].pop()))
+            spent += cost
+    return {n: sorted(c) for n, c in picks.items() if c}
+
+
+def _neurons(engine: SimulationEngine, channels: dict[int, list[int]], seed: int) -> dict:
+    """One seeded neuron per drawn channel (a layer that pads inside its forward: none)."""
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    for num, chans in channels.items():
+        info = engine.layer(num)
+        try:
+            check_geometry(info)
+        except ValueError:
+            continue
+        per = info.neurons_per_channel
+        picked = []
+        for c in chans[: max(1, len(chans) // 2)]:
+            p = int(rng.integers(per))
+            if len(operand_sites(info, np.array([c * per + p]))):
+                picked.append((c, p))
+        if picked:
+            out[num] = picked
+    return out
+
+
+def _oracle_check(
+    engine: SimulationEngine, model: torch.nn.Module, spec: str, seed: int
+) -> tuple[int, int]:
+    """(faults, mismatching faults) of a seeded sample, package FI against the oracle."""
+    oracle = Oracle(model, engine.images, view=engine.model)
+    evaluator = FaultEvaluator(engine)
+    rng = np.random.default_rng(seed + 2)
+    nums = [i.layer_num for i in engine.catalogue]
+    total = bad = 0
+    for num in dict.fromkeys([nums[0], nums[len(nums) // 2], nums[-1]]):
+        info = engine.layer(num)
+        pops = [
+            FaultPopulation(info, "weights", spec, rng.choice(info.n_weights, ORACLE_SITES)),
+            FaultPopulation(info, "stored", spec, rng.choice(info.neurons_per_image, ORACLE_SITES)),
+        ]
+        try:
+            sites = operand_sites(info, rng.choice(info.neurons_per_image, 2))
+            pops.append(FaultPopulation(info, "operands", spec, sites[:ORACLE_SITES]))
+        except ValueError:
+            pass
+        for pop in pops:
+            ids = np.arange(pop.size)
+            image_idx, pert = evaluator.perturbation(pop, ids)
+            codes = engine.outcomes(num, image_idx, pert)
+            got = (codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy()
+            for f in ids:
+                s, p = f % pop.n_sites, f // pop.n_sites
+                mask = pop.model.masks[p // pop.model.multiplicity]
+                where = pop.sites[s]
+                site = tuple(int(a) for a in where) if where.ndim else int(where)
+                fault = Fault(pop.target, info.name, site, 0, pop.model.pattern_value(p), mask)
+                want = oracle.critical(fault).cpu().numpy()
+                total += 1
+                bad += int((want != got[f]).any())
+    return total, bad
+
+
+def _analysis(engine: SimulationEngine, target: str, picks: dict, spec: str) -> VulnerabilityResult:
+    grid = candidate_grid("fine")
+    layers = []
+    for num, chosen in picks.items():
+        info = engine.layer(num)
+        if target == "weights":
+            sites = LayerSites(num, np.asarray(chosen, np.int64), None, info.neurons_per_channel)
+            layers.append(analyze_weights(engine, info, sites, grid, faults=spec)[0])
+        else:
+            channels = np.array([c for c, _ in chosen], dtype=np.int64)
+            positions = np.array([[p] for _, p in chosen], dtype=np.int64)
+            sites = LayerSites(num, channels, positions, info.neurons_per_channel)
+            layers.append(analyze_activations(engine, info, sites, grid, faults=spec)[0])
+    return VulnerabilityResult.from_layers("deepvigor", layers, n_images=engine.num_images)
+
+
+def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str, list[dict]]:
+    fmt, fault_model, _ = CASES[case]
+    engine, model = _engine(ctx, spec, fmt)
+    n_oracle, n_bad = _oracle_check(engine, model, fault_model, ctx.seed)
+    rows, pairs = [], []
+    channels = _draw(engine, fault_model, budget, ctx.seed)
+    for target, fi_target in (("weights", "weights"), ("activations", "operands")):
+        picks = channels if target == "weights" else _neurons(engine, channels, ctx.seed)
+        started = time.perf_counter()
+        campaign = ExhaustiveCampaign(engine)
+        if target == "weights":
+            fi = campaign.run("weights", channels=picks, fault_model=fault_model)
+        else:
+            fi = campaign.run(
+                "operands",
+                neurons={
+                    n: [(c, p // _w(engine, n), p % _w(engine, n)) for c, p in v]
+                    for n, v in picks.items()
+                },  # fmt: skip
+                fault_model=fault_model,
+            )
+        fi_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        analysis = _analysis(engine, target, picks, fault_model)
+        seconds = time.perf_counter() - started
+        cmp = compare(analysis, fi, target=target if target == "weights" else "activations")
+        names = {x.layer_num: x.name for x in fi.layers}
+        rows.append(
+            {
+                "model": spec.label,
+                "case": case,
+                "format": fmt,
+                "fault_model": fault_model,
+                "target": fi_target,
+                "layers": len(picks),
+                "channels": cmp.n_channels,
+                "faults_fi": fi.cost.faults,
+                "mae_pts": 100 * cmp.mae,
+                "max_err_pts": 100 * cmp.max_abs_err,
+                "spearman": cmp.spearman if cmp.n_channels >= 5 else None,
+                "vf_fi_pts": 100 * float(np.mean([p.b for p in cmp.pairs])),
+                "oracle_faults": n_oracle,
+                "oracle_mismatches": n_bad,
+                "fi_seconds": fi_seconds,
+                "analysis_seconds": seconds,
+            }
+        )
+        pairs += [
+            {"model": spec.label, "case": case, "target": fi_target, "layer": p.layer_num,
+             "layer_name": names[p.layer_num], "channel": p.channel, "vf_analysis": p.a,
+             "vf_fi": p.b}
+            for p in cmp.pairs
+        ]  # fmt: skip
+        print(
+            f"  {spec.label} {case} {fi_target}: MAE {rows[-1]['mae_pts']:.3f} pts, max "
+            f"{rows[-1]['max_err_pts']:.3f}, rho {rows[-1]['spearman']}, FI {fi_seconds:.0f} s, "
+            f"analysis {seconds:.0f} s, oracle {n_bad}/{n_oracle} mismatches",
+            flush=True,
+        )
+    return {"rows": rows, "pairs": pairs}
+
+
+def _w(engine: SimulationEngine, num: int) -> int:
+    shape = engine.layer(num).output_shape
+    return shape[2] if len(shape) == 3 else 1
+
+
+def _markdown(rows: list[dict]) -> str:
+    head = ("| model | case | format | fault model | target | channels | FI faults | FI VF (pts) "
+            "| MAE (pts) | max err (pts) | Spearman | oracle mismatches |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        rho = "" if r["spearman"] is None else f"{r['spearman']:.3f}"
+        lines.append(
+            f"| {r['model']} | {r['case']} | {r['format']} | {r['fault_model']} | {r['target']} "
+            f"| {r['channels']} | {r['faults_fi']:,} | {r['vf_fi_pts']:.3f} | {r['mae_pts']:.3f} "
+            f"| {r['max_err_pts']:.3f} | {rho} | {r['oracle_mismatches']}/{r['oracle_faults']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ctx = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        extra=[
+            ("--cases", str, ",".join(CASES), f"comma-separated cases of {list(CASES)}"),
+            ("--budget", int, 40_000, "weight faults of exhaustive FI per model and case"),
+        ],
+    )
+    cases = ctx.extra["cases"].split(",")
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; expected some of {list(CASES)}")
+    budget = 3_000 if ctx.quick else int(ctx.extra["budget"])
+    keys = {m.key for m in MODELS}
+    models = ctx.models if ctx.quick else tuple(m for m in ctx.models if m.key in keys)
+    rows, pairs = [], []
+    for spec in models:
+        for case in cases:
+            only = CASES[case][2]
+            if not ctx.quick and only is not None and spec.key not in only:
+                continue
+            data = ctx.part(f"fault_models-{case}-b{budget}", spec,
+                            lambda spec=spec, case=case: run_case(ctx, spec, case, budget))  # fmt: skip
+            rows += data["rows"]
+            pairs += data["pairs"]
+    ctx.write_table("fault_models", COLUMNS, rows)
+    ctx.write_table("fault_models_pairs", PAIR_COLUMNS, pairs)
+    path = ctx.out / "fault_models.md"
+    path.write_text(_markdown(rows), encoding="utf-8")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
