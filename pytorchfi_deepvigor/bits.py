@@ -30,6 +30,8 @@ __all__ = [
     "FAULT_KINDS",
     "SUPPORTED_DTYPES",
     "FaultModel",
+    "AnyFaultModel",
+    "QuantizedFlip",
     "bit_field",
     "bit_width",
     "flip_all_bits",
@@ -418,9 +420,142 @@ class FaultModel:
         return self.all_faulty(x).float() - x.float().unsqueeze(-1)
 
 
+@dataclass(frozen=True)
+class QuantizedFlip:
+    """PyTorchFI's own neuron bit flip (``single_bit_flip_func``): an 8-bit quantised flip.
+
+    A stored activation ``v`` of a layer whose range is ``M`` (PyTorchFI's ``set_conv_max``) is
+    quantised to ``q = trunc(v / M * 2^(n-1))`` (float32 arithmetic, as PyTorchFI computes it on
+    the tensor), written as an ``n``-bit two's complement word, one bit flipped (LSB = 0), read
+    back as signed and dequantised to ``q' * 2^-(n-1) * M`` (in float64, then the value's
+    format). The faulty value includes the quantisation error: a flip of a bit that is
+    irrelevant at 8 bits still moves ``v`` to its quantised value. It is the fault model of
+    stored values (a layer's output), the only target PyTorchFI applies it to.
+
+    One deliberate difference: PyTorchFI raises ``AssertionError`` when ``q`` does not fit in
+    ``n`` bits (``v >= M``, or ``|v| > M``); here ``q`` saturates to ``[-2^(n-1), 2^(n-1) - 1]``.
+
+    Attributes:
+        dtype: the float format of the values.
+        bits: the word width ``n`` (PyTorchFI's ``bits=``, default 8).
+        ranges: ``M`` per layer, index = PyTorchFI layer number (what ``set_conv_max`` takes);
+            ``None``: each layer's largest ``|output|`` on the analysis images.
+        max_value: the range of the layer this instance is bound to (:meth:`bound`).
+
+    Example:
+        >>> m = QuantizedFlip().bound(4.0)
+        >>> m.faulty(torch.tensor([1.0]), torch.tensor([6])), m.faulty(torch.tensor([1.0]), torch.tensor([7]))
+        (tensor([3.]), tensor([-3.]))
+    """
+
+    dtype: torch.dtype = torch.float32
+    bits: int = 8
+    ranges: tuple[float, ...] | None = None
+    max_value: float | None = None
+    kind: str = field(default="pytorchfi-int8", init=False)
+
+    def __post_init__(self) -> None:
+        _layout(self.dtype)
+        if (
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or not 2 <= self.bits <= 16
+        ):
+            raise ValueError(f"expected bits in [2, 16], got {self.bits!r}")
+        if self.ranges is not None:
+            object.__setattr__(self, "ranges", tuple(float(r) for r in self.ranges))
+        for m in (*(self.ranges or ()), *(() if self.max_value is None else (self.max_value,))):
+            if not (m > 0.0 and m < float("inf")):
+                raise ValueError(f"expected positive finite ranges (set_conv_max), got {m!r}")
+
+    @property
+    def masks(self) -> tuple[int, ...]:
+        return tuple(1 << b for b in range(self.bits))
+
+    @property
+    def multiplicity(self) -> int:
+        return 1
+
+    @property
+    def n_patterns(self) -> int:
+        return self.bits
+
+    @property
+    def width(self) -> int:
+        return self.bits
+
+    @property
+    def name(self) -> str:
+        return "pytorchfi-int8" if self.bits == 8 else f"pytorchfi-int8:bits={self.bits}"
+
+    @property
+    def format(self) -> str:
+        return _DTYPE_NAMES[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.format} values)"
+
+    def with_dtype(self, dtype: torch.dtype) -> QuantizedFlip:
+        return QuantizedFlip(dtype, self.bits, self.ranges, self.max_value)
+
+    def bound(self, profiled: float, layer_num: int | None = None) -> QuantizedFlip:
+        """This model for one layer: its range from :attr:`ranges` (by PyTorchFI layer
+        number) when given, else ``profiled`` (the layer's largest ``|output|``)."""
+        if self.ranges is not None and layer_num is not None:
+            if not 0 <= layer_num < len(self.ranges):
+                raise ValueError(
+                    f"ranges has {len(self.ranges)} entries, no range for layer {layer_num}: "
+                    "give one per PyTorchFI layer (as set_conv_max takes)"
+                )
+            profiled = self.ranges[layer_num]
+        if not (profiled > 0.0 and profiled < float("inf")):
+            profiled = 1.0  # an all-zero layer: any range quantises it to 0
+        return QuantizedFlip(self.dtype, self.bits, self.ranges, float(profiled))
+
+    def pattern_bits(self, pattern: int) -> tuple[int, ...]:
+        return (int(pattern),)
+
+    def pattern_value(self, pattern: int) -> int:
+        return -1
+
+    def _words(self, x: Tensor) -> Tensor:
+        if self.max_value is None:
+            raise ValueError("the pytorchfi-int8 model needs the layer's range: call bound()")
+        if x.dtype != self.dtype:
+            raise TypeError(f"the fault model {self} faults {self.dtype} values, got {x.dtype}")
+        half = 2 ** (self.bits - 1)
+        q = torch.trunc(x.float() / self.max_value * float(half))
+        q = q.nan_to_num(0.0).clamp(-half, half - 1).to(torch.int64)
+        return torch.remainder(q, 2**self.bits)
+
+    def _values(self, words: Tensor) -> Tensor:
+        assert self.max_value is not None
+        half = 2 ** (self.bits - 1)
+        signed = torch.where(words >= half, words - 2**self.bits, words)
+        return (signed.double() * (self.max_value / half)).to(self.dtype)
+
+    def all_faulty(self, x: Tensor) -> Tensor:
+        masks = torch.tensor(self.masks, dtype=torch.int64, device=x.device)
+        return self._values(torch.bitwise_xor(self._words(x).unsqueeze(-1), masks))
+
+    def faulty(self, x: Tensor, pattern: Tensor) -> Tensor:
+        pattern = torch.as_tensor(pattern, device=x.device).to(torch.int64)
+        if pattern.numel() and (int(pattern.min()) < 0 or int(pattern.max()) >= self.bits):
+            raise ValueError(f"patterns outside [0, {self.bits}) of {self}")
+        return self._values(torch.bitwise_xor(self._words(x), torch.bitwise_left_shift(1, pattern)))
+
+    def deltas(self, x: Tensor) -> Tensor:
+        return self.all_faulty(x).float() - x.float().unsqueeze(-1)
+
+
+AnyFaultModel = FaultModel | QuantizedFlip
+"""A float word fault model or PyTorchFI's quantised activation flip."""
+
+
 def parse_fault_model(
-    spec: str | FaultModel = DEFAULT_FAULT_MODEL, dtype: torch.dtype = torch.float32
-) -> FaultModel:
+    spec: str | FaultModel | QuantizedFlip = DEFAULT_FAULT_MODEL,
+    dtype: torch.dtype = torch.float32,
+) -> AnyFaultModel:
     """A :class:`FaultModel` from its name, in the float format ``dtype``.
 
     Args:
@@ -434,15 +569,24 @@ def parse_fault_model(
         ValueError: for an unknown kind or a bad bit selection, naming what is accepted.
     """
     _layout(dtype)
-    if isinstance(spec, FaultModel):
+    if isinstance(spec, FaultModel | QuantizedFlip):
         return spec.with_dtype(dtype)
     if not isinstance(spec, str):
         raise TypeError(f"expected a fault model name (str), got {type(spec).__name__}")
     kind, sep, rest = spec.strip().partition(":")
+    if kind == "pytorchfi-int8":
+        bits = 8
+        if sep:
+            key, _, value = rest.partition("=")
+            if key.strip() != "bits" or not value.strip().isdigit():
+                raise ValueError(f"bad option {rest!r} of pytorchfi-int8: expected bits=N")
+            bits = int(value)
+        return QuantizedFlip(dtype, bits)
     if kind not in FAULT_KINDS:
         raise ValueError(
             f"unknown fault model {spec!r}: expected one of {', '.join(FAULT_KINDS)}, "
-            "optionally with bits after a colon (e.g. 'flip:exponent', 'mbu2:23-30')"
+            "optionally with bits after a colon (e.g. 'flip:exponent', 'mbu2:23-30'), or "
+            "pytorchfi-int8 (PyTorchFI's quantised activation flip)"
         )
     if not sep:
         return FaultModel(kind, dtype)

@@ -19,8 +19,8 @@ import torch
 from oracle import Fault, Oracle
 from oracle_models import ORACLE_MODELS, oracle_images
 
-from pytorchfi_deepvigor import ExhaustiveCampaign, SimulationEngine
-from pytorchfi_deepvigor.bits import FAULT_KINDS, FaultModel, parse_fault_model
+from pytorchfi_deepvigor import DeepVigorAnalyzer, ExhaustiveCampaign, SimulationEngine
+from pytorchfi_deepvigor.bits import FAULT_KINDS, FaultModel, QuantizedFlip, parse_fault_model
 from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
 from pytorchfi_deepvigor.engine import Outcome
 
@@ -249,8 +249,6 @@ def test_bit_maps_of_the_analysis_against_fi(fmt: str, spec: str) -> None:
     torch.set_num_threads(1)
     model, images = _tiny(DTYPES[fmt])
     engine = SimulationEngine(model, images)
-    from pytorchfi_deepvigor import DeepVigorAnalyzer
-
     analysis = DeepVigorAnalyzer(engine).analyze("weights", fault_model=spec)
     fi = ExhaustiveCampaign(engine).run("weights", fault_model=spec)
     n_masks = len(parse_fault_model(spec, DTYPES[fmt]).masks)
@@ -313,8 +311,6 @@ def test_analysis_against_exhaustive_fi_per_fault_model(fmt: str, spec: str) -> 
     model, images = _tiny(DTYPES[fmt])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine = SimulationEngine(model, images)
-    from pytorchfi_deepvigor import DeepVigorAnalyzer
-
     analysis = DeepVigorAnalyzer(engine).analyze("both", fault_model=spec)
     assert analysis.options["fault_model"] == parse_fault_model(spec, DTYPES[fmt]).name
     assert analysis.options["number_format"] == fmt
@@ -328,3 +324,87 @@ def test_analysis_against_exhaustive_fi_per_fault_model(fmt: str, spec: str) -> 
                                                                got.lvf, want.lvf)  # fmt: skip
             assert want.lvf > 0.0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+# ------------------------------------------------- PyTorchFI's 8-bit quantised flip
+def _pytorchfi_flip() -> object:
+    """PyTorchFI's own ``_flip_bit_signed`` (its arithmetic, not ours), on an 8-bit instance."""
+    neuron_error_models = pytest.importorskip("pytorchfi.neuron_error_models")
+    flipper = object.__new__(neuron_error_models.single_bit_flip_func)
+    flipper.bits = 8
+    return flipper
+
+
+def test_quantized_flip_is_pytorchfis_arithmetic() -> None:
+    flipper = _pytorchfi_flip()
+    gen = torch.Generator().manual_seed(5)
+    for peak in (1.0, 2.0920209884643555, 0.283, 37.5):
+        model = QuantizedFlip().bound(peak)
+        values = torch.cat(
+            [torch.rand(40, generator=gen) * 2 * peak - peak,
+             torch.tensor([0.0, -peak, peak * 0.999, 1e-9, -1e-9])]
+        )  # fmt: skip
+        values = values[values.abs() < peak]  # PyTorchFI asserts |q| fits in 8 bits
+        got = model.all_faulty(values)
+        for i, v in enumerate(values):
+            for b in range(8):
+                want = flipper._flip_bit_signed(v.clone(), peak, b)  # type: ignore[attr-defined]
+                assert got[i, b].item() == want.item(), (peak, v.item(), b)
+    # beyond the range PyTorchFI raises; here the word saturates
+    sat = QuantizedFlip().bound(1.0).faulty(torch.tensor([1.0, -3.0]), torch.tensor([0, 0]))
+    assert sat.tolist() == [126 / 128, -127 / 128]
+
+
+class _PyTorchFIStored(Fault):
+    """A stored-value fault whose faulty value PyTorchFI's own code computes."""
+
+    def faulty(self, x: torch.Tensor) -> torch.Tensor:
+        flipper, peak = _pytorchfi_flip(), float(self.value_range)
+        out = [flipper._flip_bit_signed(v.float(), peak, self.bit).to(x.dtype) for v in x]  # type: ignore[attr-defined]
+        return torch.stack(out)
+
+    value_range: float = 1.0
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "fp16"])
+def test_int8_stored_faults_match_pytorchfis_value_in_the_oracle(fmt: str) -> None:
+    torch.set_num_threads(1)
+    model = ORACLE_MODELS["norms"]().to(DTYPES[fmt])
+    images = oracle_images().to(DTYPES[fmt])
+    engine = SimulationEngine(model, images)
+    oracle = Oracle(model, images, view=engine.model)
+    result = ExhaustiveCampaign(engine).run(
+        "stored", layers=[0, 2], channels={0: [1], 2: [0]}, fault_model="pytorchfi-int8"
+    )
+    assert result.options["fault_model"] == "pytorchfi-int8"
+    for num in (0, 2):
+        info = engine.layer(num)
+        peak = float(engine.layer_output(num).abs().max())
+        assert result.options["fault_ranges"][str(num)] == peak
+        pop = FaultPopulation(info, "stored", QuantizedFlip(DTYPES[fmt]).bound(peak), np.arange(5))
+        got = _package(engine, pop)
+        for f in range(pop.size):
+            s, b = f % pop.n_sites, f // pop.n_sites
+            fault = _PyTorchFIStored("stored", info.name, int(pop.sites[s]), b)
+            object.__setattr__(fault, "value_range", peak)
+            want = oracle.critical(fault).cpu().numpy()
+            assert (want == got[f]).all(), (fmt, info.name, s, b)
+    with pytest.raises(ValueError, match="target='stored'"):
+        ExhaustiveCampaign(engine).run("weights", layers=[0], fault_model="pytorchfi-int8")
+
+
+def test_stored_analysis_against_fi_with_pytorchfis_model() -> None:
+    torch.set_num_threads(1)
+    model, images = _tiny(torch.float32)
+    engine = SimulationEngine(model, images)
+    for spec, bound in (("flip", 0.01), ("pytorchfi-int8", 0.03)):
+        analysis = DeepVigorAnalyzer(engine).analyze("stored", fault_model=spec)
+        fi = ExhaustiveCampaign(engine).run("stored", fault_model=spec)
+        assert [x.target for x in analysis.layers] == ["stored"] * 3
+        for got, want in zip(analysis.layers, fi.layers, strict=True):
+            assert abs(got.lvf - want.lvf) <= bound, (spec, got.name, got.lvf, want.lvf)
+            assert np.mean(got.bit_vf) == pytest.approx(got.lvf, abs=1e-9)
+        if spec == "pytorchfi-int8":
+            assert analysis.options["fault_ranges"] == fi.options["fault_ranges"]
+    with pytest.raises(ValueError, match="target='stored'"):
+        DeepVigorAnalyzer(engine).analyze("weights", fault_model="pytorchfi-int8")

@@ -57,6 +57,7 @@ from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = {
     # name: (format, fault model, models it runs on: None = every model)
+    "fp32": ("fp32", "flip", None),  # the baseline the others are read against
     "fp16": ("fp16", "flip", None),
     "bf16": ("bf16", "flip", None),
     "mbu2": ("fp32", "mbu2", ("vgg11", "resnet18")),

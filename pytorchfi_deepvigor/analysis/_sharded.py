@@ -57,7 +57,7 @@ def cost(
     s = sites[num]
     total = 0.0
     for kind in kinds:
-        if kind == "activations":
+        if kind in ("activations", "stored"):
             total += s.channels.size * s.position_matrix().shape[1] * _probes(32, grid_size)
         elif uses_rays(info):
             rays = ray_count(info)

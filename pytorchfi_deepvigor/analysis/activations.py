@@ -18,15 +18,15 @@ from torch import Tensor
 from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.analysis.probing import search_defaults, search_group
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, QuantizedFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import operand_edm
+from pytorchfi_deepvigor.functional.edm import histogram, operand_edm
 from pytorchfi_deepvigor.functional.vf import mask_vf, pattern_hits, vv_values
 from pytorchfi_deepvigor.perturbations import NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
-__all__ = ["analyze_activations", "cvf_spread"]
+__all__ = ["analyze_activations", "analyze_stored", "cvf_spread"]
 
 
 def cvf_spread(cvf: np.ndarray) -> float | None:
@@ -38,7 +38,7 @@ _CHUNK_ELEMENTS = 1 << 20  # errors per piece of the per-pattern count
 
 
 def _operand_hits(
-    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: FaultModel
+    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: AnyFaultModel
 ) -> Tensor:
     """Critical (neuron, image, operand) triples per fault pattern, in memory-bounded pieces."""
     n_img, n_tgt, n_ops = ops.shape
@@ -62,7 +62,7 @@ def analyze_activations(
     checked: bool | None = None,
     keep_edm: bool = False,
     group_rows: int | None = None,
-    faults: FaultModel | None = None,
+    faults: AnyFaultModel | None = None,
 ) -> tuple[LayerResult, int]:
     """Activations analysis of one layer.
 
@@ -147,3 +147,92 @@ def analyze_activations(
         cvf_spread=cvf_spread(cvf),
     )
     return result, n_faults
+
+
+def analyze_stored(
+    engine: SimulationEngine,
+    info: LayerInfo,
+    sites: LayerSites,
+    grid: Tensor,
+    *,
+    grad: Tensor | None = None,
+    checked: bool | None = None,
+    keep_edm: bool = False,
+    group_rows: int | None = None,
+    faults: AnyFaultModel | None = None,
+) -> tuple[LayerResult, int]:
+    """Stored-value analysis of one layer: faults in the layer's output values themselves.
+
+    A neuron's fault sites are its own value on each image: a pattern turns ``v`` into
+    ``v' = faulty_p(v)`` and adds ``v' - v`` to that neuron (:class:`NeuronAdd`), where an
+    operand fault adds ``(x' - x) * w``. It is the fault model of PyTorchFI's neuron injection
+    (a value of a layer's output replaced), and the only target of its quantised flip
+    (``fault_model="pytorchfi-int8"``, bound to the layer's range here).
+
+    Args and returns: as :func:`analyze_activations` (the result's target is ``"stored"``).
+    """
+    out_map = engine.layer_output(info.layer_num)
+    model = parse_fault_model("flip" if faults is None else faults, out_map.dtype)
+    if isinstance(model, QuantizedFlip) and model.max_value is None:
+        model = model.bound(float(out_map.abs().max()), info.layer_num)
+    values = out_map.reshape(out_map.shape[0], info.out_channels, -1)  # (I, C, positions)
+    n_img = engine.num_images
+    checked, group_rows = search_defaults(grid, checked, group_rows)
+    pos_per_ch = sites.position_matrix()
+    chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
+    pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
+    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+    row, col = pos // width, pos % width
+    skip = None
+    if grad is not None:
+        skip = (grad.reshape(n_img, info.out_channels, -1)[:, chan, pos] == 0).all(dim=0).cpu()
+    step = max(1, group_rows // n_img)
+    plus, minus, nvf, edms = [], [], [], []
+    hits = torch.zeros(model.n_patterns, dtype=torch.int64)
+    for a in range(0, chan.numel(), step):
+        ch, ps = chan[a : a + step], pos[a : a + step]
+        v = values[:, ch.to(values.device), ps.to(values.device)].transpose(0, 1)  # (T, I)
+        errors = model.deltas(v)  # (T, I, patterns)
+        counts = histogram(errors, grid)
+        r, c = row[a : a + step], col[a : a + step]
+
+        def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
+            return NeuronAdd(ch[t], r[t], c[t], value)
+
+        out = search_group(
+            engine,
+            info.layer_num,
+            counts,
+            grid,
+            make,
+            None if skip is None else skip[a : a + step],
+            checked=checked,
+        )
+        plus.append(out.plus)
+        minus.append(out.minus)
+        nvf.append(out.vf)
+        assert out.bins is not None
+        hits += pattern_hits(errors.unsqueeze(2), out.bins, grid)[1].cpu()
+        if keep_edm:
+            edms.append(counts.cpu())
+    nvf_all = torch.cat(nvf).numpy()
+    cvf = nvf_all.reshape(len(sites.channels), -1).mean(axis=1)
+    result = LayerResult(
+        layer_num=info.layer_num,
+        name=info.name,
+        kind=info.kind,
+        target="stored",
+        n_neurons=info.neurons_per_image,
+        n_weights=info.n_weights,
+        channels=tuple(sites.channels.tolist()),
+        cvf=tuple(cvf.tolist()),
+        lvf=float(nvf_all.mean()),
+        neurons=tuple(zip(chan.tolist(), row.tolist(), col.tolist(), strict=True)),
+        nvf=tuple(nvf_all.tolist()),
+        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
+        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
+        edm=torch.cat(edms).numpy() if keep_edm else None,
+        cvf_spread=cvf_spread(cvf),
+        bit_vf=mask_vf(hits, chan.numel() * n_img, model),
+    )
+    return result, chan.numel() * model.n_patterns

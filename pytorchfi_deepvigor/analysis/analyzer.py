@@ -25,12 +25,17 @@ from torch import Tensor, nn
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_layers
 from pytorchfi_deepvigor.analysis import _sharded
-from pytorchfi_deepvigor.analysis.activations import analyze_activations
+from pytorchfi_deepvigor.analysis.activations import analyze_activations, analyze_stored
 from pytorchfi_deepvigor.analysis.probing import margin_gradient, output_gradient
 from pytorchfi_deepvigor.analysis.rays import uses_rays
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
-from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import (
+    DEFAULT_FAULT_MODEL,
+    AnyFaultModel,
+    QuantizedFlip,
+    parse_fault_model,
+)
 from pytorchfi_deepvigor.catalogue import unsupported_layers
 from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -39,7 +44,7 @@ from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost, Vulnerabili
 
 __all__ = ["DeepVigorAnalyzer", "ANALYSIS_TARGETS"]
 
-ANALYSIS_TARGETS = ("activations", "weights", "both")
+ANALYSIS_TARGETS = ("activations", "weights", "both", "stored")
 
 
 def _check_flag(value: object, name: str) -> None:
@@ -105,12 +110,13 @@ class DeepVigorAnalyzer:
         skip_zero_gradient: bool = False,
         keep_edm: bool = False,
         progress: bool = False,
-        fault_model: str | FaultModel = DEFAULT_FAULT_MODEL,
+        fault_model: str | AnyFaultModel = DEFAULT_FAULT_MODEL,
     ) -> VulnerabilityResult:
         """Run the analysis.
 
         Args:
-            target: ``"activations"``, ``"weights"`` or ``"both"``.
+            target: ``"activations"`` (operands), ``"weights"``, ``"both"`` (the two of Eq. 15)
+                or ``"stored"`` (the layers' output values themselves, PyTorchFI's neuron faults).
             layers: layer numbers (PyTorchFI's numbering) to analyse; ``None`` for all.
             sampling: channel ratio in ``(0, 1]`` for a stratified sample, ``None`` for complete.
             search: the VV search: ``"fine"`` (default: four candidates per octave over the
@@ -132,7 +138,7 @@ class DeepVigorAnalyzer:
             fault_model: the faults whose VF is derived, by name
                 (:func:`~pytorchfi_deepvigor.bits.parse_fault_model`: ``"flip"`` (default),
                 ``"stuck-at"``, ``"mbu2"``, ``"mbu3"``, each optionally restricted to some bits,
-                e.g. ``"flip:exponent"``) or a ``FaultModel``; the words are the model's own
+                e.g. ``"flip:exponent"``) or a ``AnyFaultModel``; the words are the model's own
                 format (a float16 model's weights and activations are 16-bit words, and the
                 network after the layer runs in float16).
 
@@ -152,6 +158,11 @@ class DeepVigorAnalyzer:
             raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
         check_ratio(sampling)
         words = parse_fault_model(fault_model, self.engine.dtype)
+        if isinstance(words, QuantizedFlip) and target != "stored":
+            raise ValueError(
+                f"{words.name} is PyTorchFI's neuron fault model (a quantised copy of a layer's "
+                f"output flipped): analyse it with target='stored', not {target!r}"
+            )
         for flag, name in (
             (skip_zero_gradient, "skip_zero_gradient"),
             (keep_edm, "keep_edm"),
@@ -167,6 +178,7 @@ class DeepVigorAnalyzer:
         grid = candidate_grid(search)
         sites = draw_sites(self.engine.catalogue, sampling, seed)
         kinds = ("activations", "weights") if target == "both" else (target,)
+        ranges: dict[int, float] = {}  # pytorchfi-int8: the range each layer was bound to
 
         start_stats, start_time = self.engine.stats.snapshot(), time.perf_counter()
         # work items (layer, targets); under torchrun this rank's cost-balanced share of them
@@ -191,7 +203,23 @@ class DeepVigorAnalyzer:
                 grad, n_back = output_gradient(self.engine, num)
                 backwards += n_back
             for kind in item_kinds:
-                if kind == "activations":
+                if kind == "stored":
+                    layer_words = words
+                    if isinstance(words, QuantizedFlip):
+                        peak = float(self.engine.layer_output(num).abs().max())
+                        layer_words = words.bound(peak, num)
+                        assert layer_words.max_value is not None
+                        ranges[num] = layer_words.max_value
+                    layer, n_faults = analyze_stored(
+                        self.engine,
+                        info,
+                        sites[num],
+                        grid,
+                        grad=grad,
+                        keep_edm=keep_edm,
+                        faults=layer_words,
+                    )
+                elif kind == "activations":
                     layer, n_faults = analyze_activations(
                         self.engine,
                         info,
@@ -255,6 +283,8 @@ class DeepVigorAnalyzer:
             "fault_model": words.name,
             "number_format": words.format,
         }
+        if ranges:
+            options["fault_ranges"] = {str(n): m for n, m in ranges.items()}
         result = VulnerabilityResult.from_layers(
             "deepvigor",
             results,

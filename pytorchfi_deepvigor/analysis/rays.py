@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns
@@ -136,7 +136,7 @@ def ray_search(
     engine: SimulationEngine,
     info: LayerInfo,
     channels: Tensor,
-    faults: FaultModel | None = None,
+    faults: AnyFaultModel | None = None,
 ) -> RayOutcome:
     """Critical fraction of every single weight fault of ``channels``, ray by ray.
 
@@ -170,7 +170,7 @@ def ray_search(
 
 
 def _search_channels(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int, model: FaultModel
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int, model: AnyFaultModel
 ) -> tuple[Tensor, Tensor, int, Tensor]:
     """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone,
     critical faults per pattern."""

@@ -71,7 +71,7 @@ from pytorchfi_deepvigor.analysis.probing import (
 )
 from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
@@ -90,7 +90,7 @@ _VANISHING = 1e-6  # |sum G| <= this * sum |G|: no first-order equivalent, use t
 
 
 def equivalent_errors(
-    ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None, faults: FaultModel | None = None
+    ops: Tensor, w: Tensor, valid: Tensor, grad: Tensor | None, faults: AnyFaultModel | None = None
 ) -> Tensor:
     """First-order channel-wide equivalent errors of every single bit flip of the filters.
 
@@ -118,7 +118,7 @@ def equivalent_errors(
     return errors_of_scales(ratio, w, faults)
 
 
-def errors_of_scales(scale: Tensor, w: Tensor, faults: FaultModel | None = None) -> Tensor:
+def errors_of_scales(scale: Tensor, w: Tensor, faults: AnyFaultModel | None = None) -> Tensor:
     """Channel-wide errors ``d * scale[i, t, j]`` of every fault ``d`` of the filters.
 
     Args:
@@ -164,9 +164,7 @@ def read_positions(engine: SimulationEngine, info: LayerInfo) -> Tensor:
     return cache[info.layer_num]
 
 
-_READ: weakref.WeakKeyDictionary[SimulationEngine, dict[int, Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
+_READ: weakref.WeakKeyDictionary[SimulationEngine, dict[int, Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _signed_input(engine: SimulationEngine, info: LayerInfo) -> bool:
@@ -181,7 +179,7 @@ def _split(engine: SimulationEngine, info: LayerInfo) -> bool:
 
 
 def _signed_errors(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor, faults: FaultModel
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, faults: AnyFaultModel
 ) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
     """The default model's two channel-wide errors of every fault, in memory-bounded pieces.
 
@@ -216,7 +214,7 @@ def _equivalent_hits(
     channels: Tensor,
     grid: Tensor,
     out: GroupOutcome,
-    faults: FaultModel,
+    faults: AnyFaultModel,
 ) -> tuple[Tensor, Tensor]:
     """CVFs under the default model (a fault is critical where either signed part's bin is),
     and the critical (channel, image, weight) triples per fault pattern."""
@@ -241,7 +239,7 @@ def _edms(
     positions: Tensor | None,
     grid: Tensor,
     aggregate: str,
-    faults: FaultModel,
+    faults: AnyFaultModel,
     margin_grad: Tensor | None = None,
 ) -> Tensor:
     """EDMs ``(T, I, 2K + 1)`` of a group of channels, gathered in memory-bounded pieces."""
@@ -287,7 +285,7 @@ def analyze_weights(
     checked: bool | None = None,
     keep_edm: bool = False,
     group_rows: int | None = None,
-    faults: FaultModel | None = None,
+    faults: AnyFaultModel | None = None,
 ) -> tuple[LayerResult, int]:
     """Weights analysis of one layer.
 
@@ -386,8 +384,9 @@ def analyze_weights(
         vv_plus=None if rays else vv_values(torch.cat(plus), grid, 1).numpy(),
         edm=torch.cat(edms).numpy() if keep_edm and not rays else None,
         cvf_spread=cvf_spread(cvf_all),
-        bit_vf=None if hits is None else mask_vf(hits, len(sites.channels) * n_img * info.fan_in,
-                                                 model),
+        bit_vf=None
+        if hits is None
+        else mask_vf(hits, len(sites.channels) * n_img * info.fan_in, model),
     )
     n_faults = len(sites.channels) * (info.n_weights // info.out_channels) * model.n_patterns
     return result, n_faults

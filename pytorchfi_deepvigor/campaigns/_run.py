@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_layers as _check_layers
-from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, QuantizedFlip, parse_fault_model
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
     FaultPopulation,
@@ -78,10 +78,32 @@ def check_target(target: str) -> str:
     return target
 
 
-def check_fault_model(fault_model: str | FaultModel, dtype: torch.dtype) -> FaultModel:
+def check_fault_model(fault_model: str | AnyFaultModel, dtype: torch.dtype) -> AnyFaultModel:
     """The fault model named ``fault_model`` in the model's format ``dtype`` (a clear
     ``ValueError`` naming the accepted names otherwise)."""
     return parse_fault_model(fault_model, dtype)
+
+
+def layer_fault_model(
+    model: AnyFaultModel, engine: SimulationEngine, layer_num: int
+) -> AnyFaultModel:
+    """``model`` for one layer: PyTorchFI's quantised flip bound to the layer's range (its
+    ``ranges`` entry, else the layer's largest ``|output|`` on the analysis images)."""
+    if isinstance(model, QuantizedFlip) and model.max_value is None:
+        peak = float(engine.layer_output(layer_num).abs().max())
+        return model.bound(peak, layer_num)
+    return model
+
+
+def fault_model_options(models: Mapping[int, AnyFaultModel]) -> dict[str, Any]:
+    """What a result records of the fault model: its name and format (and PyTorchFI ranges)."""
+    first = next(iter(models.values()))
+    out: dict[str, Any] = {"fault_model": first.name, "number_format": first.format}
+    if isinstance(first, QuantizedFlip):
+        out["fault_ranges"] = {
+            str(n): m.max_value for n, m in models.items() if isinstance(m, QuantizedFlip)
+        }
+    return out
 
 
 def check_seed(seed: object) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pytorchfi_deepvigor._guard import check_positive_int
-from pytorchfi_deepvigor.bits import FaultModel
+from pytorchfi_deepvigor.bits import AnyFaultModel
 from pytorchfi_deepvigor.campaigns import _run
 from pytorchfi_deepvigor.campaigns.faults import (
     FaultEvaluator,
@@ -72,7 +72,7 @@ class ExhaustiveCampaign:
         channels: Channels = None,
         channel_ratio: float | None = None,
         neurons: Neurons = None,
-        fault_model: str | FaultModel = "flip",
+        fault_model: str | AnyFaultModel = "flip",
         seed: int = 0,
         progress_dir: str | Path | None = None,
         progress: bool = False,
@@ -121,18 +121,19 @@ class ExhaustiveCampaign:
             raise ValueError(f"neurons only apply to target='operands', not {target!r}")
         rng = np.random.default_rng(seed)
         units, picks = [], {}
+        bound: dict[int, AnyFaultModel] = {}
         for num in layer_nums:
             info = self.engine.layer(num)
             chans = _channels(info, channels, channel_ratio, rng)
             sites, picked = _sites(info, target, chans, neurons, rng)
-            population = FaultPopulation(info, target, model, sites)  # type: ignore[arg-type]
+            bound[num] = _run.layer_fault_model(model, self.engine, num)
+            population = FaultPopulation(info, target, bound[num], sites)  # type: ignore[arg-type]
             units.append(_run.WorkUnit(f"L{num}", population, np.arange(population.size)))
             picks[num] = (chans, picked)
         chunks = _run.chunk_sizes(self.engine, layer_nums, self.faults_per_chunk)
         options = {
             "target": target,
-            "fault_model": model.name,
-            "number_format": model.format,
+            **_run.fault_model_options(bound or {0: model}),
             "layers": layer_nums,
             "channel_ratio": channel_ratio,
             "channels": {str(n): [int(c) for c in p[0]] for n, p in picks.items()},

@@ -45,7 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from pytorchfi_deepvigor._guard import eval_mode
-from pytorchfi_deepvigor.bits import FaultModel, flip_bit, parse_fault_model, stuck_at
+from pytorchfi_deepvigor.bits import (
+    AnyFaultModel,
+    QuantizedFlip,
+    flip_bit,
+    parse_fault_model,
+    stuck_at,
+)
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.perturbations import (
@@ -99,14 +105,26 @@ class FaultPopulation:
 
     layer: LayerInfo
     target: FaultTarget
-    fault_model: str | FaultModel
+    fault_model: str | AnyFaultModel
     sites: np.ndarray
-    model: FaultModel = field(init=False, repr=False)
+    model: AnyFaultModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.target not in FAULT_TARGETS:
             raise ValueError(f"expected target in {FAULT_TARGETS}, got {self.target!r}")
         model = parse_fault_model(self.fault_model, layer_weight(self.layer).dtype)
+        if isinstance(model, QuantizedFlip):
+            if self.target != "stored":
+                raise ValueError(
+                    f"{model.name} is PyTorchFI's neuron fault model: it flips bits of a "
+                    f"quantised copy of a layer's output; use target='stored', not "
+                    f"{self.target!r}"
+                )
+            if model.max_value is None:
+                raise ValueError(
+                    f"{model.name} needs the layer's range: bind it with "
+                    "QuantizedFlip.bound(range, layer_num) (the campaigns do)"
+                )
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "fault_model", model.name)
         sites = np.asarray(self.sites, dtype=np.int64)
@@ -184,7 +202,7 @@ def faulty_values(x: torch.Tensor, bit: torch.Tensor, value: torch.Tensor) -> to
 class _Faults:
     """A batch's faults: the model and each fault's pattern."""
 
-    model: FaultModel
+    model: AnyFaultModel
     pattern: torch.Tensor
 
 

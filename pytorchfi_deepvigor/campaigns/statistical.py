@@ -30,7 +30,7 @@ import torch
 
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_positive_int
-from pytorchfi_deepvigor.bits import FaultModel
+from pytorchfi_deepvigor.bits import AnyFaultModel
 from pytorchfi_deepvigor.campaigns import _run, _sampling
 from pytorchfi_deepvigor.campaigns._priors import Pilot, PriorSpec, check_prior, resolve_priors
 from pytorchfi_deepvigor.campaigns._sampling import SamplingPlan, Stratum
@@ -75,12 +75,14 @@ class StatisticalCampaign:
 
     # ---------------------------------------------------------------------- planning
     def _populations(
-        self, target: str, fault_model: str, layers: Sequence[int] | None
+        self, target: str, fault_model: str | AnyFaultModel, layers: Sequence[int] | None
     ) -> list[FaultPopulation]:
+        model = _run.check_fault_model(fault_model, self.engine.dtype)
         out = []
         for num in _run.check_layers(self.engine, layers):
             info = self.engine.layer(num)
-            out.append(FaultPopulation(info, target, fault_model, _all_sites(info, target)))  # type: ignore[arg-type]
+            bound = _run.layer_fault_model(model, self.engine, num)
+            out.append(FaultPopulation(info, target, bound, _all_sites(info, target)))  # type: ignore[arg-type]
         return out
 
     def plan(
@@ -92,12 +94,12 @@ class StatisticalCampaign:
         e: float = 0.01,
         t: float = 2.58,
         prior: PriorSpec = None,
-        fault_model: str | FaultModel = "flip",
+        fault_model: str | AnyFaultModel = "flip",
         seed: int = 0,
     ) -> SamplingPlan:
         """The strata and sample sizes :meth:`run` would use (a pilot prior runs its pilot)."""
         args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
-        pops = self._populations(args.target, args.fault_model, layers)
+        pops = self._populations(args.target, fault_model, layers)
         rng = np.random.default_rng(args.seed)
         priors = None
         if variant == "data-aware":
@@ -122,7 +124,7 @@ class StatisticalCampaign:
         e: float = 0.01,
         t: float = 2.58,
         prior: PriorSpec = None,
-        fault_model: str | FaultModel = "flip",
+        fault_model: str | AnyFaultModel = "flip",
         seed: int = 0,
         progress_dir: str | Path | None = None,
         progress: bool = False,
@@ -151,7 +153,7 @@ class StatisticalCampaign:
         """
         started = time.perf_counter()
         args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
-        pops = self._populations(args.target, args.fault_model, layers)
+        pops = self._populations(args.target, fault_model, layers)
         nums = [p.layer.layer_num for p in pops]
         chunks = _run.chunk_sizes(self.engine, nums, self.faults_per_chunk)
         options = {
@@ -229,7 +231,7 @@ def _check(
     e: float,
     t: float,
     prior: PriorSpec,
-    fault_model: str | FaultModel,
+    fault_model: str | AnyFaultModel,
     seed: int,
     dtype: torch.dtype,
 ) -> _Args:

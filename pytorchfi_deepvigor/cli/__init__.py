@@ -212,9 +212,10 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
     group = parser.add_argument_group("analysis")
     group.add_argument(
         "--target",
-        choices=("weights", "activations", "both"),
+        choices=("weights", "activations", "both", "stored"),
         default=target,
-        help=f"fault target (default {target})",
+        help=f"fault target (default {target}): weights, activations (operands), both, or "
+        "stored (the layers' output values: PyTorchFI's neuron faults)",
     )
     group.add_argument(
         "--sampling",
@@ -258,7 +259,9 @@ def _add_fault_model(group: argparse._ArgumentGroup) -> None:
         default=DEFAULT_FAULT_MODEL,
         help="flip (default: every single bit flip), stuck-at (stuck-at-0 and -1 of every "
         "bit), mbu2 or mbu3 (2 or 3 adjacent bits flipped), each optionally limited to some "
-        "bits of the model's format: flip:exponent, mbu2:23-30, stuck-at:sign,exponent",
+        "bits of the model's format: flip:exponent, mbu2:23-30, stuck-at:sign,exponent; or "
+        "pytorchfi-int8 (PyTorchFI's 8-bit quantised flip of stored values, ranges = each "
+        "layer's largest |output|)",
     )
 
 

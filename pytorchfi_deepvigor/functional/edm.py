@@ -60,7 +60,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pytorchfi_deepvigor.bits import FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
 
 __all__ = [
     "GRIDS",
@@ -245,7 +245,7 @@ def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tens
     return _count(_keys_of(errors, shift), grid, valid, shift)
 
 
-def _model(faults: FaultModel | None, dtype: torch.dtype) -> FaultModel:
+def _model(faults: AnyFaultModel | None, dtype: torch.dtype) -> AnyFaultModel:
     return parse_fault_model("flip" if faults is None else faults, dtype)
 
 
@@ -254,7 +254,7 @@ def operand_edm(
     w: Tensor,
     grid: Tensor,
     valid: Tensor | None = None,
-    faults: FaultModel | None = None,
+    faults: AnyFaultModel | None = None,
 ) -> Tensor:
     """EDMs of operand targets (output neurons): errors ``(flip_b(x_j) - x_j) * w_j``.
 
@@ -307,7 +307,7 @@ def weight_edm(
     grid: Tensor,
     valid: Tensor | None = None,
     aggregate: str = "position",
-    faults: FaultModel | None = None,
+    faults: AnyFaultModel | None = None,
 ) -> Tensor:
     """EDMs of weight targets (output channels): errors ``(flip_b(w_j) - w_j) * x_{j,p}``.
 

@@ -34,7 +34,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, FaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, AnyFaultModel, parse_fault_model
 
 __all__ = [
     "RUOSPO_PRIOR",
@@ -234,7 +234,7 @@ def stratified_margin(
 
 def weight_bit_prior(
     weights: Tensor,
-    fault_model: FaultModel | None = None,
+    fault_model: AnyFaultModel | None = None,
     *,
     threshold: float = 1.0,
     floor: float = 1e-4,

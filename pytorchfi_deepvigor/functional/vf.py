@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pytorchfi_deepvigor.bits import FaultModel
+from pytorchfi_deepvigor.bits import AnyFaultModel
 from pytorchfi_deepvigor.functional.edm import bin_index
 
 __all__ = [
@@ -232,7 +232,7 @@ def pattern_hits(
     return hit.sum(dim=(1, 2, 3)), hit.sum(dim=(0, 1, 2))
 
 
-def mask_vf(hits: Tensor, faults_per_pattern: int, model: FaultModel) -> tuple[float, ...]:
+def mask_vf(hits: Tensor, faults_per_pattern: int, model: AnyFaultModel) -> tuple[float, ...]:
     """The VF of each mask of a fault model (each bit, for single-bit models; LSB first) from
     critical counts per pattern, ``faults_per_pattern`` (site, image) pairs each; a stuck-at
     mask averages its two levels.

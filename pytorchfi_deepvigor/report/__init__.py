@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from pytorchfi_deepvigor.bits import FaultModel, bit_field, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, bit_field, parse_fault_model
 from pytorchfi_deepvigor.report import _plots
 from pytorchfi_deepvigor.results import (
     Compared,
@@ -306,7 +306,7 @@ def _write_neurons_csv(result: VulnerabilityResult, path: Path) -> Path | None:
     return _write_csv(path, columns, rows)
 
 
-def result_fault_model(result: VulnerabilityResult) -> FaultModel:
+def result_fault_model(result: VulnerabilityResult) -> AnyFaultModel:
     """The fault model a result records (single float32 bit flips when it records none)."""
     fmt = str(result.options.get("number_format") or "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt]
