@@ -24,6 +24,7 @@ Run: ``python validation/fault_models.py --set validation,transformers [--models
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -37,10 +38,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import Fault, Oracle  # noqa: E402
 
-from pytorchfi_deepvigor.analysis.activations import analyze_activations  # noqa: E402
+from pytorchfi_deepvigor.analysis.activations import (  # noqa: E402
+    analyze_activations,
+    analyze_stored,
+)
 from pytorchfi_deepvigor.analysis.sampling import LayerSites  # noqa: E402
 from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
-from pytorchfi_deepvigor.bits import parse_fault_model  # noqa: E402
+from pytorchfi_deepvigor.bits import QuantizedFlip, parse_fault_model  # noqa: E402
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
 from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
     FaultEvaluator,
@@ -50,7 +54,7 @@ from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
 )
 from pytorchfi_deepvigor.engine import Outcome, SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
-from pytorchfi_deepvigor.results import VulnerabilityResult, compare  # noqa: E402
+from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult, compare  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
 
@@ -64,6 +68,8 @@ CASES = {
     "mbu3": ("fp32", "mbu3", ("vgg11", "resnet18")),
     "stuck-at": ("fp32", "stuck-at", ("vgg11", "resnet18")),
     "fp16-exponent": ("fp16", "flip:exponent", ("vgg11", "mobilenetv2")),
+    # PyTorchFI's 8-bit quantised flip of stored values (ranges: each layer's max |output|)
+    "pytorchfi-int8": ("fp32", "pytorchfi-int8", None),
 }
 MODELS = (*(m for m in FULL_MODELS if m.key != "vgg16"), TRANSFORMER_MODELS[0])
 COLUMNS = ["model", "case", "format", "fault_model", "target", "layers", "channels",
@@ -179,25 +185,38 @@ def _analysis(engine: SimulationEngine, target: str, picks: dict, spec: str) -> 
         if target == "weights":
             sites = LayerSites(num, np.asarray(chosen, np.int64), None, info.neurons_per_channel)
             layers.append(analyze_weights(engine, info, sites, grid, faults=spec)[0])
-        else:
-            channels = np.array([c for c, _ in chosen], dtype=np.int64)
-            positions = np.array([[p] for _, p in chosen], dtype=np.int64)
-            sites = LayerSites(num, channels, positions, info.neurons_per_channel)
-            layers.append(analyze_activations(engine, info, sites, grid, faults=spec)[0])
+            continue
+        channels = np.array([c for c, _ in chosen], dtype=np.int64)
+        positions = np.array([[p] for _, p in chosen], dtype=np.int64)
+        sites = LayerSites(num, channels, positions, info.neurons_per_channel)
+        analyse = analyze_stored if target == "stored" else analyze_activations
+        layers.append(analyse(engine, info, sites, grid, faults=spec)[0])
     return VulnerabilityResult.from_layers("deepvigor", layers, n_images=engine.num_images)
 
 
 def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str, list[dict]]:
     fmt, fault_model, _ = CASES[case]
     engine, model = _engine(ctx, spec, fmt)
-    n_oracle, n_bad = _oracle_check(engine, model, fault_model, ctx.seed)
+    int8 = fault_model.startswith("pytorchfi-int8")
+    # the oracle flips float words; PyTorchFI's int8 values are checked by the tests
+    # (tests/test_fault_models.py, PyTorchFI's own arithmetic in the oracle)
+    n_oracle, n_bad = (0, 0) if int8 else _oracle_check(engine, model, fault_model, ctx.seed)
     rows, pairs = [], []
-    channels = _draw(engine, fault_model, budget, ctx.seed)
-    for target, fi_target in (("weights", "weights"), ("activations", "operands")):
-        picks = channels if target == "weights" else _neurons(engine, channels, ctx.seed)
+    channels = _draw(engine, "flip" if int8 else fault_model, budget, ctx.seed)
+    targets = (("stored", "stored"),) if int8 else (
+        ("weights", "weights"), ("activations", "operands"))  # fmt: skip
+    for target, fi_target in targets:
+        if target == "stored":
+            picks = {
+                n: [(c, p) for c, p in v] for n, v in _neurons(engine, channels, ctx.seed).items()
+            }
+        else:
+            picks = channels if target == "weights" else _neurons(engine, channels, ctx.seed)
         started = time.perf_counter()
         campaign = ExhaustiveCampaign(engine)
-        if target == "weights":
+        if target == "stored":
+            fi = _stored_fi(engine, picks, fault_model)
+        elif target == "weights":
             fi = campaign.run("weights", channels=picks, fault_model=fault_model)
         else:
             fi = campaign.run(
@@ -212,7 +231,7 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
         started = time.perf_counter()
         analysis = _analysis(engine, target, picks, fault_model)
         seconds = time.perf_counter() - started
-        cmp = compare(analysis, fi, target=target if target == "weights" else "activations")
+        cmp = compare(analysis, fi, target=target)
         names = {x.layer_num: x.name for x in fi.layers}
         rows.append(
             {
@@ -228,7 +247,7 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
                 "max_err_pts": 100 * cmp.max_abs_err,
                 "spearman": cmp.spearman if cmp.n_channels >= 5 else None,
                 "vf_fi_pts": 100 * float(np.mean([p.b for p in cmp.pairs])),
-                "oracle_faults": n_oracle,
+                "oracle_faults": n_oracle if not int8 else None,
                 "oracle_mismatches": n_bad,
                 "fi_seconds": fi_seconds,
                 "analysis_seconds": seconds,
@@ -249,6 +268,34 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
     return {"rows": rows, "pairs": pairs}
 
 
+def _stored_fi(engine: SimulationEngine, picks: dict, spec: str) -> VulnerabilityResult:
+    """Exhaustive FI of the picked neurons' stored values (every pattern, every image)."""
+    evaluator = FaultEvaluator(engine)
+    model = parse_fault_model(spec, engine.dtype)
+    layers, faults = [], 0
+    for num, chosen in picks.items():
+        info = engine.layer(num)
+        bound = model
+        if isinstance(model, QuantizedFlip):
+            bound = model.bound(float(engine.layer_output(num).abs().max()), num)
+        flat = np.array([c * info.neurons_per_channel + p for c, p in chosen], dtype=np.int64)
+        pop = FaultPopulation(info, "stored", bound, flat)
+        counts = evaluator.counts(pop, np.arange(pop.size))  # [F, 4]
+        bad = (counts[:, 2] + counts[:, 3]).reshape(-1, len(flat)).sum(axis=0)
+        nvf = bad / (counts.sum(axis=1).reshape(-1, len(flat)).sum(axis=0))
+        channels = sorted({c for c, _ in chosen})
+        cvf = [float(np.mean([v for (c, _), v in zip(chosen, nvf, strict=True) if c == k]))
+               for k in channels]  # fmt: skip
+        layers.append(LayerResult(
+            layer_num=num, name=info.name, kind=info.kind, target="stored",
+            n_neurons=info.neurons_per_image, n_weights=info.n_weights,
+            channels=tuple(channels), cvf=tuple(cvf), lvf=float(nvf.mean()),
+        ))  # fmt: skip
+        faults += pop.size
+    result = VulnerabilityResult.from_layers("exhaustive", layers, n_images=engine.num_images)
+    return dataclasses.replace(result, cost=dataclasses.replace(result.cost, faults=faults))
+
+
 def _w(engine: SimulationEngine, num: int) -> int:
     shape = engine.layer(num).output_shape
     return shape[2] if len(shape) == 3 else 1
@@ -260,10 +307,13 @@ def _markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         rho = "" if r["spearman"] is None else f"{r['spearman']:.3f}"
+        checked = (
+            "-" if r["oracle_faults"] is None else f"{r['oracle_mismatches']}/{r['oracle_faults']}"
+        )
         lines.append(
             f"| {r['model']} | {r['case']} | {r['format']} | {r['fault_model']} | {r['target']} "
             f"| {r['channels']} | {r['faults_fi']:,} | {r['vf_fi_pts']:.3f} | {r['mae_pts']:.3f} "
-            f"| {r['max_err_pts']:.3f} | {rho} | {r['oracle_mismatches']}/{r['oracle_faults']} |"
+            f"| {r['max_err_pts']:.3f} | {rho} | {checked} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -226,6 +226,9 @@ def format_summary(result: VulnerabilityResult) -> str:
         )
         if value is not None
     ]
+    stored = [x.lvf for x in result.layers if x.target == "stored"]
+    if stored:  # not part of Eq. 15: the mean over layers, named as such
+        parts.append(f"mean LVF stored {_num(sum(stored) / len(stored))}")
     cost = result.cost
     lines = [
         "   ".join(parts) if parts else "no MVF (no layer analysed)",
