@@ -16,7 +16,8 @@ flips), the model and the analysis images are converted to the case's format and
    there are >= 5 channels), in VF points (fractions x 100).
 
 Writes ``fault_models.csv`` (one row per model, case and target), ``fault_models_pairs.csv``
-(per channel) and ``fault_models.md`` (the table REPORT.md quotes).
+(per channel), ``fault_models_bits.csv`` (the VF of each bit per layer, analysis and FI, on the
+same channels) and ``fault_models.md`` (the table REPORT.md quotes).
 
 Run: ``python validation/fault_models.py --set validation,transformers [--models vgg11,...]
 [--cases fp16,...] [--budget N]`` (``--quick``: the quick VGG-11, 16 images, seconds).
@@ -75,6 +76,8 @@ MODELS = (*(m for m in FULL_MODELS if m.key != "vgg16"), TRANSFORMER_MODELS[0])
 COLUMNS = ["model", "case", "format", "fault_model", "target", "layers", "channels",
            "faults_fi", "mae_pts", "max_err_pts", "spearman", "vf_fi_pts", "oracle_faults",
            "oracle_mismatches", "fi_seconds", "analysis_seconds"]  # fmt: skip
+BIT_COLUMNS = ["model", "case", "target", "layer", "layer_name", "mask", "bit_vf_analysis",
+               "bit_vf_fi"]  # fmt: skip
 PAIR_COLUMNS = ["model", "case", "target", "layer", "layer_name", "channel", "vf_analysis",
                 "vf_fi"]  # fmt: skip
 ORACLE_SITES = 6  # sites per (layer, target) checked against the oracle
@@ -201,7 +204,7 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
     # the oracle flips float words; PyTorchFI's int8 values are checked by the tests
     # (tests/test_fault_models.py, PyTorchFI's own arithmetic in the oracle)
     n_oracle, n_bad = (0, 0) if int8 else _oracle_check(engine, model, fault_model, ctx.seed)
-    rows, pairs = [], []
+    rows, pairs, bits = [], [], []
     channels = _draw(engine, "flip" if int8 else fault_model, budget, ctx.seed)
     targets = (("stored", "stored"),) if int8 else (
         ("weights", "weights"), ("activations", "operands"))  # fmt: skip
@@ -259,13 +262,21 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
              "vf_fi": p.b}
             for p in cmp.pairs
         ]  # fmt: skip
+        for a_layer in analysis.layers:
+            f_layer = fi.layer(a_layer.layer_num, a_layer.target)
+            if a_layer.bit_vf is None or f_layer.bit_vf is None:
+                continue
+            for m, (va, vb) in enumerate(zip(a_layer.bit_vf, f_layer.bit_vf, strict=True)):
+                bits.append({"model": spec.label, "case": case, "target": fi_target,
+                             "layer": a_layer.layer_num, "layer_name": a_layer.name, "mask": m,
+                             "bit_vf_analysis": va, "bit_vf_fi": vb})  # fmt: skip
         print(
             f"  {spec.label} {case} {fi_target}: MAE {rows[-1]['mae_pts']:.3f} pts, max "
             f"{rows[-1]['max_err_pts']:.3f}, rho {rows[-1]['spearman']}, FI {fi_seconds:.0f} s, "
             f"analysis {seconds:.0f} s, oracle {n_bad}/{n_oracle} mismatches",
             flush=True,
         )
-    return {"rows": rows, "pairs": pairs}
+    return {"rows": rows, "pairs": pairs, "bits": bits}
 
 
 def _stored_fi(engine: SimulationEngine, picks: dict, spec: str) -> VulnerabilityResult:
@@ -334,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = 3_000 if ctx.quick else int(ctx.extra["budget"])
     keys = {m.key for m in MODELS}
     models = ctx.models if ctx.quick else tuple(m for m in ctx.models if m.key in keys)
-    rows, pairs = [], []
+    rows, pairs, bits = [], [], []
     for spec in models:
         for case in cases:
             only = CASES[case][2]
@@ -344,8 +355,10 @@ def main(argv: list[str] | None = None) -> None:
                             lambda spec=spec, case=case: run_case(ctx, spec, case, budget))  # fmt: skip
             rows += data["rows"]
             pairs += data["pairs"]
+            bits += data.get("bits", [])
     ctx.write_table("fault_models", COLUMNS, rows)
     ctx.write_table("fault_models_pairs", PAIR_COLUMNS, pairs)
+    ctx.write_table("fault_models_bits", BIT_COLUMNS, bits)
     path = ctx.out / "fault_models.md"
     path.write_text(_markdown(rows), encoding="utf-8")
     print(f"wrote {path}")

@@ -89,6 +89,78 @@ def attention_section(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FAULT_MODELS_TEXT = """\
+`validation/fault_models.py`: each model and its analysis images converted to the case's format
+(`model.half()`, `model.bfloat16()`), then (1) a seeded sample of weight, operand and
+stored-value faults of the first, a middle and the last layer evaluated by the package's FI and
+by the oracle (the word changed in the converted model, its own forward in its own format:
+mismatching faults out of those checked); (2) per layer a seeded draw of channels (weights:
+every fault of every weight of each) and of one neuron per drawn channel (operands: every fault
+of every operand; stored: every fault of the neuron's own value), within a fault budget per
+model and case, exhaustive FI of exactly those, and the default analysis of exactly those,
+compared channel by channel. Errors in VF points (1 point = 1% VF).
+Targets (issue 23): weights MAE <= 0.3 points, operands <= 0.05, Spearman >= 0.9 where there
+are >= 5 channels. `pytorchfi-int8` is PyTorchFI's 8-bit quantised flip of stored values
+(ranges: each layer's largest |output|); its faulty values are checked against PyTorchFI's own
+arithmetic by `tests/test_fault_models.py`, not by the float-word oracle (`-`).
+"""
+
+
+def bit_maps_section(rows: list[dict[str, str]]) -> str:
+    """Bit maps, analysis against FI on the same channels: worst bit error, top bit agreement."""
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["case"], r["target"]), []).append(r)
+    lines = [
+        "VF per bit (per mask of the fault model), the analysis against exhaustive FI on the "
+        "same channels (`fault_models_bits.csv`): the largest error of any bit of any layer, "
+        "the mean error over (layer, bit), and the layers whose most vulnerable bit is the "
+        "same in both.\n",
+        "| model | case | target | layers | bits | max bit error (pts) | mean (pts) | same top bit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (model, case, target), rs in groups.items():
+        err = [abs(float(r["bit_vf_analysis"]) - float(r["bit_vf_fi"])) for r in rs]
+        layers: dict[str, list[dict[str, str]]] = {}
+        for r in rs:
+            layers.setdefault(r["layer"], []).append(r)
+        same = sum(
+            max(v, key=lambda r: float(r["bit_vf_analysis"]))["mask"]
+            == max(v, key=lambda r: float(r["bit_vf_fi"]))["mask"]
+            for v in layers.values()
+        )
+        lines.append(
+            f"| {model} | {case} | {target} | {len(layers)} | {len(rs) // len(layers)} | "
+            f"{100 * max(err):.3f} | {100 * sum(err) / len(err):.4f} | {same}/{len(layers)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def fault_models_section(rows: list[dict[str, str]], table: str) -> str:
+    """The fault-model table and every target missed, from fault_models.csv."""
+    limits = {"weights": 0.3, "operands": 0.05, "stored": 0.05}
+    misses = []
+    for r in rows:
+        mae, target = float(r["mae_pts"]), r["target"]
+        if mae > limits[target]:
+            misses.append(f"{r['model']} {r['case']} {target}: MAE {mae:.3f} points "
+                          f"(limit {limits[target]})")  # fmt: skip
+        rho = r.get("spearman") or ""
+        if rho and float(rho) < 0.9:
+            misses.append(f"{r['model']} {r['case']} {target}: Spearman {float(rho):.3f} over "
+                          f"{r['channels']} channels (limit 0.9)")  # fmt: skip
+        if r.get("oracle_mismatches") not in (None, "", "0"):
+            misses.append(f"{r['model']} {r['case']}: {r['oracle_mismatches']} FI faults differ "
+                          "from the oracle")  # fmt: skip
+    lines = [FAULT_MODELS_TEXT, table]
+    if misses:
+        lines.append("Missed: " + "; ".join(misses) + ".\n")
+    else:
+        lines.append("Every row within the targets; the FI agrees with the oracle on every fault "
+                     "checked.\n")  # fmt: skip
+    return "\n".join(lines)
+
+
 def build(out: Path) -> str:
     read = {
         name: read_csv(out / f"{name}.csv")
@@ -193,6 +265,17 @@ def build(out: Path) -> str:
     attention = out / "attention.csv"  # written by attention.py (issue 25)
     if attention.exists():
         parts += ["\n## Attention projections (issue 25)\n", attention_section(read_csv(attention))]
+    fault_models = out / "fault_models.csv"  # written by fault_models.py (issue 23)
+    if fault_models.exists():
+        parts += [
+            "\n## Fault models and number formats (issue 23)\n",
+            fault_models_section(
+                read_csv(fault_models), (out / "fault_models.md").read_text(encoding="utf-8")
+            ),
+        ]
+        bit_maps = out / "fault_models_bits.csv"
+        if bit_maps.exists() and read_csv(bit_maps):
+            parts += ["\n### Bit maps\n", bit_maps_section(read_csv(bit_maps))]
     third_party = out / "third_party.md"  # written by third_party.py (issue 25)
     if third_party.exists():
         body = third_party.read_text(encoding="utf-8").split("\n", 1)[1]
