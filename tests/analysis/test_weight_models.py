@@ -140,13 +140,18 @@ def test_first_layer_on_signed_images_is_searched_ray_by_ray_close_to_fi(
     # probed faults are judged exactly; the rest by their order along their input channel's ray
     assert np.abs(default).max() < 0.003, default
     assert np.abs(default).mean() < 0.5 * np.abs(paper).mean(), (default, paper)
-    # the images after the 8 guides start from the guides' answers: fewer probes than a
-    # bisection of every image, which reads the same within a few faults
+    # by default every image is searched by the checked bisection: the same as naming every
+    # image a guide; the opt-in guided search (8 guides) starts the others from the guides'
+    # answers: fewer probes here, which read the same within a few faults
     engine = SimulationEngine(net, _blobs(64, seed=2)[0])
     channels = torch.arange(4)
-    guided = rays.ray_search(engine, engine.layer(0), channels)
+    default_search = rays.ray_search(engine, engine.layer(0), channels)
     monkeypatch.setattr(rays, "GUIDE_IMAGES", engine.num_images)
     plain = rays.ray_search(engine, engine.layer(0), channels)
+    assert torch.equal(default_search.critical, plain.critical)
+    assert torch.equal(default_search.probes, plain.probes)
+    monkeypatch.setattr(rays, "GUIDE_IMAGES", 8)
+    guided = rays.ray_search(engine, engine.layer(0), channels)
     assert guided.probes.sum() < 0.7 * plain.probes.sum(), (guided.probes, plain.probes)  # 0.61
     assert (guided.critical - plain.critical).abs().mean() < 0.003
 
