@@ -11,6 +11,8 @@ thousands of (neuron, image, sign) searches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -52,6 +54,89 @@ def _operand_hits(
     return out
 
 
+_GroupEDM = Callable[[Tensor, Tensor], tuple[Tensor, int, Callable[[Tensor], Tensor]]]
+"""Per group of neurons ``(channels, positions)``: its EDMs ``(T, I, 2K + 1)``, the fault sites
+they cover, and a function from the bins found critical to the critical faults per pattern."""
+
+
+def _search_neurons(
+    engine: SimulationEngine,
+    info: LayerInfo,
+    sites: LayerSites,
+    grid: Tensor,
+    group_edm: _GroupEDM,
+    model: AnyFaultModel,
+    target: str,
+    *,
+    grad: Tensor | None,
+    checked: bool | None,
+    keep_edm: bool,
+    group_rows: int | None,
+) -> tuple[LayerResult, int]:
+    """The VV search of every analysed neuron of a layer, an error added to the neuron itself
+    (:class:`NeuronAdd`), group by group; the neuron-target result (``target``)."""
+    n_img = engine.num_images
+    checked, group_rows = search_defaults(grid, checked, group_rows)
+    pos_per_ch = sites.position_matrix()
+    chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
+    pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
+    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+    row, col = pos // width, pos % width
+    skip = None
+    if grad is not None:
+        flat = grad.reshape(n_img, info.out_channels, -1)[:, chan, pos]
+        skip = (flat == 0).all(dim=0).cpu()
+    step = max(1, group_rows // n_img)
+    plus, minus, nvf, edms, n_sites = [], [], [], [], 0
+    hits = torch.zeros(model.n_patterns, dtype=torch.int64)  # critical faults per pattern
+    for a in range(0, chan.numel(), step):
+        ch, ps = chan[a : a + step], pos[a : a + step]
+        counts, group_sites, hits_of = group_edm(ch, ps)
+        n_sites += group_sites
+        r, c = row[a : a + step], col[a : a + step]
+
+        def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
+            return NeuronAdd(ch[t], r[t], c[t], value)
+
+        out = search_group(
+            engine,
+            info.layer_num,
+            counts,
+            grid,
+            make,
+            None if skip is None else skip[a : a + step],
+            checked=checked,
+        )
+        plus.append(out.plus)
+        minus.append(out.minus)
+        nvf.append(out.vf)
+        assert out.bins is not None
+        hits += hits_of(out.bins)
+        if keep_edm:
+            edms.append(counts.cpu())
+    nvf_all = torch.cat(nvf).numpy()
+    cvf = nvf_all.reshape(len(sites.channels), -1).mean(axis=1)
+    result = LayerResult(
+        layer_num=info.layer_num,
+        name=info.name,
+        kind=info.kind,
+        target=target,  # type: ignore[arg-type]
+        n_neurons=info.neurons_per_image,
+        n_weights=info.n_weights,
+        channels=tuple(sites.channels.tolist()),
+        cvf=tuple(cvf.tolist()),
+        lvf=float(nvf_all.mean()),
+        neurons=tuple(zip(chan.tolist(), row.tolist(), col.tolist(), strict=True)),
+        nvf=tuple(nvf_all.tolist()),
+        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
+        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
+        edm=torch.cat(edms).numpy() if keep_edm else None,
+        bit_vf=mask_vf(hits, n_sites * n_img, model),
+        cvf_spread=cvf_spread(cvf),
+    )
+    return result, n_sites * model.n_patterns
+
+
 def analyze_activations(
     engine: SimulationEngine,
     info: LayerInfo,
@@ -85,68 +170,20 @@ def analyze_activations(
     handler = handler_for(info.module)
     x_in = engine.layer_input(info.layer_num)
     model = parse_fault_model("flip" if faults is None else faults, x_in.dtype)
-    n_img = engine.num_images
-    checked, group_rows = search_defaults(grid, checked, group_rows)
-    pos_per_ch = sites.position_matrix()
-    chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
-    pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
-    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
-    row, col = pos // width, pos % width
-    skip = None
-    if grad is not None:
-        flat = grad.reshape(n_img, info.out_channels, -1)[:, chan, pos]
-        skip = (flat == 0).all(dim=0).cpu()
-    step = max(1, group_rows // n_img)
-    plus, minus, nvf, edms, n_faults = [], [], [], [], 0
-    hits = torch.zeros(model.n_patterns, dtype=torch.int64)  # critical faults per pattern
-    for a in range(0, chan.numel(), step):
-        ch, ps = chan[a : a + step], pos[a : a + step]
+
+    def group_edm(ch: Tensor, ps: Tensor) -> tuple[Tensor, int, Callable[[Tensor], Tensor]]:
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
         counts = operand_edm(ops, w, grid, valid, model)
-        n_faults += model.n_patterns * int(valid.sum())
-        r, c = row[a : a + step], col[a : a + step]
-
-        def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
-            return NeuronAdd(ch[t], r[t], c[t], value)
-
-        out = search_group(
-            engine,
-            info.layer_num,
+        return (
             counts,
-            grid,
-            make,
-            None if skip is None else skip[a : a + step],
-            checked=checked,
+            int(valid.sum()),
+            lambda bins: _operand_hits(ops, w, valid, bins, grid, model),
         )
-        plus.append(out.plus)
-        minus.append(out.minus)
-        nvf.append(out.vf)
-        assert out.bins is not None
-        hits += _operand_hits(ops, w, valid, out.bins, grid, model)
-        if keep_edm:
-            edms.append(counts.cpu())
-    nvf_all = torch.cat(nvf).numpy()
-    cvf = nvf_all.reshape(len(sites.channels), -1).mean(axis=1)
-    neurons = tuple(zip(chan.tolist(), row.tolist(), col.tolist(), strict=True))
-    result = LayerResult(
-        layer_num=info.layer_num,
-        name=info.name,
-        kind=info.kind,
-        target="activations",
-        n_neurons=info.neurons_per_image,
-        n_weights=info.n_weights,
-        channels=tuple(sites.channels.tolist()),
-        cvf=tuple(cvf.tolist()),
-        lvf=float(nvf_all.mean()),
-        neurons=neurons,
-        nvf=tuple(nvf_all.tolist()),
-        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
-        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
-        edm=torch.cat(edms).numpy() if keep_edm else None,
-        bit_vf=mask_vf(hits, n_faults // model.n_patterns * n_img, model),
-        cvf_spread=cvf_spread(cvf),
-    )
-    return result, n_faults
+
+    return _search_neurons(
+        engine, info, sites, grid, group_edm, model, "activations",
+        grad=grad, checked=checked, keep_edm=keep_edm, group_rows=group_rows,
+    )  # fmt: skip
 
 
 def analyze_stored(
@@ -176,63 +213,14 @@ def analyze_stored(
     if isinstance(model, QuantizedFlip) and model.max_value is None:
         model = model.bound(float(out_map.abs().max()), info.layer_num)
     values = out_map.reshape(out_map.shape[0], info.out_channels, -1)  # (I, C, positions)
-    n_img = engine.num_images
-    checked, group_rows = search_defaults(grid, checked, group_rows)
-    pos_per_ch = sites.position_matrix()
-    chan = torch.from_numpy(np.repeat(sites.channels, pos_per_ch.shape[1]))
-    pos = torch.from_numpy(np.ascontiguousarray(pos_per_ch).reshape(-1))
-    width = info.output_shape[2] if len(info.output_shape) == 3 else 1
-    row, col = pos // width, pos % width
-    skip = None
-    if grad is not None:
-        skip = (grad.reshape(n_img, info.out_channels, -1)[:, chan, pos] == 0).all(dim=0).cpu()
-    step = max(1, group_rows // n_img)
-    plus, minus, nvf, edms = [], [], [], []
-    hits = torch.zeros(model.n_patterns, dtype=torch.int64)
-    for a in range(0, chan.numel(), step):
-        ch, ps = chan[a : a + step], pos[a : a + step]
+
+    def group_edm(ch: Tensor, ps: Tensor) -> tuple[Tensor, int, Callable[[Tensor], Tensor]]:
         v = values[:, ch.to(values.device), ps.to(values.device)].transpose(0, 1)  # (T, I)
-        errors = model.deltas(v)  # (T, I, patterns)
-        counts = histogram(errors, grid)
-        r, c = row[a : a + step], col[a : a + step]
+        errors = model.deltas(v)  # (T, I, patterns): one site per neuron
+        hits = lambda bins: pattern_hits(errors.unsqueeze(2), bins, grid)[1].cpu()  # noqa: E731
+        return histogram(errors, grid), ch.numel(), hits
 
-        def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
-            return NeuronAdd(ch[t], r[t], c[t], value)
-
-        out = search_group(
-            engine,
-            info.layer_num,
-            counts,
-            grid,
-            make,
-            None if skip is None else skip[a : a + step],
-            checked=checked,
-        )
-        plus.append(out.plus)
-        minus.append(out.minus)
-        nvf.append(out.vf)
-        assert out.bins is not None
-        hits += pattern_hits(errors.unsqueeze(2), out.bins, grid)[1].cpu()
-        if keep_edm:
-            edms.append(counts.cpu())
-    nvf_all = torch.cat(nvf).numpy()
-    cvf = nvf_all.reshape(len(sites.channels), -1).mean(axis=1)
-    result = LayerResult(
-        layer_num=info.layer_num,
-        name=info.name,
-        kind=info.kind,
-        target="stored",
-        n_neurons=info.neurons_per_image,
-        n_weights=info.n_weights,
-        channels=tuple(sites.channels.tolist()),
-        cvf=tuple(cvf.tolist()),
-        lvf=float(nvf_all.mean()),
-        neurons=tuple(zip(chan.tolist(), row.tolist(), col.tolist(), strict=True)),
-        nvf=tuple(nvf_all.tolist()),
-        vv_minus=vv_values(torch.cat(minus), grid, -1).numpy(),
-        vv_plus=vv_values(torch.cat(plus), grid, 1).numpy(),
-        edm=torch.cat(edms).numpy() if keep_edm else None,
-        cvf_spread=cvf_spread(cvf),
-        bit_vf=mask_vf(hits, chan.numel() * n_img, model),
-    )
-    return result, chan.numel() * model.n_patterns
+    return _search_neurons(
+        engine, info, sites, grid, group_edm, model, "stored",
+        grad=grad, checked=checked, keep_edm=keep_edm, group_rows=group_rows,
+    )  # fmt: skip
