@@ -20,7 +20,14 @@ sys.path.insert(0, str(ROOT))
 from validation.analyses import pick_within_budget  # noqa: E402
 from validation.run_all import COST_HINT, groups  # noqa: E402
 
-SCRIPTS = ("table3_activations", "table4_sampling", "table5_6_sims", "times", "figures")
+SCRIPTS = (
+    "table3_activations",
+    "table4_sampling",
+    "table5_6_sims",
+    "times",
+    "figures",
+    "fault_models",
+)
 TABLE3 = [
     "model",
     "set",
@@ -106,9 +113,7 @@ def test_table3_weights_has_every_variant(outputs: Path) -> None:
         ("fine", "gradient"),
         ("fine", "equivalent"),
     }
-    assert [(r["search"], r["aggregate"]) for r in rows if r["default"]] == [
-        ("fine", "equivalent")
-    ]
+    assert [(r["search"], r["aggregate"]) for r in rows if r["default"]] == [("fine", "equivalent")]
 
 
 @pytest.mark.parametrize("table", sorted(FRACTIONS))
@@ -144,6 +149,17 @@ def test_figures_and_report(outputs: Path) -> None:
         assert (outputs / name).stat().st_size > 0
     report = (outputs / "REPORT.md").read_text()
     assert "## Targets (issues 6 and 16)" in report and "## Table VI" in report
+    assert "## Fault models and number formats (issue 23)" in report and "### Bit maps" in report
+
+
+def test_fault_models_rows(outputs: Path) -> None:
+    _, rows = _rows(outputs / "fault_models.csv")
+    cases = {(r["case"], r["target"]) for r in rows}
+    assert ("fp16", "weights") in cases and ("pytorchfi-int8", "stored") in cases
+    for r in rows:
+        assert 0.0 <= float(r["mae_pts"]) <= float(r["max_err_pts"]) <= 100.0
+        if r["oracle_faults"]:
+            assert int(r["oracle_faults"]) > 0 and r["oracle_mismatches"] == "0", r
 
 
 def test_pick_within_budget_round_robin() -> None:
