@@ -100,7 +100,8 @@ of every operand; stored: every fault of the neuron's own value), within a fault
 model and case, exhaustive FI of exactly those, and the default analysis of exactly those,
 compared channel by channel. Errors in VF points (1 point = 1% VF).
 Targets (issue 23): weights MAE <= 0.3 points, operands <= 0.05, Spearman >= 0.9 where there
-are >= 5 channels. `pytorchfi-int8` is PyTorchFI's 8-bit quantised flip of stored values
+are >= 5 channels (stored values have no target of their own: shown as measured).
+`pytorchfi-int8` is PyTorchFI's 8-bit quantised flip of stored values
 (ranges: each layer's largest |output|); its faulty values are checked against PyTorchFI's own
 arithmetic by `tests/test_fault_models.py`, not by the float-word oracle (`-`).
 """
@@ -138,11 +139,11 @@ def bit_maps_section(rows: list[dict[str, str]]) -> str:
 
 def fault_models_section(rows: list[dict[str, str]], table: str) -> str:
     """The fault-model table and every target missed, from fault_models.csv."""
-    limits = {"weights": 0.3, "operands": 0.05, "stored": 0.05}
+    limits = {"weights": 0.3, "operands": 0.05}  # the issue's; stored values have none
     misses = []
     for r in rows:
         mae, target = float(r["mae_pts"]), r["target"]
-        if mae > limits[target]:
+        if target in limits and mae > limits[target]:
             misses.append(f"{r['model']} {r['case']} {target}: MAE {mae:.3f} points "
                           f"(limit {limits[target]})")  # fmt: skip
         rho = r.get("spearman") or ""
