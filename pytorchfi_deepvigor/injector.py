@@ -153,7 +153,7 @@ class DeepVigorFI(PyTorchFIBase):
             raise ValueError("use_cuda=True but the model is on the CPU; move it with model.cuda()")
         dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
         if example_input is not None:
-            check_images(example_input)
+            check_images(example_input, dtype if dtype.is_floating_point else torch.float32)
             input_shape = list(example_input.shape[1:]) if input_shape is None else input_shape
         shape = [3, 224, 224] if input_shape is None else list(input_shape)
         if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):

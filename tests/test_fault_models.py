@@ -408,3 +408,14 @@ def test_stored_analysis_against_fi_with_pytorchfis_model() -> None:
             assert analysis.options["fault_ranges"] == fi.options["fault_ranges"]
     with pytest.raises(ValueError, match="target='stored'"):
         DeepVigorAnalyzer(engine).analyze("weights", fault_model="pytorchfi-int8")
+
+
+def test_the_injector_takes_a_half_model_with_images_in_its_format() -> None:
+    from pytorchfi_deepvigor import DeepVigorFI
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(32, 3))
+    net.half()
+    fi = DeepVigorFI(net, 2, example_input=torch.randn(2, 1, 6, 6).half())
+    assert fi.get_total_layers() == 1
+    with pytest.raises(TypeError, match=r"images\.half\(\)"):
+        DeepVigorFI(net, 2, example_input=torch.randn(2, 1, 6, 6))
