@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         extra=[
             ("--cases", str, ",".join(CASES), f"comma-separated cases of {list(CASES)}"),
             ("--budget", int, 40_000, "weight faults of exhaustive FI per model and case"),
+            ("--cached-only", int, 0, "1: write the tables from the cases already run only"),
         ],
     )
     cases = ctx.extra["cases"].split(",")
@@ -355,6 +356,12 @@ def main(argv: list[str] | None = None) -> None:
             if not ctx.quick and only is not None and spec.key not in only:
                 continue
             own = budget if ctx.quick else int(budget * BUDGET_SHARE.get(spec.key, 1.0))
+            if (
+                ctx.extra.get("cached_only")
+                and ctx.cached_part(f"fault_models-{case}-b{own}", spec) is None
+            ):
+                print(f"  {spec.label} {case}: not run yet (--cached-only): left out", flush=True)
+                continue
             data = ctx.part(f"fault_models-{case}-b{own}", spec,
                             lambda spec=spec, case=case, own=own: run_case(ctx, spec, case, own))  # fmt: skip
             rows += data["rows"]
