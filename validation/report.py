@@ -154,6 +154,18 @@ def fault_models_section(rows: list[dict[str, str]], table: str) -> str:
             misses.append(f"{r['model']} {r['case']}: {r['oracle_mismatches']} FI faults differ "
                           "from the oracle")  # fmt: skip
     lines = [FAULT_MODELS_TEXT, table]
+    from validation.fault_models import CASES, MODELS  # what a complete run covers
+
+    ran = {(r["model"], r["case"]) for r in rows}
+    models = {r["model"] for r in rows}
+    missing = [
+        f"{m.label} {case}"
+        for m in MODELS
+        for case, (_, _, only) in CASES.items()
+        if m.label in models and (only is None or m.key in only) and (m.label, case) not in ran
+    ]
+    if missing and ran:
+        lines.append(f"Not run in this table: {', '.join(missing)}.\n")
     if misses:
         lines.append("Missed: " + "; ".join(misses) + ".\n")
     else:
