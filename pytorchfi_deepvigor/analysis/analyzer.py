@@ -56,9 +56,9 @@ class DeepVigorAnalyzer:
     """DeepVigor+ vulnerability analysis of a CNN on an analysis batch.
 
     Args:
-        model: the classifier (float32 ``nn.Module``), or a ready
+        model: the classifier (an ``nn.Module`` in float32, float16 or bfloat16), or a ready
             :class:`~pytorchfi_deepvigor.engine.SimulationEngine` (then ``images`` must be omitted).
-        images: the analysis batch, float32 ``(I, C, H, W)`` or ``(I, F)``.
+        images: the analysis batch ``(I, C, H, W)`` or ``(I, F)``, in the model's format.
         device: where to compute (default: the model's device).
         max_batch: cap on batch elements per forward (default: the engine's memory budget).
         model_name: recorded in the result.

@@ -112,11 +112,12 @@ class SimulationEngine:
     """Golden cache and suffix execution for one model and one analysis batch.
 
     Args:
-        model: any ``nn.Module`` classifier (float32); it is never changed. ``engine.model``
+        model: any ``nn.Module`` classifier in one float format (float32, float16 or bfloat16:
+            ``engine.dtype``; the suffix runs in it); it is never changed. ``engine.model``
             is the view the engine runs (:func:`~pytorchfi_deepvigor.twins.twin_view`: shares
             every tensor, some modules replaced by twins). If ``device`` differs
             from the model's device, the engine works on its own copy.
-        images: the analysis batch, float32 ``(I, ...)``.
+        images: the analysis batch ``(I, ...)``, in the model's format.
         device: where to compute (default: the model's device; under torchrun a GPU given without an
             index, or a model on one, means ``cuda:LOCAL_RANK``).
         max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
