@@ -203,14 +203,15 @@ class DeepVigorAnalyzer:
                 grad, n_back = output_gradient(self.engine, num)
                 backwards += n_back
             for kind in item_kinds:
-                if kind == "stored":
+                if kind in ("stored", "activations"):  # the neuron targets
                     layer_words = words
-                    if isinstance(words, QuantizedFlip):
+                    if isinstance(words, QuantizedFlip):  # bound here to record the range
                         peak = float(self.engine.layer_output(num).abs().max())
                         layer_words = words.bound(peak, num)
                         assert layer_words.max_value is not None
                         ranges[num] = layer_words.max_value
-                    layer, n_faults = analyze_stored(
+                    analyse = analyze_stored if kind == "stored" else analyze_activations
+                    layer, n_faults = analyse(
                         self.engine,
                         info,
                         sites[num],
@@ -218,16 +219,6 @@ class DeepVigorAnalyzer:
                         grad=grad,
                         keep_edm=keep_edm,
                         faults=layer_words,
-                    )
-                elif kind == "activations":
-                    layer, n_faults = analyze_activations(
-                        self.engine,
-                        info,
-                        sites[num],
-                        grid,
-                        grad=grad,
-                        keep_edm=keep_edm,
-                        faults=words,
                     )
                 else:
                     margin = None
