@@ -1,0 +1,198 @@
+"""Whether a plan keeps its promise: the protected model measured by the analysis and by FI.
+
+The protected model (:func:`~pytorchfi_deepvigor.hardening.apply`) is analysed again and
+injected with data-aware statistical FI (its margin at the chosen confidence), on the same
+fault sites as the user's model: TMR's voters and the clamps are in the model, so FI sees them
+exactly as the user's forward computes them. ECC changes memory, not the computation: a flip of
+a covered bit is corrected before the weight is read, so FI draws the weight faults of an ECC
+layer from its uncovered bits and counts the covered ones masked (the layer's VF is the
+uncovered VF times the uncovered share of the bits); the analysis removes the covered bits from
+its bit map the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pytorchfi_deepvigor._guard import eval_mode
+from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
+from pytorchfi_deepvigor.campaigns import StatisticalCampaign
+from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.functional.vf import total_mvf
+from pytorchfi_deepvigor.hardening.apply import apply
+from pytorchfi_deepvigor.hardening.plan import FORMAT_BITS, HardeningPlan
+from pytorchfi_deepvigor.results import Cost
+
+__all__ = ["Verification", "verify"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The protected model's MVFs: predicted, analysed, and measured by SFI with its margin.
+
+    ``layers`` holds one row per layer: the predicted, analysed and SFI LVFs of both targets
+    (and the SFI margins). ``held``: the SFI total MVF is within ``sfi_margin`` of the
+    prediction, or below it (``None`` without SFI). ``agreement``: the share of held-out images
+    whose top-1 the protected model keeps (``None`` without held-out images).
+    """
+
+    predicted: dict[str, float]
+    analysis: dict[str, float] | None
+    sfi: dict[str, float] | None
+    sfi_margin: float | None
+    held: bool | None
+    agreement: float | None
+    layers: tuple[dict[str, Any], ...] = ()
+    cost: dict[str, Cost] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"predicted MVF {self.predicted['total']:.4%}"]
+        if self.analysis is not None:
+            parts.append(f"analysis {self.analysis['total']:.4%}")
+        if self.sfi is not None and self.sfi_margin is not None:
+            verdict = "held" if self.held else "NOT held"
+            parts.append(f"SFI {self.sfi['total']:.4%} +- {self.sfi_margin:.4%} ({verdict})")
+        if self.agreement is not None:
+            parts.append(f"clean top-1 kept on {self.agreement:.2%} of held-out images")
+        return ", ".join(parts)
+
+
+def _uncovered(plan: HardeningPlan, num: int) -> tuple[int, ...]:
+    width = FORMAT_BITS[plan.number_format][0]
+    prot = plan.protections.get(num)
+    covered = set(prot.ecc_bits) if prot else set()
+    return tuple(b for b in range(width) if b not in covered)
+
+
+def _agreement(model: nn.Module, protected: nn.Module, images: Tensor) -> float:
+    with eval_mode(model), eval_mode(protected), torch.no_grad():
+        a = model(images).argmax(1)
+        b = protected(images).argmax(1)
+    return float((a == b).float().mean())
+
+
+def verify(
+    plan: HardeningPlan,
+    model: nn.Module,
+    images: Tensor,
+    *,
+    sfi: bool = True,
+    analysis: bool = True,
+    e: float = 0.01,
+    t: float = 2.58,
+    seed: int = 0,
+    holdout: Tensor | None = None,
+    progress: bool = False,
+) -> Verification:
+    """Measure the protected model: the analysis and data-aware SFI on ``images``.
+
+    Args:
+        plan: the plan (made on an analysis of ``model``, or of ``model`` clamped as the plan's
+            ranges say, on the same images).
+        model: the user's model (left unchanged; the plan protects a copy).
+        images: the analysis batch the plan's result was computed on.
+        sfi: run data-aware SFI on the protected model (margin ``e`` at quantile ``t``).
+        analysis: analyse the protected model.
+        seed: the SFI draw's seed.
+        holdout: images not used for the plan: the share whose top-1 the protection keeps.
+        progress: progress bars.
+    """
+    protected = apply(plan, model)
+    engine = SimulationEngine(protected, images)
+    nums = [int(n) for n in plan.options.get("layers", [])] or [i.layer_num for i in engine.catalogue]
+    width = FORMAT_BITS[plan.number_format][0]
+    costs: dict[str, Cost] = {}
+    rows: dict[int, dict[str, Any]] = {n: {"layer_num": n} for n in nums}
+    sizes = {i.layer_num: (int(math.prod(i.output_shape)), int(math.prod(i.weight_shape))) for i in engine.catalogue}
+    pred_layers = plan.options.get("predicted_layers", {})
+    for n in nums:
+        rows[n]["name"] = engine.layer(n).name
+        if str(n) in pred_layers:
+            rows[n]["predicted_activations"], rows[n]["predicted_weights"] = pred_layers[str(n)]
+
+    def total(act: dict[int, float], wts: dict[int, float]) -> dict[str, float]:
+        a, w = [act[n] for n in nums], [wts[n] for n in nums]
+        return {
+            "total": float(total_mvf(a, w, [sizes[n][0] for n in nums], [sizes[n][1] for n in nums])),
+            "activations": float(sum(a) / len(a)),
+            "weights": float(sum(w) / len(w)),
+        }
+
+    analysed = None
+    if analysis:
+        started = time.perf_counter()
+        result = DeepVigorAnalyzer(engine).analyze(target="both", layers=nums, progress=progress)
+        act, wts = result.lvf("activations"), {}
+        for layer in result.layers:
+            if layer.target != "weights":
+                continue
+            keep = _uncovered(plan, layer.layer_num)
+            if len(keep) < width and layer.bit_vf is not None:
+                wts[layer.layer_num] = float(sum(layer.bit_vf[b] for b in keep) / width)
+            else:
+                wts[layer.layer_num] = layer.lvf
+        for n in nums:
+            rows[n]["analysis_activations"], rows[n]["analysis_weights"] = act[n], wts[n]
+        analysed = total(act, wts)
+        costs["analysis"] = _with_time(result.cost, started)
+    measured = margin = held = None
+    if sfi:
+        started = time.perf_counter()
+        campaign = StatisticalCampaign(engine)
+        act_r = campaign.run("data-aware", target="operands", layers=nums, e=e, t=t, seed=seed, progress=progress)
+        spent = act_r.cost
+        act = {x.layer_num: x.lvf for x in act_r.layers}
+        act_m = {x.layer_num: x.margin or 0.0 for x in act_r.layers}
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for n in nums:
+            groups[_uncovered(plan, n)].append(n)
+        wts, wts_m = {}, {}
+        for keep, members in groups.items():
+            if not keep:
+                for n in members:
+                    wts[n], wts_m[n] = 0.0, 0.0
+                continue
+            model_name = "flip" if len(keep) == width else "flip:" + ",".join(map(str, keep))
+            res = campaign.run("data-aware", target="weights", layers=members, e=e, t=t, seed=seed,
+                               fault_model=model_name, progress=progress)
+            spent = spent + res.cost
+            share = len(keep) / width
+            for x in res.layers:
+                wts[x.layer_num] = x.lvf * share
+                wts_m[x.layer_num] = (x.margin or 0.0) * share
+        for n in nums:
+            rows[n].update(sfi_activations=act[n], sfi_activations_margin=act_m[n],
+                           sfi_weights=wts[n], sfi_weights_margin=wts_m[n])
+        measured = total(act, wts)
+        count = len(nums)
+        squares = 0.0
+        for n in nums:
+            fa = sizes[n][0] / (sizes[n][0] + sizes[n][1]) / count
+            fw = sizes[n][1] / (sizes[n][0] + sizes[n][1]) / count
+            squares += (fa * act_m[n]) ** 2 + (fw * wts_m[n]) ** 2
+        margin = math.sqrt(squares)
+        held = measured["total"] <= plan.predicted["total"] + margin
+        costs["sfi"] = _with_time(spent, started)
+    agreement = _agreement(model, protected, holdout) if holdout is not None else None
+    return Verification(
+        predicted=dict(plan.predicted),
+        analysis=analysed,
+        sfi=measured,
+        sfi_margin=margin,
+        held=held,
+        agreement=agreement,
+        layers=tuple(rows[n] for n in nums),
+        cost=costs,
+    )
+
+
+def _with_time(cost: Cost, started: float) -> Cost:
+    return Cost(cost.batched_forwards, cost.image_evaluations, cost.backwards, cost.faults,
+                time.perf_counter() - started)
