@@ -43,7 +43,9 @@ def choose(groups: Sequence[tuple[np.ndarray, np.ndarray]], capacity: int) -> li
         costs = np.asarray(costs)
         gains = np.asarray(gains, dtype=np.float64)
         if costs.shape != gains.shape or costs.ndim != 1:
-            raise ValueError(f"expected costs and gains of one length, got {costs.shape}, {gains.shape}")
+            raise ValueError(
+                f"expected costs and gains of one length, got {costs.shape}, {gains.shape}"
+            )
         if costs.size and (costs.min() < 0 or not np.all(costs == np.round(costs))):
             raise ValueError("expected non-negative integer costs (round them up to a grid)")
         new = best.copy()

@@ -33,7 +33,7 @@ from pytorchfi_deepvigor.hardening.plan import (
     hamming_check_bits,
     predict,
 )
-from pytorchfi_deepvigor.hardening.planner import MECHANISMS, STRATEGIES, harden, overheads
+from pytorchfi_deepvigor.hardening.planner import MECHANISMS, STRATEGIES, curve, harden, overheads
 from pytorchfi_deepvigor.hardening.protect import ProtectedLayer
 from pytorchfi_deepvigor.hardening.verify import Verification, verify
 
@@ -48,6 +48,7 @@ __all__ = [
     "Verification",
     "apply",
     "clamped",
+    "curve",
     "ecc_bits",
     "hamming_check_bits",
     "harden",

@@ -42,7 +42,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _protected(model: nn.Module, protections: Iterable[LayerProtection], ranges: Ranges) -> nn.Module:
+def _protected(
+    model: nn.Module, protections: Iterable[LayerProtection], ranges: Ranges
+) -> nn.Module:
     out = copy.deepcopy(model)
     for prot in protections:
         if not (prot.tmr_channels or prot.clamp):
@@ -51,7 +53,9 @@ def _protected(model: nn.Module, protections: Iterable[LayerProtection], ranges:
         low = high = None
         if prot.clamp:
             if prot.layer_num not in ranges:
-                raise ValueError(f"layer {prot.layer_num} ({prot.name}) is clamped but the plan has no bounds for it")
+                raise ValueError(
+                    f"layer {prot.layer_num} ({prot.name}) is clamped but the plan has no bounds for it"
+                )
             lo, hi = ranges[prot.layer_num]
             low, high = torch.tensor(list(lo)), torch.tensor(list(hi))
         _replace(out, prot.name, ProtectedLayer(module, prot.tmr_channels, low, high))
@@ -153,7 +157,9 @@ def restrict_ranges(
     out = {}
     for num in wanted:
         if num not in lows:
-            raise ValueError(f"layer {num} ({infos[num].name}) was never called on the calibration images")
+            raise ValueError(
+                f"layer {num} ({infos[num].name}) was never called on the calibration images"
+            )
         width = (highs[num] - lows[num]) * margin
         out[num] = (
             tuple((lows[num] - width).tolist()),

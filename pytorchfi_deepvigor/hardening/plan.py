@@ -47,6 +47,8 @@ __all__ = [
     "LayerCosts",
     "LayerProtection",
     "Prediction",
+    "channel_counts",
+    "channel_vfs",
     "check_result",
     "ecc_bits",
     "hamming_check_bits",
@@ -71,7 +73,9 @@ def ecc_bits(group: str, number_format: str = "fp32") -> tuple[int, ...]:
         ((30,), (7, 8, 9, 10, 11, 12, 13, 14))
     """
     if number_format not in FORMAT_BITS:
-        raise ValueError(f"no ECC groups for number format {number_format!r}: expected one of {sorted(FORMAT_BITS)}")
+        raise ValueError(
+            f"no ECC groups for number format {number_format!r}: expected one of {sorted(FORMAT_BITS)}"
+        )
     width, (lo, hi), sign = FORMAT_BITS[number_format]
     if group == "exponent-msb":
         return (hi,)
@@ -142,12 +146,51 @@ def _pair(result: VulnerabilityResult) -> dict[int, tuple[LayerResult, LayerResu
     return {n: (act[n], wts[n]) for n in sorted(act) if n in wts}
 
 
-def check_result(result: VulnerabilityResult) -> None:
+Channels = Mapping[int, int]
+
+
+def _complete(wts: LayerResult) -> bool:
+    return sorted(wts.channels) == list(range(len(wts.channels)))
+
+
+def channel_counts(result: VulnerabilityResult, model: Any = None) -> dict[int, int]:
+    """Output channels of each layer analysed for both targets: from the result where every
+    channel was analysed, otherwise from ``model`` (the module the layer's name gives).
+
+    Raises:
+        ValueError: a sampled layer without ``model``, or a name ``model`` does not hold.
+    """
+    out = {}
+    for num, (_, wts) in _pair(result).items():
+        if _complete(wts) and model is None:
+            out[num] = len(wts.channels)
+            continue
+        if model is None:
+            raise ValueError(
+                f"layer {num} ({wts.name}): only some channels were analysed (sampling); pass "
+                "the model (harden(..., model=model)) so the plan knows every layer's channels, "
+                "or analyse with sampling=None"
+            )
+        try:
+            module = model.get_submodule(wts.name)
+        except AttributeError:
+            module = None
+        count = getattr(module, "out_channels", getattr(module, "out_features", None))
+        if not isinstance(count, int) or count <= max(wts.channels, default=-1):
+            raise ValueError(
+                f"layer {num} ({wts.name}) is not a Conv2d/Linear of the model given: pass the "
+                "model the result was computed on"
+            )
+        out[num] = count
+    return out
+
+
+def check_result(result: VulnerabilityResult, channels: Channels) -> None:
     """Refuse a result the planner cannot plan on, naming what to run instead.
 
     Raises:
-        ValueError: not an analysis or exhaustive FI of both targets, or a layer whose weights
-            were sampled (every channel's CVF is needed), or not a single-bit fault model.
+        ValueError: not an analysis or exhaustive FI of both targets, weights or neurons that do
+            not split into the layer's channels, or not the single-bit flip fault model.
     """
     if not isinstance(result, VulnerabilityResult):
         raise TypeError(f"expected a VulnerabilityResult, got {type(result).__name__}")
@@ -158,18 +201,17 @@ def check_result(result: VulnerabilityResult) -> None:
             "(paper Eq. 15); run analyze(target='both') (or exhaustive FI of both targets)"
         )
     for num, (act, wts) in pairs.items():
-        if len(wts.channels) != len(set(wts.channels)) or sorted(wts.channels) != list(range(len(wts.channels))):
+        c = channels[num]
+        if wts.n_weights % c or act.n_neurons % c:
             raise ValueError(
-                f"layer {num} ({wts.name}): the weights of only some channels were analysed; a plan "
-                "needs every channel's CVF: analyse with sampling=None"
+                f"layer {num} ({wts.name}): its weights or neurons do not split evenly into its "
+                f"{c} channels"
             )
-        if wts.n_weights % len(wts.channels) or act.n_neurons % len(wts.channels):
-            raise ValueError(f"layer {num} ({wts.name}): weights or neurons do not split evenly into its {len(wts.channels)} channels")
     model = str(result.options.get("fault_model", "flip"))
     if model != "flip":
         raise ValueError(
-            f"the result's fault model is {model!r}: the planner's ECC and TMR models are for single "
-            "bit flips of every bit ('flip'); analyse with the default fault model"
+            f"the result's fault model is {model!r}: the planner's ECC and TMR models are for "
+            "single bit flips of every bit ('flip'); analyse with the default fault model"
         )
 
 
@@ -177,11 +219,11 @@ def number_format(result: VulnerabilityResult) -> str:
     return str(result.options.get("number_format", "fp32"))
 
 
-def layer_costs(result: VulnerabilityResult) -> dict[int, LayerCosts]:
+def layer_costs(result: VulnerabilityResult, channels: Channels) -> dict[int, LayerCosts]:
     """Channels, MACs and weights per channel of each layer analysed for both targets."""
     out = {}
     for num, (act, wts) in _pair(result).items():
-        c = len(wts.channels)
+        c = channels[num]
         per_w, per_n = wts.n_weights // c, act.n_neurons // c
         out[num] = LayerCosts(num, wts.name, c, per_w * per_n, per_w, act.n_neurons, wts.n_weights)
     return out
@@ -198,16 +240,12 @@ class Prediction:
     mvf_total: float
 
 
-def _channel_act_mass(act: LayerResult, channels: int) -> tuple[np.ndarray, int]:
-    """Per channel, the sum of its analysed neurons' NVFs; and the number of analysed neurons."""
-    if act.neurons is not None and act.nvf is not None and len(act.nvf):
-        ch = np.array([n[0] for n in act.neurons], dtype=np.int64)
-        mass = np.bincount(ch, weights=np.asarray(act.nvf, dtype=np.float64), minlength=channels)
-        return mass, len(act.nvf)
-    # no per-neuron VFs kept: the channels' CVFs, each channel weighing alike
-    mass = np.full(channels, act.lvf, dtype=np.float64)
-    mass[list(act.channels)] = act.cvf
-    return mass, channels
+def channel_vfs(layer: LayerResult, channels: int) -> np.ndarray:
+    """Every channel's CVF: the result's where it was analysed, the layer's LVF (the sample's
+    estimate) where not."""
+    cvf = np.full(channels, layer.lvf, dtype=np.float64)
+    cvf[list(layer.channels)] = layer.cvf
+    return cvf
 
 
 def bit_share(wts: LayerResult, bits: tuple[int, ...]) -> float:
@@ -224,24 +262,24 @@ def bit_share(wts: LayerResult, bits: tuple[int, ...]) -> float:
     return float(vf[list(bits)].sum()) / total if total > 0 else 0.0
 
 
-def predict(result: VulnerabilityResult, protections: Mapping[int, LayerProtection]) -> Prediction:
-    """The VFs of the protected model, from the result's VFs (exact for TMR; ECC with the
-    layer's bit map taken as every channel's where a layer has both)."""
+def predict(
+    result: VulnerabilityResult, protections: Mapping[int, LayerProtection], channels: Channels
+) -> Prediction:
+    """The VFs of the protected model from the result's VFs: a layer's LVF is the mean of its
+    channels' CVFs (operands and weights), a TMR channel's are 0, ECC removes its bits' share of
+    the weight VF (the layer's bit map taken as every channel's)."""
     pairs = _pair(result)
     lvf_a, lvf_w, n_l, w_l = {}, {}, [], []
     for num, (act, wts) in pairs.items():
         prot = protections.get(num)
-        tmr = list(prot.tmr_channels) if prot else []
-        c = len(wts.channels)
-        mass, n_act = _channel_act_mass(act, c)
-        cvf = np.zeros(c)
-        cvf[list(wts.channels)] = wts.cvf
-        if tmr:
-            mass[tmr] = 0.0
-            cvf[tmr] = 0.0
+        act_cvf = channel_vfs(act, channels[num])
+        wts_cvf = channel_vfs(wts, channels[num])
+        if prot and prot.tmr_channels:
+            act_cvf[list(prot.tmr_channels)] = 0.0
+            wts_cvf[list(prot.tmr_channels)] = 0.0
         share = bit_share(wts, prot.ecc_bits) if prot else 0.0
-        lvf_a[num] = float(mass.sum() / n_act) if n_act else 0.0
-        lvf_w[num] = float(cvf.mean() * (1.0 - share))
+        lvf_a[num] = float(act_cvf.mean())
+        lvf_w[num] = float(wts_cvf.mean() * (1.0 - share))
         n_l.append(act.n_neurons)
         w_l.append(wts.n_weights)
     nums = list(pairs)
@@ -304,8 +342,13 @@ class HardeningPlan:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["layers"] = [
-            {"layer_num": p.layer_num, "name": p.name, "tmr_channels": list(p.tmr_channels),
-             "ecc_bits": list(p.ecc_bits), "clamp": p.clamp}
+            {
+                "layer_num": p.layer_num,
+                "name": p.name,
+                "tmr_channels": list(p.tmr_channels),
+                "ecc_bits": list(p.ecc_bits),
+                "clamp": p.clamp,
+            }
             for p in self.layers
         ]
         out["mechanisms"] = list(self.mechanisms)
@@ -329,8 +372,20 @@ class HardeningPlan:
             ValueError: naming the field that is missing or of the wrong kind.
         """
         names = [f.name for f in fields(cls)]
-        missing = [n for n in ("strategy", "budget", "mechanisms", "layers", "overhead_macs",
-                               "overhead_memory", "baseline", "predicted") if n not in data]
+        missing = [
+            n
+            for n in (
+                "strategy",
+                "budget",
+                "mechanisms",
+                "layers",
+                "overhead_macs",
+                "overhead_memory",
+                "baseline",
+                "predicted",
+            )
+            if n not in data
+        ]
         if missing:
             raise ValueError(f"not a hardening plan: missing {', '.join(missing)}")
         unknown = sorted(set(data) - set(names))
@@ -338,8 +393,10 @@ class HardeningPlan:
             raise ValueError(f"not a hardening plan: unknown fields {', '.join(unknown)}")
         try:
             layers = tuple(LayerProtection(**p) for p in data["layers"])
-            ranges = {int(k): (tuple(map(float, v[0])), tuple(map(float, v[1])))
-                      for k, v in dict(data.get("ranges", {})).items()}
+            ranges = {
+                int(k): (tuple(map(float, v[0])), tuple(map(float, v[1])))
+                for k, v in dict(data.get("ranges", {})).items()
+            }
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"hardening plan: bad layers or ranges ({exc})") from None
         values = {n: data[n] for n in names if n in data}
@@ -348,7 +405,11 @@ class HardeningPlan:
 
     @classmethod
     def from_json(cls, source: str | Path) -> HardeningPlan:
-        text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) or not str(source).lstrip().startswith("{") else str(source)
+        text = (
+            Path(source).read_text(encoding="utf-8")
+            if isinstance(source, Path) or not str(source).lstrip().startswith("{")
+            else str(source)
+        )
         try:
             data = json.loads(text)
         except ValueError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from torch import nn
 
 from pytorchfi_deepvigor.functional.knapsack import choose, grid_costs
 from pytorchfi_deepvigor.hardening.plan import (
@@ -26,9 +27,11 @@ from pytorchfi_deepvigor.hardening.plan import (
     FORMAT_BITS,
     HardeningPlan,
     LayerProtection,
-    _channel_act_mass,
+    Channels,
     _pair,
     bit_share,
+    channel_counts,
+    channel_vfs,
     check_result,
     ecc_bits,
     hamming_check_bits,
@@ -38,7 +41,7 @@ from pytorchfi_deepvigor.hardening.plan import (
 )
 from pytorchfi_deepvigor.results import VulnerabilityResult
 
-__all__ = ["MECHANISMS", "STRATEGIES", "harden", "overheads"]
+__all__ = ["MECHANISMS", "STRATEGIES", "curve", "harden", "overheads"]
 
 MECHANISMS = ("tmr", "ecc")
 STRATEGIES = ("planner", "first-layers", "weights", "random")
@@ -63,9 +66,11 @@ def _check(budget: float, mechanisms: Iterable[str], strategy: str) -> tuple[str
     return mechs
 
 
-def overheads(result: VulnerabilityResult, protections: Mapping[int, LayerProtection]) -> tuple[float, float]:
+def overheads(
+    result: VulnerabilityResult, protections: Mapping[int, LayerProtection], channels: Channels
+) -> tuple[float, float]:
     """Extra MACs and extra weight memory of a protection, as fractions of the model's."""
-    costs = layer_costs(result)
+    costs = layer_costs(result, channels)
     width = FORMAT_BITS[number_format(result)][0]
     macs = sum(c.macs_per_channel * c.channels for c in costs.values())
     bits = sum(c.n_weights for c in costs.values()) * width
@@ -85,13 +90,17 @@ def _weights(result: VulnerabilityResult) -> dict[int, tuple[float, float]]:
     pairs = _pair(result)
     n = len(pairs)
     return {
-        num: (act.n_neurons / (act.n_neurons + wts.n_weights) / n,
-              wts.n_weights / (act.n_neurons + wts.n_weights) / n)
+        num: (
+            act.n_neurons / (act.n_neurons + wts.n_weights) / n,
+            wts.n_weights / (act.n_neurons + wts.n_weights) / n,
+        )
         for num, (act, wts) in pairs.items()
     }
 
 
-def _ecc_options(result: VulnerabilityResult, fmt: str) -> dict[int, list[tuple[tuple[int, ...], int, float]]]:
+def _ecc_options(
+    result: VulnerabilityResult, fmt: str
+) -> dict[int, list[tuple[tuple[int, ...], int, float]]]:
     """Per layer: (bits, check bits x weights, gain) of each ECC group."""
     factors = _weights(result)
     out = {}
@@ -105,22 +114,28 @@ def _ecc_options(result: VulnerabilityResult, fmt: str) -> dict[int, list[tuple[
     return out
 
 
-def _tmr_gains(result: VulnerabilityResult, ecc: Mapping[int, tuple[int, ...]]) -> dict[int, np.ndarray]:
+def _tmr_gains(
+    result: VulnerabilityResult, ecc: Mapping[int, tuple[int, ...]], channels: Channels
+) -> dict[int, np.ndarray]:
     """Per layer, each channel's drop of the total MVF when it is triplicated."""
     factors = _weights(result)
     out = {}
     for num, (act, wts) in _pair(result).items():
-        c = len(wts.channels)
-        mass, n_act = _channel_act_mass(act, c)
-        cvf = np.zeros(c)
-        cvf[list(wts.channels)] = wts.cvf
+        c = channels[num]
         share = bit_share(wts, ecc.get(num, ()))
         fa, fw = factors[num]
-        out[num] = fa * mass / max(n_act, 1) + fw * cvf * (1 - share) / c
+        out[num] = (fa * channel_vfs(act, c) + fw * channel_vfs(wts, c) * (1 - share)) / c
     return out
 
 
-def _plan_ecc(result: VulnerabilityResult, fmt: str, budget_bits: float, strategy: str, rng: np.random.Generator) -> dict[int, tuple[int, ...]]:
+def _plan_ecc(
+    result: VulnerabilityResult,
+    fmt: str,
+    budget_bits: float,
+    strategy: str,
+    rng: np.random.Generator,
+    channels: Channels,
+) -> dict[int, tuple[int, ...]]:
     options = _ecc_options(result, fmt)
     nums = list(options)
     if strategy == "planner":
@@ -133,7 +148,7 @@ def _plan_ecc(result: VulnerabilityResult, fmt: str, budget_bits: float, strateg
             at += k
         picks = choose(groups, capacity)
         return {n: options[n][j][0] for n, j in zip(nums, picks, strict=True) if j >= 0}
-    order = _layer_order(result, strategy, rng)
+    order = _layer_order(result, strategy, rng, channels)
     chosen, left = {}, budget_bits
     for n in order:  # the baselines protect whole words, layer by layer
         bits, cost, _ = options[n][ECC_GROUPS.index("word")]
@@ -142,8 +157,10 @@ def _plan_ecc(result: VulnerabilityResult, fmt: str, budget_bits: float, strateg
     return chosen
 
 
-def _layer_order(result: VulnerabilityResult, strategy: str, rng: np.random.Generator) -> list[int]:
-    costs = layer_costs(result)
+def _layer_order(
+    result: VulnerabilityResult, strategy: str, rng: np.random.Generator, channels: Channels
+) -> list[int]:
+    costs = layer_costs(result, channels)
     nums = list(costs)
     if strategy == "first-layers":
         return nums
@@ -152,9 +169,16 @@ def _layer_order(result: VulnerabilityResult, strategy: str, rng: np.random.Gene
     return [nums[i] for i in rng.permutation(len(nums))]
 
 
-def _plan_tmr(result: VulnerabilityResult, ecc: Mapping[int, tuple[int, ...]], budget_macs: float, strategy: str, rng: np.random.Generator) -> dict[int, tuple[int, ...]]:
-    costs = layer_costs(result)
-    gains = _tmr_gains(result, ecc)
+def _plan_tmr(
+    result: VulnerabilityResult,
+    ecc: Mapping[int, tuple[int, ...]],
+    budget_macs: float,
+    strategy: str,
+    rng: np.random.Generator,
+    channels: Channels,
+) -> dict[int, tuple[int, ...]]:
+    costs = layer_costs(result, channels)
+    gains = _tmr_gains(result, ecc, channels)
     nums = list(costs)
     if strategy == "planner":
         order = {n: np.argsort(-gains[n], kind="stable") for n in nums}
@@ -165,12 +189,17 @@ def _plan_tmr(result: VulnerabilityResult, ecc: Mapping[int, tuple[int, ...]], b
             k = np.arange(1, costs[n].channels + 1)
             groups.append((k * u, np.cumsum(gains[n][order[n]])))
         picks = choose(groups, capacity)
-        return {n: tuple(int(c) for c in order[n][: j + 1]) for n, j in zip(nums, picks, strict=True) if j >= 0}
+        return {
+            n: tuple(int(c) for c in order[n][: j + 1])
+            for n, j in zip(nums, picks, strict=True)
+            if j >= 0
+        }
     if strategy == "random":
         items = [(n, c) for n in nums for c in range(costs[n].channels)]
         sequence = [items[i] for i in rng.permutation(len(items))]
     else:
-        sequence = [(n, c) for n in _layer_order(result, strategy, rng) for c in range(costs[n].channels)]
+        order = _layer_order(result, strategy, rng, channels)
+        sequence = [(n, c) for n in order for c in range(costs[n].channels)]
     chosen: dict[int, list[int]] = {}
     left = budget_macs
     for n, c in sequence:
@@ -189,6 +218,7 @@ def harden(
     strategy: str = "planner",
     seed: int = 0,
     ranges: Mapping[int, tuple[Iterable[float], Iterable[float]]] | None = None,
+    model: nn.Module | None = None,
 ) -> HardeningPlan:
     """Choose what to protect within ``budget`` to minimise the total MVF (paper Eq. 15).
 
@@ -204,6 +234,8 @@ def harden(
         seed: the seed of the ``random`` baseline (recorded in the plan).
         ranges: the clamp bounds per layer number (``(low, high)`` per channel) the result's model
             was analysed with; recorded in the plan, applied by :func:`apply`.
+        model: the model the result was computed on; needed where the result analysed only some
+            channels of a layer (the others take the layer's LVF, the sample's estimate).
 
     Returns:
         A :class:`HardeningPlan` with its overheads and predicted MVFs.
@@ -218,18 +250,34 @@ def harden(
         (True, True)
     """
     mechs = _check(budget, mechanisms, strategy)
-    check_result(result)
+    if not isinstance(result, VulnerabilityResult):
+        raise TypeError(f"expected a VulnerabilityResult, got {type(result).__name__}")
+    channels = channel_counts(result, model)
+    check_result(result, channels)
     fmt = number_format(result)
     if fmt not in FORMAT_BITS:
-        raise ValueError(f"the planner has no word layout for {fmt!r}: expected one of {sorted(FORMAT_BITS)}")
-    costs = layer_costs(result)
+        raise ValueError(
+            f"the planner has no word layout for {fmt!r}: expected one of {sorted(FORMAT_BITS)}"
+        )
+    costs = layer_costs(result, channels)
     width = FORMAT_BITS[fmt][0]
     total_macs = sum(c.macs_per_channel * c.channels for c in costs.values())
     total_bits = sum(c.n_weights for c in costs.values()) * width
     rng = np.random.default_rng(seed)
-    ecc = _plan_ecc(result, fmt, budget * total_bits, strategy, rng) if "ecc" in mechs else {}
-    tmr = _plan_tmr(result, ecc, budget * total_macs, strategy, rng) if "tmr" in mechs else {}
-    bounds = {int(k): (tuple(map(float, lo)), tuple(map(float, hi))) for k, (lo, hi) in (ranges or {}).items()}
+    ecc = (
+        _plan_ecc(result, fmt, budget * total_bits, strategy, rng, channels)
+        if "ecc" in mechs
+        else {}
+    )
+    tmr = (
+        _plan_tmr(result, ecc, budget * total_macs, strategy, rng, channels)
+        if "tmr" in mechs
+        else {}
+    )
+    bounds = {
+        int(k): (tuple(map(float, lo)), tuple(map(float, hi)))
+        for k, (lo, hi) in (ranges or {}).items()
+    }
     unknown = sorted(set(bounds) - set(costs))
     if unknown:
         raise ValueError(f"ranges for layers {unknown} that the result does not hold")
@@ -238,9 +286,9 @@ def harden(
         prot = LayerProtection(n, c.name, tmr.get(n, ()), ecc.get(n, ()), n in bounds)
         if not prot.empty:
             protections[n] = prot
-    base = predict(result, {})
-    pred = predict(result, protections)
-    macs, memory = overheads(result, protections)
+    base = predict(result, {}, channels)
+    pred = predict(result, protections, channels)
+    macs, memory = overheads(result, protections, channels)
     return HardeningPlan(
         strategy=strategy,
         budget=float(budget),
@@ -248,8 +296,16 @@ def harden(
         layers=tuple(protections.values()),
         overhead_macs=macs,
         overhead_memory=memory,
-        baseline={"total": base.mvf_total, "activations": base.mvf_activations, "weights": base.mvf_weights},
-        predicted={"total": pred.mvf_total, "activations": pred.mvf_activations, "weights": pred.mvf_weights},
+        baseline={
+            "total": base.mvf_total,
+            "activations": base.mvf_activations,
+            "weights": base.mvf_weights,
+        },
+        predicted={
+            "total": pred.mvf_total,
+            "activations": pred.mvf_activations,
+            "weights": pred.mvf_weights,
+        },
         number_format=fmt,
         ranges=bounds,
         options={
@@ -257,8 +313,52 @@ def harden(
             "method": result.method,
             "model_name": result.model_name,
             "layers": list(costs),
+            "channels": {str(n): c for n, c in channels.items()},
             "predicted_layers": {
                 str(n): [pred.lvf_activations[n], pred.lvf_weights[n]] for n in costs
             },
         },
     )
+
+
+def curve(
+    result: VulnerabilityResult,
+    budgets: Iterable[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+    mechanisms: Iterable[Iterable[str] | str] = (("tmr",), ("ecc",), ("tmr", "ecc")),
+    strategies: Iterable[str] = STRATEGIES,
+    *,
+    seed: int = 0,
+    ranges: Mapping[int, tuple[Iterable[float], Iterable[float]]] | None = None,
+    model: nn.Module | None = None,
+) -> list[dict[str, object]]:
+    """The predicted total MVF against the overhead: one row per (strategy, mechanisms, budget).
+
+    Example:
+        >>> import torch; from torch import nn; from pytorchfi_deepvigor import DeepVigorAnalyzer
+        >>> torch.manual_seed(0); net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+        <torch._C.Generator object at ...>
+        >>> result = DeepVigorAnalyzer(net, torch.randn(8, 1, 6, 6)).analyze(target="both")
+        >>> rows = curve(result, budgets=(0.1, 0.5), mechanisms=["tmr"], strategies=["planner"])
+        >>> [r["budget"] for r in rows], rows[0]["predicted_mvf"] >= rows[1]["predicted_mvf"]
+        ([0.1, 0.5], True)
+    """
+    rows: list[dict[str, object]] = []
+    for strategy in strategies:
+        for mechs in mechanisms:
+            for budget in budgets:
+                plan = harden(
+                    result, budget, mechs, strategy=strategy, seed=seed, ranges=ranges, model=model
+                )
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "mechanisms": "+".join(m for m in plan.mechanisms if m != "clamp"),
+                        "budget": float(budget),
+                        "overhead_macs": plan.overhead_macs,
+                        "overhead_memory": plan.overhead_memory,
+                        "baseline_mvf": plan.baseline["total"],
+                        "predicted_mvf": plan.predicted["total"],
+                        "reduction": plan.reduction,
+                    }
+                )
+    return rows

@@ -71,7 +71,9 @@ class ProtectedLayer(nn.Module):
         # the same kernel on the same shapes as the layer and agrees with it bit for bit; only
         # the protected channels are read (the cost model counts only those)
         copies = (2,) if channels else (0,)
-        self.register_buffer("replica_weight", weight.clone().unsqueeze(0).repeat(*copies, *[1] * weight.dim()))
+        self.register_buffer(
+            "replica_weight", weight.clone().unsqueeze(0).repeat(*copies, *[1] * weight.dim())
+        )
         bias = layer.bias.detach() if layer.bias is not None else None
         self.register_buffer(
             "replica_bias", None if bias is None else bias.clone().unsqueeze(0).repeat(*copies, 1)
@@ -82,7 +84,9 @@ class ProtectedLayer(nn.Module):
             low = torch.as_tensor(low, dtype=weight.dtype, device=weight.device).reshape(-1)
             high = torch.as_tensor(high, dtype=weight.dtype, device=weight.device).reshape(-1)
             if low.numel() != n_out or high.numel() != n_out:
-                raise ValueError(f"expected one bound per output channel ({n_out}), got {low.numel()}")
+                raise ValueError(
+                    f"expected one bound per output channel ({n_out}), got {low.numel()}"
+                )
             if bool((low > high).any()):
                 raise ValueError("a clamp's low bound is above its high bound")
             shape = (n_out, 1, 1) if self.dim == 1 else (n_out,)

@@ -106,11 +106,16 @@ def verify(
     """
     protected = apply(plan, model)
     engine = SimulationEngine(protected, images)
-    nums = [int(n) for n in plan.options.get("layers", [])] or [i.layer_num for i in engine.catalogue]
+    nums = [int(n) for n in plan.options.get("layers", [])] or [
+        i.layer_num for i in engine.catalogue
+    ]
     width = FORMAT_BITS[plan.number_format][0]
     costs: dict[str, Cost] = {}
     rows: dict[int, dict[str, Any]] = {n: {"layer_num": n} for n in nums}
-    sizes = {i.layer_num: (int(math.prod(i.output_shape)), int(math.prod(i.weight_shape))) for i in engine.catalogue}
+    sizes = {
+        i.layer_num: (int(math.prod(i.output_shape)), int(math.prod(i.weight_shape)))
+        for i in engine.catalogue
+    }
     pred_layers = plan.options.get("predicted_layers", {})
     for n in nums:
         rows[n]["name"] = engine.layer(n).name
@@ -120,7 +125,9 @@ def verify(
     def total(act: dict[int, float], wts: dict[int, float]) -> dict[str, float]:
         a, w = [act[n] for n in nums], [wts[n] for n in nums]
         return {
-            "total": float(total_mvf(a, w, [sizes[n][0] for n in nums], [sizes[n][1] for n in nums])),
+            "total": float(
+                total_mvf(a, w, [sizes[n][0] for n in nums], [sizes[n][1] for n in nums])
+            ),
             "activations": float(sum(a) / len(a)),
             "weights": float(sum(w) / len(w)),
         }
@@ -146,7 +153,9 @@ def verify(
     if sfi:
         started = time.perf_counter()
         campaign = StatisticalCampaign(engine)
-        act_r = campaign.run("data-aware", target="operands", layers=nums, e=e, t=t, seed=seed, progress=progress)
+        act_r = campaign.run(
+            "data-aware", target="operands", layers=nums, e=e, t=t, seed=seed, progress=progress
+        )
         spent = act_r.cost
         act = {x.layer_num: x.lvf for x in act_r.layers}
         act_m = {x.layer_num: x.margin or 0.0 for x in act_r.layers}
@@ -160,16 +169,28 @@ def verify(
                     wts[n], wts_m[n] = 0.0, 0.0
                 continue
             model_name = "flip" if len(keep) == width else "flip:" + ",".join(map(str, keep))
-            res = campaign.run("data-aware", target="weights", layers=members, e=e, t=t, seed=seed,
-                               fault_model=model_name, progress=progress)
+            res = campaign.run(
+                "data-aware",
+                target="weights",
+                layers=members,
+                e=e,
+                t=t,
+                seed=seed,
+                fault_model=model_name,
+                progress=progress,
+            )
             spent = spent + res.cost
             share = len(keep) / width
             for x in res.layers:
                 wts[x.layer_num] = x.lvf * share
                 wts_m[x.layer_num] = (x.margin or 0.0) * share
         for n in nums:
-            rows[n].update(sfi_activations=act[n], sfi_activations_margin=act_m[n],
-                           sfi_weights=wts[n], sfi_weights_margin=wts_m[n])
+            rows[n].update(
+                sfi_activations=act[n],
+                sfi_activations_margin=act_m[n],
+                sfi_weights=wts[n],
+                sfi_weights_margin=wts_m[n],
+            )
         measured = total(act, wts)
         count = len(nums)
         squares = 0.0
@@ -194,5 +215,10 @@ def verify(
 
 
 def _with_time(cost: Cost, started: float) -> Cost:
-    return Cost(cost.batched_forwards, cost.image_evaluations, cost.backwards, cost.faults,
-                time.perf_counter() - started)
+    return Cost(
+        cost.batched_forwards,
+        cost.image_evaluations,
+        cost.backwards,
+        cost.faults,
+        time.perf_counter() - started,
+    )
