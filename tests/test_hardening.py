@@ -228,61 +228,101 @@ def test_verify_finds_the_promise_within_its_margin(exhaustive: VulnerabilityRes
     assert [r["layer_num"] for r in result.layers] == [0, 1, 2]
 
 
+MACS = {0: 9 * 36, 1: 18 * 16, 2: 96}  # MACs per output channel and image
+WEIGHTS = {0: 36, 1: 108, 2: 480}  # conv 1 is grouped: 6 x 2 x 3 x 3
+CHANNELS = {0: 4, 1: 6, 2: 5}
+TOTAL_MACS = sum(MACS[n] * CHANNELS[n] for n in MACS)
+TOTAL_BITS = 32 * sum(WEIGHTS.values())
+
+
+def _tmr_cost(n: int, layers: list[int]) -> float:
+    """One TMR channel: the larger of its shares of extra MACs and of extra weight memory (of
+    the layers planned on)."""
+    macs = sum(MACS[m] * CHANNELS[m] for m in layers)
+    bits = 32 * sum(WEIGHTS[m] for m in layers)
+    return max(2 * MACS[n] / macs, 2 * WEIGHTS[n] // CHANNELS[n] * 32 / bits)
+
+
+def _ecc_cost(n: int, bits: tuple[int, ...], layers: list[int]) -> float:
+    total = 32 * sum(WEIGHTS[m] for m in layers)
+    return hamming_check_bits(len(bits)) * WEIGHTS[n] / total if bits else 0.0
+
+
 def test_overheads_count_replicas_and_check_bits(exhaustive: VulnerabilityResult) -> None:
     plan = harden(exhaustive, 0.3, ("tmr", "ecc"))
-    macs = {0: 9 * 36, 1: 18 * 16, 2: 96}  # MACs per output channel (per image)
-    total = sum(m * c for m, c in zip(macs.values(), (4, 6, 5), strict=True))
-    extra = sum(2 * macs[p.layer_num] * len(p.tmr_channels) for p in plan.layers)
-    assert plan.overhead_macs == pytest.approx(extra / total)
-    assert plan.overhead_macs <= 0.3
-    weights = {0: 36, 1: 108, 2: 480}  # conv 1 is grouped: 6 x 2 x 3 x 3
+    extra = sum(2 * MACS[p.layer_num] * len(p.tmr_channels) for p in plan.layers)
+    assert plan.overhead_macs == pytest.approx(extra / TOTAL_MACS)
     check = sum(
-        hamming_check_bits(len(p.ecc_bits)) * weights[p.layer_num]
+        hamming_check_bits(len(p.ecc_bits)) * WEIGHTS[p.layer_num]
         for p in plan.layers
         if p.ecc_bits
     )
     replicas = sum(
-        2 * len(p.tmr_channels) * weights[p.layer_num] // (4, 6, 5)[p.layer_num] * 32
+        2 * len(p.tmr_channels) * WEIGHTS[p.layer_num] // CHANNELS[p.layer_num] * 32
         for p in plan.layers
     )
-    assert plan.overhead_memory == pytest.approx((check + replicas) / (sum(weights.values()) * 32))
+    assert plan.overhead_memory == pytest.approx((check + replicas) / TOTAL_BITS)
+    assert plan.overhead_macs <= 0.3 and plan.overhead_memory <= 0.3
 
 
 # --------------------------------------------------------------------- the planner itself
-def test_tmr_planner_is_the_brute_force_optimum(exhaustive: VulnerabilityResult) -> None:
-    channels = channel_counts(exhaustive)
-    macs = {0: 2 * 9 * 36, 1: 2 * 18 * 16, 2: 2 * 96}
-    total = sum(macs[n] // 2 * channels[n] for n in channels)
-    for budget in (0.1, 0.25):
-        plan = harden(exhaustive, budget, ("tmr",))
-        items = [(n, c) for n in channels for c in range(channels[n])]
-        best = np.inf
-        for r in range(len(items) + 1):
-            for subset in itertools.combinations(items, r):
-                if sum(macs[n] for n, _ in subset) > budget * total:
-                    continue
-                prot = {
-                    n: LayerProtection(n, NAMES[n], tuple(c for m, c in subset if m == n))
-                    for n in channels
-                }
-                best = min(best, predict(exhaustive, prot, channels).mvf_total)
-        assert plan.predicted["total"] == pytest.approx(best, abs=1e-15)
+# The planner rounds costs up to 1/4096 of the budget: it fits the budget, and no plan within
+# budget * (1 - layers / 4096) is better.
+SLACK = 1 - 3 / 4096
 
 
-def test_ecc_planner_is_the_brute_force_optimum(exhaustive: VulnerabilityResult) -> None:
-    channels = channel_counts(exhaustive)
-    weights = {0: 36, 1: 108, 2: 480}  # conv 1 is grouped: 6 x 2 x 3 x 3
-    groups = [(), *(ecc_bits(g) for g in ("exponent-msb", "exponent", "sign-exponent", "word"))]
-    for budget in (0.02, 0.05, 0.1):
-        plan = harden(exhaustive, budget, ("ecc",))
-        best = np.inf
-        for pick in itertools.product(groups, repeat=3):
-            cost = sum(hamming_check_bits(len(b)) * weights[n] for n, b in enumerate(pick) if b)
-            if cost > budget * sum(weights.values()) * 32:
-                continue
-            prot = {n: LayerProtection(n, NAMES[n], ecc_bits=b) for n, b in enumerate(pick)}
-            best = min(best, predict(exhaustive, prot, channels).mvf_total)
-        assert plan.predicted["total"] == pytest.approx(best, abs=1e-15)
+def _options(n: int, mechanisms: tuple[str, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    groups = [()] + ([ecc_bits(g) for g in ("exponent-msb", "exponent", "sign-exponent", "word")]
+                     if "ecc" in mechanisms else [])  # fmt: skip
+    subsets = [()]
+    if "tmr" in mechanisms:
+        subsets = [
+            s for r in range(CHANNELS[n] + 1) for s in itertools.combinations(range(CHANNELS[n]), r)
+        ]
+    return [(bits, tmr) for bits in groups for tmr in subsets]
+
+
+def _brute_force(
+    result: VulnerabilityResult, layers: list[int], mechanisms: tuple[str, ...], budget: float
+) -> float:
+    channels = channel_counts(result)
+    best = np.inf
+    for combo in itertools.product(*[_options(n, mechanisms) for n in layers]):
+        cost = sum(
+            _ecc_cost(n, b, layers) + len(t) * _tmr_cost(n, layers)
+            for n, (b, t) in zip(layers, combo, strict=True)
+        )
+        if cost > budget:
+            continue
+        prot = {
+            n: LayerProtection(n, NAMES[n], t, b) for n, (b, t) in zip(layers, combo, strict=True)
+        }
+        best = min(best, predict(result, prot, channels).mvf_total)
+    return best
+
+
+@pytest.mark.parametrize("mechanisms", [("tmr",), ("ecc",)])
+def test_planner_is_the_brute_force_optimum(
+    exhaustive: VulnerabilityResult, mechanisms: tuple[str, ...]
+) -> None:
+    for budget in (0.05, 0.15, 0.3):
+        plan = harden(exhaustive, budget, mechanisms)
+        assert plan.overhead_macs <= budget and plan.overhead_memory <= budget
+        best = _brute_force(exhaustive, [0, 1, 2], mechanisms, budget * SLACK)
+        assert plan.predicted["total"] <= best + 1e-15
+
+
+def test_mixed_planner_is_the_brute_force_optimum(exhaustive: VulnerabilityResult) -> None:
+    """ECC and TMR in one layer overlap (a TMR channel's weight faults are already corrected):
+    the joint optimum over every (ECC group, channel subset) of two layers."""
+    two = VulnerabilityResult.from_layers(
+        "exhaustive", [x for x in exhaustive.layers if x.layer_num < 2]
+    )
+    for budget in (0.1, 0.3):
+        plan = harden(two, budget, ("tmr", "ecc"))
+        assert plan.overhead_macs <= budget and plan.overhead_memory <= budget
+        best = _brute_force(two, [0, 1], ("tmr", "ecc"), budget * (1 - 2 / 4096))
+        assert plan.predicted["total"] <= best + 1e-15
 
 
 def test_knapsack_against_brute_force() -> None:
@@ -307,7 +347,8 @@ def test_knapsack_against_brute_force() -> None:
 def test_baselines_stay_within_budget(exhaustive: VulnerabilityResult) -> None:
     for strategy in ("first-layers", "weights", "random"):
         plan = harden(exhaustive, 0.2, ("tmr",), strategy=strategy, seed=3)
-        assert plan.overhead_macs <= 0.2 and plan.strategy == strategy
+        assert plan.overhead_macs <= 0.2 and plan.overhead_memory <= 0.2
+        assert plan.strategy == strategy
         assert plan.predicted["total"] <= plan.baseline["total"]
     first = harden(exhaustive, 0.2, ("tmr",), strategy="first-layers")
     assert [p.layer_num for p in first.layers][0] == 0
@@ -393,7 +434,7 @@ def test_plan_round_trips_and_refuses_edits(exhaustive: VulnerabilityResult, tmp
 
 def test_entry_points_leave_the_model_unchanged(exhaustive: VulnerabilityResult) -> None:
     net = tiny_net().train()
-    plan = harden(exhaustive, 0.2)
+    plan = harden(exhaustive, 0.2, ("tmr",))
     protected = assert_model_unchanged(net, lambda: apply(plan, net))
     assert (
         isinstance(protected[0], ProtectedLayer)

@@ -1,8 +1,9 @@
 """The ``pytorchfi-deepvigor`` command (also ``python -m pytorchfi_deepvigor``).
 
 Subcommands: ``analyze`` (DeepVigor+), ``inject`` (exhaustive or statistical FI, resumable),
-``compare`` (two result files), ``train`` (a zoo model on the digits, cached), ``zoo`` (the
-models, or one model's layer catalogue) and ``demo`` (train and analyse the default model).
+``compare`` (two result files), ``harden`` (a protection plan within a budget, verified by FI),
+``train`` (a zoo model on the digits, cached), ``zoo`` (the models, or one model's layer
+catalogue) and ``demo`` (train and analyse the default model).
 Run ``pytorchfi-deepvigor <command> --help`` for the options.
 
 Exit status: 0 on success, 1 for an invalid value found while running (``error: <message>``
@@ -29,6 +30,7 @@ import torch
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES
 from pytorchfi_deepvigor.bits import DEFAULT_FAULT_MODEL, parse_fault_model
 from pytorchfi_deepvigor.cli import _commands as commands
+from pytorchfi_deepvigor.cli import _harden
 from pytorchfi_deepvigor.cli._load import DATASETS
 from pytorchfi_deepvigor.functional.edm import SEARCHES
 from pytorchfi_deepvigor.zoo.models import list_models
@@ -364,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-channels", type=_positive_int, default=1, help="image channels (default 1)"
     )
     zoo.set_defaults(handler=commands.zoo)
+
+    harden = sub.add_parser(
+        "harden",
+        parents=common,
+        help="plan what to protect within an overhead budget, verify it by FI",
+    )
+    _harden.add_arguments(harden)
+    harden.set_defaults(handler=_harden.harden, out="deepvigor-harden")
 
     demo = sub.add_parser("demo", parents=common, help="train (first run) and analyse VGG-11 on "
                           "the digits, both targets, 10%% sampling")  # fmt: skip

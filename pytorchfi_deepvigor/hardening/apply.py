@@ -23,9 +23,20 @@ __all__ = ["apply", "clamped", "restrict_ranges"]
 Ranges = Mapping[int, tuple[Iterable[float], Iterable[float]]]
 
 
+def _resolve(model: nn.Module, name: str) -> str:
+    """``name`` in ``model``; a name of a protected copy (``features.0.layer``, the layer inside
+    its :class:`ProtectedLayer`, e.g. from the analysis of a clamped model) is the user's
+    ``features.0``."""
+    try:
+        model.get_submodule(name)
+        return name
+    except AttributeError:
+        return name[: -len(".layer")] if name.endswith(".layer") else name
+
+
 def _module(model: nn.Module, name: str, num: int) -> nn.Module:
     try:
-        module = model.get_submodule(name)
+        module = model.get_submodule(_resolve(model, name))
     except AttributeError:
         module = None
     if not isinstance(module, nn.Conv2d | nn.Linear):
@@ -58,7 +69,9 @@ def _protected(
                 )
             lo, hi = ranges[prot.layer_num]
             low, high = torch.tensor(list(lo)), torch.tensor(list(hi))
-        _replace(out, prot.name, ProtectedLayer(module, prot.tmr_channels, low, high))
+        _replace(
+            out, _resolve(out, prot.name), ProtectedLayer(module, prot.tmr_channels, low, high)
+        )
     return out
 
 

@@ -1,17 +1,22 @@
 """The planner: from a result's VFs and a budget to a :class:`HardeningPlan`.
 
-``strategy="planner"`` solves, exactly for the rounded costs, a multiple-choice knapsack
-(:mod:`pytorchfi_deepvigor.functional.knapsack`):
+A plan at budget ``B`` adds at most ``B`` of the model's MACs and at most ``B`` of its weight
+memory: a TMR channel costs the larger of its two shares (two more copies of its MACs, two more
+copies of its weights), an ECC group its check bits' share of the memory, and the costs of a
+plan add up to at most ``B``.
 
-1. ECC (memory budget): per layer, at most one ECC group (``exponent-msb``, ``exponent``,
-   ``sign-exponent``, ``word``), gain = the drop of Eq. 15's total MVF, cost = check bits.
-2. TMR (MAC budget): per layer, the ``k`` channels of largest gain (the channels of a layer cost
-   the same, so the best ``k`` of a layer are its top ``k``), gain = the drop of the total MVF
-   given the ECC of step 1, cost = two copies of ``k`` channels' MACs.
+``strategy="planner"`` solves a multiple-choice knapsack over the layers
+(:mod:`pytorchfi_deepvigor.functional.knapsack`): each layer takes at most one option, an ECC
+group (none, ``exponent-msb``, ``exponent``, ``sign-exponent``, ``word``) together with its
+``k`` TMR channels of largest gain given that group (a layer's channels cost the same, so its
+best ``k`` are its top ``k``); the gain of an option is the drop of Eq. 15's total MVF
+(:func:`~pytorchfi_deepvigor.hardening.predict`). Costs are rounded up to 1/4096 of the budget:
+the plan fits the budget and no plan within ``B (1 - L/4096)`` (``L`` layers) does better.
 
 The baselines users would otherwise pick, with the same mechanisms and budget: ``first-layers``
 (whole layers from the input on), ``weights`` (the layers holding the most weights first),
-``random`` (channels, or layers for ECC, in a seeded random order).
+``random`` (a seeded random order); each protects whole words by ECC layer by layer, then
+channels by TMR, while they fit.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from dataclasses import dataclass
 from torch import nn
 
 from pytorchfi_deepvigor.functional.knapsack import choose, grid_costs
 from pytorchfi_deepvigor.hardening.plan import (
     ECC_GROUPS,
     FORMAT_BITS,
+    Channels,
     HardeningPlan,
     LayerProtection,
-    Channels,
     _pair,
     bit_share,
     channel_counts,
@@ -98,63 +104,126 @@ def _weights(result: VulnerabilityResult) -> dict[int, tuple[float, float]]:
     }
 
 
-def _ecc_options(
-    result: VulnerabilityResult, fmt: str
-) -> dict[int, list[tuple[tuple[int, ...], int, float]]]:
-    """Per layer: (bits, check bits x weights, gain) of each ECC group."""
-    factors = _weights(result)
+@dataclass(frozen=True)
+class _Costs:
+    """A layer's unit costs as fractions of the model's resources."""
+
+    tmr: float  # one triplicated channel: max(its share of extra MACs, of extra memory)
+    tmr_macs: float
+    tmr_memory: float
+    ecc: dict[tuple[int, ...], float]  # check bits of each ECC group, share of memory
+
+
+def _unit_costs(result: VulnerabilityResult, channels: Channels, fmt: str) -> dict[int, _Costs]:
+    costs = layer_costs(result, channels)
+    width = FORMAT_BITS[fmt][0]
+    macs = sum(c.macs_per_channel * c.channels for c in costs.values())
+    bits = sum(c.n_weights for c in costs.values()) * width
     out = {}
-    for num, (_, wts) in _pair(result).items():
-        rows = []
-        for group in ECC_GROUPS:
-            bits = ecc_bits(group, fmt)
-            gain = factors[num][1] * wts.lvf * bit_share(wts, bits)
-            rows.append((bits, hamming_check_bits(len(bits)) * wts.n_weights, gain))
-        out[num] = rows
+    for num, c in costs.items():
+        tmr_macs = 2 * c.macs_per_channel / macs
+        tmr_memory = 2 * c.weights_per_channel * width / bits
+        ecc = {
+            ecc_bits(g, fmt): hamming_check_bits(len(ecc_bits(g, fmt))) * c.n_weights / bits
+            for g in ECC_GROUPS
+        }
+        out[num] = _Costs(max(tmr_macs, tmr_memory), tmr_macs, tmr_memory, ecc)
     return out
 
 
 def _tmr_gains(
-    result: VulnerabilityResult, ecc: Mapping[int, tuple[int, ...]], channels: Channels
-) -> dict[int, np.ndarray]:
-    """Per layer, each channel's drop of the total MVF when it is triplicated."""
-    factors = _weights(result)
-    out = {}
-    for num, (act, wts) in _pair(result).items():
-        c = channels[num]
-        share = bit_share(wts, ecc.get(num, ()))
-        fa, fw = factors[num]
-        out[num] = (fa * channel_vfs(act, c) + fw * channel_vfs(wts, c) * (1 - share)) / c
-    return out
+    result: VulnerabilityResult, num: int, bits: tuple[int, ...], channels: Channels
+) -> np.ndarray:
+    """Each channel's drop of the total MVF when it is triplicated, the layer's ECC ``bits``
+    given."""
+    act, wts = _pair(result)[num]
+    fa, fw = _weights(result)[num]
+    c = channels[num]
+    share = bit_share(wts, bits)
+    return (fa * channel_vfs(act, c) + fw * channel_vfs(wts, c) * (1 - share)) / c
 
 
-def _plan_ecc(
+def _ecc_gain(result: VulnerabilityResult, num: int, bits: tuple[int, ...]) -> float:
+    _, wts = _pair(result)[num]
+    return _weights(result)[num][1] * wts.lvf * bit_share(wts, bits)
+
+
+Choice = tuple[tuple[int, ...], tuple[int, ...]]  # (ECC bits, TMR channels) of one layer
+
+
+def _optimum(
     result: VulnerabilityResult,
-    fmt: str,
-    budget_bits: float,
+    mechs: tuple[str, ...],
+    budget: float,
+    channels: Channels,
+    units: Mapping[int, _Costs],
+) -> dict[int, Choice]:
+    """Per layer the (ECC group, top-k TMR channels) of largest total gain within the budget:
+    a multiple-choice knapsack over the layers, exact for the grid-rounded costs."""
+    nums = list(units)
+    groups: list[list[tuple[Choice, float, float]]] = []
+    for n in nums:
+        bit_sets = [()] + (list(units[n].ecc) if "ecc" in mechs else [])
+        options: list[tuple[Choice, float, float]] = []
+        for bits in bit_sets:
+            ecc_cost = units[n].ecc.get(bits, 0.0) if bits else 0.0
+            ecc_gain = _ecc_gain(result, n, bits) if bits else 0.0
+            if bits:
+                options.append(((bits, ()), ecc_cost, ecc_gain))
+            if "tmr" not in mechs:
+                continue
+            gains = _tmr_gains(result, n, bits, channels)
+            order = np.argsort(-gains, kind="stable")
+            cumulative = np.cumsum(gains[order])
+            for k in range(1, channels[n] + 1):
+                cost = ecc_cost + k * units[n].tmr
+                if cost > budget:
+                    break
+                chosen = tuple(int(c) for c in order[:k])
+                options.append(((bits, chosen), cost, ecc_gain + float(cumulative[k - 1])))
+        groups.append(options)
+    flat = np.array([cost for options in groups for _, cost, _ in options])
+    grid, capacity = grid_costs(flat, budget)
+    packed, at = [], 0
+    for options in groups:
+        k = len(options)
+        packed.append((grid[at : at + k], np.array([g for *_, g in options])))
+        at += k
+    picks = choose(packed, capacity)
+    return {n: groups[i][j][0] for i, (n, j) in enumerate(zip(nums, picks, strict=True)) if j >= 0}
+
+
+def _baseline(
+    result: VulnerabilityResult,
+    mechs: tuple[str, ...],
+    budget: float,
     strategy: str,
     rng: np.random.Generator,
     channels: Channels,
-) -> dict[int, tuple[int, ...]]:
-    options = _ecc_options(result, fmt)
-    nums = list(options)
-    if strategy == "planner":
-        costs = np.array([cost for n in nums for _, cost, _ in options[n]], dtype=np.float64)
-        units, capacity = grid_costs(costs, budget_bits)
-        groups, at = [], 0
-        for n in nums:
-            k = len(options[n])
-            groups.append((units[at : at + k], np.array([g for *_, g in options[n]])))
-            at += k
-        picks = choose(groups, capacity)
-        return {n: options[n][j][0] for n, j in zip(nums, picks, strict=True) if j >= 0}
+    units: Mapping[int, _Costs],
+    fmt: str,
+) -> dict[int, Choice]:
+    """Whole-word ECC of layers, then TMR of channels, in the baseline's order, while they fit."""
     order = _layer_order(result, strategy, rng, channels)
-    chosen, left = {}, budget_bits
-    for n in order:  # the baselines protect whole words, layer by layer
-        bits, cost, _ = options[n][ECC_GROUPS.index("word")]
-        if cost <= left:
-            chosen[n], left = bits, left - cost
-    return chosen
+    word = ecc_bits("word", fmt)
+    left = budget
+    ecc: dict[int, tuple[int, ...]] = {}
+    if "ecc" in mechs:
+        for n in order:
+            if units[n].ecc[word] <= left:
+                ecc[n], left = word, left - units[n].ecc[word]
+    tmr: dict[int, list[int]] = {}
+    if "tmr" in mechs:
+        if strategy == "random":
+            items = [(n, c) for n in order for c in range(channels[n])]
+            sequence = [items[i] for i in rng.permutation(len(items))]
+        else:
+            sequence = [(n, c) for n in order for c in range(channels[n])]
+        for n, c in sequence:
+            if units[n].tmr <= left:
+                tmr.setdefault(n, []).append(c)
+                left -= units[n].tmr
+    return {n: (ecc.get(n, ()), tuple(tmr.get(n, ()))) for n in set(ecc) | set(tmr)}
 
 
 def _layer_order(
@@ -167,47 +236,6 @@ def _layer_order(
     if strategy == "weights":
         return sorted(nums, key=lambda n: (-costs[n].n_weights, n))
     return [nums[i] for i in rng.permutation(len(nums))]
-
-
-def _plan_tmr(
-    result: VulnerabilityResult,
-    ecc: Mapping[int, tuple[int, ...]],
-    budget_macs: float,
-    strategy: str,
-    rng: np.random.Generator,
-    channels: Channels,
-) -> dict[int, tuple[int, ...]]:
-    costs = layer_costs(result, channels)
-    gains = _tmr_gains(result, ecc, channels)
-    nums = list(costs)
-    if strategy == "planner":
-        order = {n: np.argsort(-gains[n], kind="stable") for n in nums}
-        per = np.array([2.0 * costs[n].macs_per_channel for n in nums])
-        unit_cost, capacity = grid_costs(per, budget_macs)
-        groups = []
-        for n, u in zip(nums, unit_cost, strict=True):
-            k = np.arange(1, costs[n].channels + 1)
-            groups.append((k * u, np.cumsum(gains[n][order[n]])))
-        picks = choose(groups, capacity)
-        return {
-            n: tuple(int(c) for c in order[n][: j + 1])
-            for n, j in zip(nums, picks, strict=True)
-            if j >= 0
-        }
-    if strategy == "random":
-        items = [(n, c) for n in nums for c in range(costs[n].channels)]
-        sequence = [items[i] for i in rng.permutation(len(items))]
-    else:
-        order = _layer_order(result, strategy, rng, channels)
-        sequence = [(n, c) for n in order for c in range(costs[n].channels)]
-    chosen: dict[int, list[int]] = {}
-    left = budget_macs
-    for n, c in sequence:
-        cost = 2.0 * costs[n].macs_per_channel
-        if cost <= left:
-            chosen.setdefault(n, []).append(c)
-            left -= cost
-    return {n: tuple(v) for n, v in chosen.items()}
 
 
 def harden(
@@ -226,8 +254,8 @@ def harden(
         result: an analysis (or exhaustive FI) of both targets, every channel (``sampling=None``),
             single bit flips; where ``ranges`` is given, of the model clamped to them
             (:func:`~pytorchfi_deepvigor.hardening.restrict_ranges`).
-        budget: the overhead allowed, a fraction: TMR adds at most ``budget`` of the model's MACs,
-            ECC at most ``budget`` of its weight memory (0.1 = 10%).
+        budget: the overhead allowed, a fraction (0.1 = 10%): the plan adds at most ``budget``
+            of the model's MACs and at most ``budget`` of its weight memory (see the module doc).
         mechanisms: ``"tmr"``, ``"ecc"`` or both (a list, or a comma-separated string).
         strategy: ``"planner"`` (the optimum, see the module doc) or a baseline:
             ``"first-layers"``, ``"weights"``, ``"random"``.
@@ -260,20 +288,14 @@ def harden(
             f"the planner has no word layout for {fmt!r}: expected one of {sorted(FORMAT_BITS)}"
         )
     costs = layer_costs(result, channels)
-    width = FORMAT_BITS[fmt][0]
-    total_macs = sum(c.macs_per_channel * c.channels for c in costs.values())
-    total_bits = sum(c.n_weights for c in costs.values()) * width
+    units = _unit_costs(result, channels, fmt)
     rng = np.random.default_rng(seed)
-    ecc = (
-        _plan_ecc(result, fmt, budget * total_bits, strategy, rng, channels)
-        if "ecc" in mechs
-        else {}
-    )
-    tmr = (
-        _plan_tmr(result, ecc, budget * total_macs, strategy, rng, channels)
-        if "tmr" in mechs
-        else {}
-    )
+    if strategy == "planner":
+        picked = _optimum(result, mechs, budget, channels, units)
+    else:
+        picked = _baseline(result, mechs, budget, strategy, rng, channels, units, fmt)
+    ecc = {n: bits for n, (bits, _) in picked.items() if bits}
+    tmr = {n: chans for n, (_, chans) in picked.items() if chans}
     bounds = {
         int(k): (tuple(map(float, lo)), tuple(map(float, hi)))
         for k, (lo, hi) in (ranges or {}).items()

@@ -88,6 +88,7 @@ def verify(
     e: float = 0.01,
     t: float = 2.58,
     seed: int = 0,
+    sampling: float | None = None,
     holdout: Tensor | None = None,
     progress: bool = False,
 ) -> Verification:
@@ -100,7 +101,8 @@ def verify(
         images: the analysis batch the plan's result was computed on.
         sfi: run data-aware SFI on the protected model (margin ``e`` at quantile ``t``).
         analysis: analyse the protected model.
-        seed: the SFI draw's seed.
+        seed: the seed of the SFI draw and of the analysis' site draw.
+        sampling: the analysis' channel ratio (``None``: every channel).
         holdout: images not used for the plan: the share whose top-1 the protection keeps.
         progress: progress bars.
     """
@@ -135,7 +137,9 @@ def verify(
     analysed = None
     if analysis:
         started = time.perf_counter()
-        result = DeepVigorAnalyzer(engine).analyze(target="both", layers=nums, progress=progress)
+        result = DeepVigorAnalyzer(engine).analyze(
+            target="both", layers=nums, sampling=sampling, seed=seed, progress=progress
+        )
         act, wts = result.lvf("activations"), {}
         for layer in result.layers:
             if layer.target != "weights":
