@@ -22,9 +22,9 @@ channels by TMR, while they fit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
-from dataclasses import dataclass
 from torch import nn
 
 from pytorchfi_deepvigor.functional.knapsack import choose, grid_costs
