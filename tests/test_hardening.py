@@ -444,3 +444,22 @@ def test_entry_points_leave_the_model_unchanged(exhaustive: VulnerabilityResult)
     bad = _plan([LayerProtection(0, "1", tmr_channels=(0,))])  # a BatchNorm, not a layer
     call = lambda: apply(bad, net)  # noqa: E731
     assert_model_unchanged(net, call, raises=ValueError, match="not an nn.Conv2d or nn.Linear")
+
+
+def test_verify_with_a_reference_injects_only_what_the_plan_protects(
+    exhaustive: VulnerabilityResult,
+) -> None:
+    net, x = tiny_net(), images()
+    plan = harden(exhaustive, 0.25, ("tmr",))
+    touched = {p.layer_num for p in plan.layers}
+    assert touched and touched != {0, 1, 2}
+    result = verify(plan, net, x, e=0.03, analysis=False, reference=exhaustive)
+    for row in result.layers:
+        untouched = row["layer_num"] not in touched
+        assert (row.get("sfi_weights_from") == "reference") == untouched
+        if untouched:  # exhaustive FI of the user's model: these are its exact VFs
+            assert row["sfi_weights"] == exhaustive.layer(row["layer_num"], "weights").lvf
+    assert result.held is True
+    clamping = harden(exhaustive, 0.1, ("tmr",), ranges=restrict_ranges(net, images(16, seed=3)))
+    with pytest.raises(ValueError, match="without reference"):
+        verify(clamping, net, x, reference=exhaustive)

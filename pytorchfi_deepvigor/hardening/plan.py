@@ -279,7 +279,7 @@ def predict(
             wts_cvf[list(prot.tmr_channels)] = 0.0
         share = bit_share(wts, prot.ecc_bits) if prot else 0.0
         lvf_a[num] = float(act_cvf.mean())
-        lvf_w[num] = float(wts_cvf.mean() * (1.0 - share))
+        lvf_w[num] = float(wts_cvf.mean() * max(0.0, 1.0 - share))
         n_l.append(act.n_neurons)
         w_l.append(wts.n_weights)
     nums = list(pairs)

@@ -28,7 +28,7 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.vf import total_mvf
 from pytorchfi_deepvigor.hardening.apply import apply
 from pytorchfi_deepvigor.hardening.plan import FORMAT_BITS, HardeningPlan
-from pytorchfi_deepvigor.results import Cost
+from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
 
 __all__ = ["Verification", "verify"]
 
@@ -90,6 +90,7 @@ def verify(
     seed: int = 0,
     sampling: float | None = None,
     holdout: Tensor | None = None,
+    reference: VulnerabilityResult | None = None,
     progress: bool = False,
 ) -> Verification:
     """Measure the protected model: the analysis and data-aware SFI on ``images``.
@@ -104,8 +105,21 @@ def verify(
         seed: the seed of the SFI draw and of the analysis' site draw.
         sampling: the analysis' channel ratio (``None``: every channel).
         holdout: images not used for the plan: the share whose top-1 the protection keeps.
+        reference: SFI (or exhaustive FI) of both targets of the user's model on ``images``: the
+            layers and targets the plan leaves as they are take their VFs from it instead of a
+            new campaign (TMR and ECC change no fault outside the layer and target they protect:
+            a voter or a corrected word passes a fault-free input's errors on unchanged), and
+            only the protected ones are injected. Not with clamps, which change every fault's
+            path.
         progress: progress bars.
+
+    Raises:
+        ValueError: a ``reference`` with a plan that clamps, or one lacking a layer or target.
     """
+    if reference is not None and plan.ranges:
+        raise ValueError(
+            "a plan that clamps changes the path of every fault: verify it without reference"
+        )
     protected = apply(plan, model)
     engine = SimulationEngine(protected, images)
     nums = [int(n) for n in plan.options.get("layers", [])] or [
@@ -157,16 +171,42 @@ def verify(
     if sfi:
         started = time.perf_counter()
         campaign = StatisticalCampaign(engine)
-        act_r = campaign.run(
-            "data-aware", target="operands", layers=nums, e=e, t=t, seed=seed, progress=progress
-        )
-        spent = act_r.cost
-        act = {x.layer_num: x.lvf for x in act_r.layers}
-        act_m = {x.layer_num: x.margin or 0.0 for x in act_r.layers}
+        act, act_m, wts, wts_m = {}, {}, {}, {}
+        measure_act, measure_w = list(nums), list(nums)
+        if reference is not None:
+            prots = plan.protections
+            measure_act = [n for n in nums if n in prots and prots[n].tmr_channels]
+            measure_w = [
+                n for n in nums if n in prots and (prots[n].tmr_channels or prots[n].ecc_bits)
+            ]
+            for target, kept, vfs, margins in (
+                ("activations", measure_act, act, act_m),
+                ("weights", measure_w, wts, wts_m),
+            ):
+                for n in nums:
+                    if n in kept:
+                        continue
+                    try:
+                        layer = reference.layer(n, target)  # type: ignore[arg-type]
+                    except KeyError:
+                        raise ValueError(
+                            f"the reference has no {target} result for layer {n}: run SFI of "
+                            "both targets of every layer on the user's model"
+                        ) from None
+                    vfs[n], margins[n] = layer.lvf, layer.margin or 0.0
+                    rows[n][f"sfi_{target}_from"] = "reference"
+        spent = Cost()
+        if measure_act:
+            act_r = campaign.run(
+                "data-aware", target="operands", layers=measure_act, e=e, t=t, seed=seed,
+                progress=progress,
+            )  # fmt: skip
+            spent = spent + act_r.cost
+            act.update({x.layer_num: x.lvf for x in act_r.layers})
+            act_m.update({x.layer_num: x.margin or 0.0 for x in act_r.layers})
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for n in nums:
+        for n in measure_w:
             groups[_uncovered(plan, n)].append(n)
-        wts, wts_m = {}, {}
         for keep, members in groups.items():
             if not keep:
                 for n in members:
