@@ -82,6 +82,8 @@ def grid_costs(costs: np.ndarray, budget: float, cells: int = 4096) -> tuple[np.
     costs = np.asarray(costs, dtype=np.float64)
     if budget < 0 or not math.isfinite(budget):
         raise ValueError(f"expected a finite non-negative budget, got {budget}")
+    if budget == 0:  # only what costs nothing fits
+        return (costs > 0).astype(np.int64), 0
     integral = bool(np.all(costs == np.round(costs)))
     if integral and budget <= cells:
         return costs.astype(np.int64), int(math.floor(budget))

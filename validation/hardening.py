@@ -1,0 +1,264 @@
+"""Hardening (issue 24): plans made from the analysis, checked by SFI on the protected models.
+
+For each model (VGG-11, ResNet-18 and MobileNetV2 at the zoo's default widths, and the ViT), on
+the first 100 digits test images (the analysis batch), images 100-299 (calibration of the clamps)
+and 300-499 (held out: clean accuracy):
+
+1. the default analysis of both targets (``--sampling`` of the channels; the others take their
+   layer's LVF), and of the model clamped to ranges profiled on the calibration images;
+2. the plans of every strategy (the planner; the baselines first-layers, weights, random) and
+   mechanism (TMR, ECC, both; and both on the clamped model) at 5%, 10% and 30% overhead, with
+   their predicted total MVF (Eq. 15) and overheads;
+3. verification of the planner's plans: the protected model analysed again and injected with
+   data-aware SFI (``--e`` at 99%); TMR/ECC plans inject the layers they protect and take the
+   others from one SFI of the user's model (their faults are unchanged, see
+   ``hardening.verify``), clamped plans inject every layer.
+
+Writes ``hardening.csv`` (one row per model, strategy, mechanisms, budget: predicted, and where
+verified the analysis and SFI with its margin and the verdict), ``hardening_layers.csv`` and
+``hardening.md``; ``hardening_pareto.png``.
+
+Run: ``python validation/hardening.py --set default-width,transformers --models
+vgg11,resnet18,mobilenetv2,vit`` (``--quick``: the quick VGG-11, seconds).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+from pytorchfi_deepvigor import zoo  # noqa: E402
+from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer  # noqa: E402
+from pytorchfi_deepvigor.campaigns import StatisticalCampaign  # noqa: E402
+from pytorchfi_deepvigor.engine import SimulationEngine  # noqa: E402
+from pytorchfi_deepvigor.hardening import (  # noqa: E402
+    STRATEGIES,
+    clamped,
+    harden,
+    restrict_ranges,
+    verify,
+)
+from pytorchfi_deepvigor.report.hardening import plot_pareto  # noqa: E402
+from pytorchfi_deepvigor.results import VulnerabilityResult  # noqa: E402
+from validation.common import Context, ModelSpec, parse_args  # noqa: E402
+
+BUDGETS = (0.05, 0.10, 0.30)
+MECHANISMS = {"tmr": ("tmr",), "ecc": ("ecc",), "tmr+ecc": ("tmr", "ecc")}
+VERIFIED = {  # (mechanisms, budget) of the planner's plans injected, per model
+    "full": [("tmr+ecc", b) for b in BUDGETS]
+    + [("tmr", 0.10), ("ecc", 0.10), ("clamp+tmr+ecc", 0.10)],
+    "light": [("tmr+ecc", 0.10), ("clamp+tmr+ecc", 0.10)],
+}
+LIGHT = {"mobilenetv2", "vit"}  # the SFI of every layer costs 3-8x VGG-11's there
+COLUMNS = ["model", "strategy", "mechanisms", "budget", "overhead_macs", "overhead_memory",
+           "unprotected_mvf", "baseline_mvf", "predicted_mvf", "reduction", "analysis_mvf",
+           "sfi_mvf", "sfi_margin", "held", "clean_acc", "protected_acc", "sfi_faults", "sfi_s"]  # fmt: skip
+LAYER_COLUMNS = ["model", "mechanisms", "budget", "layer_num", "name", "predicted_activations",
+                 "analysis_activations", "sfi_activations", "sfi_activations_margin",
+                 "predicted_weights", "analysis_weights", "sfi_weights", "sfi_weights_margin"]  # fmt: skip
+
+
+def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float((model(images).argmax(1) == labels).float().mean())
+    finally:
+        model.train(was)
+
+
+def run_model(ctx: Context, spec: ModelSpec, e: float, sampling: float | None) -> dict:
+    model = ctx.model(spec)[0]
+    images = ctx.images(spec)
+    n = len(images)
+    calibration = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=n).images
+    held = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=3 * n)
+    started = time.perf_counter()
+    result = DeepVigorAnalyzer(model, images).analyze(
+        target="both", sampling=sampling, seed=ctx.seed
+    )
+    print(
+        f"  {spec.label}: analysis {time.perf_counter() - started:.0f} s, MVF {result.mvf_total:.5f}",
+        flush=True,
+    )
+    ranges = restrict_ranges(model, calibration)
+    names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
+    clamped_model = clamped(model, ranges, names)
+    result_c = DeepVigorAnalyzer(clamped_model, images).analyze(
+        target="both", sampling=sampling, seed=ctx.seed
+    )
+    clean = _accuracy(model, held.images, held.labels)
+    clean_c = _accuracy(clamped_model, held.images, held.labels)
+    print(
+        f"  {spec.label}: clamped MVF {result_c.mvf_total:.5f}, held-out accuracy {clean:.4f} -> {clean_c:.4f}",
+        flush=True,
+    )
+    base = result.mvf_total
+    rows, layer_rows = [], []
+    plans = {}
+    for strategy in STRATEGIES:
+        for label, mechs in MECHANISMS.items():
+            for budget in BUDGETS:
+                plan = harden(result, budget, mechs, strategy=strategy, seed=ctx.seed, model=model)
+                plans[(strategy, label, budget)] = plan
+                rows.append(_row(spec, plan, label, base, clean, clean))
+        for budget in (0.0, *BUDGETS):
+            plan = harden(result_c, budget, ("tmr", "ecc"), strategy=strategy, seed=ctx.seed,
+                          ranges=ranges, model=clamped_model)  # fmt: skip
+            plans[(strategy, "clamp+tmr+ecc", budget)] = plan
+            rows.append(_row(spec, plan, "clamp+tmr+ecc", base, clean, clean_c))
+            if strategy != "planner":
+                break  # a baseline's clamp rows: the clamps alone (budget 0)
+    started = time.perf_counter()
+    reference = _reference(model, images, e, ctx.seed)
+    print(f"  {spec.label}: reference SFI {time.perf_counter() - started:.0f} s", flush=True)
+    ref_row = _row(spec, plans[("planner", "tmr", 0.05)], "none", base, clean, clean)
+    ref_row.update(strategy="unprotected", mechanisms="none", budget=0.0, overhead_macs=0.0,
+                   overhead_memory=0.0, predicted_mvf=base, baseline_mvf=base, reduction=1.0,
+                   sfi_mvf=reference.mvf_total, sfi_margin=_margin(reference),
+                   sfi_faults=reference.cost.faults, sfi_s=round(reference.cost.wall_time_s, 1))  # fmt: skip
+    rows.insert(0, ref_row)
+    for label, budget in VERIFIED["light" if spec.key in LIGHT else "full"]:
+        plan = plans[("planner", label, budget)]
+        started = time.perf_counter()
+        check = verify(plan, model, images, e=e, seed=ctx.seed, sampling=sampling,
+                       reference=None if plan.ranges else reference)  # fmt: skip
+        row = next(
+            r
+            for r in rows
+            if (r["strategy"], r["mechanisms"], r["budget"]) == ("planner", label, budget)
+        )
+        row.update(
+            analysis_mvf=check.analysis["total"] if check.analysis else None,
+            sfi_mvf=check.sfi["total"] if check.sfi else None,
+            sfi_margin=check.sfi_margin,
+            held=check.held,
+            sfi_faults=check.cost["sfi"].faults if "sfi" in check.cost else None,
+            sfi_s=round(time.perf_counter() - started, 1),
+        )
+        print(f"  {spec.label} {label} {budget:.0%}: {check.summary()}", flush=True)
+        for r in check.layers:
+            layer_rows.append({"model": spec.label, "mechanisms": label, "budget": budget, **r})
+    return {"rows": rows, "layers": layer_rows}
+
+
+def _reference(
+    model: torch.nn.Module, images: torch.Tensor, e: float, seed: int
+) -> VulnerabilityResult:
+    campaign = StatisticalCampaign(SimulationEngine(model, images))
+    w = campaign.run("data-aware", target="weights", e=e, seed=seed)
+    a = campaign.run("data-aware", target="operands", e=e, seed=seed)
+    return VulnerabilityResult.from_layers("sfi-data-aware", w.layers + a.layers,
+                                           cost=w.cost + a.cost, n_images=len(images))  # fmt: skip
+
+
+def _margin(result: VulnerabilityResult) -> float:
+    act = {x.layer_num: x for x in result.layers if x.target == "activations"}
+    wts = {x.layer_num: x for x in result.layers if x.target == "weights"}
+    count, squares = len(act), 0.0
+    for n, a in act.items():
+        w = wts[n]
+        size = a.n_neurons + w.n_weights
+        squares += (a.n_neurons / size / count * (a.margin or 0.0)) ** 2
+        squares += (w.n_weights / size / count * (w.margin or 0.0)) ** 2
+    return squares**0.5
+
+
+def _row(
+    spec: ModelSpec, plan, label: str, unprotected: float, clean: float, protected_acc: float
+) -> dict:  # noqa: ANN001
+    return {
+        "model": spec.label,
+        "strategy": plan.strategy,
+        "mechanisms": label,
+        "budget": plan.budget,
+        "overhead_macs": round(plan.overhead_macs, 5),
+        "overhead_memory": round(plan.overhead_memory, 5),
+        "unprotected_mvf": unprotected,
+        "baseline_mvf": plan.baseline["total"],
+        "predicted_mvf": plan.predicted["total"],
+        "reduction": round(unprotected / plan.predicted["total"], 2)
+        if plan.predicted["total"] > 0
+        else "inf",
+        "clean_acc": clean,
+        "protected_acc": protected_acc,
+    }
+
+
+def _pct(value: object, digits: int = 3) -> str:
+    return "-" if value in (None, "") else f"{float(value) * 100:.{digits}f}"
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        lines += [f"### {model}", "",
+                  "| strategy | mechanisms | budget | +MACs | +memory | predicted MVF (%) | reduction | analysis (%) | SFI (%) +- margin | held |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in mine:
+            sfi = (
+                "-"
+                if r.get("sfi_mvf") in (None, "")
+                else f"{_pct(r['sfi_mvf'])} +- {_pct(r['sfi_margin'])}"
+            )
+            held = {True: "yes", False: "**no**"}.get(r.get("held"), "-")
+            lines.append(
+                f"| {r['strategy']} | {r['mechanisms']} | {float(r['budget']):.0%} | "
+                f"{float(r['overhead_macs']):.1%} | {float(r['overhead_memory']):.1%} | "
+                f"{_pct(r['predicted_mvf'])} | {r['reduction']}x | {_pct(r.get('analysis_mvf'))} | {sfi} | {held} |"
+            )
+        acc = mine[0]
+        clamp = next((r for r in mine if r["mechanisms"] == "clamp+tmr+ecc"), None)
+        if clamp:
+            lines.append("")
+            lines.append(f"Held-out accuracy (200 images): {float(acc['clean_acc']):.2%} unprotected, "
+                         f"{float(clamp['protected_acc']):.2%} with the clamps.")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ctx = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        extra=[
+            ("--e", float, 0.02, "SFI error margin per layer and target (99% confidence)"),
+            ("--sampling", float, 0.25, "channel ratio of the analyses (1: complete)"),
+        ],
+    )
+    e = float(ctx.extra["e"])
+    sampling = None if float(ctx.extra["sampling"]) >= 1 else float(ctx.extra["sampling"])
+    keys = {"vgg11", "resnet18", "mobilenetv2", "vit"}
+    models = ctx.models if ctx.quick else tuple(m for m in ctx.models if m.key in keys)
+    rows, layers = [], []
+    for spec in models:
+        data = ctx.part(f"hardening-e{e}-s{sampling}", spec,
+                        lambda spec=spec: run_model(ctx, spec, 0.1 if ctx.quick else e, sampling))  # fmt: skip
+        rows += data["rows"]
+        layers += data["layers"]
+    rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
+    layers = [{c: r.get(c) for c in LAYER_COLUMNS} for r in layers]
+    ctx.write_table("hardening", COLUMNS, rows)
+    ctx.write_table("hardening_layers", LAYER_COLUMNS, layers)
+    path = ctx.out / "hardening.md"
+    path.write_text(_markdown(rows), encoding="utf-8")
+    curve = [r for r in rows if r["model"] == rows[0]["model"] and r["strategy"] != "unprotected"]
+    plot_pareto(
+        curve,
+        ctx.out / "hardening_pareto.png",
+        f"{rows[0]['model']}: predicted MVF against overhead",
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
