@@ -232,17 +232,19 @@ def main(argv: list[str] | None = None) -> None:
         argv,
         extra=[
             ("--e", float, 0.02, "SFI error margin per layer and target (99% confidence)"),
+            ("--e-light", float, 0.03, "the SFI margin of MobileNetV2 and the ViT"),
             ("--sampling", float, 0.25, "channel ratio of the analyses (1: complete)"),
         ],
     )
-    e = float(ctx.extra["e"])
+    e, e_light = float(ctx.extra["e"]), float(ctx.extra["e_light"])
     sampling = None if float(ctx.extra["sampling"]) >= 1 else float(ctx.extra["sampling"])
     keys = {"vgg11", "resnet18", "mobilenetv2", "vit"}
     models = ctx.models if ctx.quick else tuple(m for m in ctx.models if m.key in keys)
     rows, layers = [], []
     for spec in models:
-        data = ctx.part(f"hardening-e{e}-s{sampling}", spec,
-                        lambda spec=spec: run_model(ctx, spec, 0.1 if ctx.quick else e, sampling))  # fmt: skip
+        own = 0.1 if ctx.quick else (e_light if spec.key in LIGHT else e)
+        data = ctx.part(f"hardening-e{own}-s{sampling}", spec,
+                        lambda spec=spec, own=own: run_model(ctx, spec, own, sampling))  # fmt: skip
         rows += data["rows"]
         layers += data["layers"]
     rows = [{c: r.get(c) for c in COLUMNS} for r in rows]

@@ -174,6 +174,37 @@ def fault_models_section(rows: list[dict[str, str]], table: str) -> str:
     return "\n".join(lines)
 
 
+HARDENING_TEXT = """\
+`validation/hardening.py`: per model, the default analysis of both targets (25% of the
+channels; the others take their layer's LVF) on the 100 analysis images, and of the model with
+every layer's output clamped to ranges profiled on test images 100-299; plans of the planner and
+of three baselines (first layers first, largest layers first, random) with TMR of output
+channels, ECC of weight bits, both, and both on the clamped model, at 5%, 10% and 30% overhead
+(a plan adds at most that share of the MACs and of the weight memory). The predicted total MVF
+(Eq. 15) of every plan; the planner's plans verified on the protected model: analysed again and
+injected with data-aware SFI (margin at 99% confidence, combined over the layers; TMR/ECC plans
+inject the layers they protect and take the others from one SFI of the user's model, clamped
+plans inject every layer). "held": the SFI total MVF is at most the prediction plus the margin.
+MVFs in % (1 = 1% of the faults critical); reduction = unprotected MVF / predicted MVF.
+Held-out accuracy: test images 300-499, labels.
+"""
+
+
+def hardening_section(rows: list[dict[str, str]], table: str) -> str:
+    """The hardening tables and the verdicts, from hardening.csv."""
+    checked = [r for r in rows if r.get("held") not in (None, "")]
+    failed = [f"{r['model']} {r['mechanisms']} {float(r['budget']):.0%}" for r in checked
+              if r["held"] not in ("True", "true", "1")]  # fmt: skip
+    lines = [HARDENING_TEXT, table]
+    if checked:
+        lines.append(
+            f"Verified plans: {len(checked)}; the promise held for {len(checked) - len(failed)}"
+            + (f"; not for {', '.join(failed)}." if failed else ".")
+            + "\n"
+        )
+    return "\n".join(lines)
+
+
 def build(out: Path) -> str:
     read = {
         name: read_csv(out / f"{name}.csv")
@@ -289,6 +320,14 @@ def build(out: Path) -> str:
         bit_maps = out / "fault_models_bits.csv"
         if bit_maps.exists() and read_csv(bit_maps):
             parts += ["\n### Bit maps\n", bit_maps_section(read_csv(bit_maps))]
+    hardening = out / "hardening.csv"  # written by hardening.py (issue 24)
+    if hardening.exists():
+        parts += [
+            "\n## Hardening: plans and their verification (issue 24)\n",
+            hardening_section(
+                read_csv(hardening), (out / "hardening.md").read_text(encoding="utf-8")
+            ),
+        ]
     third_party = out / "third_party.md"  # written by third_party.py (issue 25)
     if third_party.exists():
         body = third_party.read_text(encoding="utf-8").split("\n", 1)[1]
