@@ -101,6 +101,38 @@ def test_demo_prints_table_and_total_mvf(cache, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"result.json", "layers.csv", "lvf.png", "mvf.png"}
 
 
+def test_harden_plans_verifies_and_writes_its_files(cache, tmp_path, capsys):
+    out = tmp_path / "harden"
+    more = ("--budget", "30%", "--mechanisms", "tmr,ecc,clamp", "--calibration", "16",
+            "--holdout", "16", "--e", "0.1", "--curve", "0.1,0.3", "--out", str(out))  # fmt: skip
+    assert main(["harden", *tiny(cache, *more)]) == 0
+    stdout = capsys.readouterr().out
+    assert "clamps profiled on 16 calibration images" in stdout
+    assert "planner plan at 30%" in stdout and "predicted MVF" in stdout and "SFI" in stdout
+    assert "clean top-1 kept on" in stdout
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"plan.json", "protection.csv", "verification.csv", "pareto.csv",
+                     "pareto.png", "run.json", "analysis"}  # fmt: skip
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["budget"] == 0.3 and "clamp" in plan["mechanisms"] and plan["ranges"]
+    assert plan["overhead_macs"] <= 0.3 and plan["overhead_memory"] <= 0.3
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (["--budget", "300%"], "budget '300%' is outside 0..200%"),
+        (["--mechanisms", "tmr,dmr"], "unknown mechanisms ['dmr']"),
+        (["--sampling", "2"], "expected a ratio in (0, 1]"),
+    ],
+    ids=["budget", "mechanism", "sampling"],
+)
+def test_harden_bad_options_exit_2(more, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["harden", *more])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def fi_run(cache, tmp_path_factory) -> Path:
     """An uninterrupted exhaustive weight campaign on the classifier (21 chunks of 500 faults)."""

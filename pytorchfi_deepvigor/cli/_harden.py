@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from pytorchfi_deepvigor import hardening, report
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
@@ -136,23 +139,39 @@ def harden(args: argparse.Namespace) -> int:
             names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
             analysed = hardening.clamped(model, ranges, names)
             print(f"clamps profiled on {len(calibration)} calibration images, every layer")
-        if args.result:
-            if ranges is not None:
-                raise ValueError(
-                    "--result is an analysis of the unclamped model: drop --result to analyse the clamped one"
-                )
-            result = VulnerabilityResult.from_json(Path(args.result))
-        else:
-            print(f"analysing {setup.label} ({len(images)} images, both targets, sampling "
+        if args.result and ranges is not None:
+            raise ValueError(
+                "--result is an analysis of the unclamped model: drop --result to analyse the "
+                "clamped one"
+            )
+
+        def analyse(net: torch.nn.Module, what: str) -> VulnerabilityResult:
+            print(f"analysing {what} ({len(images)} images, both targets, sampling "
                   f"{'complete' if args.sampling is None else args.sampling})")  # fmt: skip
-            result = DeepVigorAnalyzer(analysed, images, device=args.device, model_name=setup.label).analyze(
+            return DeepVigorAnalyzer(net, images, device=args.device, model_name=setup.label).analyze(
                 target="both", layers=args.layers, sampling=args.sampling, seed=args.seed,
                 progress=args.progress,
             )  # fmt: skip
+
+        unclamped = None
+        if args.result:
+            result = VulnerabilityResult.from_json(Path(args.result))
+        else:
+            result = analyse(model, setup.label)
+        if ranges is not None:
+            unclamped = result
+            result = analyse(analysed, f"{setup.label} clamped")
+            print(
+                f"total MVF {unclamped.mvf_total:.4%} unprotected, {result.mvf_total:.4%} clamped"
+            )
         plan = hardening.harden(result, budget, mechs, strategy=args.strategy, seed=args.seed,
                                 ranges=ranges, model=analysed)  # fmt: skip
         curve = hardening.curve(result, args.curve, [("tmr",), ("ecc",), ("tmr", "ecc")],
                                 hardening.STRATEGIES, seed=args.seed, ranges=ranges, model=analysed)  # fmt: skip
+        if unclamped is not None:
+            plan = dataclasses.replace(
+                plan, options={**plan.options, "unclamped_mvf": unclamped.mvf_total}
+            )
         print(hardening_report.format_plan(plan))
         verification = None
         if args.verify != "none":
