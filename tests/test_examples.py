@@ -62,3 +62,11 @@ def test_own_model_local_data(tmp_path):
     assert "from 3 classes" in out and "torchvision:resnet18" in out
     assert "model left unchanged: True" in out
     assert (tmp_path / "result.json").exists() and (tmp_path / "lvf.png").exists()
+
+
+def test_protect_what_matters(cache):
+    out = run("protect_what_matters.py", "--cache-dir", str(cache))
+    assert "planner plan at 10%" in out and "predicted MVF" in out
+    for strategy in ("planner", "first-layers", "weights", "random"):
+        assert f"\n{strategy} " in out
+    assert "SFI" in out and "the promise" in out and "clean top-1 kept on 100.00%" in out
