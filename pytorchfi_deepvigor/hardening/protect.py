@@ -47,6 +47,13 @@ class ProtectedLayer(nn.Module):
         True
     """
 
+    tmr_index: Tensor
+    replica_weight: Tensor
+    replica_bias: Tensor | None
+    low: Tensor | None
+    high: Tensor | None
+    layer: nn.Conv2d | nn.Linear
+
     def __init__(
         self,
         layer: nn.Module,
@@ -114,7 +121,7 @@ class ProtectedLayer(nn.Module):
             first, second = self._replica(x, 0), self._replica(x, 1)
             voted = torch.where(mine == first, mine, second)
             y = y.index_copy(self.dim % y.dim(), self.tmr_index, voted)
-        if self.low is not None:
+        if self.low is not None and self.high is not None:
             y = torch.nan_to_num(y, nan=0.0)
             y = torch.minimum(torch.maximum(y, self.low), self.high)
         return y

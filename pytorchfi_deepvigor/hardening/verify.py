@@ -154,24 +154,28 @@ def verify(
         result = DeepVigorAnalyzer(engine).analyze(
             target="both", layers=nums, sampling=sampling, seed=seed, progress=progress
         )
-        act, wts = result.lvf("activations"), {}
+        an_act: dict[int, float] = result.lvf("activations")
+        an_wts: dict[int, float] = {}
         for layer in result.layers:
             if layer.target != "weights":
                 continue
             keep = _uncovered(plan, layer.layer_num)
             if len(keep) < width and layer.bit_vf is not None:
-                wts[layer.layer_num] = float(sum(layer.bit_vf[b] for b in keep) / width)
+                an_wts[layer.layer_num] = float(sum(layer.bit_vf[b] for b in keep) / width)
             else:
-                wts[layer.layer_num] = layer.lvf
+                an_wts[layer.layer_num] = layer.lvf
         for n in nums:
-            rows[n]["analysis_activations"], rows[n]["analysis_weights"] = act[n], wts[n]
-        analysed = total(act, wts)
+            rows[n]["analysis_activations"], rows[n]["analysis_weights"] = an_act[n], an_wts[n]
+        analysed = total(an_act, an_wts)
         costs["analysis"] = _with_time(result.cost, started)
     measured = margin = held = None
     if sfi:
         started = time.perf_counter()
         campaign = StatisticalCampaign(engine)
-        act, act_m, wts, wts_m = {}, {}, {}, {}
+        act: dict[int, float] = {}
+        act_m: dict[int, float] = {}
+        wts: dict[int, float] = {}
+        wts_m: dict[int, float] = {}  # the SFI's, per layer
         measure_act, measure_w = list(nums), list(nums)
         if reference is not None:
             prots = plan.protections
