@@ -408,6 +408,20 @@ class FailsOnThree(nn.Sequential):
         return super().forward(x)
 
 
+def test_per_layer_ranges_hold_every_channel_to_the_layers_range() -> None:
+    net, calibration = tiny_net(), images(32, seed=7)
+    per_channel = restrict_ranges(net, calibration)
+    per_layer = restrict_ranges(net, calibration, per="layer", margin=0.5)
+    for num, (low, high) in per_layer.items():
+        lo, hi = min(per_channel[num][0]), max(per_channel[num][1])
+        assert len(set(low)) == 1 and len(set(high)) == 1  # float32 arithmetic: approx
+        assert low[0] == pytest.approx(lo - 0.5 * (hi - lo), rel=1e-6)
+        assert high[0] == pytest.approx(hi + 0.5 * (hi - lo), rel=1e-6)
+    assert torch.equal(clamped(net, per_layer, NAMES)(calibration), net(calibration))
+    with pytest.raises(ValueError, match="per='channel' or per='layer'"):
+        restrict_ranges(net, calibration, per="neuron")
+
+
 def test_restrict_ranges_leaves_the_model_when_it_raises() -> None:
     net = FailsOnThree(*tiny_net())
     call = lambda: restrict_ranges(net, images(5), max_batch=3)  # noqa: E731

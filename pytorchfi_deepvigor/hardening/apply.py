@@ -107,6 +107,7 @@ def restrict_ranges(
     layers: Iterable[int] | None = None,
     *,
     margin: float = 0.0,
+    per: str = "channel",
     max_batch: int | None = 256,
 ) -> dict[int, tuple[tuple[float, ...], tuple[float, ...]]]:
     """Per output channel, the fault-free range of each layer's output on ``calibration``.
@@ -119,6 +120,8 @@ def restrict_ranges(
         calibration: images ``(N, ...)`` in the model's format.
         layers: catalogue layer numbers (default: every layer).
         margin: widen each channel's range by this fraction of its width on both sides.
+        per: ``"channel"`` (a range per output channel) or ``"layer"`` (one range per layer,
+            every channel held to the layer's).
         max_batch: images per forward.
 
     Returns:
@@ -136,6 +139,8 @@ def restrict_ranges(
     images = check_images(calibration, next((p.dtype for p in model.parameters()), torch.float32))
     if not margin >= 0:
         raise ValueError(f"expected a non-negative margin, got {margin!r}")
+    if per not in ("channel", "layer"):
+        raise ValueError(f"expected per='channel' or per='layer', got {per!r}")
     step = check_positive_int(max_batch, "max_batch") or len(images)
     catalogue = build_catalogue(model, images[:1])
     wanted = [i.layer_num for i in catalogue] if layers is None else [int(n) for n in layers]
@@ -173,6 +178,9 @@ def restrict_ranges(
             raise ValueError(
                 f"layer {num} ({infos[num].name}) was never called on the calibration images"
             )
+        if per == "layer":
+            lows[num] = lows[num].min().expand_as(lows[num])
+            highs[num] = highs[num].max().expand_as(highs[num])
         width = (highs[num] - lows[num]) * margin
         out[num] = (
             tuple((lows[num] - width).tolist()),
