@@ -13,6 +13,7 @@ planner against brute force, the user's model untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -477,3 +478,61 @@ def test_verify_with_a_reference_injects_only_what_the_plan_protects(
     clamping = harden(exhaustive, 0.1, ("tmr",), ranges=restrict_ranges(net, images(16, seed=3)))
     with pytest.raises(ValueError, match="without reference"):
         verify(clamping, net, x, reference=exhaustive)
+
+
+class Standardised(nn.Conv2d):
+    """A convolution that standardises its filters in forward (timm's StdConv2d, in short)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_layers_with_their_own_forward_get_no_tmr(exhaustive: VulnerabilityResult) -> None:
+    with pytest.raises(ValueError, match="Standardised computes its own forward"):
+        ProtectedLayer(Standardised(1, 4, 3), [0])
+    clamp_only = ProtectedLayer(
+        Standardised(1, 4, 3), [], torch.full((4,), -9.0), torch.full((4,), 9.0)
+    )
+    x = torch.randn(2, 1, 5, 5)
+    assert torch.equal(clamp_only(x), clamp_only.layer(x))  # a clamp needs no replica
+    net = tiny_net()
+    odd = Standardised(1, 4, 3)
+    odd.load_state_dict(net[0].state_dict())
+    net[0] = odd
+    plan = harden(exhaustive, 0.3, ("tmr", "ecc"), model=net)
+    assert all(not p.tmr_channels for p in plan.layers if p.layer_num == 0)
+    forced = _plan([LayerProtection(0, "0", tmr_channels=(1,))])
+    call = lambda: apply(forced, net)  # noqa: E731
+    assert_model_unchanged(net, call, raises=ValueError, match="cannot be triplicated")
+
+
+def test_a_recorded_sample_is_never_taken_for_every_channel() -> None:
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+
+    net, x = tiny_net(), images()
+    result = DeepVigorAnalyzer(net, x).analyze(target="both", sampling=0.5)
+    contiguous = [
+        dataclasses.replace(layer, channels=tuple(range(len(layer.channels))))
+        for layer in result.layers
+    ]
+    relabelled = dataclasses.replace(result, layers=tuple(contiguous))
+    with pytest.raises(ValueError, match="pass the model"):
+        harden(relabelled, 0.1)
+
+
+def test_verify_refuses_a_bad_reference_or_holdout_before_any_work(
+    exhaustive: VulnerabilityResult,
+) -> None:
+    from pytorchfi_deepvigor import DeepVigorAnalyzer
+
+    net, x = tiny_net(), images()
+    plan = harden(exhaustive, 0.25, ("tmr",))
+    analysis = DeepVigorAnalyzer(net, x).analyze(target="both")
+    with pytest.raises(ValueError, match="'deepvigor' result: give exhaustive FI"):
+        verify(plan, net, x, reference=analysis)
+    with pytest.raises(ValueError, match="ran on 8 images, the verification on 4"):
+        verify(plan, net, x[:4], reference=exhaustive)
+    with pytest.raises((ValueError, TypeError)):
+        verify(plan, net, x, holdout="not images")

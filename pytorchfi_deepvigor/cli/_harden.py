@@ -46,6 +46,15 @@ def parse_budgets(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _one_budget(text: str) -> float:
+    values = parse_budgets(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(
+            f"--budget takes one budget, got {len(values)}; --curve takes a list"
+        )
+    return values[0]
+
+
 def parse_mechanisms(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     bad = [n for n in names if n not in (*hardening.MECHANISMS, "clamp")]
@@ -58,9 +67,10 @@ def parse_mechanisms(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hardening")
-    group.add_argument("--budget", type=parse_budgets, default=(0.1,),
-                       help="overhead budget of the plan: a fraction or percentage (default 10%%): "
-                       "TMR adds at most this share of MACs, ECC of weight memory")  # fmt: skip
+    group.add_argument("--budget", type=_one_budget, default=0.1,
+                       help="overhead budget of the plan: a fraction or percentage (default 10%%): its "
+                       "costs (a TMR channel: the larger of its MAC and memory shares; ECC: its "
+                       "check bits' share of memory) add up to at most this")  # fmt: skip
     group.add_argument("--mechanisms", type=parse_mechanisms, default=("tmr", "ecc"),
                        help="comma list of tmr (channel triplication), ecc (weight-bit ECC), "
                        "clamp (range restriction, re-analysed) (default tmr,ecc)")  # fmt: skip
@@ -128,17 +138,21 @@ def harden(args: argparse.Namespace) -> int:
     with _claim_out(args):
         setup, images, calibration, holdout = _split(args)
         model = setup.model
-        budget = args.budget[0]
+        budget = args.budget
         mechs = tuple(m for m in args.mechanisms if m != "clamp")
         if not mechs:
-            raise ValueError("--mechanisms needs tmr or ecc beside clamp (clamp alone: budget 0)")
+            raise ValueError(
+                "--mechanisms needs tmr or ecc beside clamp; for the clamps alone give "
+                "--mechanisms tmr,clamp --budget 0"
+            )
         ranges = None
         analysed = model
         if "clamp" in args.mechanisms:
-            ranges = hardening.restrict_ranges(model, calibration)
+            ranges = hardening.restrict_ranges(model, calibration, layers=args.layers)
             names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
             analysed = hardening.clamped(model, ranges, names)
-            print(f"clamps profiled on {len(calibration)} calibration images, every layer")
+            where = "every layer" if args.layers is None else f"layers {args.layers}"
+            print(f"clamps profiled on {len(calibration)} calibration images, {where}")
         if args.result and ranges is not None:
             raise ValueError(
                 "--result is an analysis of the unclamped model: drop --result to analyse the "

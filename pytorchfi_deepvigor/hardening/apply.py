@@ -15,28 +15,17 @@ from torch import Tensor, nn
 
 from pytorchfi_deepvigor._guard import check_images, check_positive_int, eval_mode
 from pytorchfi_deepvigor.catalogue import build_catalogue
-from pytorchfi_deepvigor.hardening.plan import HardeningPlan, LayerProtection
-from pytorchfi_deepvigor.hardening.protect import ProtectedLayer
+from pytorchfi_deepvigor.hardening.plan import HardeningPlan, LayerProtection, resolve_name
+from pytorchfi_deepvigor.hardening.protect import ProtectedLayer, plain_layer
 
 __all__ = ["apply", "clamped", "restrict_ranges"]
 
 Ranges = Mapping[int, tuple[Iterable[float], Iterable[float]]]
 
 
-def _resolve(model: nn.Module, name: str) -> str:
-    """``name`` in ``model``; a name of a protected copy (``features.0.layer``, the layer inside
-    its :class:`ProtectedLayer`, e.g. from the analysis of a clamped model) is the user's
-    ``features.0``."""
-    try:
-        model.get_submodule(name)
-        return name
-    except AttributeError:
-        return name[: -len(".layer")] if name.endswith(".layer") else name
-
-
 def _module(model: nn.Module, name: str, num: int) -> nn.Module:
     try:
-        module = model.get_submodule(_resolve(model, name))
+        module = model.get_submodule(resolve_name(model, name))
     except AttributeError:
         module = None
     if not isinstance(module, nn.Conv2d | nn.Linear):
@@ -70,7 +59,7 @@ def _protected(
             lo, hi = ranges[prot.layer_num]
             low, high = torch.tensor(list(lo)), torch.tensor(list(hi))
         _replace(
-            out, _resolve(out, prot.name), ProtectedLayer(module, prot.tmr_channels, low, high)
+            out, resolve_name(out, prot.name), ProtectedLayer(module, prot.tmr_channels, low, high)
         )
     return out
 
@@ -92,7 +81,13 @@ def apply(plan: HardeningPlan, model: nn.Module) -> nn.Module:
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     for prot in plan.layers:  # every name checked before any copy
         if prot.tmr_channels or prot.clamp:
-            _module(model, prot.name, prot.layer_num)
+            module = _module(model, prot.name, prot.layer_num)
+            why = plain_layer(module)
+            if prot.tmr_channels and why:
+                raise ValueError(
+                    f"layer {prot.layer_num} ({prot.name}) cannot be triplicated: {why}; plan "
+                    "without TMR there (harden(..., model=model) leaves such layers to ECC)"
+                )
     return _protected(model, plan.layers, plan.ranges)
 
 

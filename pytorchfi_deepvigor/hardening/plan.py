@@ -23,7 +23,9 @@ Mechanisms and their effect on the VFs (one fault per inference, the package's f
   other mechanisms are planned on that result (see :func:`pytorchfi_deepvigor.hardening.harden`).
 
 Costs are fractions of the model's MACs (per image, over the result's layers) and of its weight
-memory in bits; an overhead budget bounds TMR by MACs and ECC by memory.
+memory in bits: a TMR channel costs the larger of its two shares, an ECC group its check bits'
+share of the memory, and a plan's costs add up to at most its budget (so it adds at most the
+budget's share of each).
 """
 
 from __future__ import annotations
@@ -149,20 +151,36 @@ def _pair(result: VulnerabilityResult) -> dict[int, tuple[LayerResult, LayerResu
 Channels = Mapping[int, int]
 
 
-def _complete(wts: LayerResult) -> bool:
-    return sorted(wts.channels) == list(range(len(wts.channels)))
+def _complete(result: VulnerabilityResult, wts: LayerResult) -> bool:
+    """Whether every channel of the layer was analysed: no sampling or channel ratio recorded,
+    and channels 0..k-1 (a result that does not record how it drew its channels is taken at
+    its channels; pass the model to be sure)."""
+    drawn = any(result.options.get(k) is not None for k in ("sampling", "channel_ratio"))
+    return not drawn and sorted(wts.channels) == list(range(len(wts.channels)))
+
+
+def resolve_name(model: Any, name: str) -> str:
+    """``name`` in ``model``; a name of a protected copy (``features.0.layer``, the layer inside
+    its :class:`~pytorchfi_deepvigor.hardening.ProtectedLayer`, e.g. from the analysis of a
+    clamped model) is the user's ``features.0``."""
+    try:
+        model.get_submodule(name)
+        return name
+    except AttributeError:
+        return name[: -len(".layer")] if name.endswith(".layer") else name
 
 
 def channel_counts(result: VulnerabilityResult, model: Any = None) -> dict[int, int]:
-    """Output channels of each layer analysed for both targets: from the result where every
-    channel was analysed, otherwise from ``model`` (the module the layer's name gives).
+    """Output channels of each layer analysed for both targets: from ``model`` when it is given
+    (the module the layer's name gives), otherwise from the result, whose every channel must
+    then have been analysed.
 
     Raises:
         ValueError: a sampled layer without ``model``, or a name ``model`` does not hold.
     """
     out = {}
     for num, (_, wts) in _pair(result).items():
-        if _complete(wts) and model is None:
+        if model is None and _complete(result, wts):
             out[num] = len(wts.channels)
             continue
         if model is None:
@@ -172,7 +190,7 @@ def channel_counts(result: VulnerabilityResult, model: Any = None) -> dict[int, 
                 "or analyse with sampling=None"
             )
         try:
-            module = model.get_submodule(wts.name)
+            module = model.get_submodule(resolve_name(model, wts.name))
         except AttributeError:
             module = None
         count = getattr(module, "out_channels", getattr(module, "out_features", None))
@@ -205,7 +223,7 @@ def check_result(result: VulnerabilityResult, channels: Channels) -> None:
         if wts.n_weights % c or act.n_neurons % c:
             raise ValueError(
                 f"layer {num} ({wts.name}): its weights or neurons do not split evenly into its "
-                f"{c} channels"
+                f"{c} channels: pass the model the result was computed on (model=)"
             )
     model = str(result.options.get("fault_model", "flip"))
     if model != "flip":

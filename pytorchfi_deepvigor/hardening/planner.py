@@ -44,7 +44,9 @@ from pytorchfi_deepvigor.hardening.plan import (
     layer_costs,
     number_format,
     predict,
+    resolve_name,
 )
+from pytorchfi_deepvigor.hardening.protect import plain_layer
 from pytorchfi_deepvigor.results import VulnerabilityResult
 
 __all__ = ["MECHANISMS", "STRATEGIES", "curve", "harden", "overheads"]
@@ -54,7 +56,9 @@ STRATEGIES = ("planner", "first-layers", "weights", "random")
 
 
 def _check(budget: float, mechanisms: Iterable[str], strategy: str) -> tuple[str, ...]:
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 <= budget <= 2:
+    if isinstance(budget, bool) or not isinstance(budget, int | float | np.floating):
+        raise TypeError(f"expected budget as a number (0.1 = 10%), got {type(budget).__name__}")
+    if not 0 <= budget <= 2:
         raise ValueError(
             f"expected budget as a fraction of overhead in [0, 2] (0.1 = 10%), got {budget!r}"
         )
@@ -157,6 +161,7 @@ def _optimum(
     budget: float,
     channels: Channels,
     units: Mapping[int, _Costs],
+    no_tmr: frozenset[int] = frozenset(),
 ) -> dict[int, Choice]:
     """Per layer the (ECC group, top-k TMR channels) of largest total gain within the budget:
     a multiple-choice knapsack over the layers, exact for the grid-rounded costs."""
@@ -170,7 +175,7 @@ def _optimum(
             ecc_gain = _ecc_gain(result, n, bits) if bits else 0.0
             if bits:
                 options.append(((bits, ()), ecc_cost, ecc_gain))
-            if "tmr" not in mechs:
+            if "tmr" not in mechs or n in no_tmr:
                 continue
             gains = _tmr_gains(result, n, bits, channels)
             order = np.argsort(-gains, kind="stable")
@@ -202,6 +207,7 @@ def _baseline(
     channels: Channels,
     units: Mapping[int, _Costs],
     fmt: str,
+    no_tmr: frozenset[int] = frozenset(),
 ) -> dict[int, Choice]:
     """Whole-word ECC of layers, then TMR of channels, in the baseline's order, while they fit."""
     order = _layer_order(result, strategy, rng, channels)
@@ -219,11 +225,23 @@ def _baseline(
             sequence = [items[i] for i in rng.permutation(len(items))]
         else:
             sequence = [(n, c) for n in order for c in range(channels[n])]
-        for n, c in sequence:
+        for n, c in (item for item in sequence if item[0] not in no_tmr):
             if units[n].tmr <= left:
                 tmr.setdefault(n, []).append(c)
                 left -= units[n].tmr
     return {n: (ecc.get(n, ()), tuple(tmr.get(n, ()))) for n in set(ecc) | set(tmr)}
+
+
+def _not_triplicable(result: VulnerabilityResult, model: nn.Module | None) -> list[int]:
+    """Layers of ``model`` whose forward TMR's replicas cannot reproduce (left to ECC)."""
+    if model is None:
+        return []
+    out = []
+    for num, (_, wts) in _pair(result).items():
+        module = model.get_submodule(resolve_name(model, wts.name))
+        if plain_layer(module):
+            out.append(num)
+    return out
 
 
 def _layer_order(
@@ -262,8 +280,10 @@ def harden(
         seed: the seed of the ``random`` baseline (recorded in the plan).
         ranges: the clamp bounds per layer number (``(low, high)`` per channel) the result's model
             was analysed with; recorded in the plan, applied by :func:`apply`.
-        model: the model the result was computed on; needed where the result analysed only some
-            channels of a layer (the others take the layer's LVF, the sample's estimate).
+        model: the model the result was computed on: it gives every layer's channel count
+            (needed where the result analysed only some channels of a layer; the others take the
+            layer's LVF, the sample's estimate), and layers whose forward is not the plain
+            product (TMR's replicas could not reproduce it) get no TMR.
 
     Returns:
         A :class:`HardeningPlan` with its overheads and predicted MVFs.
@@ -290,10 +310,11 @@ def harden(
     costs = layer_costs(result, channels)
     units = _unit_costs(result, channels, fmt)
     rng = np.random.default_rng(seed)
+    no_tmr = frozenset(_not_triplicable(result, model))
     if strategy == "planner":
-        picked = _optimum(result, mechs, budget, channels, units)
+        picked = _optimum(result, mechs, budget, channels, units, no_tmr)
     else:
-        picked = _baseline(result, mechs, budget, strategy, rng, channels, units, fmt)
+        picked = _baseline(result, mechs, budget, strategy, rng, channels, units, fmt, no_tmr)
     ecc = {n: bits for n, (bits, _) in picked.items() if bits}
     tmr = {n: chans for n, (_, chans) in picked.items() if chans}
     bounds = {

@@ -26,7 +26,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ProtectedLayer"]
+__all__ = ["ProtectedLayer", "plain_layer"]
+
+
+def plain_layer(layer: nn.Module) -> str:
+    """Why the layer's forward is not the plain ``F.conv2d``/``F.linear`` of its stored weight
+    (a subclass with its own forward, a hook or a parametrization), ``""`` when it is: TMR's
+    replicas run that plain product, so they would not reproduce another forward."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    kind = type(layer)
+    if kind.forward is not base.forward or (
+        base is nn.Conv2d and getattr(kind, "_conv_forward", None) is not nn.Conv2d._conv_forward
+    ):
+        return f"{kind.__name__} computes its own forward"
+    if layer._forward_hooks or layer._forward_pre_hooks:
+        return "it has forward hooks"
+    if getattr(layer, "parametrizations", None):
+        return "its weight is parametrized"
+    return ""
 
 
 class ProtectedLayer(nn.Module):
@@ -70,6 +87,9 @@ class ProtectedLayer(nn.Module):
         bad = [c for c in channels if not 0 <= c < n_out]
         if bad:
             raise ValueError(f"TMR channels {bad} are not output channels 0..{n_out - 1}")
+        why = plain_layer(layer) if channels else ""
+        if why:
+            raise ValueError(f"cannot triplicate channels of this layer: {why}")
         self.dim = 1 if isinstance(layer, nn.Conv2d) else -1
         weight = layer.weight.detach()
         idx = torch.tensor(channels, dtype=torch.long, device=weight.device)
@@ -92,7 +112,8 @@ class ProtectedLayer(nn.Module):
             high = torch.as_tensor(high, dtype=weight.dtype, device=weight.device).reshape(-1)
             if low.numel() != n_out or high.numel() != n_out:
                 raise ValueError(
-                    f"expected one bound per output channel ({n_out}), got {low.numel()}"
+                    f"expected one bound per output channel ({n_out}), got {low.numel()} low "
+                    f"and {high.numel()} high"
                 )
             if bool((low > high).any()):
                 raise ValueError("a clamp's low bound is above its high bound")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pytorchfi_deepvigor._guard import eval_mode
+from pytorchfi_deepvigor._guard import check_images, eval_mode
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 from pytorchfi_deepvigor.campaigns import StatisticalCampaign
 from pytorchfi_deepvigor.engine import SimulationEngine
@@ -116,10 +116,10 @@ def verify(
     Raises:
         ValueError: a ``reference`` with a plan that clamps, or one lacking a layer or target.
     """
-    if reference is not None and plan.ranges:
-        raise ValueError(
-            "a plan that clamps changes the path of every fault: verify it without reference"
-        )
+    if reference is not None:
+        _check_reference(reference, plan, len(images), t)
+    if holdout is not None:
+        holdout = check_images(holdout, next((p.dtype for p in model.parameters()), torch.float32))
     protected = apply(plan, model)
     engine = SimulationEngine(protected, images)
     nums = [int(n) for n in plan.options.get("layers", [])] or [
@@ -260,6 +260,42 @@ def verify(
         layers=tuple(rows[n] for n in nums),
         cost=costs,
     )
+
+
+def _check_reference(
+    reference: VulnerabilityResult, plan: HardeningPlan, n_images: int, t: float
+) -> None:
+    """Refuse a reference that is not FI of the user's model under the plan's faults."""
+    if plan.ranges:
+        raise ValueError(
+            "a plan that clamps changes the path of every fault: verify it without reference"
+        )
+    if not isinstance(reference, VulnerabilityResult):
+        raise TypeError(
+            f"expected the reference as a VulnerabilityResult, got {type(reference).__name__}"
+        )
+    if reference.method == "deepvigor" or reference.method == "sfi-network":
+        raise ValueError(
+            f"the reference is a {reference.method!r} result: give exhaustive FI or layer-wise SFI "
+            "(data-aware, data-unaware, layer) of both targets of the user's model"
+        )
+    model = str(reference.options.get("fault_model", "flip"))
+    fmt = str(reference.options.get("number_format", plan.number_format))
+    if model != "flip" or fmt != plan.number_format:
+        raise ValueError(
+            f"the reference injected {model!r} faults in {fmt}: the plan is for single bit "
+            f"flips in {plan.number_format}"
+        )
+    if reference.n_images and reference.n_images != n_images:
+        raise ValueError(
+            f"the reference ran on {reference.n_images} images, the verification on {n_images}: "
+            "give FI of the same images"
+        )
+    quantile = reference.options.get("t")
+    if quantile is not None and abs(float(quantile) - t) > 1e-9:
+        raise ValueError(
+            f"the reference's margins are at t={quantile}, the verification's at t={t}"
+        )
 
 
 def _with_time(cost: Cost, started: float) -> Cost:

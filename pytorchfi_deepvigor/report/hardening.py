@@ -99,7 +99,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
                 _STYLE.get(strategy, "-"), label=f"{strategy} ({mechs})", markersize=4)  # fmt: skip
     if rows:
         ax.axhline(100 * rows[0]["baseline_mvf"], color="grey", lw=0.8, label="unprotected")
-    ax.set_xlabel("overhead budget (% of MACs for TMR, % of weight memory for ECC)")
+    ax.set_xlabel("overhead budget (% of MACs and of weight memory)")
     ax.set_ylabel("predicted total MVF (%)")
     ax.set_title(title or "Hardening: MVF against overhead", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
