@@ -7,7 +7,9 @@ exactly as the user's forward computes them. ECC changes memory, not the computa
 a covered bit is corrected before the weight is read, so FI draws the weight faults of an ECC
 layer from its uncovered bits and counts the covered ones masked (the layer's VF is the
 uncovered VF times the uncovered share of the bits); the analysis removes the covered bits from
-its bit map the same way.
+its bit map the same way. In the analysis, a layer's triplicated channels are a stratum of VF 0
+(every fault of theirs is out-voted: ``tests/test_hardening.py`` checks it against the oracle)
+and its other channels are estimated by those the analysis drew among them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,7 +31,7 @@ from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.vf import total_mvf
 from pytorchfi_deepvigor.hardening.apply import apply
 from pytorchfi_deepvigor.hardening.plan import FORMAT_BITS, HardeningPlan
-from pytorchfi_deepvigor.results import Cost, VulnerabilityResult
+from pytorchfi_deepvigor.results import Cost, LayerResult, VulnerabilityResult
 
 __all__ = ["Verification", "verify"]
 
@@ -154,16 +157,17 @@ def verify(
         result = DeepVigorAnalyzer(engine).analyze(
             target="both", layers=nums, sampling=sampling, seed=seed, progress=progress
         )
-        an_act: dict[int, float] = result.lvf("activations")
+        an_act: dict[int, float] = {}
         an_wts: dict[int, float] = {}
         for layer in result.layers:
-            if layer.target != "weights":
+            lvf = _stratified_lvf(plan, layer)
+            if layer.target == "activations":
+                an_act[layer.layer_num] = lvf
                 continue
             keep = _uncovered(plan, layer.layer_num)
-            if len(keep) < width and layer.bit_vf is not None:
-                an_wts[layer.layer_num] = float(sum(layer.bit_vf[b] for b in keep) / width)
-            else:
-                an_wts[layer.layer_num] = layer.lvf
+            if len(keep) < width and layer.bit_vf is not None and sum(layer.bit_vf) > 0:
+                lvf *= sum(layer.bit_vf[b] for b in keep) / sum(layer.bit_vf)
+            an_wts[layer.layer_num] = lvf
         for n in nums:
             rows[n]["analysis_activations"], rows[n]["analysis_weights"] = an_act[n], an_wts[n]
         analysed = total(an_act, an_wts)
@@ -260,6 +264,19 @@ def verify(
         layers=tuple(rows[n] for n in nums),
         cost=costs,
     )
+
+
+def _stratified_lvf(plan: HardeningPlan, layer: LayerResult) -> float:
+    """A layer's LVF from the analysis of the protected copy: its triplicated channels are a
+    stratum of VF 0 (every one of their faults is out-voted, tested against the oracle), the
+    others are estimated by the channels analysed among them (all of them without sampling)."""
+    count = int(plan.options.get("channels", {}).get(str(layer.layer_num), len(layer.channels)))
+    prot = plan.protections.get(layer.layer_num)
+    tmr = set(prot.tmr_channels) if prot else set()
+    rest = [v for c, v in zip(layer.channels, layer.cvf, strict=True) if c not in tmr]
+    if not rest or count <= len(tmr):
+        return 0.0 if count <= len(tmr) else layer.lvf
+    return float(np.mean(rest)) * (count - len(tmr)) / count
 
 
 def _check_reference(
