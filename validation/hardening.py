@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         if ctx.extra["plans_only"] and ctx.cached_part(table, spec) is None:
             print(f"  {spec.label}: not verified yet (--plans-only): its plans only", flush=True)
             data = ctx.part(f"hardening-plans-s{sampling}", spec,
-                            lambda spec=spec: run_model(ctx, spec, own, sampling, sfi=False))  # fmt: skip
+                            lambda spec=spec, own=own: run_model(ctx, spec, own, sampling, sfi=False))  # fmt: skip
             rows += data["rows"]
             continue
         data = ctx.part(table, spec,
