@@ -274,6 +274,51 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """The headline table (README): per model, the unprotected MVF, the planner's TMR+ECC plans,
+    the clamps, the best baseline at 10%, the clean accuracy with the clamps."""
+
+    def find(model: str, strategy: str, mechs: str, budget: float) -> dict | None:
+        return next((r for r in rows if (r["model"], r["strategy"], r["mechanisms"]) ==
+                     (model, strategy, mechs) and abs(float(r["budget"]) - budget) < 1e-9), None)  # fmt: skip
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        text = f"{_pct(r['predicted_mvf'])}"
+        if r.get("sfi_mvf") not in (None, ""):
+            text += f" (SFI {_pct(r['sfi_mvf'])} +- {_pct(r['sfi_margin'])})"
+        return text
+
+    lines = [
+        "| model | unprotected | TMR+ECC 5% | TMR+ECC 10% | TMR+ECC 30% | clamps alone | clamps + TMR+ECC 10% | best baseline, TMR+ECC 10% | held-out accuracy, clamps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for model in dict.fromkeys(r["model"] for r in rows):
+        base = next(r for r in rows if r["model"] == model)
+        unprotected = _pct(base["unprotected_mvf"])
+        ref = find(model, "unprotected", "none", 0.0)
+        if ref is not None and ref.get("sfi_mvf") not in (None, ""):
+            unprotected += f" (SFI {_pct(ref['sfi_mvf'])} +- {_pct(ref['sfi_margin'])})"
+        baselines = [find(model, s, "tmr+ecc", 0.10) for s in STRATEGIES[1:]]
+        best = min(
+            (b for b in baselines if b), key=lambda b: float(b["predicted_mvf"]), default=None
+        )
+        clamp = find(model, "planner", "clamp+tmr+ecc", 0.0)
+        acc = (
+            "-"
+            if clamp is None
+            else f"{float(clamp['clean_acc']):.1%} -> {float(clamp['protected_acc']):.1%}"
+        )
+        lines.append(
+            f"| {model} | {unprotected} | {cell(find(model, 'planner', 'tmr+ecc', 0.05))} | "
+            f"{cell(find(model, 'planner', 'tmr+ecc', 0.10))} | {cell(find(model, 'planner', 'tmr+ecc', 0.30))} | "
+            f"{cell(clamp)} | {cell(find(model, 'planner', 'clamp+tmr+ecc', 0.10))} | "
+            f"{'-' if best is None else best['strategy'] + ' ' + _pct(best['predicted_mvf'])} | {acc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ctx = parse_args(
         __doc__.splitlines()[0],
@@ -322,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     ctx.write_table("hardening_layers", LAYER_COLUMNS, layers)
     path = ctx.out / "hardening.md"
     path.write_text(_markdown(rows), encoding="utf-8")
+    (ctx.out / "hardening_summary.md").write_text(summary(rows), encoding="utf-8")
     curve = [r for r in rows if r["model"] == rows[0]["model"] and r["strategy"] != "unprotected"]
     plot_pareto(
         curve,
