@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             ("--e-light", float, 0.03, "the SFI margin of ResNet-18 and the ViT"),
             ("--sampling", float, 0.25, "channel ratio of the analyses (1: complete)"),
             ("--plans-only", int, 0, "1: models without a verified part get their plans only"),
+            ("--cached-only", int, 0, "1: write the tables from the parts already computed"),
         ],
     )
     e, e_light = float(ctx.extra["e"]), float(ctx.extra["e_light"])
@@ -339,9 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     for spec in models:
         own = 0.1 if ctx.quick else (e_light if spec.key in LIGHT else e)
         table = f"hardening-e{own}-s{sampling}"
+        plans_table = f"hardening-plans-s{sampling}"
+        if ctx.extra["cached_only"] and all(
+            ctx.cached_part(t, spec) is None for t in (table, plans_table)
+        ):
+            print(f"  {spec.label}: not run yet (--cached-only): left out", flush=True)
+            continue
         if ctx.extra["plans_only"] and ctx.cached_part(table, spec) is None:
             print(f"  {spec.label}: not verified yet (--plans-only): its plans only", flush=True)
-            data = ctx.part(f"hardening-plans-s{sampling}", spec,
+            data = ctx.part(plans_table, spec,
                             lambda spec=spec, own=own: run_model(ctx, spec, own, sampling, sfi=False))  # fmt: skip
             rows += data["rows"]
             continue

@@ -186,7 +186,11 @@ injected with data-aware SFI (margin at 99% confidence, combined over the layers
 inject the layers they protect and take the others from one SFI of the user's model, clamped
 plans inject every layer). "held": the SFI total MVF is at most the prediction plus the margin.
 MVFs in % (1 = 1% of the faults critical); reduction = unprotected MVF / predicted MVF.
-Held-out accuracy: test images 300-499, labels.
+Held-out accuracy: test images 300-499, labels. Models: VGG-11 and ResNet-18 at the zoo's default
+widths, MobileNetV2 at the validation width (1/16, 8x8 digits: its default width's first sampled
+analysis had not finished after 25 minutes, issue 22), the ViT; SFI margin 0.02 per layer and
+target. A model shown without SFI columns has its plans and predictions only (its SFI did not fit
+the session that ran this).
 """
 
 
