@@ -27,6 +27,7 @@ SCRIPTS = (
     "times",
     "figures",
     "fault_models",
+    "hardening",
 )
 TABLE3 = [
     "model",
@@ -160,6 +161,26 @@ def test_fault_models_rows(outputs: Path) -> None:
         assert 0.0 <= float(r["mae_pts"]) <= float(r["max_err_pts"]) <= 100.0
         if r["oracle_faults"]:
             assert int(r["oracle_faults"]) > 0 and r["oracle_mismatches"] == "0", r
+
+
+def test_hardening_rows(outputs: Path) -> None:
+    _, rows = _rows(outputs / "hardening.csv")
+    strategies = {r["strategy"] for r in rows}
+    assert strategies == {"unprotected", "planner", "first-layers", "weights", "random"}
+    verified = [r for r in rows if r["held"]]
+    assert len(verified) == 6 and all(r["sfi_mvf"] and r["analysis_mvf"] for r in verified)
+    for r in rows:
+        if r["strategy"] != "unprotected":
+            budget = float(r["budget"])
+            assert (
+                float(r["overhead_macs"]) <= budget + 1e-9
+                and float(r["overhead_memory"]) <= budget + 1e-9
+            )
+            assert float(r["predicted_mvf"]) <= float(r["baseline_mvf"]) + 1e-12
+    assert (
+        "## Hardening: plans and their verification (issue 24)"
+        in (outputs / "REPORT.md").read_text()
+    )
 
 
 def test_pick_within_budget_round_robin() -> None:
