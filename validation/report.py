@@ -332,6 +332,16 @@ def build(out: Path) -> str:
                 read_csv(hardening), (out / "hardening.md").read_text(encoding="utf-8")
             ),
         ]
+        cli = out / "hardening_resnet18_cli" / "stdout.txt"  # a CLI run of one plan
+        if cli.exists():
+            last = [x for x in cli.read_text(encoding="utf-8").splitlines() if x.strip()]
+            verdict = next((x for x in reversed(last) if x.startswith("predicted MVF")), "")
+            parts += [
+                "\nResNet-18's TMR+ECC 10% plan, verified from the command line "
+                "(`pytorchfi-deepvigor harden --model resnet18 --budget 10% --mechanisms tmr,ecc "
+                "--verify sfi --e 0.05 --holdout 200`, files in `hardening_resnet18_cli/`): "
+                f"{verdict}.\n"
+            ]
     third_party = out / "third_party.md"  # written by third_party.py (issue 25)
     if third_party.exists():
         body = third_party.read_text(encoding="utf-8").split("\n", 1)[1]
