@@ -11,10 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pytorchfi_deepvigor.hardening import HardeningPlan, Verification
+from pytorchfi_deepvigor.report import _plots
 
 __all__ = [
     "format_plan",
@@ -103,12 +103,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
     ax.set_ylabel("predicted total MVF (%)")
     ax.set_title(title or "Hardening: MVF against overhead", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return _plots._save(fig, path)
 
 
 VERIFY_COLUMNS = (
