@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 from guarantees import assert_model_unchanged
-from oracle import Fault, Oracle
+from oracle import Oracle
+from test_ground_truth import _oracle, _package  # the fault-for-fault comparison, one copy
 from torch import nn
 
 from pytorchfi_deepvigor import ExhaustiveCampaign, SimulationEngine, VulnerabilityResult
-from pytorchfi_deepvigor.campaigns.faults import FaultEvaluator, FaultPopulation, operand_sites
-from pytorchfi_deepvigor.engine import Outcome
+from pytorchfi_deepvigor.campaigns.faults import FaultPopulation, operand_sites
 from pytorchfi_deepvigor.functional.knapsack import choose
 from pytorchfi_deepvigor.hardening import (
     HardeningPlan,
@@ -124,26 +124,6 @@ def _plan(layers: list[LayerProtection], ranges: dict | None = None) -> Hardenin
 
 TMR = {0: (1, 2), 1: (0, 5), 2: (3,)}
 NAMES = {0: "0", 1: "3", 2: "6"}
-
-
-def _package(engine: SimulationEngine, pop: FaultPopulation) -> np.ndarray:
-    evaluator = FaultEvaluator(engine)
-    out = []
-    for ids in np.array_split(np.arange(pop.size), max(1, pop.size // 64)):
-        image_idx, perturbation = evaluator.perturbation(pop, ids)
-        codes = engine.outcomes(pop.layer.layer_num, image_idx, perturbation)
-        out.append((codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy())
-    return np.concatenate(out)
-
-
-def _oracle(oracle: Oracle, pop: FaultPopulation) -> np.ndarray:
-    site, bit, value = pop.decode(np.arange(pop.size))
-    rows = []
-    for s, b, v in zip(site, bit, value, strict=True):
-        where = pop.sites[s]
-        at = tuple(int(a) for a in where) if where.ndim else int(where)
-        rows.append(oracle.critical(Fault(pop.target, pop.layer.name, at, int(b), int(v))).numpy())
-    return np.stack(rows)
 
 
 def test_tmr_masks_every_fault_of_its_channels_by_the_oracle() -> None:
