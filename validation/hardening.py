@@ -87,28 +87,50 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
         model.train(was)
 
 
+def _analyses(
+    ctx: Context, spec: ModelSpec, sampling: float | None
+) -> tuple[VulnerabilityResult, VulnerabilityResult, dict, torch.nn.Module]:
+    """The analysis of the model and of its clamped copy (each a cached part of its own, so a
+    stopped run resumes after them), the clamps' ranges and the clamped copy."""
+    model = ctx.model(spec)[0]
+    images = ctx.images(spec)
+    n = len(images)
+    calibration = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=n).images
+    ranges = restrict_ranges(model, calibration)
+    names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
+    clamped_model = clamped(model, ranges, names)
+
+    def analyse(net: torch.nn.Module, what: str) -> dict:
+        started = time.perf_counter()
+        result = DeepVigorAnalyzer(net, images).analyze(
+            target="both", sampling=sampling, seed=ctx.seed
+        )
+        print(
+            f"  {spec.label}: {what} analysis {time.perf_counter() - started:.0f} s, "
+            f"MVF {result.mvf_total:.5f}",
+            flush=True,
+        )
+        return result.to_dict()
+
+    result = VulnerabilityResult.from_dict(
+        ctx.part(f"hardening-result-s{sampling}", spec, lambda: analyse(model, "model"))
+    )
+    result_c = VulnerabilityResult.from_dict(
+        ctx.part(
+            f"hardening-result-clamped-s{sampling}", spec, lambda: analyse(clamped_model, "clamped")
+        )
+    )
+    return result, result_c, ranges, clamped_model
+
+
 def run_model(
     ctx: Context, spec: ModelSpec, e: float, sampling: float | None, sfi: bool = True
 ) -> dict:
     model = ctx.model(spec)[0]
     images = ctx.images(spec)
     n = len(images)
-    calibration = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=n).images
     held = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=3 * n)
-    started = time.perf_counter()
-    result = DeepVigorAnalyzer(model, images).analyze(
-        target="both", sampling=sampling, seed=ctx.seed
-    )
-    print(
-        f"  {spec.label}: analysis {time.perf_counter() - started:.0f} s, MVF {result.mvf_total:.5f}",
-        flush=True,
-    )
-    ranges = restrict_ranges(model, calibration)
-    names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
-    clamped_model = clamped(model, ranges, names)
-    result_c = DeepVigorAnalyzer(clamped_model, images).analyze(
-        target="both", sampling=sampling, seed=ctx.seed
-    )
+    result, result_c, ranges, clamped_model = _analyses(ctx, spec, sampling)
     clean = _accuracy(model, held.images, held.labels)
     clean_c = _accuracy(clamped_model, held.images, held.labels)
     print(
@@ -133,9 +155,16 @@ def run_model(
                 break  # a baseline's clamp rows: the clamps alone (budget 0)
     if not sfi:  # the plans and their predictions only
         return {"rows": rows, "layers": layer_rows}
-    started = time.perf_counter()
-    reference = _reference(model, images, e, ctx.seed)
-    print(f"  {spec.label}: reference SFI {time.perf_counter() - started:.0f} s", flush=True)
+
+    def reference_sfi() -> dict:
+        started = time.perf_counter()
+        out = _reference(model, images, e, ctx.seed)
+        print(f"  {spec.label}: reference SFI {time.perf_counter() - started:.0f} s", flush=True)
+        return out.to_dict()
+
+    reference = VulnerabilityResult.from_dict(
+        ctx.part(f"hardening-reference-e{e}", spec, reference_sfi)
+    )
     ref_row = _row(spec, plans[("planner", "tmr", 0.05)], "none", base, clean, clean)
     ref_row.update(strategy="unprotected", mechanisms="none", budget=0.0, overhead_macs=0.0,
                    overhead_memory=0.0, predicted_mvf=base, baseline_mvf=base, reduction=1.0,
@@ -144,57 +173,58 @@ def run_model(
     rows.insert(0, ref_row)
     for label, budget in VERIFIED["light" if spec.key in LIGHT else "full"]:
         plan = plans[("planner", label, budget)]
-        started = time.perf_counter()
-        check = verify(plan, model, images, e=e, seed=ctx.seed, sampling=sampling, analysis=False,
-                       reference=None if plan.ranges else reference)  # fmt: skip
+
+        def check_plan(plan=plan, label=label, budget=budget) -> dict:  # noqa: ANN001
+            started = time.perf_counter()
+            check = verify(plan, model, images, e=e, seed=ctx.seed, sampling=sampling,
+                           analysis=False, reference=None if plan.ranges else reference)  # fmt: skip
+            print(f"  {spec.label} {label} {budget:.0%}: {check.summary()}", flush=True)
+            return {
+                "row": dict(
+                    analysis_mvf=check.analysis["total"] if check.analysis else None,
+                    sfi_mvf=check.sfi["total"] if check.sfi else None,
+                    sfi_margin=check.sfi_margin,
+                    held=check.held,
+                    sfi_faults=check.cost["sfi"].faults if "sfi" in check.cost else None,
+                    sfi_s=round(time.perf_counter() - started, 1),
+                ),
+                "layers": list(check.layers),
+            }
+
+        done = ctx.part(f"hardening-verified-e{e}-s{sampling}-{label}@{budget}", spec, check_plan)
         row = next(
             r
             for r in rows
             if (r["strategy"], r["mechanisms"], r["budget"]) == ("planner", label, budget)
         )
-        row.update(
-            analysis_mvf=check.analysis["total"] if check.analysis else None,
-            sfi_mvf=check.sfi["total"] if check.sfi else None,
-            sfi_margin=check.sfi_margin,
-            held=check.held,
-            sfi_faults=check.cost["sfi"].faults if "sfi" in check.cost else None,
-            sfi_s=round(time.perf_counter() - started, 1),
-        )
-        print(f"  {spec.label} {label} {budget:.0%}: {check.summary()}", flush=True)
-        for r in check.layers:
+        row.update(done["row"])
+        for r in done["layers"]:
             layer_rows.append({"model": spec.label, "mechanisms": label, "budget": budget, **r})
     return {"rows": rows, "layers": layer_rows}
 
 
 def reanalyse(ctx: Context, spec: ModelSpec, sampling: float | None) -> dict:
-    """The analysis column of the verified plans: each protected copy analysed again (the same
-    analyses and plans as :func:`run_model`, which are deterministic)."""
+    """The analysis column of the verified plans: each protected copy analysed again (the plans
+    are those of :func:`run_model`, made from the same cached analyses)."""
     model = ctx.model(spec)[0]
     images = ctx.images(spec)
-    n = len(images)
-    calibration = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=n).images
-
-    def analyse(net: torch.nn.Module) -> VulnerabilityResult:
-        return DeepVigorAnalyzer(net, images).analyze(
-            target="both", sampling=sampling, seed=ctx.seed
-        )
-
-    result = analyse(model)
-    ranges = restrict_ranges(model, calibration)
-    names = {i.layer_num: i.name for i in SimulationEngine(model, images[:1]).catalogue}
-    clamped_model = clamped(model, ranges, names)
-    result_c = analyse(clamped_model)
+    result, result_c, ranges, clamped_model = _analyses(ctx, spec, sampling)
     out = {}
     for label, budget in VERIFIED["light" if spec.key in LIGHT else "full"]:
-        if label.startswith("clamp"):
-            plan = harden(
-                result_c, budget, ("tmr", "ecc"), seed=ctx.seed, ranges=ranges, model=clamped_model
-            )
-        else:
-            plan = harden(result, budget, MECHANISMS[label], seed=ctx.seed, model=model)
-        check = verify(plan, model, images, sfi=False, seed=ctx.seed, sampling=sampling)
-        out[f"{label}@{budget}"] = {"total": check.analysis["total"], "layers": list(check.layers)}
-        print(f"  {spec.label} {label} {budget:.0%}: {check.summary()}", flush=True)
+
+        def check_plan(label=label, budget=budget) -> dict:  # noqa: ANN001
+            if label.startswith("clamp"):
+                plan = harden(result_c, budget, ("tmr", "ecc"), seed=ctx.seed, ranges=ranges,
+                              model=clamped_model)  # fmt: skip
+            else:
+                plan = harden(result, budget, MECHANISMS[label], seed=ctx.seed, model=model)
+            check = verify(plan, model, images, sfi=False, seed=ctx.seed, sampling=sampling)
+            print(f"  {spec.label} {label} {budget:.0%}: {check.summary()}", flush=True)
+            return {"total": check.analysis["total"], "layers": list(check.layers)}
+
+        out[f"{label}@{budget}"] = ctx.part(
+            f"hardening-reanalysed-s{sampling}-{label}@{budget}", spec, check_plan
+        )
     return out
 
 
