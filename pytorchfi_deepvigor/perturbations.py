@@ -8,6 +8,11 @@ network suffix. Indices follow the catalogue's neuron layout (channel first): fo
 ``row``/``col`` are ignored (pass zeros); for a Linear on ``(N, T, F)`` inputs (neurons ``(F, T)``)
 ``row`` is the token and ``col`` is 0; on ``(N, H, W, C)`` maps (neurons ``(C, H, W)``) ``row``,
 ``col`` are the position. A channel map ``value[b, *positions]`` has the neuron layout's shape.
+
+In a float16 or bfloat16 model the engine adds :class:`ChannelAdd` and :class:`NeuronAdd`
+values (changes of the layer's sum, as a faulty weight or operand makes them) to the layer's
+float32 sum before its rounding to the model's format, as the layer's kernel does; the ``Set``
+perturbations write their values as given.
 """
 
 from __future__ import annotations

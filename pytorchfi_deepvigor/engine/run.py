@@ -26,7 +26,7 @@ from .._guard import (
 )
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
-from ..perturbations import Perturbation
+from ..perturbations import ChannelAdd, NeuronAdd, Perturbation
 from ..twins import LEAF_TWINS, twin_view
 from .outcomes import EngineStats, Outcome, classify, fingerprint
 from .plan import (
@@ -80,6 +80,10 @@ class _Cut:
     root_ins: list[torch.Tensor]  # one image of each shape root (1, ...), expanded per call
     suffix: Callable[..., torch.Tensor] | None  # None: hook path
     segments: list[_Segment]
+    # float16/bfloat16 models: the layer's float32 sum before its rounding to the model's
+    # format, in neuron layout (computed on first use; None: not reproduced, or float32)
+    wide: torch.Tensor | None = None
+    wide_done: bool = False
 
 
 class _Tracer(torch.fx.Tracer):
@@ -613,15 +617,77 @@ class SimulationEngine:
                 idx = image_idx[a:b]
                 out = cut.layer_output[idx]  # advanced indexing copies: no clone needed
                 if isinstance(perturbation, Perturbation):
-                    perturbation.apply(out, a, b)
+                    out = self._perturbed(info, cut, idx, out, perturbation, a, b)
                 else:
-                    self._built(perturbation, a, b, info).apply(out, 0, b - a)
+                    piece = self._built(perturbation, a, b, info)
+                    out = self._perturbed(info, cut, idx, out, piece, 0, b - a)
                 if cut.segments:
                     logits = self._forward_segments(info, cut, idx, out)
                 else:
                     logits = self._forward(layer_num, cut, idx, out).float()
                 outs.append(reduce(a, b, idx, logits))
         return outs
+
+    def _perturbed(
+        self,
+        info: LayerInfo,
+        cut: _Cut,
+        idx: torch.Tensor,
+        out: torch.Tensor,
+        perturbation: Perturbation,
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """The golden outputs ``out`` of images ``idx`` with elements ``start:stop`` applied.
+
+        In a float16/bfloat16 model an additive perturbation (:class:`ChannelAdd`,
+        :class:`NeuronAdd`: an error of the layer's sum, as a faulty weight or operand makes
+        it) is added to the layer's float32 sum before its rounding to the model's format, as
+        the layer's kernel computes a faulty output: it accumulates in float32 and rounds once.
+        Added to the rounded output instead, an error below half a unit in the last place
+        would change nothing, where the kernel moves the output across a rounding boundary
+        (and flips images near a tie). Positions the error leaves unchanged keep the golden
+        value bit for bit.
+        """
+        if isinstance(perturbation, (ChannelAdd, NeuronAdd)):
+            wide = self._wide(info, cut)
+            if wide is not None:
+                exact = wide[idx]
+                perturbation.apply(exact, start, stop)
+                changed = exact != wide[idx]  # NaN counts as changed
+                return torch.where(changed, exact.to(out.dtype), out)
+        perturbation.apply(out, start, stop)
+        return out
+
+    def _wide(self, info: LayerInfo, cut: _Cut) -> torch.Tensor | None:
+        """The layer's float32 sum before rounding (see :meth:`_perturbed`): a float32 copy of
+        the layer run on its golden input. ``None`` in a float32 model, and where rounding that
+        sum does not give the layer's own golden output (beyond the ties a different order of
+        summation rounds the other way: at most 1% of the values), so the layer is not a
+        float32-accumulating product and the error is added to its rounded output."""
+        if cut.wide_done:
+            return cut.wide
+        cut.wide_done = True
+        if self.dtype == torch.float32 or not any(True for _ in info.module.parameters()):
+            return None
+        twin = copy.deepcopy(info.module).float()
+        twin._forward_hooks.clear()
+        twin._forward_pre_hooks.clear()
+        parts = []
+        with self._frozen():
+            for a, b in self._chunks(self.num_images):
+                parts.append(twin(cut.layer_input[a:b].float()).float())
+        wide = self._neuron_layout(info, torch.cat(parts))
+        if wide.shape != cut.layer_output.shape:
+            return None
+        off = wide.to(self.dtype) != cut.layer_output
+        if float(off.float().mean()) > 0.01:
+            logger.info("layer %s: its float32 sum does not round to its output", info.name)
+            return None
+        # a tie the kernel's order of summation rounded the other way: its golden value, so
+        # that only an error that moves it changes it
+        cut.wide = torch.where(off, cut.layer_output.float(), wide)
+        return cut.wide
 
     def _built(self, elements: Elements, start: int, stop: int, info: LayerInfo) -> Perturbation:
         """The perturbation of elements ``start:stop`` an :data:`Elements` callable builds."""
