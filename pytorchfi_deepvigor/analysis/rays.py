@@ -53,11 +53,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pytorchfi_deepvigor.analysis.probing import margin_gradient
 from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns
-from pytorchfi_deepvigor.functional.search import SCAN_PROBES, Oracle, checked_search
+from pytorchfi_deepvigor.functional.receptive import WeightPatterns, conv_weight_patterns
+from pytorchfi_deepvigor.functional.search import (
+    SCAN_PROBES,
+    Oracle,
+    checked_search,
+    runner_up_margin,
+)
 from pytorchfi_deepvigor.perturbations import ChannelAdd
 
 __all__ = [
@@ -215,7 +221,13 @@ def _search_channels(
         f = order[t, c, row_s[rows], g]
         return probe(t, i, d_ray[t, c, f], c * per_ray + f // n_p)
 
-    critical, row_probes, n_bad = _guided_search(members, oracle, shape)
+    if GUIDE_IMAGES is None and FIRST_ORDER_START:
+        start = _first_order_start(engine, info, ch, patterns, d_ray, order, member, per_ray, n_p)
+        res = checked_search(members, oracle, start=start.reshape(-1),
+                             bisect_uncritical=BISECT_UNCRITICAL, confirm=True, trust_none=TRUST_NONE)  # fmt: skip
+        critical, row_probes, n_bad = res.critical, res.probes, int(res.non_monotone.sum())
+    else:
+        critical, row_probes, n_bad = _guided_search(members, oracle, shape)
     both = (critical & members).view(*shape, n_f)  # by rank g: fault f = order[t, c, s, g]
     hit = both.sum(dim=(1, 2, 4))  # (T, I)
     pattern = (order % n_p).unsqueeze(3).expand(*shape, n_f)
@@ -231,6 +243,65 @@ def _search_channels(
         per_pattern.index_put_((bit.cpu(),), crit.long(), accumulate=True)
         probes += torch.bincount(t.cpu(), minlength=n_t)
     return hit.double() / (info.fan_in * n_p), probes, n_bad, per_pattern
+
+
+FIRST_ORDER_START = True
+"""Each (channel, ray, sign, image) search starts from the member a first-order model predicts
+critical first (see :func:`_first_order_start`) and gallops from there; ``False``: the plain
+bisection. Where the ray's largest member is not critical the search is the plain one either
+way (``checked_search(bisect_uncritical=True)``), so the start moves probes, not answers,
+wherever criticality is monotone."""
+
+BISECT_UNCRITICAL = True
+TRUST_NONE = False
+
+_GUESS_ELEMENTS = 1 << 22  # pattern values gathered per piece of the first-order start
+
+
+def _first_order_start(
+    engine: SimulationEngine,
+    info: LayerInfo,
+    ch: Tensor,
+    patterns: WeightPatterns,
+    d_ray: Tensor,
+    order: Tensor,
+    member: Tensor,
+    per_ray: int,
+    n_p: int,
+) -> Tensor:
+    """Per ``(T, C, 2, I)`` row, the rank of the first member that the first-order model of the
+    image's runner-up margin ``m`` predicts critical: a fault ``d`` of weight ``j`` moves it by
+    ``d * G_j``, ``G_j = sum_p g[p] X_j[p]`` (``g``: the margin's gradient with respect to the
+    channel's output, one backward per image chunk of the layer), critical where
+    ``m + d * G_j < 0``; the number of members where none is predicted critical."""
+    n_t, n_rays, n_f = d_ray.shape
+    grad = margin_gradient(engine, info.layer_num)[0]
+    n_img = grad.shape[0]
+    g = grad[:, ch].reshape(n_img, n_t, -1).float()  # (I, T, P)
+    margin = runner_up_margin(engine.golden_logits, engine.golden_top1).float().cpu()
+    n_j = n_rays * per_ray
+    t_all = torch.arange(n_t).repeat_interleave(n_j * n_img)
+    j_all = torch.arange(n_j).repeat_interleave(n_img).repeat(n_t)
+    i_all = torch.arange(n_img).repeat(n_t * n_j)
+    weights_g = torch.empty(t_all.numel())
+    step = max(1, _GUESS_ELEMENTS // max(1, g.shape[2]))
+    for a in range(0, t_all.numel(), step):
+        i, t, j = i_all[a : a + step], t_all[a : a + step], j_all[a : a + step]
+        pattern, real = patterns(i, t, j)
+        x = torch.where(real, pattern.float(), torch.zeros((), dtype=torch.float32))
+        weights_g[a : a + step] = (x * g[i.to(g.device), t.to(g.device)]).sum(dim=-1).cpu()
+    weights_g = weights_g.view(n_t, n_j, n_img)  # G[t, j, i]
+    f = order  # (T, C, 2, K): fault index on the ray, by rank
+    j_of = torch.arange(n_rays).view(1, -1, 1, 1) * per_ray + f // n_p
+    d_of = torch.gather(d_ray.unsqueeze(2).expand(-1, -1, 2, -1), 3, f)
+    moved = d_of.unsqueeze(3) * torch.gather(
+        weights_g.unsqueeze(1).unsqueeze(2).expand(-1, n_rays, 2, -1, -1),
+        3,
+        j_of.unsqueeze(-1).expand(-1, -1, -1, -1, n_img),
+    ).transpose(3, 4)  # (T, C, 2, I, K): the margin's first-order move
+    predicted = (margin.view(1, 1, 1, -1, 1) + moved < 0) & member.unsqueeze(3)
+    first = torch.where(predicted.any(dim=-1), predicted.float().argmax(dim=-1), n_f)
+    return torch.minimum(first, member.sum(dim=-1).unsqueeze(-1))
 
 
 GUIDE_IMAGES: int | None = None

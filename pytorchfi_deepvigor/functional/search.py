@@ -226,6 +226,9 @@ def checked_search(
     scope: Tensor | None = None,
     start: Tensor | None = None,
     floor: Tensor | None = None,
+    bisect_uncritical: bool = False,
+    confirm: bool = False,
+    trust_none: bool = False,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -250,6 +253,16 @@ def checked_search(
             criticality the answer does not depend on the guesses, only the probes spent.
         floor: long ``(R,)``: with ``start``, a lower guess (e.g. the lowest answer seen
             elsewhere), probed first where the largest member is not critical.
+        bisect_uncritical: with ``start``, rows whose largest member is not critical are
+            searched as without a guess (the bisection, and the scan of a band it finds),
+            instead of probing ``floor`` and the guess alone.
+        confirm: with ``start``, where the gallop brackets an answer below a critical
+            largest member, the member halfway between them is probed: not critical,
+            criticality is not monotone there (an isolated critical member near the guess)
+            and the search goes on above it, where the bisection's first probes would have
+            looked.
+        trust_none: with ``bisect_uncritical``, a row whose largest member is not critical and
+            whose guess is not below it (nothing predicted critical) ends with none.
 
     Returns:
         :class:`CheckedSearch`.
@@ -321,7 +334,22 @@ def checked_search(
     if start is not None:
         start = start.to(dev)
         _gallop(torch.where(top | (largest < 0), start, -1), lo, hi, step)
+        if confirm:
+            rows = (top & (start >= 0) & (lo == hi)).nonzero().squeeze(1)
+            mid = (lo[rows] + rank_top[rows]) // 2
+            keep = (mid > lo[rows]) & (mid < rank_top[rows])
+            rows, mid = rows[keep], mid[keep]
+            if rows.numel():
+                answer = lo[rows].clone()
+                crit = step(rows, mid)
+                lo[rows] = torch.where(crit, answer, mid + 1)
+                hi[rows] = torch.where(crit, answer, rank_top[rows])
         spot = ((start >= 0) & (largest >= 0) & ~top & (lo < hi)).nonzero().squeeze(1)
+        if bisect_uncritical:
+            if trust_none:  # no guess below the largest member: none, without a probe
+                none = spot[start[spot] >= rank_top[spot]]
+                lo[none] = n[none]
+            spot = spot[:0]
         low = start if floor is None else torch.minimum(floor.to(dev), start)
         for guess in (low, start):  # the largest member is not critical: probe the guesses
             ask = spot[(guess[spot] >= lo[spot]) & (guess[spot] < rank_top[spot])]
