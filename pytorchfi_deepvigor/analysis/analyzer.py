@@ -27,7 +27,7 @@ from pytorchfi_deepvigor._guard import check_layers
 from pytorchfi_deepvigor.analysis import _sharded
 from pytorchfi_deepvigor.analysis.activations import analyze_activations, analyze_stored
 from pytorchfi_deepvigor.analysis.probing import margin_gradient, output_gradient
-from pytorchfi_deepvigor.analysis.rays import uses_rays
+from pytorchfi_deepvigor.analysis.rays import uses_first_order, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import check_ratio, draw_sites
 from pytorchfi_deepvigor.analysis.weights import AGGREGATES, analyze_weights
 from pytorchfi_deepvigor.bits import (
@@ -222,7 +222,8 @@ class DeepVigorAnalyzer:
                     )
                 else:
                     margin = None
-                    if aggregate == "gradient" and not uses_rays(info):
+                    rays = aggregate in ("equivalent", "gradient") and uses_rays(info)
+                    if (aggregate == "gradient" and not rays) or (rays and uses_first_order(info)):
                         margin, n_more = margin_gradient(self.engine, num)
                         n_back += n_more
                         backwards += n_more

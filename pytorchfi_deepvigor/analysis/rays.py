@@ -18,7 +18,12 @@ only matters for the faults the bisection does not probe. Faults whose
 ``d`` is NaN are not on a ray: each is probed with its own weight's pattern. ``d = 0`` (``-0.0``
 for ``0.0``) changes nothing.
 
-Every image of each (channel, ray, sign) is searched by the checked bisection (the default).
+Every image of each (channel, ray, sign) is searched by the checked bisection, started (the
+default, :data:`FIRST_ORDER_START`) from the member a first-order model of the image's margin
+predicts critical first (:func:`_first_order_start`): where that guess is right the search
+brackets the answer in two probes and confirms it with one halfway up the ray, instead of a
+bisection's ``log2`` of the members; rows whose largest member is not critical are bisected as
+without a guess, so the guess moves probes, not what a search can find.
 A ray's faults are the same on every image, so the images can instead be searched in two
 stages (:func:`_guided_search`, opt-in: :data:`GUIDE_IMAGES`): the first images by the checked
 bisection, the others galloping from the median of their answers. Criticality is not monotone
@@ -72,6 +77,7 @@ __all__ = [
     "RayOutcome",
     "ray_count",
     "ray_search",
+    "uses_first_order",
     "uses_rays",
 ]
 
@@ -144,6 +150,7 @@ def ray_search(
     info: LayerInfo,
     channels: Tensor,
     faults: AnyFaultModel | None = None,
+    margin_grad: Tensor | None = None,
 ) -> RayOutcome:
     """Critical fraction of every single weight fault of ``channels``, ray by ray.
 
@@ -152,6 +159,9 @@ def ray_search(
         info: a Conv2d layer (see :func:`uses_rays`).
         channels: long ``(T,)`` output channels.
         faults: the fault model (default: every single bit flip of the weights' format).
+        margin_grad: the gradient of each image's runner-up margin with respect to the layer's
+            output (:func:`~pytorchfi_deepvigor.analysis.probing.margin_gradient`), for the
+            first-order start (see :func:`uses_first_order`); computed here when omitted.
 
     Returns:
         :class:`RayOutcome`.
@@ -165,9 +175,11 @@ def ray_search(
     step = max(1, _ROW_BUDGET // (n_rays * 2 * engine.num_images))
     crit_all, probes_all, non_mono = [], [], 0
     hits = torch.zeros(model.n_patterns, dtype=torch.int64)
+    if uses_first_order(info) and margin_grad is None:
+        margin_grad = margin_gradient(engine, info.layer_num)[0]
     for a in range(0, channels.numel(), step):
         crit, probes, n_bad, per_pattern = _search_channels(
-            engine, info, channels[a : a + step], kh * kw, model
+            engine, info, channels[a : a + step], kh * kw, model, margin_grad
         )
         crit_all.append(crit)
         probes_all.append(probes)
@@ -177,7 +189,12 @@ def ray_search(
 
 
 def _search_channels(
-    engine: SimulationEngine, info: LayerInfo, channels: Tensor, per_ray: int, model: AnyFaultModel
+    engine: SimulationEngine,
+    info: LayerInfo,
+    channels: Tensor,
+    per_ray: int,
+    model: AnyFaultModel,
+    margin_grad: Tensor | None,
 ) -> tuple[Tensor, Tensor, int, Tensor]:
     """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone,
     critical faults per pattern."""
@@ -221,8 +238,10 @@ def _search_channels(
         f = order[t, c, row_s[rows], g]
         return probe(t, i, d_ray[t, c, f], c * per_ray + f // n_p)
 
-    if GUIDE_IMAGES is None and FIRST_ORDER_START:
-        start = _first_order_start(engine, info, ch, patterns, d_ray, order, member, per_ray, n_p)
+    if margin_grad is not None and uses_first_order(info):
+        start = _first_order_start(
+            engine, margin_grad, ch, patterns, d_ray, order, member, per_ray, n_p
+        )
         res = checked_search(members, oracle, start=start.reshape(-1),
                              bisect_uncritical=BISECT_UNCRITICAL, confirm=True, trust_none=TRUST_NONE)  # fmt: skip
         critical, row_probes, n_bad = res.critical, res.probes, int(res.non_monotone.sum())
@@ -258,9 +277,15 @@ TRUST_NONE = False
 _GUESS_ELEMENTS = 1 << 22  # pattern values gathered per piece of the first-order start
 
 
+def uses_first_order(info: LayerInfo) -> bool:
+    """Whether the ray search of this layer starts from the first-order guess (and so needs
+    the margin's gradient with respect to the layer's output: one backward per image chunk)."""
+    return uses_rays(info) and FIRST_ORDER_START and GUIDE_IMAGES is None
+
+
 def _first_order_start(
     engine: SimulationEngine,
-    info: LayerInfo,
+    grad: Tensor,
     ch: Tensor,
     patterns: WeightPatterns,
     d_ray: Tensor,
@@ -275,7 +300,6 @@ def _first_order_start(
     channel's output, one backward per image chunk of the layer), critical where
     ``m + d * G_j < 0``; the number of members where none is predicted critical."""
     n_t, n_rays, n_f = d_ray.shape
-    grad = margin_gradient(engine, info.layer_num)[0]
     n_img = grad.shape[0]
     g = grad[:, ch].reshape(n_img, n_t, -1).float()  # (I, T, P)
     margin = runner_up_margin(engine.golden_logits, engine.golden_top1).float().cpu()

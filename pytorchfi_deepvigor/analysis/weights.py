@@ -330,7 +330,7 @@ def analyze_weights(
     plus, minus, cvf, edms = [], [], [], []
     hits: Tensor | None = None  # critical faults per pattern (the default model only)
     if rays:
-        found = ray_search(engine, info, channels, model)
+        found = ray_search(engine, info, channels, model, margin_grad=margin_grad)
         cvf.append(found.critical.mean(dim=1))
         hits = found.pattern_hits
     for a in range(0, 0 if rays else channels.numel(), step):
