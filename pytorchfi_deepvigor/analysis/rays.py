@@ -18,12 +18,11 @@ only matters for the faults the bisection does not probe. Faults whose
 ``d`` is NaN are not on a ray: each is probed with its own weight's pattern. ``d = 0`` (``-0.0``
 for ``0.0``) changes nothing.
 
-Every image of each (channel, ray, sign) is searched by the checked bisection, started (the
-default, :data:`FIRST_ORDER_START`) from the member a first-order model of the image's margin
-predicts critical first (:func:`_first_order_start`): where that guess is right the search
-brackets the answer in two probes and confirms it with one halfway up the ray, instead of a
-bisection's ``log2`` of the members; rows whose largest member is not critical are bisected as
-without a guess, so the guess moves probes, not what a search can find.
+Every image of each (channel, ray, sign) is searched by the checked bisection (the default).
+Opt-in (:data:`FIRST_ORDER_START`), the search starts from the member a first-order model of
+the image's margin predicts critical first (:func:`_first_order_start`): where that guess is
+right it brackets the answer in two probes and confirms it with one halfway up the ray,
+instead of a bisection's ``log2`` of the members.
 A ray's faults are the same on every image, so the images can instead be searched in two
 stages (:func:`_guided_search`, opt-in: :data:`GUIDE_IMAGES`): the first images by the checked
 bisection, the others galloping from the median of their answers. Criticality is not monotone
@@ -264,12 +263,17 @@ def _search_channels(
     return hit.double() / (info.fan_in * n_p), probes, n_bad, per_pattern
 
 
-FIRST_ORDER_START = True
-"""Each (channel, ray, sign, image) search starts from the member a first-order model predicts
-critical first (see :func:`_first_order_start`) and gallops from there; ``False``: the plain
-bisection. Where the ray's largest member is not critical the search is the plain one either
-way (``checked_search(bisect_uncritical=True)``), so the start moves probes, not answers,
-wherever criticality is monotone."""
+FIRST_ORDER_START = False
+"""``True`` (opt-in): each (channel, ray, sign, image) search starts from the member a
+first-order model predicts critical first (see :func:`_first_order_start`) and gallops from
+there; ``False`` (default): the plain checked bisection. Where the ray's largest member is not
+critical the search is the plain one either way (``checked_search(bisect_uncritical=True)``),
+so the start moves probes, not answers, wherever criticality is monotone. It is opt-in because
+it is not monotone everywhere: 19-37% fewer image-evaluations on first layers, 0-9% on
+MobileNetV2's depthwise and 1x1 layers, but the largest error against exhaustive FI grew on 4
+of 7 measured layers (to 0.082 points; ``validation/results/ray_cost.md``) and a 1-input
+strided first layer of ``tests/test_weight_coverage.py`` read 2.4 points off one channel's FI
+(the plain bisection: within 1 point)."""
 
 BISECT_UNCRITICAL = True
 TRUST_NONE = False
