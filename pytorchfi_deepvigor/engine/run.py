@@ -652,9 +652,10 @@ class SimulationEngine:
         if isinstance(perturbation, (ChannelAdd, NeuronAdd)):
             wide = self._wide(info, cut)
             if wide is not None:
-                exact = wide[idx]
+                golden = wide[idx]
+                exact = golden.clone()
                 perturbation.apply(exact, start, stop)
-                changed = exact != wide[idx]  # NaN counts as changed
+                changed = exact != golden  # NaN counts as changed
                 return torch.where(changed, exact.to(out.dtype), out)
         perturbation.apply(out, start, stop)
         return out
@@ -670,7 +671,7 @@ class SimulationEngine:
         cut.wide_done = True
         if self.dtype == torch.float32 or not any(True for _ in info.module.parameters()):
             return None
-        twin = copy.deepcopy(info.module).float()
+        twin = copy.deepcopy(info.module).float().eval()
         twin._forward_hooks.clear()
         twin._forward_pre_hooks.clear()
         parts = []
