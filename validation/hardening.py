@@ -158,7 +158,8 @@ def run_model(
 
     def reference_sfi() -> dict:
         started = time.perf_counter()
-        out = _reference(model, images, e, ctx.seed)
+        out = _reference(model, images, e, ctx.seed,
+                         ctx.cache_dir / "progress" / f"hardening-reference-e{e}-{spec.tag}")  # fmt: skip
         print(f"  {spec.label}: reference SFI {time.perf_counter() - started:.0f} s", flush=True)
         return out.to_dict()
 
@@ -229,11 +230,13 @@ def reanalyse(ctx: Context, spec: ModelSpec, sampling: float | None) -> dict:
 
 
 def _reference(
-    model: torch.nn.Module, images: torch.Tensor, e: float, seed: int
+    model: torch.nn.Module, images: torch.Tensor, e: float, seed: int, progress_dir: Path
 ) -> VulnerabilityResult:
+    """Data-aware SFI of the user's model, both targets; its progress saved in
+    ``progress_dir`` (a stopped run continues from it)."""
     campaign = StatisticalCampaign(SimulationEngine(model, images))
-    w = campaign.run("data-aware", target="weights", e=e, seed=seed)
-    a = campaign.run("data-aware", target="operands", e=e, seed=seed)
+    w = campaign.run("data-aware", target="weights", e=e, seed=seed, progress_dir=progress_dir)
+    a = campaign.run("data-aware", target="operands", e=e, seed=seed, progress_dir=progress_dir)
     return VulnerabilityResult.from_layers("sfi-data-aware", w.layers + a.layers,
                                            cost=w.cost + a.cost, n_images=len(images))  # fmt: skip
 
