@@ -242,7 +242,7 @@ def _search_channels(
             engine, margin_grad, ch, patterns, d_ray, order, member, per_ray, n_p
         )
         res = checked_search(members, oracle, start=start.reshape(-1),
-                             bisect_uncritical=BISECT_UNCRITICAL, confirm=True, trust_none=TRUST_NONE)  # fmt: skip
+                             bisect_uncritical=True, confirm=True)  # fmt: skip
         critical, row_probes, n_bad = res.critical, res.probes, int(res.non_monotone.sum())
     else:
         critical, row_probes, n_bad = _guided_search(members, oracle, shape)
@@ -275,8 +275,6 @@ of 7 measured layers (to 0.082 points; ``validation/results/ray_cost.md``) and a
 strided first layer of ``tests/test_weight_coverage.py`` read 2.4 points off one channel's FI
 (the plain bisection: within 1 point)."""
 
-BISECT_UNCRITICAL = True
-TRUST_NONE = False
 
 _GUESS_ELEMENTS = 1 << 22  # pattern values gathered per piece of the first-order start
 

@@ -228,7 +228,6 @@ def checked_search(
     floor: Tensor | None = None,
     bisect_uncritical: bool = False,
     confirm: bool = False,
-    trust_none: bool = False,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -261,8 +260,6 @@ def checked_search(
             criticality is not monotone there (an isolated critical member near the guess)
             and the search goes on above it, where the bisection's first probes would have
             looked.
-        trust_none: with ``bisect_uncritical``, a row whose largest member is not critical and
-            whose guess is not below it (nothing predicted critical) ends with none.
 
     Returns:
         :class:`CheckedSearch`.
@@ -346,9 +343,6 @@ def checked_search(
                 hi[rows] = torch.where(crit, answer, rank_top[rows])
         spot = ((start >= 0) & (largest >= 0) & ~top & (lo < hi)).nonzero().squeeze(1)
         if bisect_uncritical:
-            if trust_none:  # no guess below the largest member: none, without a probe
-                none = spot[start[spot] >= rank_top[spot]]
-                lo[none] = n[none]
             spot = spot[:0]
         low = start if floor is None else torch.minimum(floor.to(dev), start)
         for guess in (low, start):  # the largest member is not critical: probe the guesses
