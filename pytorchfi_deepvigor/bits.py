@@ -31,6 +31,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "FaultModel",
     "AnyFaultModel",
+    "IntegerFlip",
     "QuantizedFlip",
     "bit_field",
     "bit_width",
@@ -411,6 +412,10 @@ class FaultModel:
         out = torch.where(high, torch.bitwise_or(ints, masks), torch.bitwise_and(ints, ~masks))
         return out.view(self.dtype)
 
+    def rows(self, index: Tensor) -> FaultModel:
+        """The model for some rows (output channels) of a weight: the same for float words."""
+        return self
+
     def deltas(self, x: Tensor) -> Tensor:
         """float32 ``faulty - x`` of every pattern: ``(*x.shape, n_patterns)``.
 
@@ -544,16 +549,158 @@ class QuantizedFlip:
             raise ValueError(f"patterns outside [0, {self.bits}) of {self}")
         return self._values(torch.bitwise_xor(self._words(x), torch.bitwise_left_shift(1, pattern)))
 
+    def rows(self, index: Tensor) -> QuantizedFlip:
+        """The model for some rows of a weight: the same (it faults stored values only)."""
+        return self
+
     def deltas(self, x: Tensor) -> Tensor:
         return self.all_faulty(x).float() - x.float().unsqueeze(-1)
 
 
-AnyFaultModel = FaultModel | QuantizedFlip
-"""A float word fault model or PyTorchFI's quantised activation flip."""
+@dataclass(frozen=True, eq=False)
+class IntegerFlip:
+    """A single bit flip in a stored 8-bit word of an int8 network (``torch.ao`` quantized).
+
+    A value ``v`` of an int8 layer is stored as the integer ``q`` of ``v = (q - z) * s``: an
+    int8 weight (``torch.qint8``, two's complement, a scale ``s`` per output channel or per
+    tensor) or a ``quint8`` activation (unsigned, one scale and zero point ``z`` per tensor).
+    Pattern ``b`` inverts bit ``b`` of that 8-bit word (LSB = 0; bit 7 is a weight's sign bit)
+    and the faulty value is ``(q' - z) * s`` (float32, as ``dequantize`` computes it). Values
+    are read as the engine keeps them: dequantized floats on the layer's grid, mapped back to
+    ``q = round(v / s) + z``.
+
+    The model is bound to a layer's words by the engine's quantized twin
+    (:func:`~pytorchfi_deepvigor.quantized.bind_words`); :meth:`rows` picks the scales of
+    some output channels of a weight (the rows of a ``(T, ...)`` tensor of them).
+
+    Attributes:
+        dtype: the float format of the dequantized values (float32).
+        qdtype: ``torch.qint8`` or ``torch.quint8`` (``None``: not bound yet).
+        scale, zero_point: per row (1-D) or one (0-D); the arithmetic of ``(q - z) * s`` is
+            the scale's (``torch`` dequantizes per-channel tensors with float64 scales in
+            float64, per-tensor ones in float32).
+
+    Example:
+        >>> m = IntegerFlip().bound(torch.qint8, torch.tensor(0.5), torch.tensor(0))
+        >>> m.faulty(torch.tensor([1.5]), torch.tensor([7]))  # q = 3 = 0b00000011 -> -125
+        tensor([-62.5000])
+    """
+
+    dtype: torch.dtype = torch.float32
+    qdtype: torch.dtype | None = None
+    scale: Tensor | None = None
+    zero_point: Tensor | None = None
+    kind: str = field(default="int8", init=False)
+
+    def __post_init__(self) -> None:
+        _layout(self.dtype)
+        if self.qdtype not in (None, torch.qint8, torch.quint8):
+            raise ValueError(f"expected qdtype torch.qint8 or torch.quint8, got {self.qdtype}")
+
+    @property
+    def masks(self) -> tuple[int, ...]:
+        return tuple(1 << b for b in range(8))
+
+    @property
+    def multiplicity(self) -> int:
+        return 1
+
+    @property
+    def n_patterns(self) -> int:
+        return 8
+
+    @property
+    def width(self) -> int:
+        return 8
+
+    @property
+    def name(self) -> str:
+        return "int8"
+
+    @property
+    def format(self) -> str:
+        return "int8"
+
+    def __str__(self) -> str:
+        return "int8 (8-bit stored words)"
+
+    def with_dtype(self, dtype: torch.dtype) -> IntegerFlip:
+        return IntegerFlip(dtype, self.qdtype, self.scale, self.zero_point)
+
+    def bound(self, qdtype: torch.dtype, scale: Tensor, zero_point: Tensor) -> IntegerFlip:
+        """This model for the words of one tensor: its integer type, scale(s), zero point(s)."""
+        scale = torch.as_tensor(scale)  # float64 per channel: torch dequantizes those in float64
+        scale = scale if scale.dtype == torch.float64 else scale.float()
+        zero_point = torch.as_tensor(zero_point, dtype=torch.int64)
+        if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise ValueError("expected positive finite scales")
+        return IntegerFlip(self.dtype, qdtype, scale, zero_point)
+
+    def rows(self, index: Tensor) -> IntegerFlip:
+        """The model for rows ``index`` of a weight (their output channels' scales)."""
+        if self.scale is None or self.scale.dim() == 0:
+            return self
+        assert self.zero_point is not None
+        index = torch.as_tensor(index).long().cpu()
+        return IntegerFlip(self.dtype, self.qdtype, self.scale[index], self.zero_point[index])
+
+    def pattern_bits(self, pattern: int) -> tuple[int, ...]:
+        return (int(pattern),)
+
+    def pattern_value(self, pattern: int) -> int:
+        return -1
+
+    def _params(self, x: Tensor) -> tuple[Tensor, Tensor, int, int]:
+        if self.qdtype is None or self.scale is None or self.zero_point is None:
+            raise ValueError("the int8 model needs the layer's words: bind it (bound())")
+        if x.dtype != self.dtype:
+            raise TypeError(f"the fault model {self} reads {self.dtype} values, got {x.dtype}")
+        s, z = self.scale.to(x.device), self.zero_point.to(x.device)
+        if s.dim() == 1:
+            if x.dim() == 0 or x.shape[0] != s.shape[0]:
+                raise ValueError(
+                    f"{s.shape[0]} rows of scales for values of shape {tuple(x.shape)}: "
+                    "pick the rows of the values with rows()"
+                )
+            s = s.reshape(-1, *([1] * (x.dim() - 1)))
+            z = z.reshape(-1, *([1] * (x.dim() - 1)))
+        low, high = (-128, 127) if self.qdtype == torch.qint8 else (0, 255)
+        return s, z, low, high
+
+    def _words(self, x: Tensor, s: Tensor, z: Tensor, low: int, high: int) -> Tensor:
+        q = torch.round(x.double() / s.double()).nan_to_num(0.0).long() + z
+        return torch.remainder(q.clamp(low, high), 256)
+
+    def _values(self, words: Tensor, s: Tensor, z: Tensor) -> Tensor:
+        signed = words - 256 * (words >= 128).long() if self.qdtype == torch.qint8 else words
+        return ((signed - z).to(s.dtype) * s).to(self.dtype)
+
+    def all_faulty(self, x: Tensor) -> Tensor:
+        s, z, low, high = self._params(x)
+        masks = torch.tensor(self.masks, dtype=torch.int64, device=x.device)
+        words = torch.bitwise_xor(self._words(x, s, z, low, high).unsqueeze(-1), masks)
+        return self._values(words, s.unsqueeze(-1), z.unsqueeze(-1))
+
+    def faulty(self, x: Tensor, pattern: Tensor) -> Tensor:
+        s, z, low, high = self._params(x)
+        pattern = torch.as_tensor(pattern, device=x.device).to(torch.int64)
+        if pattern.numel() and (int(pattern.min()) < 0 or int(pattern.max()) >= 8):
+            raise ValueError(f"patterns outside [0, 8) of {self}")
+        words = torch.bitwise_xor(
+            self._words(x, s, z, low, high), torch.bitwise_left_shift(1, pattern)
+        )
+        return self._values(words, s, z)
+
+    def deltas(self, x: Tensor) -> Tensor:
+        return self.all_faulty(x).float() - x.float().unsqueeze(-1)
+
+
+AnyFaultModel = FaultModel | QuantizedFlip | IntegerFlip
+"""A float word fault model, PyTorchFI's quantised activation flip, or an int8 word flip."""
 
 
 def parse_fault_model(
-    spec: str | FaultModel | QuantizedFlip = DEFAULT_FAULT_MODEL,
+    spec: str | FaultModel | QuantizedFlip | IntegerFlip = DEFAULT_FAULT_MODEL,
     dtype: torch.dtype = torch.float32,
 ) -> AnyFaultModel:
     """A :class:`FaultModel` from its name, in the float format ``dtype``.
@@ -562,14 +709,16 @@ def parse_fault_model(
         spec: ``"<kind>"`` or ``"<kind>:<bits>"``, kind in :data:`FAULT_KINDS`, bits a comma
             list of ``sign``, ``exponent``, ``mantissa``, bit numbers and ranges ``a-b``
             (LSB = 0, in the format's own numbering: float16's exponent is 10-14). A
-            :class:`FaultModel` is returned in ``dtype``.
+            :class:`FaultModel` is returned in ``dtype``. ``"pytorchfi-int8"``: PyTorchFI's
+            quantised activation flip; ``"int8"``: a flip of an int8 network's stored 8-bit
+            words (:class:`IntegerFlip`, bound per layer by the engine's quantized twins).
         dtype: float32, float16 or bfloat16: the format of the words the faults hit.
 
     Raises:
         ValueError: for an unknown kind or a bad bit selection, naming what is accepted.
     """
     _layout(dtype)
-    if isinstance(spec, FaultModel | QuantizedFlip):
+    if isinstance(spec, FaultModel | QuantizedFlip | IntegerFlip):
         return spec.with_dtype(dtype)
     if not isinstance(spec, str):
         raise TypeError(f"expected a fault model name (str), got {type(spec).__name__}")
@@ -582,11 +731,14 @@ def parse_fault_model(
                 raise ValueError(f"bad option {rest!r} of pytorchfi-int8: expected bits=N")
             bits = int(value)
         return QuantizedFlip(dtype, bits)
+    if kind == "int8" and not sep:
+        return IntegerFlip(dtype)
     if kind not in FAULT_KINDS:
         raise ValueError(
             f"unknown fault model {spec!r}: expected one of {', '.join(FAULT_KINDS)}, "
             "optionally with bits after a colon (e.g. 'flip:exponent', 'mbu2:23-30'), or "
-            "pytorchfi-int8 (PyTorchFI's quantised activation flip)"
+            "pytorchfi-int8 (PyTorchFI's quantised activation flip), or int8 (an int8 network's "
+            "stored words)"
         )
     if not sep:
         return FaultModel(kind, dtype)

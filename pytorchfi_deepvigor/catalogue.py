@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._guard import eval_mode
+from .quantized import is_quantized_layer
 from .twins import refusals, same_pads
 
 __all__ = [
@@ -402,8 +403,8 @@ def _weight_transform(m: nn.Module, x: torch.Tensor) -> str:
     :data:`WEIGHT_TRANSFORM`, or :data:`WEIGHT_DERIVED` when a changed ``weight`` changes
     nothing (a hook recomputes it). The weight is restored bit for bit, also on an error."""
     weight = m.weight
-    if not isinstance(weight, torch.Tensor):
-        return ""
+    if not isinstance(weight, torch.Tensor) or is_quantized_layer(m):
+        return ""  # an int8 layer's twin: the kernel of its (requantised) weight, quantized.py
     kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
     op = "conv2d" if kind == "Conv2d" else "linear"
     names = {"kind": kind, "cls": type(m).__name__, "op": op}

@@ -40,6 +40,7 @@ from pytorchfi_deepvigor.catalogue import unsupported_layers
 from pytorchfi_deepvigor.coverage import weight_coverage
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import SEARCHES, candidate_grid, grid_summary
+from pytorchfi_deepvigor.quantized import bind_words, network_words
 from pytorchfi_deepvigor.results import Cost, LayerResult, RankCost, VulnerabilityResult
 
 __all__ = ["DeepVigorAnalyzer", "ANALYSIS_TARGETS"]
@@ -157,7 +158,9 @@ class DeepVigorAnalyzer:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"expected seed as a non-negative int, got {seed!r}")
         check_ratio(sampling)
-        words = parse_fault_model(fault_model, self.engine.dtype)
+        words = network_words(
+            parse_fault_model(fault_model, self.engine.dtype), self.engine.quantized
+        )
         if isinstance(words, QuantizedFlip) and target != "stored":
             raise ValueError(
                 f"{words.name} is PyTorchFI's neuron fault model (a quantised copy of a layer's "
@@ -170,6 +173,15 @@ class DeepVigorAnalyzer:
         ):
             _check_flag(flag, name)
         nums = self._layers(layers)
+        if self.engine.quantized and (skip_zero_gradient or aggregate == "gradient"):
+            raise ValueError(
+                "the model is an int8 network (torch.ao quantized): its kernels have no "
+                "gradient; analyse it without skip_zero_gradient and aggregate='gradient'"
+            )
+        for n in nums:  # a fault model the layer's words cannot take: refused before any work
+            info = self.engine.catalogue[n]
+            for kind in ("operands", "weights") if target == "both" else (target,):
+                bind_words(words, info.module, kind, info.name)
         # a layer whose forward is not the plain product of its weight: outside the fault model
         skipped = [
             self.engine.catalogue[n] for n in nums if self.engine.catalogue[n].weight_transform
@@ -204,7 +216,7 @@ class DeepVigorAnalyzer:
                 backwards += n_back
             for kind in item_kinds:
                 if kind in ("stored", "activations"):  # the neuron targets
-                    layer_words = words
+                    layer_words = bind_words(words, info.module, kind, info.name)
                     if isinstance(words, QuantizedFlip):  # bound here to record the range
                         peak = float(self.engine.layer_output(num).abs().max())
                         layer_words = words.bound(peak, num)
@@ -236,7 +248,7 @@ class DeepVigorAnalyzer:
                         grad=grad,
                         margin_grad=margin,
                         keep_edm=keep_edm,
-                        faults=words,
+                        faults=bind_words(words, info.module, "weights", info.name),
                     )
                 spent = self.engine.stats - layer_stats
                 layer_cost = Cost(

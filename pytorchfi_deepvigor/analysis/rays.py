@@ -207,7 +207,7 @@ def _search_channels(
     w = patterns.weights
     n_t = w.shape[0]
     n_p = model.n_patterns
-    d = model.deltas(w)  # (T, J, patterns)
+    d = model.rows(ch).deltas(w)  # (T, J, patterns)
     d_ray = d.reshape(n_t, n_rays, per_ray * n_p)  # fault f = (offset, pattern)
     order, member = _rank(d_ray)  # (T, C, 2, F)
     n_f = per_ray * n_p

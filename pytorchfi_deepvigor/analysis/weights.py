@@ -204,7 +204,7 @@ def _signed_errors(
             else:
                 assert isinstance(info.module, nn.Linear)  # only channels-last Linears have reads
                 means, w, _ = linear_operand_means(part, info.module, ch, read)
-            errors.append(errors_of_scales(means, w, faults))  # (T, I, J * patterns)
+            errors.append(errors_of_scales(means, w, faults.rows(ch)))  # (T, I, J * patterns)
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
 
 
@@ -264,12 +264,13 @@ def _edms(
         ch = channels[a : a + step].to(x_in.device)
         ps = None if positions is None else positions[a : a + step].to(x_in.device)
         ops, w, valid = handler.weight_operands(x_in, info.module, ch, ps)
+        rows = faults.rows(ch)
         if aggregate == "gradient":
             assert margin_grad is not None
             g = _channel_view(margin_grad, info)[:, ch.to(margin_grad.device)].to(ops.device)
-            out.append(histogram(equivalent_errors(ops, w, valid, g, faults), grid).cpu())
+            out.append(histogram(equivalent_errors(ops, w, valid, g, rows), grid).cpu())
         else:
-            out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate, faults=faults).cpu())
+            out.append(weight_edm(ops, w, grid, valid, aggregate=aggregate, faults=rows).cpu())
     return torch.cat(out)
 
 

@@ -38,6 +38,7 @@ from pytorchfi_deepvigor.campaigns.faults import (
 )
 from pytorchfi_deepvigor.campaigns.progress import ChunkRecord, ProgressLog, tensors_fingerprint
 from pytorchfi_deepvigor.engine import SimulationEngine
+from pytorchfi_deepvigor.quantized import bind_words, network_words
 from pytorchfi_deepvigor.results import Cost, OutcomeCounts, RankCost
 
 __all__ = [
@@ -78,21 +79,26 @@ def check_target(target: str) -> str:
     return target
 
 
-def check_fault_model(fault_model: str | AnyFaultModel, dtype: torch.dtype) -> AnyFaultModel:
+def check_fault_model(
+    fault_model: str | AnyFaultModel, dtype: torch.dtype, quantized: bool = False
+) -> AnyFaultModel:
     """The fault model named ``fault_model`` in the model's format ``dtype`` (a clear
-    ``ValueError`` naming the accepted names otherwise)."""
-    return parse_fault_model(fault_model, dtype)
+    ``ValueError`` naming the accepted names otherwise); on an int8 network (``quantized``)
+    the default is the int8 word flip."""
+    return network_words(parse_fault_model(fault_model, dtype), quantized)
 
 
 def layer_fault_model(
-    model: AnyFaultModel, engine: SimulationEngine, layer_num: int
+    model: AnyFaultModel, engine: SimulationEngine, layer_num: int, target: str = "weights"
 ) -> AnyFaultModel:
-    """``model`` for one layer: PyTorchFI's quantised flip bound to the layer's range (its
-    ``ranges`` entry, else the layer's largest ``|output|`` on the analysis images)."""
+    """``model`` for one layer's target: PyTorchFI's quantised flip bound to the layer's range
+    (its ``ranges`` entry, else the layer's largest ``|output|`` on the analysis images); on an
+    int8 layer, the int8 flip bound to the words the target hits."""
+    info = engine.layer(layer_num)
     if isinstance(model, QuantizedFlip) and model.max_value is None:
         peak = float(engine.layer_output(layer_num).abs().max())
-        return model.bound(peak, layer_num)
-    return model
+        model = model.bound(peak, layer_num)
+    return bind_words(model, info.module, target, info.name)
 
 
 def fault_model_options(models: Mapping[int, AnyFaultModel]) -> dict[str, Any]:

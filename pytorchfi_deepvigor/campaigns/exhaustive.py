@@ -105,7 +105,7 @@ class ExhaustiveCampaign:
         """
         started = time.perf_counter()
         target = _run.check_target(target)
-        model = _run.check_fault_model(fault_model, self.engine.dtype)
+        model = _run.check_fault_model(fault_model, self.engine.dtype, self.engine.quantized)
         seed = _run.check_seed(seed)
         if layers is None:  # a {layer: ...} mapping names the layers it covers
             given = neurons if isinstance(neurons, Mapping) else channels
@@ -126,7 +126,7 @@ class ExhaustiveCampaign:
             info = self.engine.layer(num)
             chans = _channels(info, channels, channel_ratio, rng)
             sites, picked = _sites(info, target, chans, neurons, rng)
-            bound[num] = _run.layer_fault_model(model, self.engine, num)
+            bound[num] = _run.layer_fault_model(model, self.engine, num, target)
             population = FaultPopulation(info, target, bound[num], sites)  # type: ignore[arg-type]
             units.append(_run.WorkUnit(f"L{num}", population, np.arange(population.size)))
             picks[num] = (chans, picked)

@@ -61,6 +61,7 @@ from pytorchfi_deepvigor.perturbations import (
     OutputSet,
     Perturbation,
 )
+from pytorchfi_deepvigor.quantized import is_quantized_layer
 
 __all__ = [
     "BITS",
@@ -345,10 +346,11 @@ class FaultEvaluator:
     def _weights(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
         weight = layer_weight(info).reshape(-1)
         w = weight[sites]
-        faulty = fault.model.faulty(w, fault.pattern)
-        if info.weight_transform or w.dtype != torch.float32:
+        faulty = fault.model.rows(sites // info.fan_in).faulty(w, fault.pattern)
+        if info.weight_transform or w.dtype != torch.float32 or is_quantized_layer(info.module):
             # float16/bfloat16: the layer's own kernel with the faulty weight (its rounding
-            # of the sum, not the golden output's rounding plus the change's)
+            # of the sum, not the golden output's rounding plus the change's); int8: the
+            # quantized kernel with the faulty packed weight (its requantisation)
             return self._own_weights(info, sites, faulty)
         dw = faulty - w
         k, j = sites // info.fan_in, sites % info.fan_in
@@ -393,6 +395,7 @@ class FaultEvaluator:
             w[np.unravel_index(site, w.shape)] = v
             with eval_mode(info.module):
                 y = torch.func.functional_call(info.module, {"weight": w}, (x,))
+            y = y.dequantize() if y.is_quantized else y
             outs.append(y.movedim(-1, 1) if info.channel_last else y)
         return OutputSet(torch.cat(outs))
 
@@ -430,6 +433,7 @@ class FaultEvaluator:
             xf[idx] = fault.model.faulty(xf[idx], fault.pattern[f : f + 1])
             with eval_mode(info.module):
                 y = info.module(xf.reshape(x.shape))
+            y = y.dequantize() if y.is_quantized else y
             y = y.movedim(-1, 1) if info.channel_last else y
             y = y.reshape(y.shape[0], info.out_channels, -1)
             p = int(neuron[f]) % info.neurons_per_channel
@@ -437,7 +441,11 @@ class FaultEvaluator:
         return self._neuron(NeuronSet, channel, row, col, torch.stack(values, 1))
 
     def _operands(self, info: LayerInfo, sites: torch.Tensor, fault: _Faults) -> Perturbation:
-        if info.weight_transform or layer_weight(info).dtype != torch.float32:
+        if (
+            info.weight_transform
+            or layer_weight(info).dtype != torch.float32
+            or is_quantized_layer(info.module)
+        ):
             return self._own_operands(info, sites, fault)
         neuron, j = sites[:, 0], sites[:, 1]
         if info.kind == "Linear" and not info.channel_last:

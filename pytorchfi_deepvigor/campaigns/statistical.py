@@ -77,11 +77,11 @@ class StatisticalCampaign:
     def _populations(
         self, target: str, fault_model: str | AnyFaultModel, layers: Sequence[int] | None
     ) -> list[FaultPopulation]:
-        model = _run.check_fault_model(fault_model, self.engine.dtype)
+        model = _run.check_fault_model(fault_model, self.engine.dtype, self.engine.quantized)
         out = []
         for num in _run.check_layers(self.engine, layers):
             info = self.engine.layer(num)
-            bound = _run.layer_fault_model(model, self.engine, num)
+            bound = _run.layer_fault_model(model, self.engine, num, target)
             out.append(FaultPopulation(info, target, bound, _all_sites(info, target)))  # type: ignore[arg-type]
         return out
 
@@ -98,7 +98,17 @@ class StatisticalCampaign:
         seed: int = 0,
     ) -> SamplingPlan:
         """The strata and sample sizes :meth:`run` would use (a pilot prior runs its pilot)."""
-        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
+        args = _check(
+            variant,
+            target,
+            e,
+            t,
+            prior,
+            fault_model,
+            seed,
+            self.engine.dtype,
+            self.engine.quantized,
+        )
         pops = self._populations(args.target, fault_model, layers)
         rng = np.random.default_rng(args.seed)
         priors = None
@@ -152,7 +162,17 @@ class StatisticalCampaign:
             A ``VulnerabilityResult`` (method ``"sfi-<variant>"``) with per-layer margins.
         """
         started = time.perf_counter()
-        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine.dtype)
+        args = _check(
+            variant,
+            target,
+            e,
+            t,
+            prior,
+            fault_model,
+            seed,
+            self.engine.dtype,
+            self.engine.quantized,
+        )
         pops = self._populations(args.target, fault_model, layers)
         nums = [p.layer.layer_num for p in pops]
         chunks = _run.chunk_sizes(self.engine, nums, self.faults_per_chunk)
@@ -234,6 +254,7 @@ def _check(
     fault_model: str | AnyFaultModel,
     seed: int,
     dtype: torch.dtype,
+    quantized: bool = False,
 ) -> _Args:
     if variant not in VARIANTS:
         raise ValueError(f"expected variant in {VARIANTS}, got {variant!r}")
@@ -244,7 +265,7 @@ def _check(
     if prior is not None and variant != "data-aware":
         raise ValueError(f"prior only applies to variant='data-aware', not {variant!r}")
     check_prior(prior)
-    model = _run.check_fault_model(fault_model, dtype)
+    model = _run.check_fault_model(fault_model, dtype, quantized)
     if prior is not None and not isinstance(prior, str | Pilot):
         given = np.asarray(prior, dtype=np.float64).size
         if given != len(model.masks):

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.fx
@@ -27,6 +27,7 @@ from .._guard import (
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
 from ..perturbations import ChannelAdd, NeuronAdd, Perturbation
+from ..quantized import QUANTIZED_TWINS, is_quantized_layer, quantized_view
 from ..twins import LEAF_TWINS, twin_view
 from .outcomes import EngineStats, Outcome, classify, fingerprint
 from .plan import (
@@ -81,9 +82,13 @@ class _Cut:
     suffix: Callable[..., torch.Tensor] | None  # None: hook path
     segments: list[_Segment]
     # float16/bfloat16 models: the layer's float32 sum before its rounding to the model's
-    # format, in neuron layout (computed on first use; None: not reproduced, or float32)
+    # format, in neuron layout (computed on first use; None: not reproduced, or float32);
+    # an int8 layer's: its sum before requantisation
     wide: torch.Tensor | None = None
     wide_done: bool = False
+    # an int8 layer: (scale, zero point, dtype) of its quantized output; ``layer_input`` and
+    # ``layer_output`` hold the dequantized values, the suffix reads the quantized ones
+    qparams: tuple[float, int, torch.dtype] | None = None
 
 
 class _Tracer(torch.fx.Tracer):
@@ -92,7 +97,21 @@ class _Tracer(torch.fx.Tracer):
     plan cuts at."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, LEAF_TWINS) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, LEAF_TWINS + QUANTIZED_TWINS) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def _qparams(t: torch.Tensor) -> tuple[float, int, torch.dtype] | None:
+    """(scale, zero point, dtype) of a per-tensor quantized tensor; ``None`` for a float one."""
+    if not t.is_quantized:
+        return None
+    return float(t.q_scale()), int(t.q_zero_point()), t.dtype
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t``, dequantized where it is an int8 network's quantized activation."""
+    return t.dequantize() if t.is_quantized else t
 
 
 def _stand_in(first: torch.Tensor, n: int) -> torch.Tensor:
@@ -106,6 +125,8 @@ def _differs(x: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
     ``|x - golden|`` reduced by max: a float reduction, measured 3-4x faster on the CPU than
     ``(x != golden).any()``; max propagates NaN, and ``NaN != 0``.
     """
+    if x.is_quantized:  # an int8 network's activations: their stored integers
+        x, golden = x.int_repr().float(), golden.int_repr().float()
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         x, golden = x.permute(0, 2, 3, 1), golden.permute(0, 2, 3, 1)
     diff = torch.sub(x.reshape(x.shape[0], -1), golden.reshape(x.shape[0], -1)).abs_()
@@ -192,6 +213,11 @@ class SimulationEngine:
         # the view the engine runs (twins.py): attention projections, convolutions that pad in
         # their forward and weights handed to a MatMul as layers; ``model`` itself without any
         model = self.model = twin_view(model, self.images[:2])
+        # an int8 network (torch.ao): its quantized layers as twins running their own kernels
+        model = self.model = quantized_view(model, self.images[:2])
+        self.quantized = any(is_quantized_layer(m) for m in model.modules())
+        if self.quantized:  # its kernels choose their own layouts
+            self.channels_last = False
         self.catalogue: list[LayerInfo] = build_catalogue(model, self.images[:1])
         self.stats = EngineStats()
         self._cuts: dict[int, _Cut] = {}
@@ -433,12 +459,13 @@ class SimulationEngine:
                 for j, s in enumerate(p.segments)
             ]
             self._cuts[info.layer_num] = _Cut(
-                value[k_in],
-                self._neuron_layout(info, value[k_out]),
+                _plain(value[k_in]),
+                self._neuron_layout(info, _plain(value[k_out])),
                 [value[k] for k in k_live],
                 [value[k] for k in k_roots],
                 p.suffix,
                 segments,
+                qparams=_qparams(value[k_out]),
             )
 
     def _prepare_hooks(self, todo: list[LayerInfo]) -> None:
@@ -461,8 +488,16 @@ class SimulationEngine:
                 self.model(self.images[a:b])
         for info in todo:
             ins, outs = grabbed[info.layer_num]
-            out = self._neuron_layout(info, torch.cat(outs))
-            self._cuts[info.layer_num] = _Cut(torch.cat(ins), out, [], [], None, [])
+            out = torch.cat(outs)
+            self._cuts[info.layer_num] = _Cut(
+                _plain(torch.cat(ins)),
+                self._neuron_layout(info, _plain(out)),
+                [],
+                [],
+                None,
+                [],
+                qparams=_qparams(out),
+            )
 
     @staticmethod
     def _neuron_layout(info: LayerInfo, out: torch.Tensor) -> torch.Tensor:
@@ -498,6 +533,11 @@ class SimulationEngine:
         """
         cut = self._cut(layer_num)
         image_idx = self._check_idx(image_idx)
+        if cut.qparams is not None and layer_output.requires_grad:
+            raise ValueError(
+                f"layer {self.catalogue[layer_num].name!r} is int8 (torch.ao quantized): its "
+                "suffix has no gradient; the analysis runs without gradients on such networks"
+            )
         if layer_output.shape[0] != image_idx.shape[0]:
             raise ValueError(
                 f"batch mismatch: {layer_output.shape[0]} layer outputs for {image_idx.shape[0]} images"
@@ -520,7 +560,7 @@ class SimulationEngine:
         self.stats.batched_forwards += 1
         self.stats.image_evaluations += n
         info = self.catalogue[layer_num]
-        layer_output = self._module_layout(info, layer_output)
+        layer_output = self._module_layout(info, self._stored(cut, layer_output))
         if cut.suffix is not None:
             self.stats.suffix_flops += n * self.suffix_flops_per_image(layer_num)
             return cut.suffix(
@@ -550,7 +590,7 @@ class SimulationEngine:
         self.stats.image_evaluations += int(image_idx.shape[0])
         logits = self.golden_logits[image_idx]
         rows = torch.arange(image_idx.shape[0], device=image_idx.device)
-        x, idx = self._module_layout(info, layer_output), image_idx
+        x, idx = self._module_layout(info, self._stored(cut, layer_output)), image_idx
         for seg in cut.segments:
             if exits and seg.golden_in is not None:
                 differs = _differs(x, seg.golden_in[idx])
@@ -569,6 +609,15 @@ class SimulationEngine:
             logits[rows] = x.float()
         self.stats.early_exits += int(image_idx.shape[0]) - int(rows.shape[0])
         return logits
+
+    @staticmethod
+    def _stored(cut: _Cut, out: torch.Tensor) -> torch.Tensor:
+        """A layer output as the network stores it: quantized again in an int8 network (its
+        values lie on the layer's grid: the round trip is exact)."""
+        if cut.qparams is None or out.is_quantized:
+            return out
+        scale, zero_point, dtype = cut.qparams
+        return torch.quantize_per_tensor(out.float(), scale, zero_point, dtype)
 
     def run(
         self, layer_num: int, image_idx: torch.Tensor, perturbation: Perturbation | Elements
@@ -651,6 +700,10 @@ class SimulationEngine:
         """
         if isinstance(perturbation, (ChannelAdd, NeuronAdd)):
             wide = self._wide(info, cut)
+            if wide is not None and cut.qparams is not None:  # requantised, as the kernel does
+                exact = wide[idx].clone()
+                perturbation.apply(exact, start, stop)
+                return info.module.requantize(exact)  # type: ignore[operator]
             if wide is not None:
                 golden = wide[idx]
                 exact = golden.clone()
@@ -658,6 +711,12 @@ class SimulationEngine:
                 changed = exact != golden  # NaN counts as changed
                 return torch.where(changed, exact.to(out.dtype), out)
         perturbation.apply(out, start, stop)
+        if (
+            isinstance(perturbation, (ChannelAdd, NeuronAdd))
+            and cut.qparams is not None
+            and is_quantized_layer(info.module)
+        ):  # an error added to the requantised output: rounded to its grid again
+            return info.module.requantize(out)  # type: ignore[operator]
         return out
 
     def _wide(self, info: LayerInfo, cut: _Cut) -> torch.Tensor | None:
@@ -669,19 +728,28 @@ class SimulationEngine:
         if cut.wide_done:
             return cut.wide
         cut.wide_done = True
-        if self.dtype == torch.float32 or not any(True for _ in info.module.parameters()):
+        quantized = cut.qparams is not None and is_quantized_layer(info.module)
+        run: Callable[[torch.Tensor], torch.Tensor]
+        rounded: Callable[[torch.Tensor], torch.Tensor]
+        if quantized:
+            module: Any = info.module  # its sum before requantisation (quantized.py)
+            run, rounded = module.accumulate, module.requantize
+        elif self.dtype == torch.float32 or not any(True for _ in info.module.parameters()):
             return None
-        twin = copy.deepcopy(info.module).float().eval()
-        twin._forward_hooks.clear()
-        twin._forward_pre_hooks.clear()
+        else:
+            twin = copy.deepcopy(info.module).float().eval()
+            twin._forward_hooks.clear()
+            twin._forward_pre_hooks.clear()
+            run, dtype = twin, self.dtype
+            rounded = lambda t: t.to(dtype)  # noqa: E731
         parts = []
         with self._frozen():
             for a, b in self._chunks(self.num_images):
-                parts.append(twin(cut.layer_input[a:b].float()).float())
+                parts.append(run(cut.layer_input[a:b].float()).float())
         wide = self._neuron_layout(info, torch.cat(parts))
         if wide.shape != cut.layer_output.shape:
             return None
-        off = wide.to(self.dtype) != cut.layer_output
+        off = rounded(wide) != cut.layer_output
         if float(off.float().mean()) > 0.01:
             logger.info("layer %s: its float32 sum does not round to its output", info.name)
             return None

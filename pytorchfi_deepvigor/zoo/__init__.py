@@ -21,6 +21,7 @@ from pytorchfi_deepvigor.zoo.datasets import (
     load_mnist,
 )
 from pytorchfi_deepvigor.zoo.digits import DigitsData, analysis_batch, load_digits, predict
+from pytorchfi_deepvigor.zoo.int8 import quantize_int8
 from pytorchfi_deepvigor.zoo.models import (
     DEFAULT_WIDTHS,
     INPUT_SIZE_MULTIPLE,
@@ -38,6 +39,7 @@ from pytorchfi_deepvigor.zoo.train import (
 )
 
 __all__ = [
+    "quantize_int8",
     "CACHE_ENV_VAR",
     "DEFAULT_EPOCHS",
     "INPUT_SIZE_MULTIPLE",
