@@ -38,14 +38,16 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from oracle import Fault, Oracle  # noqa: E402
+from oracle_int8 import Int8Oracle  # noqa: E402
 
+from pytorchfi_deepvigor import zoo  # noqa: E402
 from pytorchfi_deepvigor.analysis.activations import (  # noqa: E402
     analyze_activations,
     analyze_stored,
 )
 from pytorchfi_deepvigor.analysis.sampling import LayerSites  # noqa: E402
 from pytorchfi_deepvigor.analysis.weights import analyze_weights  # noqa: E402
-from pytorchfi_deepvigor.bits import QuantizedFlip, parse_fault_model  # noqa: E402
+from pytorchfi_deepvigor.bits import AnyFaultModel, QuantizedFlip, parse_fault_model  # noqa: E402
 from pytorchfi_deepvigor.campaigns.exhaustive import ExhaustiveCampaign  # noqa: E402
 from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
     FaultEvaluator,
@@ -53,13 +55,16 @@ from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
     check_geometry,
     operand_sites,
 )
+from pytorchfi_deepvigor.catalogue import LayerInfo  # noqa: E402
 from pytorchfi_deepvigor.engine import Outcome, SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
+from pytorchfi_deepvigor.quantized import bind_words  # noqa: E402
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult, compare  # noqa: E402
 from validation.common import Context, ModelSpec, parse_args  # noqa: E402
 from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
 
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INT8 = "int8"  # post-training quantized with torch.ao (FX, fbgemm) on digits 100-299
 CASES = {
     # name: (format, fault model, models it runs on: None = every model)
     "fp32": ("fp32", "flip", None),  # the baseline the others are read against
@@ -71,6 +76,8 @@ CASES = {
     "fp16-exponent": ("fp16", "flip:exponent", ("vgg11", "mobilenetv2")),
     # PyTorchFI's 8-bit quantised flip of stored values (ranges: each layer's max |output|)
     "pytorchfi-int8": ("fp32", "pytorchfi-int8", None),
+    # int8 networks: a flip of a stored 8-bit word (int8 weights per channel, quint8 operands)
+    "int8": (INT8, "int8", ("vgg11", "resnet18")),
 }
 MODELS = (*(m for m in FULL_MODELS if m.key != "vgg16"), TRANSFORMER_MODELS[0])
 BUDGET_SHARE = {"vit": 0.25}
@@ -88,6 +95,11 @@ ORACLE_SITES = 6  # sites per (layer, target) checked against the oracle
 
 def _engine(ctx: Context, spec: ModelSpec, fmt: str) -> tuple[SimulationEngine, torch.nn.Module]:
     model = ctx.model(spec)[0]
+    if fmt == INT8:  # calibrated on images that are neither the analysis batch nor held out
+        n = ctx.n_images
+        calibration = zoo.analysis_batch(2 * n, input_size=spec.input_size, offset=n).images
+        int8 = zoo.quantize_int8(model, calibration)
+        return SimulationEngine(int8, ctx.images(spec)), int8
     dtype = FORMATS[fmt]
     converted = model if dtype == torch.float32 else _copy(model).to(dtype)
     images = ctx.images(spec).to(dtype)
@@ -103,6 +115,12 @@ def _copy(model: torch.nn.Module) -> torch.nn.Module:
 def _per_site_faults(engine: SimulationEngine, num: int, spec: str) -> int:
     info = engine.layer(num)
     return parse_fault_model(spec, engine.dtype).n_patterns * info.fan_in
+
+
+def _words(engine: SimulationEngine, num: int, target: str, spec: str) -> AnyFaultModel:
+    """The fault model of one layer's target (an int8 layer's: bound to its words)."""
+    info = engine.layer(num)
+    return bind_words(parse_fault_model(spec, engine.dtype), info.module, target, info.name)
 
 
 def _draw(engine: SimulationEngine, spec: str, budget: int, seed: int) -> dict[int, list[int]]:
@@ -150,6 +168,8 @@ def _oracle_check(
     engine: SimulationEngine, model: torch.nn.Module, spec: str, seed: int
 ) -> tuple[int, int]:
     """(faults, mismatching faults) of a seeded sample, package FI against the oracle."""
+    if engine.quantized:
+        return _int8_oracle_check(engine, model, seed)
     oracle = Oracle(model, engine.images, view=engine.model)
     evaluator = FaultEvaluator(engine)
     rng = np.random.default_rng(seed + 2)
@@ -183,20 +203,89 @@ def _oracle_check(
     return total, bad
 
 
+def _int8_oracle_check(
+    engine: SimulationEngine, model: torch.nn.Module, seed: int
+) -> tuple[int, int]:
+    """:func:`_oracle_check` on an int8 network: the stored word flipped in the user's
+    quantized model (``tests/oracle_int8.py``), weights, operands and stored values."""
+    oracle = Int8Oracle(model, engine.images)
+    evaluator = FaultEvaluator(engine)
+    rng = np.random.default_rng(seed + 2)
+    nums = [i.layer_num for i in engine.catalogue]
+    total = bad = 0
+    for num in dict.fromkeys([nums[0], nums[len(nums) // 2], nums[-1]]):
+        info = engine.layer(num)
+        per = info.neurons_per_channel
+        width = info.output_shape[2] if len(info.output_shape) == 3 else 1
+        flat = rng.choice(info.neurons_per_image, ORACLE_SITES)
+        pops = [
+            FaultPopulation(info, "weights", _words(engine, num, "weights", "int8"),
+                            rng.choice(info.n_weights, ORACLE_SITES)),
+            FaultPopulation(info, "stored", _words(engine, num, "stored", "int8"), flat),
+            FaultPopulation(info, "operands", _words(engine, num, "operands", "int8"),
+                            operand_sites(info, rng.choice(info.neurons_per_image, 2))[:ORACLE_SITES]),
+        ]  # fmt: skip
+        for pop in pops:
+            ids = np.arange(pop.size)
+            image_idx, pert = evaluator.perturbation(pop, ids)
+            codes = engine.outcomes(num, image_idx, pert)
+            got = (codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy()
+            for f in ids:
+                site, bit = pop.sites[f % pop.n_sites], int(f // pop.n_sites)
+                if pop.target == "weights":
+                    want = oracle.weight(info.name, int(site), bit)
+                elif pop.target == "stored":
+                    c, p = divmod(int(site), per)
+                    where = (int(site),) if info.kind == "Linear" else (c, *divmod(p, width))
+                    want = oracle.stored(info.name, where, bit)
+                else:
+                    neuron, j = (int(v) for v in site)
+                    want = oracle.operand(
+                        info.name, _operand_word(info, neuron, j), bit, _neuron_at(info, neuron)
+                    )
+                total += 1
+                bad += int((want != got[f]).any())
+    return total, bad
+
+
+def _neuron_at(info: LayerInfo, neuron: int) -> tuple[int, ...]:
+    """Where a neuron (flat, channel-major) is in the layer's output."""
+    if info.kind == "Linear":
+        return (neuron,)
+    c, p = divmod(neuron, info.neurons_per_channel)
+    return (c, *divmod(p, info.output_shape[2]))
+
+
+def _operand_word(info: LayerInfo, neuron: int, j: int) -> tuple[int, ...]:
+    """The input word operand ``j`` of ``neuron`` reads (a conv: channel, row, column)."""
+    if info.kind == "Linear":
+        return (j,)
+    kh, kw = info.weight_shape[2:]
+    c, row, col = _neuron_at(info, neuron)
+    group = c // (info.out_channels // info.groups)
+    dr, dc = divmod(j % (kh * kw), kw)
+    return (
+        group * info.weight_shape[1] + j // (kh * kw),
+        row * info.stride[0] - info.padding[0] + dr * info.dilation[0],
+        col * info.stride[1] - info.padding[1] + dc * info.dilation[1],
+    )
+
+
 def _analysis(engine: SimulationEngine, target: str, picks: dict, spec: str) -> VulnerabilityResult:
     grid = candidate_grid("fine")
     layers = []
     for num, chosen in picks.items():
         info = engine.layer(num)
+        words = _words(engine, num, target, spec)
         if target == "weights":
             sites = LayerSites(num, np.asarray(chosen, np.int64), None, info.neurons_per_channel)
-            layers.append(analyze_weights(engine, info, sites, grid, faults=spec)[0])
+            layers.append(analyze_weights(engine, info, sites, grid, faults=words)[0])
             continue
         channels = np.array([c for c, _ in chosen], dtype=np.int64)
         positions = np.array([[p] for _, p in chosen], dtype=np.int64)
         sites = LayerSites(num, channels, positions, info.neurons_per_channel)
         analyse = analyze_stored if target == "stored" else analyze_activations
-        layers.append(analyse(engine, info, sites, grid, faults=spec)[0])
+        layers.append(analyse(engine, info, sites, grid, faults=words)[0])
     return VulnerabilityResult.from_layers("deepvigor", layers, n_images=engine.num_images)
 
 
@@ -204,8 +293,8 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
     fmt, fault_model, _ = CASES[case]
     engine, model = _engine(ctx, spec, fmt)
     int8 = fault_model.startswith("pytorchfi-int8")
-    # the oracle flips float words; PyTorchFI's int8 values are checked by the tests
-    # (tests/test_fault_models.py, PyTorchFI's own arithmetic in the oracle)
+    # the oracle flips float words (an int8 network's: its stored 8-bit words, oracle_int8);
+    # PyTorchFI's int8 values are checked by the tests (tests/test_fault_models.py)
     n_oracle, n_bad = (0, 0) if int8 else _oracle_check(engine, model, fault_model, ctx.seed)
     rows, pairs, bits = [], [], []
     channels = _draw(engine, "flip" if int8 else fault_model, budget, ctx.seed)
