@@ -290,3 +290,52 @@ def test_the_users_int8_model_is_left_unchanged() -> None:
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(before, after, strict=True))
     assert model.training and all(m.training for m in model.modules())
     assert hooks == sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class _Eager(nn.Module):
+    """An eager-mode network: stubs around the quantized part, a fused Conv+ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv(self.quant(x)))
+        return self.dequant(self.fc(x.flatten(1)))
+
+
+def test_eager_mode_network_fault_for_fault() -> None:
+    import warnings
+
+    torch.manual_seed(3)
+    net = _Eager().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao import quantization as tq
+
+        net.qconfig = tq.get_default_qconfig("fbgemm")
+        tq.fuse_modules(net, [["conv", "relu"]], inplace=True)
+        tq.prepare(net, inplace=True)
+        with torch.no_grad():
+            net(torch.randn(64, 1, 8, 8))
+        tq.convert(net, inplace=True)
+    images = torch.randn(12, 1, 8, 8)
+    engine = SimulationEngine(net, images)
+    assert [type(i.module) for i in engine.catalogue] == [QuantizedConv2d, QuantizedLinear]
+    oracle = Int8Oracle(net, images)
+    for info in engine.catalogue:
+        sites = np.arange(min(info.fan_in, 9))
+        pop = FaultPopulation(info, "weights", _bound(engine, info.layer_num, "weights"), sites)
+        site, bit, _ = pop.decode(np.arange(pop.size))
+        want = np.stack(
+            [
+                oracle.weight(info.name, int(sites[s]), int(b))
+                for s, b in zip(site, bit, strict=True)
+            ]
+        )
+        assert (_package(engine, pop) == want).all(), info.name
