@@ -92,6 +92,24 @@ def test_analyze_writes_every_file(cache, tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_int8_format_quantizes_and_records_its_words(cache, tmp_path, capsys):
+    pytest.importorskip("torch.ao.quantization.quantize_fx", reason="no torch.ao.quantization")
+    out = tmp_path / "an8"
+    argv = ["analyze", *tiny(cache, "--format", "int8", "--layers", "0,8", "--out", str(out))]
+    assert main(argv) == 0
+    assert "fault model int8; int8 words" in capsys.readouterr().out
+    result = VulnerabilityResult.from_json(out / "result.json")
+    assert result.options["fault_model"] == "int8" and result.options["number_format"] == "int8"
+    assert {r["field"] for r in rows(out / "bits.csv")} == {"int8"}
+    fi = tmp_path / "fi8"
+    argv = ["inject", *tiny(cache, "--format", "int8", *FI, "--out", str(fi))]
+    assert main(argv) == 0
+    assert VulnerabilityResult.from_json(fi / "result.json").options["fault_model"] == "int8"
+    argv = ["analyze", *tiny(cache, "--format", "int8", "--fault-model", "mbu2", "--layers", "0")]
+    assert main([*argv, "--out", str(tmp_path / "bad")]) == 1
+    assert "'int8' fault model" in capsys.readouterr().err
+
+
 def test_demo_prints_table_and_total_mvf(cache, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", *tiny(cache, "--layers", "8", "--out", str(out))]) == 0

@@ -166,10 +166,12 @@ def _parents() -> dict[str, _Parser]:
     group.add_argument(
         "--format",
         dest="number_format",
-        choices=("fp32", "fp16", "bf16"),
+        choices=("fp32", "fp16", "bf16", "int8"),
         default=None,
         help="convert the model (and the images) to this number format before the run: faults "
-        "hit its 32- or 16-bit words and the network runs in it (default: the model's own)",
+        "hit its 32- or 16-bit words and the network runs in it (default: the model's own); "
+        "int8: post-training quantized (torch.ao, fbgemm) on the images after the analysis "
+        "batch, faults hit its stored 8-bit words",
     )
 
     data = _Parser(add_help=False)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pytorchfi_deepvigor.bits import parse_fault_model
+from pytorchfi_deepvigor.quantized import network_words
 from pytorchfi_deepvigor.zoo.cache import DamagedCacheFile, read_cache_file, resolve_cache_dir
 from pytorchfi_deepvigor.zoo.checkpoint import ALLOW_PICKLE_HINT, NAME_HINT, load_checkpoint
 from pytorchfi_deepvigor.zoo.datasets import (
@@ -27,6 +28,7 @@ from pytorchfi_deepvigor.zoo.datasets import (
     load_mnist,
 )
 from pytorchfi_deepvigor.zoo.digits import analysis_batch
+from pytorchfi_deepvigor.zoo.int8 import quantize_int8
 from pytorchfi_deepvigor.zoo.models import DEFAULT_WIDTHS, TORCHVISION_PREFIX, build_model
 from pytorchfi_deepvigor.zoo.train import DEFAULT_EPOCHS, TrainingConfig, get_trained_model
 
@@ -69,8 +71,11 @@ def _input_size(args: argparse.Namespace, name: str) -> int:
     return 224 if name.startswith(TORCHVISION_PREFIX) else 32
 
 
-def _images(args: argparse.Namespace, in_channels: int, input_size: int) -> ImageSet:
-    n, root, dataset = args.images, args.data_root, args.dataset
+def _images(
+    args: argparse.Namespace, in_channels: int, input_size: int, n: int | None = None
+) -> ImageSet:
+    n = args.images if n is None else n
+    root, dataset = args.data_root, args.dataset
     if dataset == "digits":
         return analysis_batch(n, input_size=input_size, in_channels=in_channels)
     if root is None:
@@ -228,6 +233,23 @@ def load_setup(args: argparse.Namespace) -> Setup:
             epochs=record.config.epochs,
             train_seed=record.config.seed,
         )
+    if getattr(args, "number_format", None) == "int8":
+        # calibrated on the images after the analysis batch (never the analysed ones)
+        n = len(images)
+        if args.dataset == "digits":
+            calibration = analysis_batch(
+                2 * n, input_size=input_size, in_channels=in_channels, offset=n
+            ).images
+        else:
+            calibration = _images(args, in_channels, input_size, 3 * n).images[n:]
+        if calibration.shape[0] == 0:
+            raise ValueError(
+                "--format int8 calibrates on the images after the analysis batch, and the data "
+                "set has none: give fewer --images"
+            )
+        model = quantize_int8(model, calibration)
+        label = f"{label} int8"
+        info.update(calibration_images=int(calibration.shape[0]))
     return _in_format(Setup(model=model, images=images, label=label, info=info), args)
 
 
@@ -239,6 +261,10 @@ def _in_format(setup: Setup, args: argparse.Namespace) -> Setup:
     """The model in ``--format`` (default: its own), the images in the model's format."""
     fmt = getattr(args, "number_format", None)
     model = setup.model
+    if fmt == "int8":  # quantized by load_setup; its images stay float32
+        if getattr(args, "fault_model", None) is not None:
+            network_words(parse_fault_model(args.fault_model), quantized=True)
+        return dataclasses.replace(setup, info={**setup.info, "number_format": "int8"})
     if fmt is not None:
         model = model.to(FORMATS[fmt])
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from pytorchfi_deepvigor.bits import AnyFaultModel, bit_field, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, bit_field, parse_fault_model
 from pytorchfi_deepvigor.report import _plots
 from pytorchfi_deepvigor.results import (
     Compared,
@@ -312,6 +312,8 @@ def _write_neurons_csv(result: VulnerabilityResult, path: Path) -> Path | None:
 def result_fault_model(result: VulnerabilityResult) -> AnyFaultModel:
     """The fault model a result records (single float32 bit flips when it records none)."""
     fmt = str(result.options.get("number_format") or "fp32")
+    if fmt == "int8":  # an int8 network's stored words (values read as float32)
+        return IntegerFlip()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt]
     return parse_fault_model(str(result.options.get("fault_model") or "flip"), dtype)
 
@@ -325,7 +327,11 @@ def bit_rows(result: VulnerabilityResult) -> list[dict[str, Any]]:
             continue
         for m, vf in enumerate(x.bit_vf):
             bits = model.pattern_bits(m * model.multiplicity)
-            fields = sorted({bit_field(b, model.dtype) for b in bits})
+            fields = (
+                ["int8"]  # an 8-bit integer word: no IEEE fields
+                if isinstance(model, IntegerFlip)
+                else sorted({bit_field(b, model.dtype) for b in bits})
+            )
             rows.append(
                 {"layer": x.layer_num, "name": x.name, "target": x.target, "mask": m,
                  "bits": "+".join(str(b) for b in bits), "field": "+".join(fields),
