@@ -104,6 +104,11 @@ are >= 5 channels (stored values have no target of their own: shown as measured)
 `pytorchfi-int8` is PyTorchFI's 8-bit quantised flip of stored values
 (ranges: each layer's largest |output|); its faulty values are checked against PyTorchFI's own
 arithmetic by `tests/test_fault_models.py`, not by the float-word oracle (`-`).
+`int8` is an int8 network: the model post-training quantized with `torch.ao` (FX, fbgemm;
+per-channel int8 weights, quint8 activations) on digits 100-299, faults in its stored 8-bit
+words; its oracle flips the word in the quantized model (`tests/oracle_int8.py`). Its VFs are
+small (an int8 word's error is at most 128 steps of its scale), so Spearman ranks channels
+whose VFs differ by hundredths of a point.
 """
 
 
