@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Perturbation", "NeuronAdd", "NeuronSet", "ChannelAdd", "ChannelSet", "OutputSet"]
+__all__ = [
+    "Perturbation",
+    "NeuronAdd",
+    "StoredAdd",
+    "NeuronSet",
+    "ChannelAdd",
+    "ChannelSet",
+    "OutputSet",
+]
 
 
 def _long(t: torch.Tensor | list[int], name: str) -> torch.Tensor:
@@ -118,6 +126,14 @@ class NeuronAdd(_Neuron):
     def apply(self, out: torch.Tensor, start: int, stop: int) -> None:
         idx = self._index(out, start, stop)
         out[idx] = out[idx] + self.value[start:stop].to(out.dtype)
+
+
+class StoredAdd(NeuronAdd):
+    """Add ``value[b]`` to one neuron's **stored** value: the layer's output as the model keeps
+    it (a stored-value fault's change), where :class:`NeuronAdd` is a change of the layer's
+    sum (an operand fault's). The two differ where the layer rounds its sum: a float16 or
+    int8 layer's kernel rounds (an int8 one applies its fused ReLU) after the sum, and a
+    stored fault happens after that."""
 
 
 class NeuronSet(_Neuron):

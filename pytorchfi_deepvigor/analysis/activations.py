@@ -11,21 +11,32 @@ thousands of (neuron, image, sign) searches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.handlers import handler_for
-from pytorchfi_deepvigor.analysis.probing import search_defaults, search_group
+from pytorchfi_deepvigor.analysis.probing import (
+    refine_boundaries,
+    search_defaults,
+    search_group,
+    tied_images,
+)
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import AnyFaultModel, QuantizedFlip, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, QuantizedFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import histogram, operand_edm
-from pytorchfi_deepvigor.functional.vf import mask_vf, pattern_hits, vv_values
-from pytorchfi_deepvigor.perturbations import NeuronAdd
+from pytorchfi_deepvigor.functional.vf import (
+    mask_vf,
+    pattern_hits,
+    vulnerability_factor,
+    vv_values,
+)
+from pytorchfi_deepvigor.perturbations import NeuronAdd, StoredAdd
 from pytorchfi_deepvigor.results import LayerResult
 
 __all__ = ["analyze_activations", "analyze_stored", "cvf_spread"]
@@ -39,24 +50,47 @@ def cvf_spread(cvf: np.ndarray) -> float | None:
 _CHUNK_ELEMENTS = 1 << 20  # errors per piece of the per-pattern count
 
 
-def _operand_hits(
-    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: AnyFaultModel
-) -> Tensor:
-    """Critical (neuron, image, operand) triples per fault pattern, in memory-bounded pieces."""
+def _operand_errors(
+    ops: Tensor, w: Tensor, valid: Tensor | None, model: AnyFaultModel
+) -> Iterator[tuple[int, int, Tensor, Tensor | None]]:
+    """``(start, stop, errors (T', I, J, P), valid (T', 1, J, 1) or None)`` of the neurons
+    ``start:stop``, in memory-bounded pieces."""
     n_img, n_tgt, n_ops = ops.shape
     xt, wf = ops.transpose(0, 1), w.float()
-    out = torch.zeros(model.n_patterns, dtype=torch.int64)
     step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * model.n_patterns))
     for a in range(0, n_tgt, step):
         err = model.deltas(xt[a : a + step]).mul_(wf[a : a + step, None, :, None])
         real = None if valid is None else valid[a : a + step, None, :, None]
-        out += pattern_hits(err, bins[a : a + step], grid, real)[1].cpu()
+        yield a, min(n_tgt, a + step), err, real
+
+
+def _operand_hits(
+    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: AnyFaultModel
+) -> Tensor:
+    """Critical (neuron, image, operand) triples per fault pattern, in memory-bounded pieces."""
+    out = torch.zeros(model.n_patterns, dtype=torch.int64)
+    for a, b, err, real in _operand_errors(ops, w, valid, model):
+        out += pattern_hits(err, bins[a:b], grid, real)[1].cpu()
     return out
 
 
-_GroupEDM = Callable[[Tensor, Tensor], tuple[Tensor, int, Callable[[Tensor], Tensor]]]
-"""Per group of neurons ``(channels, positions)``: its EDMs ``(T, I, 2K + 1)``, the fault sites
-they cover, and a function from the bins found critical to the critical faults per pattern."""
+Errors = Iterator[tuple[int, int, Tensor, Tensor | None]]
+"""Pieces ``(start, stop, errors (T', I, S, P), valid or None)`` of a group's errors."""
+
+
+@dataclass
+class _Group:
+    """A group of neurons' EDMs ``(T, I, 2K + 1)``, the fault sites they cover, a function
+    from the bins found critical to the critical faults per pattern, and their errors."""
+
+    counts: Tensor
+    n_sites: int
+    hits: Callable[[Tensor], Tensor]
+    errors: Callable[[], Errors]
+
+
+_GroupEDM = Callable[[Tensor, Tensor], _Group]
+"""Per group of neurons ``(channels, positions)``: its :class:`_Group`."""
 
 
 def _search_neurons(
@@ -68,6 +102,7 @@ def _search_neurons(
     model: AnyFaultModel,
     target: str,
     *,
+    kind: type[NeuronAdd] = NeuronAdd,
     grad: Tensor | None,
     checked: bool | None,
     keep_edm: bool,
@@ -89,14 +124,16 @@ def _search_neurons(
     step = max(1, group_rows // n_img)
     plus, minus, nvf, edms, n_sites = [], [], [], [], 0
     hits = torch.zeros(model.n_patterns, dtype=torch.int64)  # critical faults per pattern
+    tied = tied_images(engine)  # a quantized network's logits tie
     for a in range(0, chan.numel(), step):
         ch, ps = chan[a : a + step], pos[a : a + step]
-        counts, group_sites, hits_of = group_edm(ch, ps)
-        n_sites += group_sites
+        group = group_edm(ch, ps)
+        counts = group.counts
+        n_sites += group.n_sites
         r, c = row[a : a + step], col[a : a + step]
 
         def make(t: Tensor, value: Tensor, ch: Tensor = ch, r: Tensor = r, c: Tensor = c):
-            return NeuronAdd(ch[t], r[t], c[t], value)
+            return kind(ch[t], r[t], c[t], value)
 
         out = search_group(
             engine,
@@ -109,9 +146,26 @@ def _search_neurons(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        nvf.append(out.vf)
         assert out.bins is not None
-        hits += hits_of(out.bins)
+        hits += group.hits(out.bins)
+        if isinstance(model, IntegerFlip):  # few, coarse errors: each boundary bin searched
+            extra = torch.zeros_like(out.mass)
+            for lo, hi, err, real in group.errors():
+
+                def sub(t: Tensor, value: Tensor, lo: int = lo) -> NeuronAdd:
+                    return make(t + lo, value)
+
+                found, per_pattern = refine_boundaries(
+                    engine, info.layer_num, err.flatten(2), None if real is None
+                    else real.expand(*real.shape[:2], -1, model.n_patterns).flatten(2),
+                    out.bins[lo:hi], grid, sub, model.n_patterns, tied,
+                )  # fmt: skip
+                extra[lo:hi] += found.double()
+                hits += per_pattern
+            total = counts.sum(dim=-1).double().clamp_min(1)
+            nvf.append(vulnerability_factor(out.mass - extra / total))
+        else:
+            nvf.append(out.vf)
         if keep_edm:
             edms.append(counts.cpu())
     nvf_all = torch.cat(nvf).numpy()
@@ -171,13 +225,14 @@ def analyze_activations(
     x_in = engine.layer_input(info.layer_num)
     model = parse_fault_model("flip" if faults is None else faults, x_in.dtype)
 
-    def group_edm(ch: Tensor, ps: Tensor) -> tuple[Tensor, int, Callable[[Tensor], Tensor]]:
+    def group_edm(ch: Tensor, ps: Tensor) -> _Group:
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
         counts = operand_edm(ops, w, grid, valid, model)
-        return (
+        return _Group(
             counts,
             int(valid.sum()),
             lambda bins: _operand_hits(ops, w, valid, bins, grid, model),
+            lambda: _operand_errors(ops, w, valid, model),
         )
 
     return _search_neurons(
@@ -201,8 +256,9 @@ def analyze_stored(
     """Stored-value analysis of one layer: faults in the layer's output values themselves.
 
     A neuron's fault sites are its own value on each image: a pattern turns ``v`` into
-    ``v' = faulty_p(v)`` and adds ``v' - v`` to that neuron (:class:`NeuronAdd`), where an
-    operand fault adds ``(x' - x) * w``. It is the fault model of PyTorchFI's neuron injection
+    ``v' = faulty_p(v)`` and adds ``v' - v`` to that neuron's stored value
+    (:class:`StoredAdd`: after the layer's rounding, an int8 layer's fused ReLU included), where
+    an operand fault adds ``(x' - x) * w`` to its sum. It is the fault model of PyTorchFI's neuron injection
     (a value of a layer's output replaced), and the only target of its quantised flip
     (``fault_model="pytorchfi-int8"``, bound to the layer's range here).
 
@@ -214,13 +270,14 @@ def analyze_stored(
         model = model.bound(float(out_map.abs().max()), info.layer_num)
     values = out_map.reshape(out_map.shape[0], info.out_channels, -1)  # (I, C, positions)
 
-    def group_edm(ch: Tensor, ps: Tensor) -> tuple[Tensor, int, Callable[[Tensor], Tensor]]:
+    def group_edm(ch: Tensor, ps: Tensor) -> _Group:
         v = values[:, ch.to(values.device), ps.to(values.device)].transpose(0, 1)  # (T, I)
         errors = model.deltas(v)  # (T, I, patterns): one site per neuron
         hits = lambda bins: pattern_hits(errors.unsqueeze(2), bins, grid)[1].cpu()  # noqa: E731
-        return histogram(errors, grid), ch.numel(), hits
+        pieces = lambda: iter([(0, v.shape[0], errors.unsqueeze(2), None)])  # noqa: E731
+        return _Group(histogram(errors, grid), ch.numel(), hits, pieces)
 
     return _search_neurons(
-        engine, info, sites, grid, group_edm, model, "stored",
+        engine, info, sites, grid, group_edm, model, "stored", kind=StoredAdd,
         grad=grad, checked=checked, keep_edm=keep_edm, group_rows=group_rows,
     )  # fmt: skip

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import search_members
+from pytorchfi_deepvigor.functional.edm import bin_index, search_members
 from pytorchfi_deepvigor.functional.search import (
     bisect_search,
     checked_search,
@@ -41,6 +41,8 @@ from pytorchfi_deepvigor.perturbations import Perturbation
 __all__ = [
     "GroupOutcome",
     "search_group",
+    "refine_boundaries",
+    "tied_images",
     "output_gradient",
     "margin_gradient",
     "first_probe_index",
@@ -182,6 +184,126 @@ def search_group(
         masked,
         bin_criticality(crit[0], crit[1], outer_plus, outer_minus),
     )
+
+
+def refine_boundaries(
+    engine: SimulationEngine,
+    layer_num: int,
+    errors: Tensor,
+    valid: Tensor | None,
+    bins: Tensor,
+    grid: Tensor,
+    make: MakePerturbation,
+    n_patterns: int,
+    tied: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The exact threshold inside each search row's boundary bin, for discrete error sets.
+
+    The search judges an error by its bin: a bin is critical when its candidate (the bin's
+    lower edge) is. Where the class flips at a magnitude inside a bin, the errors of that bin
+    above the flip are counted masked. For a fault model with few, coarse errors (an int8
+    word's flip moves a value by ``2^b`` steps of its scale) those can be all the critical
+    faults of a target. Here every (target, image, sign) row's **boundary bin** (its
+    largest-magnitude non-critical bin below its smallest critical one, or its largest bin
+    when none is critical) has its own errors' magnitudes bisected, assuming criticality
+    monotone within the bin as the search does across bins: one engine call per round for
+    every row, about ``log2`` of the bin's distinct errors probes per row.
+
+    An image whose golden logits tie at the top (``tied``: a quantized network's logits are
+    few discrete values, and ``argmax`` takes the first of equal ones) is decided by whichever
+    tied class a change favours, not by its size: criticality is not monotone there (measured:
+    an int8 ResNet-18 layer's faults of bits 1-4 critical on such an image and its larger ones
+    not). Its rows get every error probed (each fault of the target on that image, as FI
+    would), and their counts replace the bins'.
+
+    Args:
+        engine, layer_num: where the errors are added.
+        errors: float32 ``(T, I, N)``: each target's errors on each image; column ``n`` is
+            pattern ``n % n_patterns`` of a fault site.
+        valid: optional bool broadcastable to ``errors``: ``False`` marks non-sites (padding).
+        bins: bool ``(T, I, 2K + 1)``: the bins the search found critical
+            (:attr:`GroupOutcome.bins`).
+        grid: the ``K`` candidate magnitudes.
+        make: builds the perturbation adding a signed value to a target (indices ``0..T-1``).
+        n_patterns: the fault model's patterns per site.
+        tied: optional bool ``(I,)``: images whose golden top logits tie.
+
+    Returns:
+        ``(extra, per_pattern)``: int64 ``(T, I)`` critical errors beyond those their bins
+        count (negative where a tied image's bins counted more), and int64
+        ``(n_patterns,)`` of them per pattern.
+    """
+    n_tgt, n_img, n_col = errors.shape
+    k = grid.numel()
+    idx = bin_index(errors, grid).long()
+    crit = bins.to(errors.device).gather(-1, idx)
+    real = torch.isfinite(errors)
+    if valid is not None:
+        real &= valid.to(errors.device).expand_as(real)
+    ok = real & (idx != k)  # the middle bin: below the grid's first candidate
+    magnitude = errors.abs()
+    extra = torch.zeros(n_tgt, n_img, dtype=torch.int64)
+    per_pattern = torch.zeros(n_patterns, dtype=torch.int64)
+    if tied is not None and bool(tied.any()):
+        every = real & tied.to(errors.device).view(1, n_img, 1)  # the middle bin too
+        r_t, r_i, r_n = every.nonzero(as_tuple=True)
+        if r_t.numel():
+            judged = engine.verdicts(layer_num, r_i.cpu(), make(r_t.cpu(), errors[r_t, r_i, r_n]))
+            exact = torch.zeros_like(every)
+            exact[r_t, r_i, r_n] = judged[0].to(errors.device)
+            binned = crit & every
+            extra += (exact.sum(dim=-1) - binned.sum(dim=-1)).cpu()
+            cols = torch.arange(n_col, device=errors.device) % n_patterns
+            for mask, weight in ((exact, 1), (binned, -1)):
+                found = mask.nonzero(as_tuple=True)[2]
+                per_pattern += weight * torch.bincount(cols[found].cpu(), minlength=n_patterns)
+        ok = ok & ~tied.to(errors.device).view(1, n_img, 1)
+    for sign in (1.0, -1.0):
+        rank = (idx - k) * int(sign)  # 1.. on this sign's side
+        side = ok & (rank > 0)
+        lowest = torch.where(side & crit, rank, 2 * k + 2).amin(dim=-1, keepdim=True)
+        below = side & ~crit & (rank < lowest)
+        edge = torch.where(below, rank, 0).amax(dim=-1, keepdim=True)
+        cand = below & (rank == edge) & (edge > 0)
+        t, i = cand.any(dim=-1).nonzero(as_tuple=True)
+        if t.numel() == 0:
+            continue
+        mags = torch.where(cand[t, i], magnitude[t, i], float("inf"))  # (R, N)
+        width = int(cand[t, i].sum(dim=-1).max())
+        table = mags.sort(dim=-1).values[:, :width].cpu()
+        members = torch.isfinite(table)
+        t_cpu, i_cpu = t.cpu(), i.cpu()
+
+        def oracle(
+            rows: Tensor,
+            m: Tensor,
+            sign: float = sign,
+            table: Tensor = table,
+            t_cpu: Tensor = t_cpu,
+            i_cpu: Tensor = i_cpu,
+        ) -> Tensor:
+            value = (sign * table[rows, m]).to(torch.float32)
+            pert = make(t_cpu[rows], value)
+            return engine.verdicts(layer_num, i_cpu[rows], pert)[0].cpu()
+
+        found = bisect_search(members, oracle).index
+        padded = torch.cat([table, torch.full((table.shape[0], 1), float("inf"))], dim=1)
+        threshold = padded.gather(1, found.unsqueeze(1)).to(errors.device)  # (R, 1)
+        hit = cand[t, i] & (magnitude[t, i] >= threshold)  # (R, N)
+        extra[t_cpu, i_cpu] += hit.sum(dim=-1).cpu()
+        cols = hit.nonzero(as_tuple=True)[1] % n_patterns
+        per_pattern += torch.bincount(cols.cpu(), minlength=n_patterns)
+    return extra, per_pattern
+
+
+def tied_images(engine: SimulationEngine) -> Tensor | None:
+    """bool ``(I,)``: the images whose golden top two logits are equal (a quantized network's
+    logits are few discrete values; ``argmax`` takes the first); ``None`` for one class."""
+    logits = engine.golden_logits
+    if logits.shape[1] < 2:
+        return None
+    top = logits.topk(2, dim=1).values
+    return (top[:, 0] == top[:, 1]).cpu()
 
 
 _OUTER_VALUES = (float("nan"), float("inf"), float("-inf"))

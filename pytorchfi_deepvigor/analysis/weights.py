@@ -66,17 +66,19 @@ from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.analysis.probing import (
     GroupOutcome,
     margin_gradient,
+    refine_boundaries,
     search_defaults,
     search_group,
+    tied_images,
 )
 from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
 from pytorchfi_deepvigor.functional.receptive import linear_operand_means
-from pytorchfi_deepvigor.functional.vf import mask_vf, vv_values
+from pytorchfi_deepvigor.functional.vf import mask_vf, vulnerability_factor, vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
 
@@ -353,7 +355,26 @@ def analyze_weights(
         )
         plus.append(out.plus)
         minus.append(out.minus)
-        if aggregate == "equivalent":
+        if aggregate == "equivalent" and isinstance(model, IntegerFlip) and not signed:
+            # few, coarse errors: each boundary bin's own errors searched (probing.py)
+            _, per_pattern = _equivalent_hits(engine, info, ch, grid, out, model)
+            extra = torch.zeros_like(out.mass)
+            assert out.bins is not None
+            for lo, hi, pos, _ in _signed_errors(engine, info, ch, model):
+
+                def sub(t: Tensor, value: Tensor, lo: int = lo, ch: Tensor = ch) -> ChannelAdd:
+                    return ChannelAdd(ch[t + lo], value)
+
+                gained, more = refine_boundaries(
+                    engine, info.layer_num, pos, None, out.bins[lo:hi], grid, sub,
+                    model.n_patterns, tied_images(engine),
+                )  # fmt: skip
+                extra[lo:hi] += gained.double()
+                per_pattern += more
+            total = counts.sum(dim=-1).double().clamp_min(1)
+            cvf.append(vulnerability_factor(out.mass - extra / total))
+            hits = per_pattern if hits is None else hits + per_pattern
+        elif aggregate == "equivalent":
             part, per_pattern = _equivalent_hits(engine, info, ch, grid, out, model)
             cvf.append(part if signed else out.vf)
             hits = per_pattern if hits is None else hits + per_pattern

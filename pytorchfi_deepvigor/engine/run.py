@@ -26,7 +26,7 @@ from .._guard import (
 )
 from ..catalogue import LayerInfo, build_catalogue
 from ..distributed import rank_device
-from ..perturbations import ChannelAdd, NeuronAdd, Perturbation
+from ..perturbations import ChannelAdd, NeuronAdd, Perturbation, StoredAdd
 from ..quantized import QUANTIZED_TWINS, is_quantized_layer, quantized_view
 from ..twins import LEAF_TWINS, twin_view
 from .outcomes import EngineStats, Outcome, classify, fingerprint
@@ -698,7 +698,8 @@ class SimulationEngine:
         (and flips images near a tie). Positions the error leaves unchanged keep the golden
         value bit for bit.
         """
-        if isinstance(perturbation, (ChannelAdd, NeuronAdd)):
+        summed = isinstance(perturbation, (ChannelAdd, NeuronAdd))
+        if summed and not isinstance(perturbation, StoredAdd):  # a change of the layer's sum
             wide = self._wide(info, cut)
             if wide is not None and cut.qparams is not None:  # requantised, as the kernel does
                 exact = wide[idx].clone()
@@ -712,10 +713,11 @@ class SimulationEngine:
                 return torch.where(changed, exact.to(out.dtype), out)
         perturbation.apply(out, start, stop)
         if (
-            isinstance(perturbation, (ChannelAdd, NeuronAdd))
+            summed
+            and not isinstance(perturbation, StoredAdd)
             and cut.qparams is not None
             and is_quantized_layer(info.module)
-        ):  # an error added to the requantised output: rounded to its grid again
+        ):  # an error of the sum added to the requantised output: requantised again
             return info.module.requantize(out)  # type: ignore[operator]
         return out
 
