@@ -48,9 +48,15 @@ class Int8Oracle:
         ints = w.int_repr().clone()
         view = ints.view(-1)
         view[flat] = flip_word(view[flat], bit, signed=True).to(ints.dtype)
-        faulty = torch._make_per_channel_quantized_tensor(
-            ints, w.q_per_channel_scales(), w.q_per_channel_zero_points(), w.q_per_channel_axis()
-        )
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            faulty = torch._make_per_channel_quantized_tensor(
+                ints,
+                w.q_per_channel_scales(),
+                w.q_per_channel_zero_points(),
+                w.q_per_channel_axis(),
+            )
+        else:
+            faulty = torch._make_per_tensor_quantized_tensor(ints, w.q_scale(), w.q_zero_point())
         m.set_weight_bias(faulty, b)
         try:
             return self._critical()

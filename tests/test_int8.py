@@ -379,3 +379,40 @@ def test_a_tied_image_is_probed_fault_by_fault() -> None:
             want = next(x for x in want_result.layers if x.layer_num == got.layer_num)
             assert got.lvf == pytest.approx(want.lvf, abs=1e-9), (got.name, got.target)
     assert any(x.lvf > 0 for x in stored.layers)
+
+
+def test_per_tensor_weights_fault_for_fault() -> None:
+    """Weights quantized with one scale per tensor (torch.ao's default_qconfig)."""
+    import warnings
+
+    from torch.ao.quantization import QConfigMapping, default_qconfig
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.manual_seed(4)
+    net = _Net().eval()
+    images = torch.randn(12, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapping = QConfigMapping().set_global(default_qconfig)
+        prepared = prepare_fx(net, mapping, example_inputs=(images,))
+        with torch.no_grad():
+            prepared(torch.randn(64, 1, 8, 8))
+        model = convert_fx(prepared)
+    assert model.conv1.weight().qscheme() == torch.per_tensor_affine
+    engine = SimulationEngine(model, images)
+    oracle = Int8Oracle(model, images)
+    critical = 0
+    for info in engine.catalogue:
+        k = info.out_channels // 2
+        sites = k * info.fan_in + np.arange(info.fan_in)
+        pop = FaultPopulation(info, "weights", _bound(engine, info.layer_num, "weights"), sites)
+        site, bit, _ = pop.decode(np.arange(pop.size))
+        want = np.stack(
+            [
+                oracle.weight(info.name, int(sites[s]), int(b))
+                for s, b in zip(site, bit, strict=True)
+            ]
+        )
+        assert (_package(engine, pop) == want).all(), info.name
+        critical += int(want.sum())
+    assert critical
