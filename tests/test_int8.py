@@ -252,7 +252,12 @@ def test_weights_analysis_against_fi(setup) -> None:  # type: ignore[no-untyped-
 
 
 def test_float_models_on_int8_layers_are_refused(setup) -> None:  # type: ignore[no-untyped-def]
-    _, _, engine, _ = setup
+    from pytorchfi_deepvigor.hardening import harden
+
+    model, _, engine, _ = setup
+    result = DeepVigorAnalyzer(engine).analyze(target="both", layers=[4])
+    with pytest.raises(ValueError, match="int8 network"):  # not planned on float words
+        harden(result, budget=0.1, model=model)
     with pytest.raises(ValueError, match="int8"):
         ExhaustiveCampaign(engine).run("weights", layers=[0], fault_model="mbu2")
     with pytest.raises(ValueError, match="int8"):

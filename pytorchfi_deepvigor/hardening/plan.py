@@ -226,6 +226,11 @@ def check_result(result: VulnerabilityResult, channels: Channels) -> None:
                 f"{c} channels: pass the model the result was computed on (model=)"
             )
     model = str(result.options.get("fault_model", "flip"))
+    if model == "int8":
+        raise ValueError(
+            "the result is of an int8 network: the planner's ECC and TMR models are for float "
+            "words (fp32, fp16, bf16); plans for int8 networks are not modelled yet"
+        )
     if model != "flip":
         raise ValueError(
             f"the result's fault model is {model!r}: the planner's ECC and TMR models are for "
