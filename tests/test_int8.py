@@ -14,15 +14,14 @@ pytest.importorskip(
 )
 
 from oracle_int8 import Int8Oracle, flip_word  # noqa: E402
+from test_ground_truth import _package  # noqa: E402  (the package's per-fault verdicts, one copy)
 
 from pytorchfi_deepvigor import DeepVigorAnalyzer, ExhaustiveCampaign, SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.bits import IntegerFlip, parse_fault_model  # noqa: E402
 from pytorchfi_deepvigor.campaigns.faults import (  # noqa: E402
-    FaultEvaluator,
     FaultPopulation,
     operand_sites,
 )
-from pytorchfi_deepvigor.engine import Outcome  # noqa: E402
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd  # noqa: E402
 from pytorchfi_deepvigor.quantized import QuantizedConv2d, QuantizedLinear  # noqa: E402
 from pytorchfi_deepvigor.zoo import quantize_int8  # noqa: E402
@@ -64,16 +63,6 @@ def setup() -> tuple[nn.Module, torch.Tensor, SimulationEngine, Int8Oracle]:
     model, images = quantized_net()
     engine = SimulationEngine(model, images)
     return model, images, engine, Int8Oracle(model, images)
-
-
-def _package(engine: SimulationEngine, pop: FaultPopulation) -> np.ndarray:
-    evaluator = FaultEvaluator(engine)
-    out = []
-    for ids in np.array_split(np.arange(pop.size), max(1, pop.size // 64)):
-        image_idx, perturbation = evaluator.perturbation(pop, ids)
-        codes = engine.outcomes(pop.layer.layer_num, image_idx, perturbation)
-        out.append((codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy())
-    return np.concatenate(out)
 
 
 def _bound(engine: SimulationEngine, num: int, target: str) -> IntegerFlip:
@@ -129,12 +118,16 @@ def test_int8_words_against_their_definition() -> None:
     assert parse_fault_model("int8").name == "int8"
 
 
-def test_weights_fault_for_fault(setup) -> None:  # type: ignore[no-untyped-def]
-    _, _, engine, oracle = setup
+def _weights_agree(
+    engine: SimulationEngine, oracle: Int8Oracle, width: int | None = None, middle: bool = True
+) -> int:
+    """Every bit of the first ``width`` weights (all: ``None``) of one channel of every layer
+    (the middle one, else the first), package against oracle fault for fault; the critical
+    (fault, image) pairs."""
     critical = 0
     for info in engine.catalogue:
-        k = info.out_channels // 2
-        sites = k * info.fan_in + np.arange(min(info.fan_in, 10))
+        k = info.out_channels // 2 if middle else 0
+        sites = k * info.fan_in + np.arange(min(info.fan_in, width or info.fan_in))
         pop = FaultPopulation(info, "weights", _bound(engine, info.layer_num, "weights"), sites)
         got = _package(engine, pop)
         site, bit, _ = pop.decode(np.arange(pop.size))
@@ -146,7 +139,12 @@ def test_weights_fault_for_fault(setup) -> None:  # type: ignore[no-untyped-def]
         )
         assert (got == want).all(), f"{info.name}: {(got != want).any(1).sum()} faults differ"
         critical += int(want.sum())
-    assert critical  # the high bits of some weights matter
+    return critical
+
+
+def test_weights_fault_for_fault(setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, engine, oracle = setup
+    assert _weights_agree(engine, oracle, width=10)  # the high bits of some weights matter
 
 
 def test_operands_and_stored_fault_for_fault(setup) -> None:  # type: ignore[no-untyped-def]
@@ -330,18 +328,7 @@ def test_eager_mode_network_fault_for_fault() -> None:
     images = torch.randn(12, 1, 8, 8)
     engine = SimulationEngine(net, images)
     assert [type(i.module) for i in engine.catalogue] == [QuantizedConv2d, QuantizedLinear]
-    oracle = Int8Oracle(net, images)
-    for info in engine.catalogue:
-        sites = np.arange(min(info.fan_in, 9))
-        pop = FaultPopulation(info, "weights", _bound(engine, info.layer_num, "weights"), sites)
-        site, bit, _ = pop.decode(np.arange(pop.size))
-        want = np.stack(
-            [
-                oracle.weight(info.name, int(sites[s]), int(b))
-                for s, b in zip(site, bit, strict=True)
-            ]
-        )
-        assert (_package(engine, pop) == want).all(), info.name
+    _weights_agree(engine, Int8Oracle(net, images), width=9, middle=False)
 
 
 def test_boundary_bins_make_neuron_targets_exact(setup) -> None:  # type: ignore[no-untyped-def]
@@ -405,19 +392,4 @@ def test_per_tensor_weights_fault_for_fault() -> None:
         model = convert_fx(prepared)
     assert model.conv1.weight().qscheme() == torch.per_tensor_affine
     engine = SimulationEngine(model, images)
-    oracle = Int8Oracle(model, images)
-    critical = 0
-    for info in engine.catalogue:
-        k = info.out_channels // 2
-        sites = k * info.fan_in + np.arange(info.fan_in)
-        pop = FaultPopulation(info, "weights", _bound(engine, info.layer_num, "weights"), sites)
-        site, bit, _ = pop.decode(np.arange(pop.size))
-        want = np.stack(
-            [
-                oracle.weight(info.name, int(sites[s]), int(b))
-                for s, b in zip(site, bit, strict=True)
-            ]
-        )
-        assert (_package(engine, pop) == want).all(), info.name
-        critical += int(want.sum())
-    assert critical
+    assert _weights_agree(engine, Int8Oracle(model, images))

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pytorchfi_deepvigor import distributed
 from pytorchfi_deepvigor._guard import check_positive_int
@@ -98,17 +97,7 @@ class StatisticalCampaign:
         seed: int = 0,
     ) -> SamplingPlan:
         """The strata and sample sizes :meth:`run` would use (a pilot prior runs its pilot)."""
-        args = _check(
-            variant,
-            target,
-            e,
-            t,
-            prior,
-            fault_model,
-            seed,
-            self.engine.dtype,
-            self.engine.quantized,
-        )
+        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine)
         pops = self._populations(args.target, fault_model, layers)
         rng = np.random.default_rng(args.seed)
         priors = None
@@ -162,17 +151,7 @@ class StatisticalCampaign:
             A ``VulnerabilityResult`` (method ``"sfi-<variant>"``) with per-layer margins.
         """
         started = time.perf_counter()
-        args = _check(
-            variant,
-            target,
-            e,
-            t,
-            prior,
-            fault_model,
-            seed,
-            self.engine.dtype,
-            self.engine.quantized,
-        )
+        args = _check(variant, target, e, t, prior, fault_model, seed, self.engine)
         pops = self._populations(args.target, fault_model, layers)
         nums = [p.layer.layer_num for p in pops]
         chunks = _run.chunk_sizes(self.engine, nums, self.faults_per_chunk)
@@ -253,8 +232,7 @@ def _check(
     prior: PriorSpec,
     fault_model: str | AnyFaultModel,
     seed: int,
-    dtype: torch.dtype,
-    quantized: bool = False,
+    engine: SimulationEngine,
 ) -> _Args:
     if variant not in VARIANTS:
         raise ValueError(f"expected variant in {VARIANTS}, got {variant!r}")
@@ -265,7 +243,7 @@ def _check(
     if prior is not None and variant != "data-aware":
         raise ValueError(f"prior only applies to variant='data-aware', not {variant!r}")
     check_prior(prior)
-    model = _run.check_fault_model(fault_model, dtype, quantized)
+    model = _run.check_fault_model(fault_model, engine.dtype, engine.quantized)
     if prior is not None and not isinstance(prior, str | Pilot):
         given = np.asarray(prior, dtype=np.float64).size
         if given != len(model.masks):
