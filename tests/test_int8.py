@@ -354,7 +354,8 @@ def test_boundary_bins_make_neuron_targets_exact(setup) -> None:  # type: ignore
 
 def test_a_tied_image_is_probed_fault_by_fault() -> None:
     """A quantized network's logits tie (argmax takes the first): on such an image a fault's
-    effect is not monotone in its size, and its rows are probed error by error."""
+    effect is not monotone in its size, and its faults are probed one by one (operands, stored
+    values, and weights with their own maps on the convolutions, ray-searched or not)."""
     model, images = quantized_net(seed=2)
     engine = SimulationEngine(model, images)
     top = engine.golden_logits.topk(2, dim=1).values
@@ -366,7 +367,10 @@ def test_a_tied_image_is_probed_fault_by_fault() -> None:
     fi = ExhaustiveCampaign(one).run("operands", layers=heads, neurons="all")
     stored = DeepVigorAnalyzer(one).analyze(target="stored")
     fi_stored = ExhaustiveCampaign(one).run("stored")
-    for got_result, want_result in ((analysis, fi), (stored, fi_stored)):
+    weights = DeepVigorAnalyzer(one).analyze(target="weights")  # rays, maps and Linear
+    fi_weights = ExhaustiveCampaign(one).run("weights")
+    pairs = ((analysis, fi), (stored, fi_stored), (weights, fi_weights))
+    for got_result, want_result in pairs:
         for got in got_result.layers:
             want = next(x for x in want_result.layers if x.layer_num == got.layer_num)
             assert got.lvf == pytest.approx(want.lvf, abs=1e-9), (got.name, got.target)

@@ -196,6 +196,7 @@ def refine_boundaries(
     make: MakePerturbation,
     n_patterns: int,
     tied: Tensor | None = None,
+    exact: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The exact threshold inside each search row's boundary bin, for discrete error sets.
 
@@ -214,7 +215,9 @@ def refine_boundaries(
     tied class a change favours, not by its size: criticality is not monotone there (measured:
     an int8 ResNet-18 layer's faults of bits 1-4 critical on such an image and its larger ones
     not). Its rows get every error probed (each fault of the target on that image, as FI
-    would), and their counts replace the bins'.
+    would), and their counts replace the bins'; where a target's error model is not the
+    fault's own change (a convolution weight's error is a map, judged by its mean), ``exact``
+    evaluates the faults themselves.
 
     Args:
         engine, layer_num: where the errors are added.
@@ -227,6 +230,9 @@ def refine_boundaries(
         make: builds the perturbation adding a signed value to a target (indices ``0..T-1``).
         n_patterns: the fault model's patterns per site.
         tied: optional bool ``(I,)``: images whose golden top logits tie.
+        exact: optional ``(target, image, column) -> critical`` (long ``(B,)`` each, bool
+            ``(B,)``): the faults of tied images evaluated by the caller (default: each
+            column's error added as :func:`make` builds it).
 
     Returns:
         ``(extra, per_pattern)``: int64 ``(T, I)`` critical errors beyond those their bins
@@ -248,13 +254,17 @@ def refine_boundaries(
         every = real & tied.to(errors.device).view(1, n_img, 1)  # the middle bin too
         r_t, r_i, r_n = every.nonzero(as_tuple=True)
         if r_t.numel():
-            judged = engine.verdicts(layer_num, r_i.cpu(), make(r_t.cpu(), errors[r_t, r_i, r_n]))
-            exact = torch.zeros_like(every)
-            exact[r_t, r_i, r_n] = judged[0].to(errors.device)
+            if exact is None:
+                pert = make(r_t.cpu(), errors[r_t, r_i, r_n])
+                judged = engine.verdicts(layer_num, r_i.cpu(), pert)[0]
+            else:
+                judged = exact(r_t.cpu(), r_i.cpu(), r_n.cpu())
+            probed = torch.zeros_like(every)
+            probed[r_t, r_i, r_n] = judged.to(errors.device)
             binned = crit & every
-            extra += (exact.sum(dim=-1) - binned.sum(dim=-1)).cpu()
+            extra += (probed.sum(dim=-1) - binned.sum(dim=-1)).cpu()
             cols = torch.arange(n_col, device=errors.device) % n_patterns
-            for mask, weight in ((exact, 1), (binned, -1)):
+            for mask, weight in ((probed, 1), (binned, -1)):
                 found = mask.nonzero(as_tuple=True)[2]
                 per_pattern += weight * torch.bincount(cols[found].cpu(), minlength=n_patterns)
         ok = ok & ~tied.to(errors.device).view(1, n_img, 1)

@@ -57,8 +57,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pytorchfi_deepvigor.analysis.probing import margin_gradient
-from pytorchfi_deepvigor.bits import AnyFaultModel, parse_fault_model
+from pytorchfi_deepvigor.analysis.probing import margin_gradient, tied_images
+from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.receptive import WeightPatterns, conv_weight_patterns
@@ -251,6 +251,21 @@ def _search_channels(
     pattern = (order % n_p).unsqueeze(3).expand(*shape, n_f)
     per_pattern = torch.bincount(pattern[both], minlength=n_p)
     probes = row_probes.view(shape).sum(dim=(1, 2, 3))
+    tied = tied_images(engine) if isinstance(model, IntegerFlip) else None
+    if tied is not None and bool(tied.any()):
+        # a tied image (an int8 network's logits tie; argmax takes the first) is not monotone
+        # along a ray: every fault of the channels on it, with its own pattern (probing.py)
+        on = tied.nonzero().flatten()
+        hit[:, on] -= both[:, :, :, on].sum(dim=(1, 2, 4))
+        per_pattern -= torch.bincount(pattern[:, :, :, on][both[:, :, :, on]], minlength=n_p)
+        t, j, bit = (~torch.isnan(d)).nonzero(as_tuple=True)
+        k = t.numel()
+        t, j, bit = (v.cpu().repeat(on.numel()) for v in (t, j, bit))
+        i = on.repeat_interleave(k)
+        crit = probe(t, i, d[t, j, bit], j)[0]
+        hit.index_put_((t, i), crit.long(), accumulate=True)
+        per_pattern.index_put_((bit,), crit.long(), accumulate=True)
+        probes += torch.bincount(t, minlength=n_t)
     nan_t, nan_j, nan_b = torch.isnan(d).nonzero(as_tuple=True)
     if nan_t.numel():  # not on a ray: each with its own weight's pattern
         t = nan_t.repeat_interleave(n_img)

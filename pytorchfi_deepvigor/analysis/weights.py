@@ -56,7 +56,7 @@ meets at output position ``p`` (its input map at the kernel offset). The VVs are
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,7 @@ from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_mod
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
-from pytorchfi_deepvigor.functional.receptive import linear_operand_means
+from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns, linear_operand_means
 from pytorchfi_deepvigor.functional.vf import mask_vf, vulnerability_factor, vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
 from pytorchfi_deepvigor.results import LayerResult
@@ -208,6 +208,37 @@ def _signed_errors(
                 means, w, _ = linear_operand_means(part, info.module, ch, read)
             errors.append(errors_of_scales(means, w, faults.rows(ch)))  # (T, I, J * patterns)
         yield a, a + ch.numel(), errors[0], errors[1] if len(errors) > 1 else None
+
+
+def _fault_maps(
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, model: AnyFaultModel
+) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``(target, image, column) -> critical``: weight faults of Conv2d filters ``channels``
+    (column ``j * patterns + p``: pattern ``p`` of weight ``j``) evaluated with their own maps
+    ``d * X_j`` (nothing at zero padding), as fault injection adds them."""
+    x_in = engine.layer_input(info.layer_num)
+    assert isinstance(info.module, nn.Conv2d)
+    patterns = conv_weight_patterns(x_in, info.module, channels.to(x_in.device))
+    d = model.rows(channels).deltas(patterns.weights)  # (T, J, patterns)
+    n_p = model.n_patterns
+    shape = tuple(info.output_shape[1:])
+
+    def judge(t: Tensor, i: Tensor, n: Tensor) -> Tensor:
+        out = torch.empty(t.numel(), dtype=torch.bool)
+        for a in range(0, t.numel(), _MAP_PROBES):
+            tt, ii, nn_ = t[a : a + _MAP_PROBES], i[a : a + _MAP_PROBES], n[a : a + _MAP_PROBES]
+            j = nn_ // n_p
+            ops, real = patterns(ii, tt, j)
+            delta = d[tt, j, nn_ % n_p].unsqueeze(1) * ops.float()
+            delta = torch.where(real, delta, torch.zeros((), dtype=delta.dtype))
+            add = ChannelAdd(channels[tt], delta.reshape(-1, *shape))
+            out[a : a + tt.numel()] = engine.verdicts(info.layer_num, ii, add)[0].cpu()
+        return out
+
+    return judge
+
+
+_MAP_PROBES = 4096  # weight faults whose maps are built at once
 
 
 def _equivalent_hits(
@@ -360,14 +391,18 @@ def analyze_weights(
             _, per_pattern = _equivalent_hits(engine, info, ch, grid, out, model)
             extra = torch.zeros_like(out.mass)
             assert out.bins is not None
+            tied = tied_images(engine)
             for lo, hi, pos, _ in _signed_errors(engine, info, ch, model):
 
                 def sub(t: Tensor, value: Tensor, lo: int = lo, ch: Tensor = ch) -> ChannelAdd:
                     return ChannelAdd(ch[t + lo], value)
 
+                exact = None
+                if isinstance(info.module, nn.Conv2d) and tied is not None and bool(tied.any()):
+                    exact = _fault_maps(engine, info, ch[lo:hi], model)
                 gained, more = refine_boundaries(
                     engine, info.layer_num, pos, None, out.bins[lo:hi], grid, sub,
-                    model.n_patterns, tied_images(engine),
+                    model.n_patterns, tied, exact,
                 )  # fmt: skip
                 extra[lo:hi] += gained.double()
                 per_pattern += more
