@@ -5,8 +5,12 @@ the CPU, with the early exit at the checkpoint, or on the hook path."""
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -100,6 +104,43 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, LEAF_TWINS + QUANTIZED_TWINS) or super().is_leaf_module(
             m, module_qualified_name
         )
+
+
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim`` (``None`` elsewhere)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_TRIM = _heap_trimmer()
+_TRIM_EVERY_S = 1.0
+_trimmed_at = 0.0
+
+
+def _release_heap() -> None:
+    """Give the C heap's free pages back to the system, at most once a second.
+
+    Campaigns call the engine hundreds of thousands of times with batches of varying sizes;
+    glibc serves their megabyte-sized tensors from its heap (its mmap threshold rises after
+    the first large frees) and the freed holes are not returned: measured, one ViT layer's
+    data-aware SFI ended at 4.1-4.3 GiB resident for 25 MiB of live tensors, and a whole
+    model's was killed by the kernel at 24 GiB. Trimming once a second keeps it at 0.6 GiB at
+    no measurable cost (trimming after every call cost 12%).
+    """
+    global _trimmed_at
+    if _TRIM is None:
+        return
+    now = time.monotonic()
+    if now - _trimmed_at >= _TRIM_EVERY_S:
+        _TRIM()
+        _trimmed_at = now
 
 
 def _qparams(t: torch.Tensor) -> tuple[float, int, torch.dtype] | None:
@@ -675,6 +716,7 @@ class SimulationEngine:
                 else:
                     logits = self._forward(layer_num, cut, idx, out).float()
                 outs.append(reduce(a, b, idx, logits))
+        _release_heap()
         return outs
 
     def _perturbed(
