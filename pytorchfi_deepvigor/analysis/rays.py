@@ -54,6 +54,8 @@ images' size or the probes of a call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -187,6 +189,34 @@ def ray_search(
     return RayOutcome(torch.cat(crit_all), torch.cat(probes_all), non_mono, hits)
 
 
+Probe = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(target, image, value, weight) -> (critical, outcome key)``: see :func:`pattern_probe`."""
+
+
+def pattern_probe(
+    engine: SimulationEngine, info: LayerInfo, channels: Tensor, patterns: WeightPatterns
+) -> Probe:
+    """Criticality and outcome key of weight faults with their own maps: ``value[b] * X_j``
+    (weight ``j[b]`` of filter ``channels[t[b]]``) added to that channel on image ``i[b]``,
+    as fault injection adds a faulty weight's change; each engine chunk's maps are gathered
+    when the chunk runs."""
+    out_shape = tuple(info.output_shape[1:])
+
+    def probe(t: Tensor, i: Tensor, value: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+        def elements(a: int, b: int) -> ChannelAdd:
+            pattern, real = patterns(i[a:b], t[a:b], j[a:b])
+            # a zero-padded position adds nothing (not d * 0: NaN for d = +-Inf), as the model's
+            # batched convolution computes and fault injection follows
+            delta = value[a:b].unsqueeze(-1).to(pattern.device) * pattern
+            delta = torch.where(real, delta, torch.zeros((), dtype=delta.dtype))
+            return ChannelAdd(channels[t[a:b].to(channels.device)], delta.reshape(-1, *out_shape))
+
+        crit, keys = engine.verdicts(info.layer_num, i, elements)
+        return crit.cpu(), keys.cpu()
+
+    return probe
+
+
 def _search_channels(
     engine: SimulationEngine,
     info: LayerInfo,
@@ -200,7 +230,6 @@ def _search_channels(
     assert isinstance(info.module, nn.Conv2d)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
-    out_shape = tuple(info.output_shape[1:])
     n_rays = info.fan_in // per_ray
     ch = channels.to(x_in.device)
     patterns = conv_weight_patterns(x_in, info.module, ch)  # gathered per probe, on demand
@@ -217,20 +246,7 @@ def _search_channels(
            for k, n in enumerate(shape)]  # fmt: skip
     row_t, row_c, row_s, row_i = (v.reshape(-1) for v in idx)
 
-    def probe(t: Tensor, i: Tensor, value: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-        """Criticality and outcome key of the patterns ``value * X_j`` of channels ``t`` on
-        images ``i``; each engine chunk's patterns are gathered when the chunk runs."""
-
-        def elements(a: int, b: int) -> ChannelAdd:
-            pattern, real = patterns(i[a:b], t[a:b], j[a:b])
-            # a zero-padded position adds nothing (not d * 0: NaN for d = +-Inf), as the model's
-            # batched convolution computes and fault injection follows
-            delta = value[a:b].unsqueeze(-1).to(pattern.device) * pattern
-            delta = torch.where(real, delta, torch.zeros((), dtype=delta.dtype))
-            return ChannelAdd(ch[t[a:b].to(ch.device)], delta.reshape(-1, *out_shape))
-
-        crit, keys = engine.verdicts(info.layer_num, i, elements)
-        return crit.cpu(), keys.cpu()
+    probe = pattern_probe(engine, info, ch, patterns)
 
     def oracle(rows: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         t, c, i = row_t[rows], row_c[rows], row_i[rows]

@@ -71,7 +71,7 @@ from pytorchfi_deepvigor.analysis.probing import (
     search_group,
     tied_images,
 )
-from pytorchfi_deepvigor.analysis.rays import ray_search, uses_rays
+from pytorchfi_deepvigor.analysis.rays import pattern_probe, ray_search, uses_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
@@ -215,30 +215,20 @@ def _fault_maps(
 ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """``(target, image, column) -> critical``: weight faults of Conv2d filters ``channels``
     (column ``j * patterns + p``: pattern ``p`` of weight ``j``) evaluated with their own maps
-    ``d * X_j`` (nothing at zero padding), as fault injection adds them."""
+    (:func:`~pytorchfi_deepvigor.analysis.rays.pattern_probe`)."""
     x_in = engine.layer_input(info.layer_num)
     assert isinstance(info.module, nn.Conv2d)
-    patterns = conv_weight_patterns(x_in, info.module, channels.to(x_in.device))
+    ch = channels.to(x_in.device)
+    patterns = conv_weight_patterns(x_in, info.module, ch)
+    probe = pattern_probe(engine, info, ch, patterns)
     d = model.rows(channels).deltas(patterns.weights)  # (T, J, patterns)
     n_p = model.n_patterns
-    shape = tuple(info.output_shape[1:])
 
     def judge(t: Tensor, i: Tensor, n: Tensor) -> Tensor:
-        out = torch.empty(t.numel(), dtype=torch.bool)
-        for a in range(0, t.numel(), _MAP_PROBES):
-            tt, ii, nn_ = t[a : a + _MAP_PROBES], i[a : a + _MAP_PROBES], n[a : a + _MAP_PROBES]
-            j = nn_ // n_p
-            ops, real = patterns(ii, tt, j)
-            delta = d[tt, j, nn_ % n_p].unsqueeze(1) * ops.float()
-            delta = torch.where(real, delta, torch.zeros((), dtype=delta.dtype))
-            add = ChannelAdd(channels[tt], delta.reshape(-1, *shape))
-            out[a : a + tt.numel()] = engine.verdicts(info.layer_num, ii, add)[0].cpu()
-        return out
+        j = n // n_p
+        return probe(t, i, d[t, j, n % n_p], j)[0]
 
     return judge
-
-
-_MAP_PROBES = 4096  # weight faults whose maps are built at once
 
 
 def _equivalent_hits(
