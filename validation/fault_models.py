@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -167,10 +168,10 @@ def _neurons(engine: SimulationEngine, channels: dict[int, list[int]], seed: int
 def _oracle_check(
     engine: SimulationEngine, model: torch.nn.Module, spec: str, seed: int
 ) -> tuple[int, int]:
-    """(faults, mismatching faults) of a seeded sample, package FI against the oracle."""
-    if engine.quantized:
-        return _int8_oracle_check(engine, model, seed)
-    oracle = Oracle(model, engine.images, view=engine.model)
+    """(faults, mismatching faults) of a seeded sample, package FI against the oracle: the
+    word changed in the user's model (``tests/oracle.py``; an int8 network's stored 8-bit word,
+    ``tests/oracle_int8.py``), its own forward."""
+    judge = _int8_judge(engine, model) if engine.quantized else _float_judge(engine, model)
     evaluator = FaultEvaluator(engine)
     rng = np.random.default_rng(seed + 2)
     nums = [i.layer_num for i in engine.catalogue]
@@ -178,12 +179,15 @@ def _oracle_check(
     for num in dict.fromkeys([nums[0], nums[len(nums) // 2], nums[-1]]):
         info = engine.layer(num)
         pops = [
-            FaultPopulation(info, "weights", spec, rng.choice(info.n_weights, ORACLE_SITES)),
-            FaultPopulation(info, "stored", spec, rng.choice(info.neurons_per_image, ORACLE_SITES)),
-        ]
+            FaultPopulation(info, "weights", _words(engine, num, "weights", spec),
+                            rng.choice(info.n_weights, ORACLE_SITES)),
+            FaultPopulation(info, "stored", _words(engine, num, "stored", spec),
+                            rng.choice(info.neurons_per_image, ORACLE_SITES)),
+        ]  # fmt: skip
         try:
             sites = operand_sites(info, rng.choice(info.neurons_per_image, 2))
-            pops.append(FaultPopulation(info, "operands", spec, sites[:ORACLE_SITES]))
+            words = _words(engine, num, "operands", spec)
+            pops.append(FaultPopulation(info, "operands", words, sites[:ORACLE_SITES]))
         except ValueError:
             pass
         for pop in pops:
@@ -192,60 +196,43 @@ def _oracle_check(
             codes = engine.outcomes(num, image_idx, pert)
             got = (codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy()
             for f in ids:
-                s, p = f % pop.n_sites, f // pop.n_sites
-                mask = pop.model.masks[p // pop.model.multiplicity]
-                where = pop.sites[s]
-                site = tuple(int(a) for a in where) if where.ndim else int(where)
-                fault = Fault(pop.target, info.name, site, 0, pop.model.pattern_value(p), mask)
-                want = oracle.critical(fault).cpu().numpy()
                 total += 1
-                bad += int((want != got[f]).any())
+                bad += int((judge(info, pop, int(f)) != got[f]).any())
     return total, bad
 
 
-def _int8_oracle_check(
-    engine: SimulationEngine, model: torch.nn.Module, seed: int
-) -> tuple[int, int]:
-    """:func:`_oracle_check` on an int8 network: the stored word flipped in the user's
-    quantized model (``tests/oracle_int8.py``), weights, operands and stored values."""
+Judge = Callable[[LayerInfo, FaultPopulation, int], np.ndarray]
+"""``(layer, population, fault index) -> critical per image`` by the oracle."""
+
+
+def _float_judge(engine: SimulationEngine, model: torch.nn.Module) -> Judge:
+    oracle = Oracle(model, engine.images, view=engine.model)
+
+    def judge(info: LayerInfo, pop: FaultPopulation, f: int) -> np.ndarray:
+        s, p = f % pop.n_sites, f // pop.n_sites
+        mask = pop.model.masks[p // pop.model.multiplicity]
+        where = pop.sites[s]
+        site = tuple(int(a) for a in where) if where.ndim else int(where)
+        fault = Fault(pop.target, info.name, site, 0, pop.model.pattern_value(p), mask)
+        return oracle.critical(fault).cpu().numpy()
+
+    return judge
+
+
+def _int8_judge(engine: SimulationEngine, model: torch.nn.Module) -> Judge:
     oracle = Int8Oracle(model, engine.images)
-    evaluator = FaultEvaluator(engine)
-    rng = np.random.default_rng(seed + 2)
-    nums = [i.layer_num for i in engine.catalogue]
-    total = bad = 0
-    for num in dict.fromkeys([nums[0], nums[len(nums) // 2], nums[-1]]):
-        info = engine.layer(num)
-        per = info.neurons_per_channel
-        width = info.output_shape[2] if len(info.output_shape) == 3 else 1
-        flat = rng.choice(info.neurons_per_image, ORACLE_SITES)
-        pops = [
-            FaultPopulation(info, "weights", _words(engine, num, "weights", "int8"),
-                            rng.choice(info.n_weights, ORACLE_SITES)),
-            FaultPopulation(info, "stored", _words(engine, num, "stored", "int8"), flat),
-            FaultPopulation(info, "operands", _words(engine, num, "operands", "int8"),
-                            operand_sites(info, rng.choice(info.neurons_per_image, 2))[:ORACLE_SITES]),
-        ]  # fmt: skip
-        for pop in pops:
-            ids = np.arange(pop.size)
-            image_idx, pert = evaluator.perturbation(pop, ids)
-            codes = engine.outcomes(num, image_idx, pert)
-            got = (codes >= int(Outcome.CRITICAL)).view(len(ids), -1).cpu().numpy()
-            for f in ids:
-                site, bit = pop.sites[f % pop.n_sites], int(f // pop.n_sites)
-                if pop.target == "weights":
-                    want = oracle.weight(info.name, int(site), bit)
-                elif pop.target == "stored":
-                    c, p = divmod(int(site), per)
-                    where = (int(site),) if info.kind == "Linear" else (c, *divmod(p, width))
-                    want = oracle.stored(info.name, where, bit)
-                else:
-                    neuron, j = (int(v) for v in site)
-                    want = oracle.operand(
-                        info.name, _operand_word(info, neuron, j), bit, _neuron_at(info, neuron)
-                    )
-                total += 1
-                bad += int((want != got[f]).any())
-    return total, bad
+
+    def judge(info: LayerInfo, pop: FaultPopulation, f: int) -> np.ndarray:
+        site, bit = pop.sites[f % pop.n_sites], f // pop.n_sites
+        if pop.target == "weights":
+            return oracle.weight(info.name, int(site), bit)
+        if pop.target == "stored":
+            return oracle.stored(info.name, _neuron_at(info, int(site)), bit)
+        neuron, j = (int(v) for v in site)
+        where = _operand_word(info, neuron, j)
+        return oracle.operand(info.name, where, bit, _neuron_at(info, neuron))
+
+    return judge
 
 
 def _neuron_at(info: LayerInfo, neuron: int) -> tuple[int, ...]:
