@@ -182,8 +182,12 @@ class SimulationEngine:
             ``engine.dtype``; the suffix runs in it); it is never changed. ``engine.model``
             is the view the engine runs (:func:`~pytorchfi_deepvigor.twins.twin_view`: shares
             every tensor, some modules replaced by twins). If ``device`` differs
-            from the model's device, the engine works on its own copy.
-        images: the analysis batch ``(I, ...)``, in the model's format.
+            from the model's device, the engine works on its own copy. An int8 network
+            (``torch.ao.quantization``) is accepted too: ``engine.quantized``; its quantized
+            layers become twins that run their own kernels (:mod:`~pytorchfi_deepvigor.quantized`),
+            the golden inputs and outputs are kept dequantized, the suffix runs quantized.
+        images: the analysis batch ``(I, ...)``, in the model's format (float32 for an int8
+            network, which quantizes its input itself).
         device: where to compute (default: the model's device; under torchrun a GPU given without an
             index, or a model on one, means ``cuda:LOCAL_RANK``).
         max_batch: cap on batch elements per forward (default: from ``memory_bytes``).
