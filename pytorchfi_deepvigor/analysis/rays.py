@@ -71,6 +71,7 @@ from pytorchfi_deepvigor.functional.search import (
     runner_up_margin,
 )
 from pytorchfi_deepvigor.perturbations import ChannelAdd
+from pytorchfi_deepvigor.quantized import is_quantized_layer
 
 __all__ = [
     "RAY_IN_CHANNELS",
@@ -92,8 +93,14 @@ that read at most this many input channels are analysed ray by ray."""
 
 
 def uses_rays(info: LayerInfo) -> bool:
-    """Whether the weights analysis of this layer searches rays (a Conv2d on few input channels)."""
+    """Whether the weights analysis of this layer searches rays: a Conv2d on few input
+    channels, and every convolution of an int8 network, whose 8 coarse faults per weight the
+    mean model misreads (measured on the int8 VGG-11 of the fault-model table: MAE 0.016 ->
+    0.007 points, Spearman 0.894 -> 0.987, at 6.6x the image-evaluations, still 9x fewer than
+    exhaustive FI; ResNet-18 0.039 -> 0.034, 0.989 -> 0.996 at 2.1x)."""
     module = info.module
+    if is_quantized_layer(module) and isinstance(module, nn.Conv2d):
+        return True
     pointwise = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
     return 0 < ray_count(info) <= (RAY_IN_CHANNELS_1X1 if pointwise else RAY_IN_CHANNELS)
 
