@@ -70,3 +70,10 @@ def test_protect_what_matters(cache):
     for strategy in ("planner", "first-layers", "weights", "random"):
         assert f"\n{strategy} " in out
     assert "SFI" in out and "the promise" in out and "clean top-1 kept on 100.00%" in out
+
+
+def test_int8_network(cache):
+    pytest.importorskip("torch.ao.quantization.quantize_fx", reason="no torch.ao.quantization")
+    out = run("int8_network.py", "--cache-dir", str(cache))
+    assert "fault model int8, words int8" in out and "MAE" in out and "bit VF" in out
+    assert "model left unchanged: True" in out
