@@ -21,11 +21,16 @@ same channels) and ``fault_models.md`` (the table REPORT.md quotes).
 
 Run: ``python validation/fault_models.py --set validation,transformers [--models vgg11,...]
 [--cases fp16,...] [--budget N]`` (``--quick``: the quick VGG-11, 16 images, seconds).
+``--targets operands`` reruns only those targets of each case and keeps the others from its
+cached part; ``--from-results 1`` first rebuilds the cached parts that are missing from the
+committed tables (``validation/results/fault_models*.csv``), so a fresh checkout can rerun one
+target without recomputing the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -61,7 +66,7 @@ from pytorchfi_deepvigor.engine import Outcome, SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.quantized import bind_words  # noqa: E402
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult, compare  # noqa: E402
-from validation.common import Context, ModelSpec, parse_args  # noqa: E402
+from validation.common import Context, ModelSpec, parse_args, write_text  # noqa: E402
 from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
 
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -276,7 +281,10 @@ def _analysis(engine: SimulationEngine, target: str, picks: dict, spec: str) -> 
     return VulnerabilityResult.from_layers("deepvigor", layers, n_images=engine.num_images)
 
 
-def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str, list[dict]]:
+def run_case(
+    ctx: Context, spec: ModelSpec, case: str, budget: int, only: tuple[str, ...] | None = None
+) -> dict[str, list[dict]]:
+    """One model's rows of one case; ``only``: the FI targets to run (default: every one)."""
     fmt, fault_model, _ = CASES[case]
     engine, model = _engine(ctx, spec, fmt)
     int8 = fault_model.startswith("pytorchfi-int8")
@@ -288,6 +296,8 @@ def run_case(ctx: Context, spec: ModelSpec, case: str, budget: int) -> dict[str,
     targets = (("stored", "stored"),) if int8 else (
         ("weights", "weights"), ("activations", "operands"))  # fmt: skip
     for target, fi_target in targets:
+        if only is not None and fi_target not in only:
+            continue
         if target == "stored":
             picks = {
                 n: [(c, p) for c, p in v] for n, v in _neurons(engine, channels, ctx.seed).items()
@@ -408,6 +418,52 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merged(old: dict, new: dict, targets: tuple[str, ...]) -> dict:
+    """A cached part with the rows of ``targets`` replaced by ``new``'s."""
+    return {
+        key: [r for r in old.get(key, []) if r["target"] not in targets] + new.get(key, [])
+        for key in ("rows", "pairs", "bits")
+    }
+
+
+def _value(text: str) -> object:
+    """A CSV cell as the part held it: int, float, ``None`` (empty) or the string."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parts_from_results(ctx: Context, budget: int) -> None:
+    """Write the cached part of every (model, case) the committed tables hold and the cache
+    lacks (the rows of a run on another machine; ``--from-results 1``)."""
+    import csv
+
+    tables = {}
+    for key, name in (("rows", "fault_models"), ("pairs", "fault_models_pairs"),
+                      ("bits", "fault_models_bits")):  # fmt: skip
+        path = HERE / "results" / f"{name}.csv"
+        with path.open(encoding="utf-8") as f:
+            tables[key] = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for spec in MODELS:
+        for case in CASES:
+            own = int(budget * BUDGET_SHARE.get(spec.key, 1.0))
+            table = f"fault_models-{case}-b{own}"
+            if ctx.cached_part(table, spec) is not None:
+                continue
+            data = {
+                key: [r for r in rows if r["model"] == spec.label and r["case"] == case]
+                for key, rows in tables.items()
+            }
+            if data["rows"]:
+                write_text(ctx.part_path(table, spec), json.dumps(data, indent=0))
+                print(f"  {spec.label} {case}: cached part from the committed tables", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ctx = parse_args(
         __doc__.splitlines()[0],
@@ -416,6 +472,19 @@ def main(argv: list[str] | None = None) -> None:
             ("--cases", str, ",".join(CASES), f"comma-separated cases of {list(CASES)}"),
             ("--budget", int, 40_000, "weight faults of exhaustive FI per model and case"),
             ("--cached-only", int, 0, "1: write the tables from the cases already run only"),
+            (
+                "--targets",
+                str,
+                "",
+                "comma-separated FI targets to rerun (weights, operands, "
+                "stored), the others kept from the cached part (default: a whole case)",
+            ),
+            (
+                "--from-results",
+                int,
+                0,
+                "1: first rebuild missing cached parts from the committed tables",
+            ),
         ],
     )
     cases = ctx.extra["cases"].split(",")
@@ -423,6 +492,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; expected some of {list(CASES)}")
     budget = 3_000 if ctx.quick else int(ctx.extra["budget"])
+    rerun = tuple(t for t in ctx.extra["targets"].split(",") if t) or None
+    if ctx.extra["from_results"]:
+        _parts_from_results(ctx, budget)
     keys = {m.key for m in MODELS}
     models = ctx.models if ctx.quick else tuple(m for m in ctx.models if m.key in keys)
     rows, pairs, bits = [], [], []
@@ -438,8 +510,15 @@ def main(argv: list[str] | None = None) -> None:
             ):
                 print(f"  {spec.label} {case}: not run yet (--cached-only): left out", flush=True)
                 continue
-            data = ctx.part(f"fault_models-{case}-b{own}", spec,
-                            lambda spec=spec, case=case, own=own: run_case(ctx, spec, case, own))  # fmt: skip
+            table = f"fault_models-{case}-b{own}"
+            old = ctx.cached_part(table, spec)
+            if rerun is not None and old is not None:
+                new = run_case(ctx, spec, case, own, rerun)
+                data = _merged(old, new, rerun)
+                write_text(ctx.part_path(table, spec), json.dumps(data, indent=0, default=float))
+            else:
+                data = ctx.part(table, spec,
+                                lambda spec=spec, case=case, own=own: run_case(ctx, spec, case, own))  # fmt: skip
             rows += data["rows"]
             pairs += data["pairs"]
             bits += data.get("bits", [])

@@ -65,12 +65,30 @@ def _operand_errors(
 
 
 def _operand_hits(
-    ops: Tensor, w: Tensor, valid: Tensor | None, bins: Tensor, grid: Tensor, model: AnyFaultModel
+    ops: Tensor,
+    w: Tensor,
+    valid: Tensor | None,
+    bins: Tensor,
+    grid: Tensor,
+    model: AnyFaultModel,
+    nan_critical: Tensor | None,
 ) -> Tensor:
     """Critical (neuron, image, operand) triples per fault pattern, in memory-bounded pieces."""
     out = torch.zeros(model.n_patterns, dtype=torch.int64)
     for a, b, err, real in _operand_errors(ops, w, valid, model):
-        out += pattern_hits(err, bins[a:b], grid, real)[1].cpu()
+        nan = None if nan_critical is None else nan_critical[a:b]
+        out += pattern_hits(err, bins[a:b], grid, real, nan)[1].cpu()
+    return out
+
+
+def _nan_counts(pieces: Errors, n_targets: int, n_images: int) -> Tensor:
+    """NaN errors per (neuron, image): long ``(T, I)``."""
+    out = torch.zeros(n_targets, n_images, dtype=torch.int64)
+    for a, b, err, real in pieces:
+        nan = torch.isnan(err)
+        if real is not None:
+            nan &= real
+        out[a:b] = nan.sum(dim=(2, 3)).cpu()
     return out
 
 
@@ -81,12 +99,14 @@ Errors = Iterator[tuple[int, int, Tensor, Tensor | None]]
 @dataclass
 class _Group:
     """A group of neurons' EDMs ``(T, I, 2K + 1)``, the fault sites they cover, a function
-    from the bins found critical to the critical faults per pattern, and their errors."""
+    from the bins found critical (and NaN's criticality) to the critical faults per pattern,
+    their errors, and how many of them are NaN ``(T, I)``."""
 
     counts: Tensor
     n_sites: int
-    hits: Callable[[Tensor], Tensor]
+    hits: Callable[[Tensor, Tensor | None], Tensor]
     errors: Callable[[], Errors]
+    nans: Tensor
 
 
 _GroupEDM = Callable[[Tensor, Tensor], _Group]
@@ -143,11 +163,12 @@ def _search_neurons(
             make,
             None if skip is None else skip[a : a + step],
             checked=checked,
+            nans=group.nans,
         )
         plus.append(out.plus)
         minus.append(out.minus)
         assert out.bins is not None
-        hits += group.hits(out.bins)
+        hits += group.hits(out.bins, out.nan_critical)
         if isinstance(model, IntegerFlip):  # few, coarse errors: each boundary bin searched
             extra = torch.zeros_like(out.mass)
             for lo, hi, err, real in group.errors():
@@ -231,8 +252,9 @@ def analyze_activations(
         return _Group(
             counts,
             int(valid.sum()),
-            lambda bins: _operand_hits(ops, w, valid, bins, grid, model),
+            lambda bins, nan: _operand_hits(ops, w, valid, bins, grid, model, nan),
             lambda: _operand_errors(ops, w, valid, model),
+            _nan_counts(_operand_errors(ops, w, valid, model), *counts.shape[:2]),
         )
 
     return _search_neurons(
@@ -273,9 +295,13 @@ def analyze_stored(
     def group_edm(ch: Tensor, ps: Tensor) -> _Group:
         v = values[:, ch.to(values.device), ps.to(values.device)].transpose(0, 1)  # (T, I)
         errors = model.deltas(v)  # (T, I, patterns): one site per neuron
-        hits = lambda bins: pattern_hits(errors.unsqueeze(2), bins, grid)[1].cpu()  # noqa: E731
+
+        def hits(bins: Tensor, nan: Tensor | None) -> Tensor:
+            return pattern_hits(errors.unsqueeze(2), bins, grid, None, nan)[1].cpu()
+
         pieces = lambda: iter([(0, v.shape[0], errors.unsqueeze(2), None)])  # noqa: E731
-        return _Group(histogram(errors, grid), ch.numel(), hits, pieces)
+        nans = torch.isnan(errors).sum(dim=-1).cpu()
+        return _Group(histogram(errors, grid), ch.numel(), hits, pieces, nans)
 
     return _search_neurons(
         engine, info, sites, grid, group_edm, model, "stored", kind=StoredAdd,

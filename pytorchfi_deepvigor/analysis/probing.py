@@ -70,6 +70,9 @@ class GroupOutcome:
             :func:`search_group`).
         outer_masked: those of them where no outer value was critical (an unread position).
         bins: bool ``(T, I, 2K + 1)``: whether each EDM bin was found (or assumed) critical.
+        nan_critical: bool ``(T, I)``: whether the NaN errors are critical, where the caller
+            counted them apart (``nans`` of :func:`search_group`; the top bin then holds +Inf
+            alone); ``None``: they share the top bin's criticality.
     """
 
     plus: Tensor
@@ -82,6 +85,7 @@ class GroupOutcome:
     outer_probed: int = 0
     outer_masked: int = 0
     bins: Tensor | None = None
+    nan_critical: Tensor | None = None
 
 
 def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
@@ -108,6 +112,7 @@ def search_group(
     make: MakePerturbation,
     skip: Tensor | None = None,
     checked: bool = False,
+    nans: Tensor | None = None,
 ) -> GroupOutcome:
     """Search the VVs of ``T`` targets on every image of the engine, both signs at once.
 
@@ -123,6 +128,11 @@ def search_group(
             exactly the bins found critical. For a grid ending at ``+Inf`` (the fine grid, whose
             outer bins hold only NaN and +-Inf), a (target, image) pair with outer errors and no
             critical bin of either sign has NaN, +Inf and -Inf probed as well (see below).
+        nans: optional long ``(T, I)``: how many of each EDM's top-bin errors are NaN. A neuron
+            target's errors are its value's own change, so NaN and +Inf can be judged apart
+            (a clamping activation such as ReLU6 turns +Inf into a finite value while NaN
+            stays NaN): with the fine grid, each outer value is then judged on its own side
+            (:func:`_outer_bins`) and NaN apart from +Inf (``GroupOutcome.nan_critical``).
 
     Returns:
         :class:`GroupOutcome`.
@@ -164,8 +174,24 @@ def search_group(
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)
     probes = out.probes.view(2, n_tgt, n_img).sum(dim=(0, 2))
-    outer_plus = outer_minus = None
+    outer_plus = outer_minus = nan_crit = None
     asked = masked = 0
+    if bool(torch.isinf(grid[-1])) and nans is not None:
+        outer = _outer_values(engine, layer_num, counts, nans.cpu(), crit, make)
+        outer_plus, outer_minus, nan_crit, spent, asked_ti = outer
+        probes += spent.sum(dim=1)
+        asked = int(asked_ti.sum())
+        masked = int((asked_ti & ~outer_plus & ~outer_minus & ~nan_crit).sum())
+        split = counts.clone()
+        split[..., -1] -= nans.cpu().to(split.dtype)  # the top bin: +Inf alone
+        bins = bin_criticality(crit[0], crit[1], outer_plus, outer_minus)
+        c = split.to(torch.float64)
+        non = (c * ~bins).sum(-1) + nans.cpu().to(torch.float64) * ~nan_crit
+        mass = non / counts.to(torch.float64).sum(-1).clamp_min(1)
+        return GroupOutcome(
+            plus, minus, mass, vulnerability_factor(mass), probes, int(out.non_monotone.sum()),
+            int(out.scanned.sum()), asked, masked, bins, nan_crit,
+        )  # fmt: skip
     if bool(torch.isinf(grid[-1])):
         outer_plus, outer_minus, asked_ti = _outer_bins(engine, layer_num, counts, crit, make)
         probes += 3 * asked_ti.sum(dim=1)
@@ -350,6 +376,46 @@ def _outer_bins(
         top[t, i] = c[0] | c[1]
         bottom[t, i] = c[2]
     return top, bottom, asked
+
+
+def _outer_values(
+    engine: SimulationEngine,
+    layer_num: int,
+    counts: Tensor,
+    nans: Tensor,
+    crit: Tensor,
+    make: MakePerturbation,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The outer values of neuron targets, each judged on its own: +Inf, -Inf and NaN.
+
+    +Inf is critical where a finite positive error is (the search's monotone reading carried
+    to its end), -Inf likewise on the negative side, NaN wherever any finite error is (the
+    target is read, and NaN reaches the logits). Elsewhere each value a (target, image) pair
+    holds is probed. Judging them together (every outer bin critical as soon as either side
+    has a critical bin) misread the first layer of a ReLU6 network, where +Inf becomes 6 and
+    -Inf 0: MobileNetV2's ``features.0.0`` operands 2.10% against exhaustive FI's 1.41%.
+
+    Returns:
+        ``(plus_inf, minus_inf, nan, probes, asked)``: bool ``(T, I)`` criticalities of +Inf,
+        -Inf and NaN, the probes spent per pair (long) and the pairs probed at all (bool).
+    """
+    n_inf = counts[..., -1] - nans.to(counts.dtype)
+    pos, neg = crit[0].any(dim=-1), crit[1].any(dim=-1)
+    judged = []
+    spent = torch.zeros(counts.shape[:2], dtype=torch.long)
+    for value, known, present in (
+        (float("inf"), pos, n_inf > 0),
+        (float("-inf"), neg, counts[..., 0] > 0),
+        (float("nan"), pos | neg, nans > 0),
+    ):
+        out = torch.ones(counts.shape[:2], dtype=torch.bool)
+        t, i = (present & ~known).nonzero(as_tuple=True)
+        if t.numel():
+            values = torch.full((t.numel(),), value, dtype=torch.float32)
+            out[t, i] = engine.critical(layer_num, i, make(t, values)).cpu()
+            spent[t, i] += 1
+        judged.append(out)
+    return judged[0], judged[1], judged[2], spent, spent > 0
 
 
 def output_gradient(

@@ -201,7 +201,11 @@ def total_mvf(
 
 
 def pattern_hits(
-    errors: Tensor, bins: Tensor, grid: Tensor, valid: Tensor | None = None
+    errors: Tensor,
+    bins: Tensor,
+    grid: Tensor,
+    valid: Tensor | None = None,
+    nan_critical: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Which errors fall in a critical bin, counted per target and per fault pattern.
 
@@ -212,6 +216,8 @@ def pattern_hits(
         grid: the ``K`` candidate magnitudes.
         valid: optional bool broadcastable to ``(T, I, S, 1)``: ``False`` marks sites that are
             not fault sites (zero padding): never counted.
+        nan_critical: optional bool ``(T, I)``: whether NaN errors are critical (default: as
+            the top bin, where NaN errors are binned).
 
     Returns:
         ``(per_target, per_pattern)``: int64 ``(T,)`` and ``(P,)`` counts of critical
@@ -227,6 +233,9 @@ def pattern_hits(
     n_t, n_i, n_s, n_p = errors.shape
     idx = bin_index(errors.reshape(n_t, n_i, n_s * n_p), grid).long()
     hit = bins.to(errors.device).gather(-1, idx).view(n_t, n_i, n_s, n_p)
+    if nan_critical is not None:
+        nan = nan_critical.to(errors.device).view(n_t, n_i, 1, 1)
+        hit = torch.where(torch.isnan(errors), nan, hit)
     if valid is not None:
         hit &= valid.to(hit.device)
     return hit.sum(dim=(1, 2, 3)), hit.sum(dim=(0, 1, 2))

@@ -59,7 +59,12 @@ def test_without_the_outer_probe_unread_positions_read_vulnerable(monkeypatch) -
         ones = torch.ones(counts.shape[:2], dtype=torch.bool)
         return ones, ones, torch.zeros_like(ones)
 
+    def assumed_apart(engine, layer_num, counts, nans, crit, make):
+        ones = torch.ones(counts.shape[:2], dtype=torch.bool)
+        return ones, ones, ones, torch.zeros(counts.shape[:2], dtype=torch.long), ~ones
+
     monkeypatch.setattr(probing, "_outer_bins", assumed)
+    monkeypatch.setattr(probing, "_outer_values", assumed_apart)
     err, unread = _neuron_errors(SimulationEngine(_strided(), _images()))
     assert np.abs(err[unread]).max() > 0.005
 
