@@ -248,3 +248,46 @@ def test_only_the_tokens_the_network_reads_make_the_pattern() -> None:
     assert read_positions(mean_head, mean_head.layer(0)).all()
     default = _errors(net, images, [0])
     assert np.abs(default).max() < 0.005, default
+
+
+def _small_maps() -> tuple[nn.Module, torch.Tensor]:
+    """A MobileNet tail: depthwise 3x3 filters (padding 1) on a 2x2 and then a 1x1 map, where
+    the shift between a filter's weights is most of the map and some weights meet only
+    padding (the depthwise layers of MobileNetV2 on 8x8 digits)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, stride=3),  # 6x6 -> 2x2
+        nn.ReLU6(),
+        nn.Conv2d(6, 6, 3, padding=1, groups=6),  # on 2x2: 56% of (weight, position) padded
+        nn.BatchNorm2d(6),
+        nn.ReLU6(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6),  # 2x2 -> 1x1: the centre only
+        nn.ReLU6(),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    x, y = _blobs(300)
+    net = _fit(net, x, y)
+    return net, _blobs(24, seed=1)[0]
+
+
+def test_depthwise_filters_on_small_maps_search_each_weight_close_to_fi(monkeypatch) -> None:
+    net, images = _small_maps()
+    default = _errors(net, images, [1, 2])
+    assert np.abs(default).max() < 0.001, default  # measured: exact
+    # the test can fail: the weights of one input channel on one shared ray, as before
+    monkeypatch.setattr(rays, "RAY_SHARED_PADDING", 1.0)
+    shared = _errors(net, images, [1, 2])
+    assert np.abs(shared).max() > 0.005, shared  # measured: 0.009
+
+
+def test_few_faults_per_weight_on_small_maps_are_each_probed_exactly() -> None:
+    """fp16 exponent flips: 5 faults per weight, fewer than a search of them costs."""
+    net, images = _small_maps()
+    engine = SimulationEngine(net, images)
+    fi = ExhaustiveCampaign(engine).run("weights", layers=[1, 2], fault_model="flip:exponent")
+    an = DeepVigorAnalyzer(engine).analyze(
+        target="weights", layers=[1, 2], fault_model="flip:exponent"
+    )
+    cmp = compare(an, fi, target="weights")
+    assert cmp.n_channels == 12 and cmp.max_abs_err < 1e-12  # each fault probed: exact
