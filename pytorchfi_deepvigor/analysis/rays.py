@@ -64,7 +64,11 @@ from pytorchfi_deepvigor.analysis.probing import margin_gradient, tied_images
 from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.receptive import WeightPatterns, conv_weight_patterns
+from pytorchfi_deepvigor.functional.receptive import (
+    WeightPatterns,
+    conv_weight_patterns,
+    linear_weight_patterns,
+)
 from pytorchfi_deepvigor.functional.search import (
     SCAN_PROBES,
     Oracle,
@@ -78,8 +82,10 @@ __all__ = [
     "RAY_IN_CHANNELS",
     "RAY_IN_CHANNELS_1X1",
     "RayOutcome",
+    "can_search_rays",
     "ray_count",
     "ray_search",
+    "searched_by_rays",
     "uses_first_order",
     "uses_rays",
 ]
@@ -104,6 +110,26 @@ def uses_rays(info: LayerInfo) -> bool:
         return True
     pointwise = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
     return 0 < ray_count(info) <= (RAY_IN_CHANNELS_1X1 if pointwise else RAY_IN_CHANNELS)
+
+
+def can_search_rays(info: LayerInfo) -> bool:
+    """Whether :func:`ray_search` applies: a Conv2d (float or int8), or a float Linear on
+    tokens (channels last: one ray per input feature, its map that feature over the tokens)."""
+    module = info.module
+    if isinstance(module, nn.Conv2d):
+        return True
+    return isinstance(module, nn.Linear) and info.channel_last and not is_quantized_layer(module)
+
+
+def searched_by_rays(info: LayerInfo, aggregate: str) -> bool:
+    """Whether the weights analysis searches this layer ray by ray: by default
+    (``"equivalent"``, ``"gradient"``) where :func:`uses_rays` says so, with
+    ``aggregate="rays"`` wherever :func:`can_search_rays` (every convolution and token-wise
+    Linear: each fault judged along its own map, at about ``2 (log2(P / 2) + 2)`` probes per
+    weight and image for ``P`` faults per weight instead of exhaustive FI's ``P``)."""
+    if aggregate in ("equivalent", "gradient"):
+        return uses_rays(info)
+    return aggregate == "rays" and can_search_rays(info)
 
 
 def ray_count(info: LayerInfo) -> int:
@@ -185,13 +211,18 @@ def ray_search(
         :class:`RayOutcome`.
     """
     module = info.module
-    if not isinstance(module, nn.Conv2d):
-        raise TypeError(f"ray search needs a Conv2d layer, got {type(module).__name__}")
+    if not (isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and info.channel_last)):
+        raise TypeError(
+            f"ray search needs a Conv2d layer or a Linear on tokens, got {type(module).__name__}"
+        )
     model = parse_fault_model("flip" if faults is None else faults, module.weight.dtype)
-    kh, kw = module.kernel_size
-    real = conv_weight_patterns(engine.layer_input(info.layer_num), module, channels[:1]).real
-    # one ray per input channel of the filter's group, or per weight where the map is small
-    per_ray = kh * kw if 1.0 - float(real.float().mean()) <= RAY_SHARED_PADDING else 1
+    if isinstance(module, nn.Linear):
+        per_ray = 1  # a token-wise Linear: one ray per input feature, exact up to the bisection
+    else:
+        kh, kw = module.kernel_size
+        real = _patterns(engine, info, channels[:1]).real
+        # one ray per input channel of the filter's group, or per weight where the map is small
+        per_ray = kh * kw if 1.0 - float(real.float().mean()) <= RAY_SHARED_PADDING else 1
     n_rays = info.fan_in // per_ray
     step = max(1, _ROW_BUDGET // (n_rays * 2 * engine.num_images))
     crit_all, probes_all, non_mono = [], [], 0
@@ -211,6 +242,16 @@ def ray_search(
 
 Probe = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 """``(target, image, value, weight) -> (critical, outcome key)``: see :func:`pattern_probe`."""
+
+
+def _patterns(engine: SimulationEngine, info: LayerInfo, channels: Tensor) -> WeightPatterns:
+    """The weights' maps of a Conv2d's filters or of a token-wise Linear's output features."""
+    x_in = engine.layer_input(info.layer_num)
+    ch = channels.to(x_in.device)
+    if isinstance(info.module, nn.Linear):
+        return linear_weight_patterns(x_in, info.module, ch)
+    assert isinstance(info.module, nn.Conv2d)
+    return conv_weight_patterns(x_in, info.module, ch)
 
 
 def pattern_probe(
@@ -247,12 +288,11 @@ def _search_channels(
 ) -> tuple[Tensor, Tensor, int, Tensor]:
     """:func:`ray_search` for one group of channels: critical fractions, probes, non-monotone,
     critical faults per pattern."""
-    assert isinstance(info.module, nn.Conv2d)
     x_in = engine.layer_input(info.layer_num)
     n_img = engine.num_images
     n_rays = info.fan_in // per_ray
     ch = channels.to(x_in.device)
-    patterns = conv_weight_patterns(x_in, info.module, ch)  # gathered per probe, on demand
+    patterns = _patterns(engine, info, ch)  # gathered per probe, on demand
     w = patterns.weights
     n_t = w.shape[0]
     n_p = model.n_patterns

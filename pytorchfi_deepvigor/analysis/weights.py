@@ -71,7 +71,7 @@ from pytorchfi_deepvigor.analysis.probing import (
     search_group,
     tied_images,
 )
-from pytorchfi_deepvigor.analysis.rays import pattern_probe, ray_search, uses_rays
+from pytorchfi_deepvigor.analysis.rays import pattern_probe, ray_search, searched_by_rays
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
@@ -84,7 +84,7 @@ from pytorchfi_deepvigor.results import LayerResult
 
 __all__ = ["analyze_weights", "AGGREGATES", "equivalent_errors"]
 
-AGGREGATES = ("equivalent", "gradient", "position", "fault")
+AGGREGATES = ("equivalent", "gradient", "position", "fault", "rays")
 """How a weight fault's pattern becomes channel-wide errors, the default first."""
 
 _GATHER_ELEMENTS = 1 << 24  # operands gathered at once (64 MiB of float32)
@@ -318,7 +318,9 @@ def analyze_weights(
         info: the layer's catalogue entry.
         sites: the channels (and, sampled, the positions feeding their EDMs).
         grid: candidate magnitudes.
-        aggregate: ``"equivalent"``, ``"position"`` or ``"fault"`` (see the module docstring).
+        aggregate: ``"equivalent"``, ``"gradient"``, ``"position"``, ``"fault"`` (see the module
+            docstring) or ``"rays"`` (every layer :func:`~.rays.can_search_rays` covers searched
+            ray by ray, the others as ``"equivalent"``).
         grad: the margin-loss gradient w.r.t. the layer output (zero-gradient skip), or ``None``.
         margin_grad: the runner-up margin's gradient w.r.t. the layer output
             (:func:`~pytorchfi_deepvigor.analysis.probing.margin_gradient`); required by
@@ -339,7 +341,9 @@ def analyze_weights(
     if aggregate not in AGGREGATES:
         raise ValueError(f"expected aggregate in {AGGREGATES}, got {aggregate!r}")
     n_img = engine.num_images
-    rays = aggregate in ("equivalent", "gradient") and uses_rays(info)
+    rays = searched_by_rays(info, aggregate)
+    if aggregate == "rays" and not rays:  # a Linear on (N, F): its one position, exact
+        aggregate = "equivalent"
     if aggregate == "gradient" and margin_grad is None and not rays:
         margin_grad = margin_gradient(engine, info.layer_num)[0]
     checked, group_rows = search_defaults(grid, checked, group_rows)

@@ -241,7 +241,9 @@ def _add_analysis_options(parser: argparse.ArgumentParser, target: str, sampling
         help="weight fault model: equivalent (default: the pattern's mean; filters on <= 3 input "
         "channels and 1x1 filters on <= 8 searched along their own patterns; channels-last "
         "Linears on signed tokens by the pattern's signed parts over the read tokens), gradient "
-        "(first-order), position (the paper) or fault (largest positional error)",
+        "(first-order), position (the paper), fault (largest positional error) or rays (every "
+        "convolution and token-wise Linear searched along its weights' own patterns: the most "
+        "accurate, a few probes per weight and image)",
     )
     _add_fault_model(group)
 

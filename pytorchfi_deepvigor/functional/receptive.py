@@ -40,6 +40,7 @@ __all__ = [
     "conv_operands",
     "conv_weight_operands",
     "conv_weight_patterns",
+    "linear_weight_patterns",
     "WeightPatterns",
     "conv_operand_means",
     "linear_operands",
@@ -400,6 +401,34 @@ def conv_operand_means(
     means = mean[:, cin].reshape(x.shape[0], n_t, cg * kh * kw)
     w = conv.weight.detach()[channels.long()].reshape(n_t, -1)
     return means, w, n_real.repeat(cg).expand(n_t, -1)
+
+
+def linear_weight_patterns(x: Tensor, linear: nn.Linear, channels: Tensor) -> WeightPatterns:
+    """:class:`WeightPatterns` of a Linear layer on N-D inputs (tokens): weight ``j`` of any
+    output feature meets input feature ``j`` at every token, so its map is that feature over
+    the tokens (positions row-major, as the layer's output channels are laid out). Nothing is
+    copied: the patterns read a view of ``x``.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2); x = torch.randn(4, 5, 3)  # 4 images of 5 tokens
+        >>> pat, real = linear_weight_patterns(x, lin, torch.tensor([1]))(
+        ...     torch.tensor([2]), torch.tensor([0]), torch.tensor([1]))
+        >>> bool(pat[0].equal(x[2, :, 1])), bool(real.all())
+        (True, True)
+    """
+    tokens = _tokens(x, linear)  # (I, P, F_in)
+    n_pos, n_in = tokens.shape[1:]
+    dev = x.device
+    view = tokens.transpose(1, 2).unsqueeze(-1)  # (I, F_in, P, 1): feature j is "channel" j
+    ch = channels.long().to(dev)
+    return WeightPatterns(
+        x=view,
+        weights=linear.weight.detach()[ch],
+        cin=torch.arange(n_in, device=dev).expand(ch.numel(), -1),
+        rows=torch.arange(n_pos, device=dev).expand(n_in, -1),
+        cols=torch.zeros(n_in, n_pos, dtype=torch.long, device=dev),
+        real=torch.ones(n_in, n_pos, dtype=torch.bool, device=dev),
+    )
 
 
 def linear_operand_means(

@@ -67,4 +67,3 @@ def test_without_the_outer_probe_unread_positions_read_vulnerable(monkeypatch) -
     monkeypatch.setattr(probing, "_outer_values", assumed_apart)
     err, unread = _neuron_errors(SimulationEngine(_strided(), _images()))
     assert np.abs(err[unread]).max() > 0.005
-

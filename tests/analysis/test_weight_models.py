@@ -291,3 +291,39 @@ def test_few_faults_per_weight_on_small_maps_are_each_probed_exactly() -> None:
     )
     cmp = compare(an, fi, target="weights")
     assert cmp.n_channels == 12 and cmp.max_abs_err < 1e-12  # each fault probed: exact
+
+
+class _Attention(nn.Module):
+    """One self-attention layer on 6 tokens of 6 features (a fused qkv projection), then a head
+    on the mean token: a key feature's constant shift changes no attention weight, a query's
+    or value's mean says little of what its tokens do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(6, 3 * 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(1, 2)  # (N, 6 tokens, 6 features)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(1, 2) / 6**0.5, dim=-1)
+        return self.head((att @ v).mean(dim=1))
+
+
+def test_rays_read_attention_projections_like_fi() -> None:
+    """aggregate="rays": each weight fault of a token-wise Linear along its own map, the input
+    feature over the tokens; the default mean pattern misreads the projections by ~0.6 points."""
+    torch.manual_seed(4)
+    x, y = _blobs(300)
+    net = _fit(_Attention(), x, y, epochs=60)
+    images = _blobs(24, seed=1)[0]
+    engine = SimulationEngine(net, images)
+    fi = ExhaustiveCampaign(engine).run("weights", layers=[0])
+    errors = {}
+    for aggregate in ("equivalent", "rays"):
+        an = DeepVigorAnalyzer(engine).analyze(target="weights", layers=[0], aggregate=aggregate)
+        cmp = compare(an, fi, target="weights")
+        assert cmp.n_channels == 18
+        errors[aggregate] = np.array([p.a - p.b for p in cmp.pairs])
+    assert np.abs(errors["rays"]).max() < 0.001, errors["rays"]  # measured: exact
+    assert np.abs(errors["equivalent"]).mean() > 0.003, errors["equivalent"]  # measured: 0.006
