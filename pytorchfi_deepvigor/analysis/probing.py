@@ -88,6 +88,18 @@ class GroupOutcome:
     nan_critical: Tensor | None = None
 
 
+SIBLING_MARGIN: int | None = 8
+"""Where a (target, image, sign) search finds criticality not monotone (a band of critical
+candidates below a non-critical largest one), the target's other rows that found no critical
+candidate are scanned from this many candidates (8: two octaves of the fine grid) below the
+lowest band start seen, not over their whole rows (``None``: whole rows, as before). Measured
+at 10% sampling, image-evaluations and the largest CVF change against whole-row scans: VGG-16
+weights 78,155 -> 35,204 (none), ResNet-18 70,773 -> 51,674 (none), the ViT's weights 447,147
+-> 224,260 (0.031 points), MobileNetV2 activations 390,135 -> about 189,000 (0.011 points
+without the margin); the whole-row scans were 33-72% of those analyses and found 0 critical
+candidates below the band in 816 rows of VGG-11, VGG-16 and ResNet-18."""
+
+
 def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
     """The analysers' defaults for a grid: checked search for grids ending at ``+Inf`` (fine),
     and (target, image) rows per group: 16384, fewer for a fine grid (about 4 million EDM cells)."""
@@ -169,7 +181,7 @@ def search_group(
         ar = torch.arange(k)
         bins = bin_criticality(ar >= plus.unsqueeze(-1), ar >= minus.unsqueeze(-1))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes, bins=bins)
-    out = checked_search(members, judged, first=first, scope=targets)
+    out = checked_search(members, judged, first=first, scope=targets, sibling_margin=SIBLING_MARGIN)
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

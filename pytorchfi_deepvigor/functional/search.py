@@ -228,6 +228,7 @@ def checked_search(
     floor: Tensor | None = None,
     bisect_uncritical: bool = False,
     confirm: bool = False,
+    sibling_margin: int | None = None,
 ) -> CheckedSearch:
     """The largest member first, then :func:`bisect_search` below it, and scans where they disagree.
 
@@ -260,6 +261,10 @@ def checked_search(
             criticality is not monotone there (an isolated critical member near the guess)
             and the search goes on above it, where the bisection's first probes would have
             looked.
+        sibling_margin: with ``scope``, how far below its target's band a row that found no
+            critical candidate is scanned: from ``sibling_margin`` candidates below the lowest
+            critical candidate of the target's non-monotone rows (the band's start) up to its
+            largest member. ``None``: every member (the whole row).
 
     Returns:
         :class:`CheckedSearch`.
@@ -362,10 +367,15 @@ def checked_search(
     critical = ar.view(1, -1) >= index.view(-1, 1)
     non_monotone = found & ~top & (largest > index)
     scan = non_monotone.clone()
+    floor_g = torch.zeros(n_rows, dtype=torch.long, device=dev)
     if scope is not None and bool(non_monotone.any()):
         failed = torch.zeros(int(scope.max()) + 1, dtype=torch.bool, device=scope.device)
         failed[scope[non_monotone]] = True
         scan |= failed[scope] & ~found  # a band may hide between the probes
+        if sibling_margin is not None:  # from below where the target's bands start
+            band = torch.full((failed.numel(),), k, dtype=torch.long, device=dev)
+            band.scatter_reduce_(0, scope[non_monotone], index[non_monotone], reduce="amin")
+            floor_g = torch.where(non_monotone, 0, (band[scope] - sibling_margin).clamp_min(0))
     left = scan.nonzero().squeeze(1)  # the rows to scan: every member above the answer
     if left.numel():
         critical[left] = False
@@ -375,6 +385,7 @@ def checked_search(
         critical[top_rows, largest[top_rows]] = top[top_rows]
     answer = torch.where(found, index, -1)[left]
     want = members[left] & (ar.view(1, -1) > answer.view(-1, 1))  # (S, K): scanned rows only
+    want &= ar.view(1, -1) >= floor_g[left].view(-1, 1)
     tops = largest[left]
     want[(tops >= 0).nonzero().squeeze(1), tops[tops >= 0]] = False  # probed first
     per_row = want.sum(dim=1)

@@ -296,3 +296,32 @@ def test_searches_on_long_candidate_lists(k: int) -> None:
     checked = checked_search(members, CountingOracle(threshold))
     assert checked.index.equal(fast.index) and fast.index.dtype == torch.long
     assert checked.critical.equal(torch.arange(k) >= checked.index[:, None])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sibling_scans_start_below_the_targets_band(seed: int) -> None:
+    """sibling_margin: a row scanned because another row of its target failed the check is
+    scanned from ``margin`` candidates below the lowest band start of its target, exactly
+    there, for fewer probes; a margin as large as the grid is the whole-row scan."""
+    members, lo, hi = band_rows(seed)
+    ar = torch.arange(K)
+    truth = (ar >= lo[:, None]) & (ar < hi[:, None])
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    scope = torch.arange(members.shape[0]) // 4
+    whole = checked_search(members, oracle, first=ONE, scope=scope)
+    margin = 3
+    banded = checked_search(members, oracle, first=ONE, scope=scope, sibling_margin=margin)
+    assert banded.probes.sum() < whole.probes.sum()
+    assert torch.equal(banded.scanned, whole.scanned) and torch.equal(banded.index, whole.index)
+    start = torch.full((int(scope.max()) + 1,), K)
+    start.scatter_reduce_(0, scope[whole.non_monotone], whole.index[whole.non_monotone], "amin")
+    floor = (start[scope] - margin).clamp_min(0)
+    above = ar[None, :] >= floor[:, None]
+    wrong = (banded.critical != truth) & members & above
+    assert not wrong[banded.scanned].any()
+    assert not ((banded.critical != whole.critical) & members & above).any()
+    full = checked_search(members, oracle, first=ONE, scope=scope, sibling_margin=K)
+    assert torch.equal(full.critical, whole.critical) and torch.equal(full.probes, whole.probes)
