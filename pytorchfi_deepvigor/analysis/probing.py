@@ -65,7 +65,8 @@ class GroupOutcome:
         probes: long ``(T,)`` candidates evaluated per target (all images and signs).
         non_monotone: (target, image, sign) searches whose largest member contradicted the
             monotone bisection (``checked`` searches only; 0 otherwise).
-        scanned: searches whose members were all probed.
+        scanned: searches scanned member by member (from their answer up, a row scanned for
+            another row's band from two octaves below that band; see :data:`SIBLING_MARGIN`).
         outer_probed: (target, image) pairs whose outer bins were probed (NaN, +-Inf; see
             :func:`search_group`).
         outer_masked: those of them where no outer value was critical (an unread position).
@@ -144,7 +145,7 @@ def search_group(
             target's errors are its value's own change, so NaN and +Inf can be judged apart
             (a clamping activation such as ReLU6 turns +Inf into a finite value while NaN
             stays NaN): with the fine grid, each outer value is then judged on its own side
-            (:func:`_outer_bins`) and NaN apart from +Inf (``GroupOutcome.nan_critical``).
+            (:func:`_outer_values`) and NaN apart from +Inf (``GroupOutcome.nan_critical``).
 
     Returns:
         :class:`GroupOutcome`.
@@ -189,7 +190,8 @@ def search_group(
     outer_plus = outer_minus = nan_crit = None
     asked = masked = 0
     if bool(torch.isinf(grid[-1])) and nans is not None:
-        outer = _outer_values(engine, layer_num, counts, nans.cpu(), crit, make)
+        tops = torch.stack([plus_m, minus_m])  # each row's largest member: its top
+        outer = _outer_values(engine, layer_num, counts, nans.cpu(), crit, tops, make)
         outer_plus, outer_minus, nan_crit, spent, asked_ti = outer
         probes += spent.sum(dim=1)
         asked = int(asked_ti.sum())
@@ -396,14 +398,16 @@ def _outer_values(
     counts: Tensor,
     nans: Tensor,
     crit: Tensor,
+    members: Tensor,
     make: MakePerturbation,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The outer values of neuron targets, each judged on its own: +Inf, -Inf and NaN.
 
-    +Inf is critical where a finite positive error is (the search's monotone reading carried
-    to its end), -Inf likewise on the negative side, NaN wherever any finite error is (the
-    target is read, and NaN reaches the logits). Elsewhere each value a (target, image) pair
-    holds is probed. Judging them together (every outer bin critical as soon as either side
+    +Inf is critical where the largest finite positive error searched is (its probe is the
+    search's check: the monotone reading carried to its end; where it is not critical, even
+    with a critical band below it, +Inf is probed), -Inf likewise on the negative side, NaN
+    wherever any finite error is (the target is read, and NaN reaches the logits). Elsewhere
+    each value a (target, image) pair holds is probed. Judging them together (every outer bin critical as soon as either side
     has a critical bin) misread the first layer of a ReLU6 network, where +Inf becomes 6 and
     -Inf 0: MobileNetV2's ``features.0.0`` operands 2.10% against exhaustive FI's 1.41%.
 
@@ -412,13 +416,17 @@ def _outer_values(
         -Inf and NaN, the probes spent per pair (long) and the pairs probed at all (bool).
     """
     n_inf = counts[..., -1] - nans.to(counts.dtype)
-    pos, neg = crit[0].any(dim=-1), crit[1].any(dim=-1)
+    k = members.shape[-1]
+    largest = torch.where(members, torch.arange(k), -1).amax(dim=-1)  # (2, T, I); -1: none
+    at_top = crit.gather(-1, largest.clamp_min(0).unsqueeze(-1)).squeeze(-1) & (largest >= 0)
+    pos, neg = at_top[0], at_top[1]
+    read = crit[0].any(dim=-1) | crit[1].any(dim=-1)
     judged = []
     spent = torch.zeros(counts.shape[:2], dtype=torch.long)
     for value, known, present in (
         (float("inf"), pos, n_inf > 0),
         (float("-inf"), neg, counts[..., 0] > 0),
-        (float("nan"), pos | neg, nans > 0),
+        (float("nan"), read, nans > 0),
     ):
         out = torch.ones(counts.shape[:2], dtype=torch.bool)
         t, i = (present & ~known).nonzero(as_tuple=True)

@@ -297,8 +297,11 @@ def _search_channels(
     n_t = w.shape[0]
     n_p = model.n_patterns
     d = model.rows(ch).deltas(w)  # (T, J, patterns)
-    # a weight that only meets zero padding changes nothing: none of its faults is critical
-    d = torch.where(patterns.real.any(dim=1).view(1, -1, 1).to(d.device), d, 0.0)
+    # a weight that only meets zero padding changes nothing: none of its finite faults is
+    # critical (an infinite or NaN one is left to its probe: a float16 kernel computes
+    # Inf * 0 at the padding, NaN, where a float32 one at batch size > 1 skips it)
+    meets = patterns.real.any(dim=1).view(1, -1, 1).to(d.device)
+    d = torch.where(meets | ~torch.isfinite(d), d, 0.0)
     probe = pattern_probe(engine, info, ch, patterns)
     if per_ray == 1 and n_p <= 2 * (math.log2(max(1.0, n_p / 2)) + 2):
         # a ray of one weight's few faults: each probed costs no more than its search

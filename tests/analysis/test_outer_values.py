@@ -54,7 +54,7 @@ def test_operands_before_relu6_match_fi() -> None:
 def test_judged_together_the_outer_values_miss_fi(monkeypatch) -> None:
     """The test above can fail: NaN and the infinities judged together, as before."""
 
-    def together(engine, layer_num, counts, nans, crit, make):
+    def together(engine, layer_num, counts, nans, crit, members, make):
         top, bottom, asked = probing._outer_bins(engine, layer_num, counts, crit, make)
         return top, bottom, top, torch.zeros(counts.shape[:2], dtype=torch.long), asked
 

@@ -59,7 +59,7 @@ def test_without_the_outer_probe_unread_positions_read_vulnerable(monkeypatch) -
         ones = torch.ones(counts.shape[:2], dtype=torch.bool)
         return ones, ones, torch.zeros_like(ones)
 
-    def assumed_apart(engine, layer_num, counts, nans, crit, make):
+    def assumed_apart(engine, layer_num, counts, nans, crit, members, make):
         ones = torch.ones(counts.shape[:2], dtype=torch.bool)
         return ones, ones, ones, torch.zeros(counts.shape[:2], dtype=torch.long), ~ones
 

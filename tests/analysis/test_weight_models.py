@@ -282,7 +282,7 @@ def test_depthwise_filters_on_small_maps_search_each_weight_close_to_fi(monkeypa
 
 
 def test_few_faults_per_weight_on_small_maps_are_each_probed_exactly() -> None:
-    """fp16 exponent flips: 5 faults per weight, fewer than a search of them costs."""
+    """Exponent flips (8 faults per fp32 weight): no more than a search of them costs."""
     net, images = _small_maps()
     engine = SimulationEngine(net, images)
     fi = ExhaustiveCampaign(engine).run("weights", layers=[1, 2], fault_model="flip:exponent")
