@@ -20,13 +20,14 @@ from torch import Tensor
 
 from pytorchfi_deepvigor.analysis.handlers import handler_for
 from pytorchfi_deepvigor.analysis.probing import (
+    coarse_errors,
     refine_boundaries,
     search_defaults,
     search_group,
     tied_images,
 )
 from pytorchfi_deepvigor.analysis.sampling import LayerSites
-from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, QuantizedFlip, parse_fault_model
+from pytorchfi_deepvigor.bits import AnyFaultModel, QuantizedFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import histogram, operand_edm
@@ -169,7 +170,7 @@ def _search_neurons(
         minus.append(out.minus)
         assert out.bins is not None
         hits += group.hits(out.bins, out.nan_critical)
-        if isinstance(model, IntegerFlip):  # few, coarse errors: each boundary bin searched
+        if coarse_errors(model):  # few, coarse errors: each boundary bin searched
             extra = torch.zeros_like(out.mass)
             for lo, hi, err, real in group.errors():
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip
 from pytorchfi_deepvigor.engine import SimulationEngine
 from pytorchfi_deepvigor.functional.edm import bin_index, search_members
 from pytorchfi_deepvigor.functional.search import (
@@ -47,6 +48,8 @@ __all__ = [
     "margin_gradient",
     "first_probe_index",
     "search_defaults",
+    "coarse_errors",
+    "COARSE_PATTERNS",
 ]
 
 MakePerturbation = Callable[[Tensor, Tensor], Perturbation]
@@ -224,6 +227,19 @@ def search_group(
         masked,
         bin_criticality(crit[0], crit[1], outer_plus, outer_minus),
     )
+
+
+COARSE_PATTERNS = 8
+"""A fault model with at most this many patterns per site (int8 words; float exponent-only
+flips: 5 in fp16, 8 in bf16 and fp32) makes few, coarse errors per target and image, which the
+quarter-octave bins cannot place: its neuron targets have their boundary bins' own errors
+searched (:func:`refine_boundaries`). Measured on MobileNetV2's fp16 exponent-only operands
+against exhaustive FI (53 neurons): MAE 0.052 -> 0.019 points, at 2x the analysis time."""
+
+
+def coarse_errors(model: AnyFaultModel) -> bool:
+    """Whether ``model``'s errors are few and coarse (see :data:`COARSE_PATTERNS`)."""
+    return isinstance(model, IntegerFlip) or model.n_patterns <= COARSE_PATTERNS
 
 
 def refine_boundaries(
