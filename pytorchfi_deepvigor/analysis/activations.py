@@ -107,7 +107,7 @@ class _Group:
     n_sites: int
     hits: Callable[[Tensor, Tensor | None], Tensor]
     errors: Callable[[], Errors]
-    nans: Tensor
+    nans: Tensor | None  # read by the fine grid's search only (None elsewhere)
 
 
 _GroupEDM = Callable[[Tensor, Tensor], _Group]
@@ -255,7 +255,9 @@ def analyze_activations(
             int(valid.sum()),
             lambda bins, nan: _operand_hits(ops, w, valid, bins, grid, model, nan),
             lambda: _operand_errors(ops, w, valid, model),
-            _nan_counts(_operand_errors(ops, w, valid, model), *counts.shape[:2]),
+            _nan_counts(_operand_errors(ops, w, valid, model), *counts.shape[:2])
+            if bool(torch.isinf(grid[-1]))
+            else None,
         )
 
     return _search_neurons(
