@@ -66,7 +66,7 @@ from pytorchfi_deepvigor.engine import Outcome, SimulationEngine  # noqa: E402
 from pytorchfi_deepvigor.functional.edm import candidate_grid  # noqa: E402
 from pytorchfi_deepvigor.quantized import bind_words  # noqa: E402
 from pytorchfi_deepvigor.results import LayerResult, VulnerabilityResult, compare  # noqa: E402
-from validation.common import Context, ModelSpec, parse_args, write_text  # noqa: E402
+from validation.common import Context, ModelSpec, csv_value, parse_args, read_csv, write_text  # noqa: E402
 from validation.specs import FULL_MODELS, TRANSFORMER_MODELS  # noqa: E402
 
 FORMATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -461,29 +461,14 @@ def _merged(old: dict, new: dict, targets: tuple[str, ...]) -> dict:
     }
 
 
-def _value(text: str) -> object:
-    """A CSV cell as the part held it: int, float, ``None`` (empty) or the string."""
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _parts_from_results(ctx: Context, budget: int) -> None:
     """Write the cached part of every (model, case) the committed tables hold and the cache
     lacks (the rows of a run on another machine; ``--from-results 1``)."""
-    import csv
-
     tables = {}
     for key, name in (("rows", "fault_models"), ("pairs", "fault_models_pairs"),
                       ("bits", "fault_models_bits")):  # fmt: skip
-        path = HERE / "results" / f"{name}.csv"
-        with path.open(encoding="utf-8") as f:
-            tables[key] = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = read_csv(HERE / "results" / f"{name}.csv")
+        tables[key] = [{k: csv_value(v) for k, v in r.items()} for r in rows]
     for spec in MODELS:
         for case in CASES:
             own = int(budget * BUDGET_SHARE.get(spec.key, 1.0))

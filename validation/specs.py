@@ -250,3 +250,18 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
+
+
+def csv_value(text: str) -> object:
+    """A cell of :func:`read_csv` as the table's row held it: ``None`` (empty), bool, int, float
+    or the string."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
