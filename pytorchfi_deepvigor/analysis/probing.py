@@ -28,6 +28,7 @@ from pytorchfi_deepvigor.functional.edm import bin_index, search_members
 from pytorchfi_deepvigor.functional.search import (
     bisect_search,
     checked_search,
+    guided_search,
     margin_loss,
     runner_up_margin,
 )
@@ -102,6 +103,13 @@ weights 78,155 -> 35,204 (none), ResNet-18 70,773 -> 51,674 (none), the ViT's we
 -> 224,260 (0.031 points), MobileNetV2 activations 390,135 -> about 189,000 (0.011 points
 without the margin); the whole-row scans were 33-72% of those analyses and found 0 critical
 candidates below the band in 816 rows of VGG-11, VGG-16 and ResNet-18."""
+
+
+GUIDE_IMAGES: int | None = 8
+"""The images of every target searched first by a checked search (see
+:func:`search_group`); the others gallop from the median answer of the target's guide images
+(:func:`~pytorchfi_deepvigor.functional.search.guided_search`). ``None``: every image
+bisected."""
 
 
 def search_defaults(grid: Tensor, checked: bool | None, group_rows: int | None) -> tuple[bool, int]:
@@ -185,7 +193,14 @@ def search_group(
         ar = torch.arange(k)
         bins = bin_criticality(ar >= plus.unsqueeze(-1), ar >= minus.unsqueeze(-1))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes, bins=bins)
-    out = checked_search(members, judged, first=first, scope=targets, sibling_margin=SIBLING_MARGIN)
+    if GUIDE_IMAGES is not None and n_img >= 2 * GUIDE_IMAGES:
+        sign_of = (torch.arange(2 * half) >= half).long()
+        out = guided_search(members, judged, targets + n_tgt * sign_of, images < GUIDE_IMAGES,
+                            first=first, scope=targets, sibling_margin=SIBLING_MARGIN)  # fmt: skip
+    else:
+        out = checked_search(
+            members, judged, first=first, scope=targets, sibling_margin=SIBLING_MARGIN
+        )
     plus = out.index[:half].view(n_tgt, n_img)
     minus = out.index[half:].view(n_tgt, n_img)
     crit = out.critical.view(2, n_tgt, n_img, k)

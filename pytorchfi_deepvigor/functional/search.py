@@ -58,6 +58,7 @@ __all__ = [
     "bisect_search",
     "checked_search",
     "full_scan",
+    "guided_search",
     "margin_loss",
     "runner_up_margin",
 ]
@@ -237,7 +238,9 @@ def checked_search(
         oracle: evaluates a batch of (row, grid index) pairs; it may return ``(critical,
             fingerprint)``, an int64 ``(P,)`` key of each outcome (see :data:`Oracle`), which
             lets a row stop early where the outcome is saturated (see below).
-        first: the first probe of the bisection (see :func:`bisect_search`).
+        first: the first probe of the bisection (see :func:`bisect_search`); with ``start``, of
+            the rows bisected only (without a guess, or with ``bisect_uncritical`` and a largest
+            member not critical); a candidate of every non-empty row either way.
         scope: long ``(R,)``: the target of each row; rows without a critical candidate are
             scanned where a row of the same target failed the check. ``None``: every row is
             its own target.
@@ -330,8 +333,11 @@ def checked_search(
         lo[done], hi[done] = n[done], n[done]
         return crit
 
-    if first is not None and bool(nonempty.any()):
-        rows = (nonempty & (lo < hi)).nonzero().squeeze(1)
+    if first is not None and bool(nonempty.any()):  # with guesses, the rows bisected
+        ask = nonempty & (lo < hi)
+        if start is not None:
+            ask &= (start.to(dev) < 0) | (~top if bisect_uncritical else False)
+        rows = ask.nonzero().squeeze(1)
         step(rows, cand[rows, :first].sum(dim=1))
     if start is not None:
         start = start.to(dev)
@@ -403,6 +409,98 @@ def checked_search(
         rounds += 1
         a = b
     return CheckedSearch(index, critical, probes, rounds, non_monotone, scan)
+
+
+MIN_GUESSED = 16
+"""Candidates a row of :func:`guided_search` needs for its guess to be probed: below, its
+bisection costs at most four probes, about what a guess two ranks off costs."""
+
+
+def guided_search(
+    members: Tensor,
+    oracle: Oracle,
+    group: Tensor,
+    guide: Tensor,
+    first: int | None = None,
+    scope: Tensor | None = None,
+    sibling_margin: int | None = None,
+) -> CheckedSearch:
+    """:func:`checked_search` in two stages: the ``guide`` rows first, then the others galloping
+    from their group's median answer.
+
+    Rows of one ``group`` (e.g. one target and sign on every image) tend to find criticality at
+    similar magnitudes. The guide rows are searched as :func:`checked_search` does; each other
+    row then starts from the rank, among its own candidates, of its group's median critical
+    grid index (a value, as the rows' members differ), so where the guess is right two probes
+    replace a bisection's ``log2`` of the members. A row whose largest member is not critical
+    is searched as without a guess, and so is every row of a group without a guide answer or
+    of a ``scope`` (target) where a guide row was not monotone: under monotone criticality the
+    answers are those of :func:`checked_search`, only the probes differ. ``first`` is a
+    candidate of every non-empty row in both stages, probed first by the rows without a guess.
+
+    Args:
+        members: bool ``(R, K)``: the candidates of each row.
+        oracle: as for :func:`checked_search`.
+        group: long ``(R,)``: the rows that share a guess.
+        guide: bool ``(R,)``: the rows searched first.
+        first, scope, sibling_margin: as for :func:`checked_search` (each stage checks its own
+            rows' scopes).
+
+    Returns:
+        :class:`CheckedSearch` of all rows.
+    """
+    n_rows, k = _check(members, first)
+    dev = members.device
+    guide = guide.to(dev)
+    g_rows, o_rows = guide.nonzero().squeeze(1), (~guide).nonzero().squeeze(1)
+
+    def sub(rows: Tensor) -> Oracle:
+        return lambda r, g: oracle(rows[r], g)
+
+    def part(rows: Tensor) -> Tensor | None:
+        return None if scope is None else scope.to(dev)[rows]
+
+    a = checked_search(members[g_rows], sub(g_rows), first=first, scope=part(g_rows),
+                       sibling_margin=sibling_margin)  # fmt: skip
+    index = torch.full((n_rows,), k, dtype=torch.long, device=dev)
+    critical = torch.zeros_like(members)
+    probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    non_monotone = torch.zeros(n_rows, dtype=torch.bool, device=dev)
+    scanned = torch.zeros_like(non_monotone)
+    for rows, res in ((g_rows, a),):
+        index[rows], critical[rows], probes[rows] = res.index, res.critical, res.probes
+        non_monotone[rows], scanned[rows] = res.non_monotone, res.scanned
+    if o_rows.numel() == 0:
+        return CheckedSearch(index, critical, probes, a.rounds, non_monotone, scanned)
+    group = group.to(dev)
+    n_groups = int(group.max()) + 1
+    found = a.index < k
+    guess = torch.full((n_groups,), -1, dtype=torch.long, device=dev)
+    if bool(found.any()):  # the lower median of each group's critical grid indices
+        gi, vals = group[g_rows][found], a.index[found]
+        order = torch.argsort(gi * (k + 1) + vals)
+        gi, vals = gi[order], vals[order]
+        n_found = torch.bincount(gi, minlength=n_groups)
+        ends = n_found.cumsum(0)
+        has = n_found > 0
+        guess[has] = vals[(ends - n_found + (n_found - 1) // 2)[has]]
+    if scope is not None and bool(a.non_monotone.any()):  # not monotone: no guesses there
+        sc = scope.to(dev)
+        bad = torch.zeros(int(sc.max()) + 1, dtype=torch.bool, device=dev)
+        bad[sc[g_rows][a.non_monotone]] = True
+        guess[group[bad[sc]]] = -1
+    cand = members[o_rows].clone()
+    if first is not None:
+        cand[cand.any(dim=1), first] = True
+    g = guess[group[o_rows]]
+    ar = torch.arange(k, device=dev)
+    start = torch.where(g >= 0, (cand & (ar.view(1, -1) < g.view(-1, 1))).sum(dim=1), -1)
+    start[cand.sum(dim=1) < MIN_GUESSED] = -1  # a short bisection: cheaper than a wrong guess
+    b = checked_search(members[o_rows], sub(o_rows), first=first, scope=part(o_rows),
+                       start=start, bisect_uncritical=True, sibling_margin=sibling_margin)  # fmt: skip
+    index[o_rows], critical[o_rows], probes[o_rows] = b.index, b.critical, b.probes
+    non_monotone[o_rows], scanned[o_rows] = b.non_monotone, b.scanned
+    return CheckedSearch(index, critical, probes, a.rounds + b.rounds, non_monotone, scanned)
 
 
 def _gallop(

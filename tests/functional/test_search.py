@@ -325,3 +325,67 @@ def test_sibling_scans_start_below_the_targets_band(seed: int) -> None:
     assert not ((banded.critical != whole.critical) & members & above).any()
     full = checked_search(members, oracle, first=ONE, scope=scope, sibling_margin=K)
     assert torch.equal(full.critical, whole.critical) and torch.equal(full.probes, whole.probes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_guided_search_answers_as_the_checked_search_with_fewer_probes(seed: int) -> None:
+    """Rows of one group (a target's images) find criticality near one magnitude: the guides'
+    median puts the others' first probe next to their answer (rows of enough candidates). The answers and the critical
+    bins equal :func:`checked_search`'s on monotone rows, whatever the guess; no row probes a
+    candidate twice; the total is far below the bisection's."""
+    gen = torch.Generator().manual_seed(seed)
+    n_groups, per = 40, 12
+    members = torch.rand(n_groups * per, K, generator=gen) < 0.8
+    members[:, -1] = False
+    centre = torch.randint(2, K - 4, (n_groups,), generator=gen).repeat_interleave(per)
+    jitter = torch.randint(-1, 2, centre.shape, generator=gen)
+    threshold = centre + jitter
+    threshold[: 3 * per] = K  # three groups never critical (a saturated sign)
+    group = torch.arange(n_groups * per) // per
+    guide = torch.arange(n_groups * per) % per < 3
+    plain_oracle, oracle = CountingOracle(threshold), CountingOracle(threshold)
+    plain = checked_search(members, plain_oracle, first=ONE, scope=group)
+    out = search.guided_search(members, oracle, group, guide, first=ONE, scope=group)
+    assert out.index.equal(plain.index) and out.critical.equal(plain.critical)
+    rows = torch.cat([c[0] for c in oracle.calls])
+    gs = torch.cat([c[1] for c in oracle.calls])
+    assert len(set(zip(rows.tolist(), gs.tolist(), strict=True))) == rows.numel()
+    assert out.probes.sum() == rows.numel()
+    assert out.probes[guide].equal(plain.probes[guide])  # the guides: the checked search
+    assert out.probes[~guide].sum() < 0.8 * plain.probes[~guide].sum()
+    # a guessed row starts at its guess, not at the first probe: rows whose answer lies far
+    # from 1.0 never ask it
+    asked_one = rows[gs == ONE]
+    n_cand = members.sum(1) + (members[:, ONE] == 0).long()
+    far = ~guide & (threshold < K) & ((threshold - ONE).abs() > 8)
+    far &= n_cand >= search.MIN_GUESSED  # fewer: bisected from 1.0
+    assert far.any() and not far[asked_one].any()
+    assert guide[asked_one].any()  # the guides probe it first
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_guided_search_takes_no_guess_where_a_guide_was_not_monotone(seed: int) -> None:
+    """A target whose guide rows show a critical band below a non-critical largest member is
+    searched as :func:`checked_search` searches it (no guesses there): exact where that is."""
+    members, lo, hi = band_rows(seed)
+    n = members.shape[0]
+    per = 8
+    scope = torch.arange(n) // per
+    group = scope
+    guide = torch.arange(n) % per < 2
+
+    def oracle(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (g >= lo[rows]) & (g < hi[rows])
+
+    out = search.guided_search(members, oracle, group, guide, first=ONE, scope=scope)
+    ar = torch.arange(K)
+    truth = (ar >= lo[:, None]) & (ar < hi[:, None])
+    wrong = ((out.critical != truth) & members).any(1)
+    assert not wrong[out.index < K].any() and not wrong[out.scanned].any()
+    bad = torch.zeros(int(scope.max()) + 1, dtype=torch.bool)
+    bad[scope[guide & out.non_monotone]] = True
+    assert bad.any()
+    alone = checked_search(members[~guide], lambda r, g: oracle((~guide).nonzero()[r, 0], g),
+                           first=ONE, scope=scope[~guide])  # fmt: skip
+    same = bad[scope[~guide]]
+    assert out.critical[~guide][same].equal(alone.critical[same])
