@@ -82,17 +82,6 @@ def _operand_hits(
     return out
 
 
-def _nan_counts(pieces: Errors, n_targets: int, n_images: int) -> Tensor:
-    """NaN errors per (neuron, image): long ``(T, I)``."""
-    out = torch.zeros(n_targets, n_images, dtype=torch.int64)
-    for a, b, err, real in pieces:
-        nan = torch.isnan(err)
-        if real is not None:
-            nan &= real
-        out[a:b] = nan.sum(dim=(2, 3)).cpu()
-    return out
-
-
 Errors = Iterator[tuple[int, int, Tensor, Tensor | None]]
 """Pieces ``(start, stop, errors (T', I, S, P), valid or None)`` of a group's errors."""
 
@@ -249,15 +238,15 @@ def analyze_activations(
 
     def group_edm(ch: Tensor, ps: Tensor) -> _Group:
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
-        counts = operand_edm(ops, w, grid, valid, model)
+        fine = bool(torch.isinf(grid[-1]))  # only the fine grid's search reads the NaNs
+        counts = operand_edm(ops, w, grid, valid, model, nans=fine)
+        counts, nans = counts if fine else (counts, None)
         return _Group(
             counts,
             int(valid.sum()),
             lambda bins, nan: _operand_hits(ops, w, valid, bins, grid, model, nan),
             lambda: _operand_errors(ops, w, valid, model),
-            _nan_counts(_operand_errors(ops, w, valid, model), *counts.shape[:2])
-            if bool(torch.isinf(grid[-1]))
-            else None,
+            None if nans is None else nans.cpu(),
         )
 
     return _search_neurons(

@@ -76,7 +76,7 @@ from pytorchfi_deepvigor.analysis.sampling import LayerSites
 from pytorchfi_deepvigor.bits import AnyFaultModel, IntegerFlip, parse_fault_model
 from pytorchfi_deepvigor.catalogue import LayerInfo
 from pytorchfi_deepvigor.engine import SimulationEngine
-from pytorchfi_deepvigor.functional.edm import bin_index, histogram, weight_edm
+from pytorchfi_deepvigor.functional.edm import bin_lookup, histogram, weight_edm
 from pytorchfi_deepvigor.functional.receptive import conv_weight_patterns, linear_operand_means
 from pytorchfi_deepvigor.functional.vf import mask_vf, vulnerability_factor, vv_values
 from pytorchfi_deepvigor.perturbations import ChannelAdd, NeuronAdd
@@ -247,9 +247,9 @@ def _equivalent_hits(
     n_img, n_p = engine.num_images, faults.n_patterns
     for a, b, pos, neg in _signed_errors(engine, info, channels, faults):
         crit = bins[a:b].to(pos.device)
-        hit = crit.gather(-1, bin_index(pos, grid).long())
+        hit = bin_lookup(pos, crit, grid)
         if neg is not None:
-            hit |= crit.gather(-1, bin_index(neg, grid).long())
+            hit |= bin_lookup(neg, crit, grid)
         cvf.append(hit.double().mean(dim=(1, 2)).cpu())
         per_pattern += hit.view(b - a, n_img, -1, n_p).sum(dim=(0, 1, 2)).cpu()
     return torch.cat(cvf), per_pattern

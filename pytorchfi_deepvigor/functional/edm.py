@@ -71,6 +71,7 @@ __all__ = [
     "key_shift",
     "bin_edges",
     "bin_index",
+    "bin_lookup",
     "histogram",
     "operand_edm",
     "weight_edm",
@@ -171,8 +172,22 @@ def _raw_keys(values: Tensor, shift: int = 23) -> Tensor:
     return bits
 
 
+_KEY_TABLES: dict[tuple[bytes, int], Tensor] = {}  # the last few grids' tables
+
+
 def _key_table(grid: Tensor, shift: int) -> Tensor:
-    """Bin of every key ``+ H`` (long ``(2H,)``) for the grid's edges."""
+    """Bin of every key ``+ H`` (long ``(2H,)``) for the grid's edges (cached per grid: the
+    analysers bin every group's errors with one grid)."""
+    key = (grid.detach().double().cpu().numpy().tobytes(), shift)
+    table = _KEY_TABLES.get(key)
+    if table is None:
+        if len(_KEY_TABLES) >= 8:
+            _KEY_TABLES.clear()
+        table = _KEY_TABLES[key] = _build_key_table(grid.detach().cpu(), shift)
+    return table
+
+
+def _build_key_table(grid: Tensor, shift: int) -> Tensor:
     k = grid.numel()
     half = 1 << (31 - shift)
     per_octave = 1 << (23 - shift)
@@ -225,6 +240,24 @@ def bin_index(errors: Tensor, grid: Tensor) -> Tensor:
     return table[(_keys_of(errors, shift) + (1 << (31 - shift))).long()]
 
 
+def bin_lookup(errors: Tensor, per_bin: Tensor, grid: Tensor) -> Tensor:
+    """``per_bin[..., b]`` at the bin ``b`` of every error: ``(..., N)`` of ``per_bin``'s dtype.
+
+    The same as ``per_bin.gather(-1, bin_index(errors, grid))``, in one gather: ``per_bin``
+    (leading dims as ``errors``', e.g. the bins found critical per target and image) is first
+    spread over the float32 keys (2,048 per row for the fine grid), then each error's key
+    picks its entry, so no bin index is materialised.
+    """
+    _check_grid(grid)
+    shift = key_shift(grid)
+    table = _key_table(grid, shift).to(errors.device)
+    lead = errors.shape[:-1]
+    per_key = per_bin.to(errors.device).reshape(-1, per_bin.shape[-1])[:, table]
+    keys = _keys_of(errors, shift).reshape(per_key.shape[0], -1)
+    idx = keys.add_(1 << (31 - shift)).long()
+    return per_key.gather(1, idx).view(*lead, errors.shape[-1])
+
+
 def histogram(errors: Tensor, grid: Tensor, valid: Tensor | None = None) -> Tensor:
     """Counts of ``errors[..., n]`` over the last dimension, per leading index.
 
@@ -255,7 +288,8 @@ def operand_edm(
     grid: Tensor,
     valid: Tensor | None = None,
     faults: AnyFaultModel | None = None,
-) -> Tensor:
+    nans: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """EDMs of operand targets (output neurons): errors ``(flip_b(x_j) - x_j) * w_j``.
 
     Args:
@@ -266,9 +300,12 @@ def operand_edm(
         faults: the fault model (default: every single bit flip of ``x``'s format); its
             patterns replace the bit flips: ``(faulty_p(x_j) - x_j) * w_j``.
 
+        nans: also return how many of each EDM's errors are NaN (counted in its top bin).
+
     Returns:
         int64 counts ``(T, I, 2K + 1)``; each row sums to ``P * valid[t].sum()`` (``P``
-        patterns per operand: 32 for float32 flips).
+        patterns per operand: 32 for float32 flips). With ``nans``: ``(counts, nan_counts)``,
+        the latter int64 ``(T, I)``, from the same pass over the errors.
     """
     if x.dim() != 3 or w.dim() != 2 or x.shape[1:] != w.shape:
         raise ValueError(
@@ -281,15 +318,25 @@ def operand_edm(
     mask = None if valid is None else valid.to(x.device).view(n_tgt, 1, n_ops, 1)
     xt = x.transpose(0, 1)  # (T, I, J)
     wf = w.float()
-    out = []
+    out, nan_out = [], []
     step = max(1, _CHUNK_ELEMENTS // max(1, n_img * n_ops * model.n_patterns))
     for a in range(0, n_tgt, step):
         xs = xt[a : a + step]
         err = model.deltas(xs).mul_(wf[a : a + step, None, :, None])
         m = None if mask is None else mask[a : a + step].expand_as(err)
+        if nans:
+            nan = torch.isnan(err)
+            if m is not None:
+                nan &= m
+            nan_out.append(nan.sum(dim=(2, 3)))
         keys = _raw_keys(err, shift).flatten(2)
         out.append(_count(keys, grid, None if m is None else m.flatten(2), shift))
-    return torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
+    counts = (
+        torch.cat(out) if out else torch.zeros(0, n_img, 2 * grid.numel() + 1, dtype=torch.long)
+    )
+    if not nans:
+        return counts
+    return counts, torch.cat(nan_out) if nan_out else torch.zeros(0, n_img, dtype=torch.long)
 
 
 def _largest(x: Tensor, valid: Tensor | None) -> Tensor:

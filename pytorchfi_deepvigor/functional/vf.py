@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from pytorchfi_deepvigor.bits import AnyFaultModel
-from pytorchfi_deepvigor.functional.edm import bin_index
+from pytorchfi_deepvigor.functional.edm import bin_lookup
 
 __all__ = [
     "mask_vf",
@@ -231,14 +231,14 @@ def pattern_hits(
         [[2], [1, 1]]
     """
     n_t, n_i, n_s, n_p = errors.shape
-    idx = bin_index(errors.reshape(n_t, n_i, n_s * n_p), grid).long()
-    hit = bins.to(errors.device).gather(-1, idx).view(n_t, n_i, n_s, n_p)
+    hit = bin_lookup(errors.reshape(n_t, n_i, n_s * n_p), bins, grid).view(n_t, n_i, n_s, n_p)
     if nan_critical is not None:
         nan = nan_critical.to(errors.device).view(n_t, n_i, 1, 1)
         hit = torch.where(torch.isnan(errors), nan, hit)
     if valid is not None:
         hit &= valid.to(hit.device)
-    return hit.sum(dim=(1, 2, 3)), hit.sum(dim=(0, 1, 2))
+    per = hit.sum(dim=(1, 2))  # (T, P): one pass over the hits
+    return per.sum(dim=1), per.sum(dim=0)
 
 
 def mask_vf(hits: Tensor, faults_per_pattern: int, model: AnyFaultModel) -> tuple[float, ...]:

@@ -12,6 +12,7 @@ import torch
 from pytorchfi_deepvigor.functional.edm import (
     bin_edges,
     bin_index,
+    bin_lookup,
     candidate_grid,
     histogram,
     key_shift,
@@ -188,3 +189,24 @@ def test_fine_grid_keeps_only_non_finite_errors_outside_its_finite_bins() -> Non
     assert bins[5] == bins[6] + 1  # 1.25 is an edge: 4 bins per octave
     plus, _ = search_members(histogram(big.view(1, -1), grid), grid)
     assert bool(plus[0, k - 2])  # the outermost finite bin's candidate is a member
+
+
+@pytest.mark.parametrize("search", ["fine", "extended", "paper"])
+def test_bin_lookup_is_the_gather_of_the_bin_index(search: str) -> None:
+    """One gather over the keys gives what indexing each error's bin gives, extremes included."""
+    grid = candidate_grid(search)
+    gen = torch.Generator().manual_seed(3)
+    errors = torch.randn(5, 7, 300, generator=gen) * torch.exp2(
+        torch.randint(-40, 140, (5, 7, 300), generator=gen).float()
+    )
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -float("nan")])
+    errors[:, :, : special.numel()] = special
+    errors[0, 0, 10:20] = grid[:10].float()  # exact edges
+    errors[0, 1, 10:20] = -grid[:10].float()
+    per_bin = torch.rand(5, 7, 2 * grid.numel() + 1, generator=gen) < 0.5
+    want = per_bin.gather(-1, bin_index(errors, grid).long())
+    assert torch.equal(bin_lookup(errors, per_bin, grid), want)
+    counts = torch.randint(0, 9, per_bin.shape, generator=gen)
+    assert torch.equal(
+        bin_lookup(errors, counts, grid), counts.gather(-1, bin_index(errors, grid).long())
+    )
