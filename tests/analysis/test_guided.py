@@ -42,8 +42,11 @@ def trained() -> tuple[nn.Module, torch.Tensor]:
     return net.eval(), x[1500:1540]
 
 
-def _analyse(net: nn.Module, images: torch.Tensor, guides: int | None, monkeypatch) -> object:
+def _analyse(
+    net: nn.Module, images: torch.Tensor, guides: int | None, monkeypatch, work: float = 0.0
+) -> object:
     monkeypatch.setattr(probing, "GUIDE_IMAGES", guides)
+    monkeypatch.setattr(probing, "GUIDE_MIN_WORK", work)  # 0: guided whatever the suffix
     return DeepVigorAnalyzer(net, images).analyze(target="both")
 
 
@@ -70,3 +73,14 @@ def test_too_few_images_for_guides_search_plainly(trained, monkeypatch) -> None:
     plain = _analyse(net, images[:15], None, monkeypatch)
     guided = _analyse(net, images[:15], 8, monkeypatch)
     assert plain.cost.image_evaluations == guided.cost.image_evaluations
+
+
+def test_cheap_suffixes_are_searched_plainly_by_default(trained, monkeypatch) -> None:
+    """This CNN's suffixes cost at most 0.016 MFLOP per image: below the default's work, the
+    guides' extra rounds would cost more than the probes they save."""
+    net, images = trained
+    work = probing.GUIDE_MIN_WORK
+    plain = _analyse(net, images, None, monkeypatch)
+    default = _analyse(net, images, 8, monkeypatch, work)
+    assert plain.cost.image_evaluations == default.cost.image_evaluations
+    assert plain.cost.batched_forwards == default.cost.batched_forwards
