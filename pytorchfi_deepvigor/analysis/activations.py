@@ -238,15 +238,18 @@ def analyze_activations(
 
     def group_edm(ch: Tensor, ps: Tensor) -> _Group:
         ops, w, valid = handler.operands(x_in, info.module, ch.to(x_in.device), ps.to(x_in.device))
-        fine = bool(torch.isinf(grid[-1]))  # only the fine grid's search reads the NaNs
-        counts = operand_edm(ops, w, grid, valid, model, nans=fine)
-        counts, nans = counts if fine else (counts, None)
+        nans: Tensor | None = None
+        if bool(torch.isinf(grid[-1])):  # only the fine grid's search reads the NaNs
+            counts, nans = operand_edm(ops, w, grid, valid, model, nans=True)
+            nans = nans.cpu()
+        else:
+            counts = operand_edm(ops, w, grid, valid, model)
         return _Group(
             counts,
             int(valid.sum()),
             lambda bins, nan: _operand_hits(ops, w, valid, bins, grid, model, nan),
             lambda: _operand_errors(ops, w, valid, model),
-            None if nans is None else nans.cpu(),
+            nans,
         )
 
     return _search_neurons(

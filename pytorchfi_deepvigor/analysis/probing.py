@@ -214,7 +214,7 @@ def search_group(
         ar = torch.arange(k)
         bins = bin_criticality(ar >= plus.unsqueeze(-1), ar >= minus.unsqueeze(-1))
         return GroupOutcome(plus, minus, mass, vulnerability_factor(mass), probes, bins=bins)
-    if _guided(engine, layer_num, members.shape[0], n_img):
+    if GUIDE_IMAGES is not None and _guided(engine, layer_num, members.shape[0], n_img):
         sign_of = (torch.arange(2 * half) >= half).long()
         out = guided_search(members, judged, targets + n_tgt * sign_of, images < GUIDE_IMAGES,
                             first=first, scope=targets, sibling_margin=SIBLING_MARGIN)  # fmt: skip
