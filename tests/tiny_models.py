@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["tiny_vgg", "tiny_resnet", "tiny_mobilenet", "TINY_MODELS", "seeded_images"]
+__all__ = [
+    "tiny_vgg",
+    "tiny_resnet",
+    "tiny_mobilenet",
+    "TINY_MODELS",
+    "seeded_images",
+    "train_on_digits",
+]
 
 
 def tiny_vgg(num_classes: int = 5) -> nn.Module:
@@ -121,3 +128,26 @@ TINY_MODELS = {"vgg": tiny_vgg, "resnet": tiny_resnet, "mobilenet": tiny_mobilen
 
 def seeded_images(n: int = 8, size: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def train_on_digits(net: nn.Module, epochs: int, n_test: int) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` trained (Adam; the caller seeds torch) on the first 1,500 of scikit-learn's 8x8 digits, in eval
+    mode, and the first ``n_test`` of the others; it must reach 80% on them (a trained CNN's
+    faults behave like a real one's)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        for idx in torch.randperm(1500).split(64):
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = (net(x[1500:]).argmax(1) == y[1500:]).float().mean()
+    assert accuracy > 0.8, accuracy
+    return net, x[1500 : 1500 + n_test]

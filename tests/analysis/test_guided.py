@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from tiny_models import train_on_digits
 from torch import nn
 
 import pytorchfi_deepvigor.analysis.probing as probing
@@ -21,9 +21,6 @@ from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(1)
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
     net = nn.Sequential(
         nn.Conv2d(1, 6, 3, padding=1),
         nn.ReLU(),
@@ -32,14 +29,7 @@ def trained() -> tuple[nn.Module, torch.Tensor]:
         nn.Flatten(),
         nn.Linear(8 * 4 * 4, 10),
     )
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(4):
-        for idx in torch.randperm(1500).split(64):
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval(), x[1500:1540]
+    return train_on_digits(net, epochs=4, n_test=40)
 
 
 def _analyse(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from tiny_models import train_on_digits
 from torch import nn
 
 from pytorchfi_deepvigor.analysis import DeepVigorAnalyzer
@@ -22,9 +22,6 @@ CHANNELS = {0: [0, 3], 1: [2, 5], 2: [4]}  # layer number -> channels checked by
 @pytest.fixture(scope="module")
 def digits_model() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
     net = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
         nn.ReLU(),
@@ -35,18 +32,7 @@ def digits_model() -> tuple[nn.Module, torch.Tensor]:
         nn.Flatten(),
         nn.Linear(32, 10),
     )
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(8):
-        for idx in torch.randperm(1500).split(64):
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        accuracy = (net(x[1500:]).argmax(1) == y[1500:]).float().mean()
-    assert accuracy > 0.8  # the model has learnt something: its faults behave like a real CNN's
-    return net, x[1500:1548]
+    return train_on_digits(net, epochs=8, n_test=48)
 
 
 def exhaustive_weight_cvf(net: nn.Module, images: torch.Tensor, layer: nn.Module, k: int) -> float:
