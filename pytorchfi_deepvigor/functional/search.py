@@ -433,8 +433,9 @@ def guided_search(
     row then starts from the rank, among its own candidates, of its group's median critical
     grid index (a value, as the rows' members differ), so where the guess is right two probes
     replace a bisection's ``log2`` of the members. A row whose largest member is not critical
-    is searched as without a guess, and so is every row of a group without a guide answer or
-    of a ``scope`` (target) where a guide row was not monotone: under monotone criticality the
+    is searched as without a guess, and so is every row of a group without a guide answer, of
+    a ``scope`` (target) where a guide row was not monotone, or of fewer than
+    :data:`MIN_GUESSED` candidates: under monotone criticality the
     answers are those of :func:`checked_search`, only the probes differ. ``first`` is a
     candidate of every non-empty row in both stages, probed first by the rows without a guess.
 
@@ -467,9 +468,12 @@ def guided_search(
     probes = torch.zeros(n_rows, dtype=torch.long, device=dev)
     non_monotone = torch.zeros(n_rows, dtype=torch.bool, device=dev)
     scanned = torch.zeros_like(non_monotone)
-    for rows, res in ((g_rows, a),):
+
+    def put(rows: Tensor, res: CheckedSearch) -> None:
         index[rows], critical[rows], probes[rows] = res.index, res.critical, res.probes
         non_monotone[rows], scanned[rows] = res.non_monotone, res.scanned
+
+    put(g_rows, a)
     if o_rows.numel() == 0:
         return CheckedSearch(index, critical, probes, a.rounds, non_monotone, scanned)
     group = group.to(dev)
@@ -498,8 +502,7 @@ def guided_search(
     start[cand.sum(dim=1) < MIN_GUESSED] = -1  # a short bisection: cheaper than a wrong guess
     b = checked_search(members[o_rows], sub(o_rows), first=first, scope=part(o_rows),
                        start=start, bisect_uncritical=True, sibling_margin=sibling_margin)  # fmt: skip
-    index[o_rows], critical[o_rows], probes[o_rows] = b.index, b.critical, b.probes
-    non_monotone[o_rows], scanned[o_rows] = b.non_monotone, b.scanned
+    put(o_rows, b)
     return CheckedSearch(index, critical, probes, a.rounds + b.rounds, non_monotone, scanned)
 
 
