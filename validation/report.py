@@ -206,8 +206,9 @@ inject the layers they protect and take the others from one SFI of the user's mo
 plans inject every layer). "held": the SFI total MVF is at most the prediction plus the margin.
 MVFs in % (1 = 1% of the faults critical); reduction = unprotected MVF / predicted MVF.
 Held-out accuracy: test images 300-499, labels. Models: VGG-11 and ResNet-18 at the zoo's default
-widths, MobileNetV2 at the validation width (1/16, 8x8 digits: its default width's first sampled
-analysis had not finished after 25 minutes, issue 22), the ViT; SFI margin per layer and
+widths, MobileNetV2 at the validation width (1/16, 8x8 digits: at its default width one 25%
+analysis of both targets takes 21 minutes here, and the rows need four plus the SFI of every
+layer, issue 22), the ViT; SFI margin per layer and
 target 0.02 (ResNet-18 0.03, the ViT 0.05: their SFI of every layer costs 3-4x VGG-11's, and the
 ViT's at 0.03 would take about 2.5 hours of one core). A model shown without SFI columns has its
 plans and predictions only (its SFI did not fit the session that ran this).
